@@ -1,0 +1,8 @@
+"""Adapter banks, the HiveLinear layer, per-row routing and model injection."""
+
+from lorahive.adapters.bank import LevelBank
+from lorahive.adapters.layer import HiveLinear
+from lorahive.adapters.model import inject
+from lorahive.adapters.routing import Routing, RoutingState
+
+__all__ = ["HiveLinear", "LevelBank", "Routing", "RoutingState", "inject"]

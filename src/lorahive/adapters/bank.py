@@ -1,0 +1,71 @@
+"""Adapter banks: the LoRA weights of one level in one wrapped Linear, one slot per row owner."""
+
+from __future__ import annotations
+
+import math
+import zlib
+
+import torch
+from torch import nn
+
+
+def _init_a(n: int, rank: int, in_features: int, seed_key: str) -> torch.Tensor:
+    """Kaiming-uniform(a=√5) init, as PEFT's LoRA A, reproducible from a text key."""
+    gen = torch.Generator().manual_seed(zlib.crc32(seed_key.encode()))
+    bound = 1.0 / math.sqrt(in_features)
+    return (torch.rand(n, rank, in_features, generator=gen) * 2.0 - 1.0) * bound
+
+
+class LevelBank(nn.Module):
+    """``A[slots, r, in]`` and ``B[slots, out, r]`` plus their init snapshot (decay pulls to it).
+
+    ``B`` starts at zero, so a fresh bank adds exactly nothing to the base layer.
+    """
+
+    A0: torch.Tensor
+    B0: torch.Tensor
+
+    def __init__(self, n_slots: int, rank: int, in_features: int, out_features: int, key: str) -> None:
+        super().__init__()
+        self.rank, self.in_features, self.out_features, self.key = rank, in_features, out_features, key
+        a = _init_a(n_slots, rank, in_features, f"{key}/0")
+        self.A = nn.Parameter(a)  # (S, r, in)
+        self.B = nn.Parameter(torch.zeros(n_slots, out_features, rank))  # (S, out, r)
+        self.register_buffer("A0", a.clone(), persistent=False)
+        self.register_buffer("B0", torch.zeros(n_slots, out_features, rank), persistent=False)
+
+    @property
+    def n_slots(self) -> int:
+        return self.A.shape[0]
+
+    @torch.no_grad()
+    def grow(self, n_slots: int) -> None:
+        """Extend to ``n_slots`` slots; new slots get a fresh A and B = 0."""
+        old = self.n_slots
+        if n_slots <= old:
+            return
+        dev, dt = self.A.device, self.A.dtype
+        a_new = _init_a(n_slots - old, self.rank, self.in_features, f"{self.key}/{old}").to(dev, dt)
+        b_new = torch.zeros(n_slots - old, self.out_features, self.rank, device=dev, dtype=dt)
+        self.A = nn.Parameter(torch.cat([self.A.data, a_new]))
+        self.B = nn.Parameter(torch.cat([self.B.data, b_new]))
+        self.A0 = torch.cat([self.A0, a_new.clone()])
+        self.B0 = torch.cat([self.B0, b_new.clone()])
+
+    @torch.no_grad()
+    def reset(self, slots: torch.Tensor) -> None:
+        """Put the given slots back to their init snapshot."""
+        self.A[slots] = self.A0[slots]
+        self.B[slots] = self.B0[slots]
+
+    def delta(self, x: torch.Tensor, slots: torch.Tensor | None) -> torch.Tensor:
+        """``B[s(row)] · A[s(row)] · x`` for each row; ``slots=None`` means slot 0 for all rows."""
+        a, b = self.A.to(x.dtype), self.B.to(x.dtype)
+        if slots is None:
+            return (x @ a[0].transpose(0, 1)) @ b[0].transpose(0, 1)
+        squeeze = x.dim() == 2
+        if squeeze:  # (B, in) -> (B, 1, in)
+            x = x.unsqueeze(1)
+        h = torch.bmm(x, a[slots].transpose(1, 2))  # (B, T, r)
+        out = torch.bmm(h, b[slots].transpose(1, 2))  # (B, T, out)
+        return out.squeeze(1) if squeeze else out

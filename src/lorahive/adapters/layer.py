@@ -1,0 +1,62 @@
+"""HiveLinear: a frozen Linear plus a stack of per-row routed LoRA levels (DESIGN.md §1).
+
+    y = W0·x + Σ_l  mix_l · (alpha_l / r_l) · B_l[s_l(row)] · A_l[s_l(row)] · x
+"""
+
+from __future__ import annotations
+
+from typing import cast
+
+import torch
+from torch import nn
+
+from lorahive.adapters.bank import LevelBank
+from lorahive.adapters.routing import RoutingState
+from lorahive.config import LevelSpec
+
+
+class HiveLinear(nn.Module):
+    """Wraps one ``nn.Linear``; holds one :class:`LevelBank` per level that targets it."""
+
+    def __init__(self, base: nn.Linear, name: str, levels: list[LevelSpec], slots: dict[str, int], state: RoutingState, seed: int) -> None:
+        super().__init__()
+        self.base = base
+        self.name = name
+        self.state = state
+        self.scales = {lv.name: lv.scale for lv in levels}
+        self.banks = nn.ModuleDict(
+            {
+                lv.name: LevelBank(slots[lv.name], lv.rank, base.in_features, base.out_features, key=f"{seed}/{lv.name}/{name}")
+                for lv in levels
+            }
+        )
+        dev, dt = base.weight.device, torch.float32
+        self.banks.to(device=dev, dtype=dt)
+
+    @property
+    def in_features(self) -> int:
+        return self.base.in_features
+
+    @property
+    def out_features(self) -> int:
+        return self.base.out_features
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return self.base.weight
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.base(x)
+        routing = self.state.current
+        if routing is None:
+            raise RuntimeError(f"{self.name}: HiveLinear called outside a routing context; use the Hive's methods")
+        for level, module in self.banks.items():
+            bank = cast(LevelBank, module)
+            if not routing.runs(level):
+                continue
+            delta = bank.delta(x, routing.slots.get(level))
+            gate = routing.gates.get(level)
+            if gate is not None:
+                delta = delta * gate.to(delta.dtype).view(-1, *([1] * (delta.dim() - 1)))
+            y = y + (routing.mix.get(level, 1.0) * self.scales[level]) * delta
+        return y

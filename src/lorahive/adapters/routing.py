@@ -1,0 +1,48 @@
+"""Per-row routing: which slot of each level every row of the batch uses.
+
+One :class:`RoutingState` is shared by every wrapped layer of a model; the hive sets its
+``current`` routing for the duration of a forward pass or a ``generate`` call.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import torch
+
+
+@dataclass(frozen=True)
+class Routing:
+    """Routing of one batch.
+
+    slots: level name -> (B,) long tensor of the slot each row uses (absent: slot 0 for all).
+    active: names of levels to run; ``None`` runs every level (ablation switches levels off).
+    mix: level name -> mixing coefficient α_l(t) (absent: 1.0).
+    gates: level name -> (B,) float multiplier per row (absent: 1.0); lets one batch hold
+        many level subsets at once, as influence measurement needs.
+    """
+
+    slots: dict[str, torch.Tensor] = field(default_factory=dict)
+    active: frozenset[str] | None = None
+    mix: dict[str, float] = field(default_factory=dict)
+    gates: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def runs(self, level: str) -> bool:
+        return (self.active is None or level in self.active) and self.mix.get(level, 1.0) != 0.0
+
+
+class RoutingState:
+    """Holder of the routing in force, shared by all HiveLinear layers of one model."""
+
+    def __init__(self) -> None:
+        self.current: Routing | None = None
+
+    @contextmanager
+    def use(self, routing: Routing) -> Iterator[Routing]:
+        previous, self.current = self.current, routing
+        try:
+            yield routing
+        finally:
+            self.current = previous

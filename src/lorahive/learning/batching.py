@@ -1,0 +1,86 @@
+"""Tokenizing and packing prompts and (prompt, answer) examples of many agents into one batch."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from transformers import PreTrainedTokenizerBase
+
+IGNORE = -100
+
+
+@dataclass(frozen=True)
+class Batch:
+    """A padded batch. ``labels`` is ``IGNORE`` everywhere but on answer tokens."""
+
+    input_ids: torch.Tensor  # (B, T)
+    attention_mask: torch.Tensor  # (B, T)
+    position_ids: torch.Tensor  # (B, T)
+    labels: torch.Tensor | None = None  # (B, T)
+
+    def to(self, device: torch.device | str) -> Batch:
+        labels = None if self.labels is None else self.labels.to(device)
+        return Batch(self.input_ids.to(device), self.attention_mask.to(device), self.position_ids.to(device), labels)
+
+
+def _pad_id(tok: PreTrainedTokenizerBase) -> int:
+    if tok.pad_token_id is not None:
+        return int(tok.pad_token_id)
+    if tok.eos_token_id is not None:
+        return int(tok.eos_token_id)
+    return 0
+
+
+def _positions(mask: torch.Tensor) -> torch.Tensor:
+    return (mask.cumsum(-1) - 1).clamp(min=0)
+
+
+def encode_prompt(tok: PreTrainedTokenizerBase, prompt: str) -> list[int]:
+    return list(tok(prompt, add_special_tokens=True)["input_ids"])
+
+
+def encode_answer(tok: PreTrainedTokenizerBase, answer: str, eos: bool = True) -> list[int]:
+    ids = list(tok(answer, add_special_tokens=False)["input_ids"])
+    if eos and ids and tok.eos_token_id is not None:
+        ids.append(int(tok.eos_token_id))
+    return ids
+
+
+def pack_prompts(tok: PreTrainedTokenizerBase, prompts: list[str], max_length: int) -> Batch:
+    """Left-pad prompts, so the last position of every row is its last prompt token."""
+    seqs = [encode_prompt(tok, p) for p in prompts]
+    for i, s in enumerate(seqs):
+        if not s:
+            raise ValueError(f"prompt {i} tokenizes to nothing")
+        if len(s) > max_length:
+            raise ValueError(f"prompt {i} has {len(s)} tokens; the context holds {max_length}")
+    width = max(len(s) for s in seqs)
+    pad = _pad_id(tok)
+    ids = torch.tensor([[pad] * (width - len(s)) + s for s in seqs])
+    mask = torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in seqs])
+    return Batch(ids, mask, _positions(mask))
+
+
+def pack_examples(tok: PreTrainedTokenizerBase, examples: list[tuple[str, str]], max_length: int) -> Batch:
+    """Right-pad prompt+answer rows; loss is taken on answer tokens only."""
+    rows: list[tuple[list[int], list[int]]] = []
+    for i, (prompt, answer) in enumerate(examples):
+        p, a = encode_prompt(tok, prompt), encode_answer(tok, answer)
+        if not p:
+            raise ValueError(f"example {i}: the prompt tokenizes to nothing")
+        if not a or (len(a) == 1 and a[0] == tok.eos_token_id):
+            raise ValueError(f"example {i}: the answer {answer!r} tokenizes to nothing")
+        if len(p) + len(a) > max_length:
+            raise ValueError(f"example {i}: prompt + answer is {len(p) + len(a)} tokens; the context holds {max_length}")
+        rows.append((p, a))
+    width = max(len(p) + len(a) for p, a in rows)
+    pad = _pad_id(tok)
+    ids, mask, labels = [], [], []
+    for p, a in rows:
+        n = len(p) + len(a)
+        ids.append(p + a + [pad] * (width - n))
+        mask.append([1] * n + [0] * (width - n))
+        labels.append([IGNORE] * len(p) + a + [IGNORE] * (width - n))
+    m = torch.tensor(mask)
+    return Batch(torch.tensor(ids), m, _positions(m), torch.tensor(labels))

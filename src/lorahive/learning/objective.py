@@ -1,0 +1,48 @@
+"""Answer-only next-token cross-entropy, with logits computed only where a label exists.
+
+The vocabulary of small LMs is ~49k–150k; projecting every position to it would dominate
+the step, so hidden states are gathered at answer positions before the LM head.
+"""
+
+from __future__ import annotations
+
+from typing import cast
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import PreTrainedModel
+
+from lorahive.learning.batching import IGNORE, Batch
+
+
+def hidden_states(model: PreTrainedModel, batch: Batch) -> torch.Tensor:
+    """Final hidden states (B, T, H) of the decoder, without the LM head."""
+    decoder = cast(nn.Module, model.get_decoder())
+    out = decoder(input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids, use_cache=False)
+    return out.last_hidden_state
+
+
+def _head(model: PreTrainedModel) -> nn.Module:
+    return cast(nn.Module, model.get_output_embeddings())
+
+
+def last_logits(model: PreTrainedModel, batch: Batch) -> torch.Tensor:
+    """Logits (B, V) of the last position of left-padded rows."""
+    h = hidden_states(model, batch)[:, -1]  # (B, H)
+    return _head(model)(h).float()
+
+
+def answer_nll(model: PreTrainedModel, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-row summed NLL of answer tokens and per-row answer token counts, each (B,)."""
+    assert batch.labels is not None
+    h = hidden_states(model, batch)  # (B, T, H)
+    target = batch.labels[:, 1:]  # (B, T-1): token t+1 is predicted at position t
+    keep = target != IGNORE
+    rows = keep.nonzero()[:, 0]  # (N,)
+    logits = _head(model)(h[:, :-1][keep]).float()  # (N, V)
+    nll = F.cross_entropy(logits, target[keep], reduction="none")  # (N,)
+    n_rows = batch.input_ids.shape[0]
+    total = torch.zeros(n_rows, device=nll.device, dtype=nll.dtype).index_add(0, rows, nll)
+    count = torch.zeros(n_rows, device=nll.device, dtype=nll.dtype).index_add(0, rows, torch.ones_like(nll))
+    return total, count

@@ -1,0 +1,258 @@
+"""The Hive: one frozen causal LM, a stack of LoRA levels, many agents, one batched pass.
+
+This is the public facade of the core (DESIGN.md §1–§2): routing rows to agents' slots,
+batched learning with per-level step sizes, mixed-agent logits and generation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from typing import cast
+
+import torch
+from torch import nn
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from lorahive.adapters import HiveLinear, LevelBank, Routing, RoutingState, inject
+from lorahive.base import DEFAULT_BASE, load_base
+from lorahive.config import LevelSpec, StackSpec, as_stack
+from lorahive.learning import SlotAdamW, answer_nll, last_logits, pack_examples, pack_prompts
+from lorahive.learning.batching import Batch
+
+Examples = Mapping[str, Sequence[tuple[str, str]]]
+
+
+class Hive:
+    """A frozen base model with a stack of routed LoRA levels shared by many agents."""
+
+    def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, levels: StackSpec | list | None = None, seed: int = 0, max_length: int | None = None) -> None:
+        self.stack = as_stack(levels)
+        self.model = model
+        self.tokenizer = tokenizer
+        if tokenizer.pad_token_id is None and tokenizer.eos_token_id is not None:
+            tokenizer.pad_token = tokenizer.eos_token
+        self.seed = seed
+        self.max_length: int = max_length or int(getattr(model.config, "max_position_embeddings", None) or 2048)
+        self.routing = RoutingState()
+        self.layers: dict[str, HiveLinear] = inject(model, self.stack, {lv.name: 1 for lv in self.stack.levels}, self.routing, seed)
+        self.mix: dict[str, float] = {lv.name: lv.mix for lv in self.stack.levels}
+        self.optimizers = {lv.name: SlotAdamW(lr=lv.step_size, weight_decay=lv.weight_decay) for lv in self.stack.levels}
+        self._agents: list[str] = []
+        self._set_trainable()
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def load(cls, base: str = DEFAULT_BASE, levels: StackSpec | list | None = None, device: str | torch.device | None = None, dtype: torch.dtype | None = None, seed: int = 0) -> Hive:
+        """Load a base model (``embedded:smollm2-135m`` or a local HF directory) and wrap it."""
+        loaded = load_base(base, device=device, dtype=dtype)
+        return cls(loaded.model, loaded.tokenizer, levels, seed=seed)
+
+    @property
+    def agents(self) -> list[str]:
+        return list(self._agents)
+
+    @property
+    def levels(self) -> list[LevelSpec]:
+        return list(self.stack.levels)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def add_agent(self, name: str) -> int:
+        """Register an agent; its per-agent and per-task slots are allocated. Returns its index."""
+        return self.add_agents([name])[0]
+
+    def add_agents(self, names: Sequence[str]) -> list[int]:
+        for n in names:
+            if not isinstance(n, str) or not n:
+                raise ValueError(f"agent name must be a non-empty string, got {n!r}")
+        known = set(self._agents)
+        dupes = sorted({n for n in names if n in known or list(names).count(n) > 1})
+        if dupes:
+            raise ValueError(f"agent names already taken: {', '.join(dupes)}")
+        start = len(self._agents)
+        need = start + len(names)
+        for lv in self.stack.levels:
+            if lv.scope != "shared":
+                capacity = max(1, self.n_slots(lv.name))
+                while capacity < need:
+                    capacity *= 2
+                for bank in self.banks(lv.name):
+                    bank.grow(capacity)
+        self._agents.extend(names)
+        self._set_trainable()
+        return list(range(start, need))
+
+    # ------------------------------------------------------------------ banks
+    def banks(self, level: str) -> Iterator[LevelBank]:
+        """Every wrapped layer's bank of ``level``."""
+        for _, bank in self.named_banks(level):
+            yield bank
+
+    def named_banks(self, level: str) -> Iterator[tuple[str, LevelBank]]:
+        for path, layer in self.layers.items():
+            if level in layer.banks:
+                yield path, cast(LevelBank, layer.banks[level])
+
+    def n_slots(self, level: str) -> int:
+        return next(iter(self.banks(level))).n_slots
+
+    def level_params(self, level: str) -> dict[str, nn.Parameter]:
+        params: dict[str, nn.Parameter] = {}
+        for path, bank in self.named_banks(level):
+            params[f"{path}.A"] = bank.A
+            params[f"{path}.B"] = bank.B
+        return params
+
+    def _set_trainable(self) -> None:
+        for lv in self.stack.levels:
+            for p in self.level_params(lv.name).values():
+                p.requires_grad_(lv.trainable)
+
+    def slot_of(self, level: str, agent: str) -> int:
+        """The slot ``agent`` uses in ``level`` (0 for shared levels)."""
+        idx = self._agent_index([agent])[0]
+        return 0 if self.stack.get(level).scope == "shared" else idx
+
+    def reset_slot(self, level: str, agent: str) -> None:
+        """Put ``agent``'s slot of ``level`` back to its init snapshot (e.g. a new task's context)."""
+        slot = torch.tensor([self.slot_of(level, agent)])
+        for bank in self.banks(level):
+            bank.reset(slot.to(bank.A.device))
+        opt = self.optimizers[level]
+        for st in opt.state.values():
+            for k in ("exp_avg", "exp_avg_sq", "step"):
+                st[k][slot.to(st[k].device)] = 0
+
+    # ------------------------------------------------------------------ routing
+    def _agent_index(self, agents: Sequence[str]) -> list[int]:
+        index = {n: i for i, n in enumerate(self._agents)}
+        unknown = sorted({a for a in agents if a not in index})
+        if unknown:
+            raise ValueError(f"unknown agents: {', '.join(map(str, unknown))}; known agents: {self._agents or 'none (call add_agent first)'}")
+        return [index[a] for a in agents]
+
+    def _check_levels(self, levels: Sequence[str] | frozenset[str] | None) -> frozenset[str] | None:
+        if levels is None:
+            return None
+        unknown = sorted(set(levels) - set(self.stack.names()))
+        if unknown:
+            raise ValueError(f"unknown levels: {', '.join(unknown)}; levels are {self.stack.names()}")
+        return frozenset(levels)
+
+    def route(self, agents: Sequence[str], levels: Sequence[str] | frozenset[str] | None = None, gates: dict[str, torch.Tensor] | None = None) -> Routing:
+        """The routing of a batch whose row i belongs to ``agents[i]``."""
+        idx = torch.tensor(self._agent_index(agents), device=self.device)
+        slots = {lv.name: idx for lv in self.stack.levels if lv.scope != "shared"}
+        return Routing(slots=slots, active=self._check_levels(levels), mix=dict(self.mix), gates=gates or {})
+
+    # ------------------------------------------------------------------ inference
+    def _check_rows(self, prompts: Sequence[str], agents: Sequence[str]) -> None:
+        if isinstance(prompts, str) or isinstance(agents, str):
+            raise ValueError("prompts and agents must be lists of strings, one agent per prompt")
+        if not prompts:
+            raise ValueError("prompts is empty")
+        if len(prompts) != len(agents):
+            raise ValueError(f"got {len(prompts)} prompts but {len(agents)} agents; give one agent per prompt")
+
+    @torch.no_grad()
+    def logits(self, prompts: Sequence[str], agents: Sequence[str], levels: Sequence[str] | None = None) -> torch.Tensor:
+        """Logits (B, V) at the last prompt position, row i routed to ``agents[i]``.
+
+        ``levels`` names the levels to keep active (default all): the ablation switch.
+        """
+        self._check_rows(prompts, agents)
+        routing = self.route(agents, levels)
+        batch = pack_prompts(self.tokenizer, list(prompts), self.max_length).to(self.device)
+        with self.routing.use(routing):
+            return last_logits(self.model, batch)
+
+    @torch.no_grad()
+    def generate(self, prompts: Sequence[str], agents: Sequence[str], max_new_tokens: int = 16, levels: Sequence[str] | None = None, **kwargs) -> list[str]:
+        """Greedy generation for a batch mixing agents, in one ``generate`` call."""
+        self._check_rows(prompts, agents)
+        if max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be ≥ 1, got {max_new_tokens}")
+        routing = self.route(agents, levels)
+        batch = pack_prompts(self.tokenizer, list(prompts), self.max_length - max_new_tokens).to(self.device)
+        kwargs.setdefault("do_sample", False)
+        with self.routing.use(routing):
+            out = self.model.generate(  # type: ignore[operator]
+                input_ids=batch.input_ids,
+                attention_mask=batch.attention_mask,
+                max_new_tokens=max_new_tokens,
+                pad_token_id=self.tokenizer.pad_token_id,
+                **kwargs,
+            )
+        new = out[:, batch.input_ids.shape[1] :]
+        return [str(self.tokenizer.decode(row, skip_special_tokens=True)) for row in new]
+
+    # ------------------------------------------------------------------ learning
+    def _pack(self, examples: Examples) -> tuple[Batch, list[str], list[str]]:
+        if not isinstance(examples, Mapping) or not examples:
+            raise ValueError("examples must be a non-empty mapping {agent: [(prompt, answer), ...]}")
+        self._agent_index(list(examples))
+        rows: list[tuple[str, str]] = []
+        owners: list[str] = []
+        for agent, exs in examples.items():
+            if not exs:
+                raise ValueError(f"agent {agent!r}: the example list is empty")
+            for ex in exs:
+                if not (isinstance(ex, tuple | list) and len(ex) == 2 and all(isinstance(s, str) for s in ex)):
+                    raise ValueError(f"agent {agent!r}: each example must be a (prompt, answer) pair of strings, got {ex!r}")
+                rows.append((ex[0], ex[1]))
+                owners.append(agent)
+        batch = pack_examples(self.tokenizer, rows, self.max_length).to(self.device)
+        return batch, owners, list(examples)
+
+    def _agent_losses(self, batch: Batch, owners: list[str], names: list[str], levels: frozenset[str] | None) -> dict[str, torch.Tensor]:
+        with self.routing.use(self.route(owners, levels)):
+            total, count = answer_nll(self.model, batch)
+        row_agent = torch.tensor([names.index(o) for o in owners], device=total.device)
+        sums = torch.zeros(len(names), device=total.device).index_add(0, row_agent, total)
+        counts = torch.zeros(len(names), device=total.device).index_add(0, row_agent, count)
+        means = sums / counts
+        return {n: means[i] for i, n in enumerate(names)}
+
+    @torch.no_grad()
+    def loss(self, examples: Examples, levels: Sequence[str] | None = None) -> dict[str, float]:
+        """Mean answer-token NLL per agent, without learning."""
+        batch, owners, names = self._pack(examples)
+        return {n: float(v) for n, v in self._agent_losses(batch, owners, names, self._check_levels(levels)).items()}
+
+    def learn(self, examples: Examples, steps: int = 1, levels: Sequence[str] | None = None) -> dict[str, float]:
+        """Learn from many agents' (prompt, answer) examples in one batched pass per step.
+
+        Each agent's loss is its mean answer-token NLL; per-agent and per-task slots get the
+        gradient of their own agent's loss, shared levels the mean over agents. ``levels``
+        restricts which trainable levels move (default: every trainable level). Returns each
+        agent's loss at the last step, measured before that step's update. A step whose loss
+        is not finite is skipped (nothing moves) and reported as NaN.
+        """
+        if steps < 1:
+            raise ValueError(f"steps must be ≥ 1, got {steps}")
+        batch, owners, names = self._pack(examples)
+        update = [lv for lv in self.stack.levels if lv.trainable and (levels is None or lv.name in levels)]
+        self._check_levels(levels)
+        idx = torch.tensor(sorted(set(self._agent_index(names))), device=self.device)
+        losses: dict[str, torch.Tensor] = {}
+        for _ in range(steps):
+            self.model.zero_grad(set_to_none=True)
+            losses = self._agent_losses(batch, owners, names, None)
+            total = torch.stack(list(losses.values())).sum()
+            if not torch.isfinite(total):
+                continue
+            total.backward()
+            for lv in update:
+                params = self.level_params(lv.name)
+                if lv.scope == "shared":
+                    for p in params.values():
+                        if p.grad is not None:
+                            p.grad.div_(len(names))
+                    slots = torch.zeros(1, dtype=torch.long, device=self.device)
+                else:
+                    slots = idx
+                self.optimizers[lv.name].step(params, slots)
+        self.model.zero_grad(set_to_none=True)
+        return {n: float(v.detach()) for n, v in losses.items()}
