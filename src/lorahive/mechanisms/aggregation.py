@@ -1,0 +1,291 @@
+"""Aggregation: compose agents' proposals for a shared level into one update.
+
+Shaped like Flower's ``Strategy.aggregate_fit`` (``flwr/server/strategy/``): a strategy is
+a small class holding its hyper-parameters with one method,
+``aggregate(tick, proposals, failures) -> (update | None, metrics)``, and the math lives in
+pure functions beside it (Flower's ``aggregate.py``). ``None`` means "no update this tick".
+
+Strategies: :class:`Mean` (FedAvg with equal weights), :class:`Weighted` (weights =
+quality × reputation, DESIGN.md §3), :class:`Median` (coordinate-wise median, Yin et al.
+2018) and :class:`TrimmedMean` (coordinate-wise β-trimmed mean, Yin et al. 2018; Flower's
+``FedTrimmedAvg``). :class:`Clipped` wraps any of them and bounds each proposal's global L2
+norm first (Flower's DP clipping wrappers; McMahan et al. 2018). Validation and horizontal
+resonance are wrappers too (:mod:`.validation`, :mod:`.resonance`).
+
+Metrics always hold ``strategy``, ``n_proposals``, ``n_accepted``, ``n_rejected``,
+``n_failures``, ``norm`` (of the update, or ``None``) and ``proposals``: one record per
+proposal received, in order, with ``agent``, ``level``, ``tick``, ``decision``
+(``accepted``/``rejected``), ``reason``, ``norm`` (of the proposal as submitted),
+``cosine`` (to the swarm's running direction; ``None`` unless a resonance wrapper tracks
+it) and ``weight`` — the factor by which the proposal's raw delta enters the update, for the
+linear strategies (mean, weighted); for median and trimmed mean it is the nominal 1/n.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol, final
+
+import torch
+
+__all__ = [
+    "Aggregator",
+    "Clipped",
+    "Delta",
+    "Failure",
+    "Mean",
+    "Median",
+    "Metrics",
+    "Proposal",
+    "Stateless",
+    "TrimmedMean",
+    "Weighted",
+    "clip_scale",
+    "coordinate_median",
+    "cosine",
+    "flatten",
+    "global_norm",
+    "proposal_record",
+    "summarize",
+    "trimmed_mean",
+    "weighted_mean",
+]
+
+#: A delta (or gradient) per bank parameter, keyed by parameter name.
+Delta = dict[str, torch.Tensor]
+#: What a strategy reports beside its update; see the module docstring for the keys.
+Metrics = dict[str, Any]
+#: A proposal that could not be produced (an exception or a message).
+Failure = BaseException | str
+
+
+@dataclass(frozen=True)
+class Proposal:
+    """One agent's proposed change to a shared level at one tick."""
+
+    agent: str
+    level: str
+    tick: int
+    delta: Delta
+    quality: float = 1.0
+    reputation: float = 1.0
+
+
+class Aggregator(Protocol):
+    """Anything that turns one tick's proposals into an update (or none) and metrics."""
+
+    #: Short description of the strategy (wrappers include their inner one's).
+    name: str
+
+    def aggregate(self, tick: int, proposals: Sequence[Proposal], failures: Sequence[Failure] = ()) -> tuple[Delta | None, Metrics]: ...
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """Tensors that must be checkpointed for an exact resume (empty when stateless)."""
+        ...
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None: ...
+
+
+class Stateless:
+    """Mixin for strategies with nothing to checkpoint."""
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        return None
+
+
+# --- pure math ---------------------------------------------------------------------------
+
+
+def global_norm(delta: Delta) -> float:
+    """L2 norm over all tensors of a delta, as if they were one flat vector."""
+    if not delta:
+        return 0.0
+    return float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(t.detach().float()) for t in delta.values()])))
+
+
+def flatten(delta: Delta, keys: Sequence[str] | None = None) -> torch.Tensor:
+    """One flat fp32 vector of a delta, its tensors concatenated in ``keys`` (default: sorted) order."""
+    keys = sorted(delta) if keys is None else keys
+    if not keys:
+        return torch.zeros(0)
+    return torch.cat([delta[k].detach().float().reshape(-1) for k in keys])
+
+
+def cosine(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-12) -> float:
+    """Cosine similarity of two flat vectors; 0 when either is (near) zero."""
+    na, nb = torch.linalg.vector_norm(a), torch.linalg.vector_norm(b)
+    if na <= eps or nb <= eps:
+        return 0.0
+    return float(torch.dot(a, b) / (na * nb))
+
+
+def clip_scale(norm: float, max_norm: float) -> float:
+    """The factor that brings a vector of ``norm`` within ``max_norm`` (1 when it already is)."""
+    return 1.0 if norm <= max_norm else max_norm / norm
+
+
+def weighted_mean(deltas: Sequence[Delta], weights: Sequence[float]) -> Delta:
+    """Σ_i w_i · Δ_i / Σ_i w_i, key by key."""
+    total = float(sum(weights))
+    return {k: sum(w * d[k] for w, d in zip(weights, deltas, strict=True)) / total for k in deltas[0]}  # type: ignore[misc]
+
+
+def _stacked(deltas: Sequence[Delta], key: str) -> torch.Tensor:
+    return torch.stack([d[key] for d in deltas])  # (n, *shape)
+
+
+def coordinate_median(deltas: Sequence[Delta]) -> Delta:
+    """Coordinate-wise median (mean of the two middle values when the count is even)."""
+    n = len(deltas)
+    out: Delta = {}
+    for k in deltas[0]:
+        s = _stacked(deltas, k).sort(dim=0).values
+        out[k] = s[n // 2] if n % 2 else (s[n // 2 - 1] + s[n // 2]) / 2
+    return out
+
+
+def trimmed_mean(deltas: Sequence[Delta], beta: float) -> Delta:
+    """Coordinate-wise mean after dropping the ⌊β·n⌋ smallest and largest values.
+
+    The cut is capped so that at least one value per coordinate remains.
+    """
+    n = len(deltas)
+    cut = min(int(beta * n), (n - 1) // 2)
+    return {k: _stacked(deltas, k).sort(dim=0).values[cut : n - cut].mean(dim=0) for k in deltas[0]}
+
+
+# --- metrics -----------------------------------------------------------------------------
+
+
+def proposal_record(p: Proposal, weight: float | None = None, norm: float | None = None) -> dict[str, Any]:
+    """The per-proposal metrics record (accepted until a wrapper says otherwise)."""
+    return {
+        "agent": p.agent,
+        "level": p.level,
+        "tick": p.tick,
+        "decision": "accepted",
+        "reason": "",
+        "norm": global_norm(p.delta) if norm is None else norm,
+        "cosine": None,
+        "weight": weight,
+    }
+
+
+def summarize(strategy: str, update: Delta | None, records: list[dict[str, Any]], failures: Sequence[Failure]) -> Metrics:
+    """Tick-level metrics from the per-proposal records."""
+    accepted = sum(r["decision"] == "accepted" for r in records)
+    return {
+        "strategy": strategy,
+        "n_proposals": len(records),
+        "n_accepted": accepted,
+        "n_rejected": len(records) - accepted,
+        "n_failures": len(failures),
+        "failures": [repr(f) if isinstance(f, BaseException) else str(f) for f in failures],
+        "norm": None if update is None else global_norm(update),
+        "proposals": records,
+    }
+
+
+def _no_update(strategy: str, proposals: Sequence[Proposal], failures: Sequence[Failure], reason: str) -> tuple[None, Metrics]:
+    records = [proposal_record(p, weight=0.0) | {"decision": "rejected", "reason": reason} for p in proposals]
+    return None, summarize(strategy, None, records, failures) | {"reason": reason}
+
+
+# --- strategies --------------------------------------------------------------------------
+
+
+@final
+class Mean(Stateless):
+    """Equal-weight mean of all proposals (FedAvg with equal client sizes)."""
+
+    name = "mean"
+
+    def aggregate(self, tick: int, proposals: Sequence[Proposal], failures: Sequence[Failure] = ()) -> tuple[Delta | None, Metrics]:
+        if not proposals:
+            return _no_update(self.name, proposals, failures, "no proposals")
+        n = len(proposals)
+        update = weighted_mean([p.delta for p in proposals], [1.0] * n)
+        return update, summarize(self.name, update, [proposal_record(p, 1.0 / n) for p in proposals], failures)
+
+
+@final
+class Weighted(Stateless):
+    """Mean weighted by quality × reputation (DESIGN.md §3); negative weights count as 0."""
+
+    name = "weighted"
+
+    def aggregate(self, tick: int, proposals: Sequence[Proposal], failures: Sequence[Failure] = ()) -> tuple[Delta | None, Metrics]:
+        weights = [max(p.quality, 0.0) * max(p.reputation, 0.0) for p in proposals]
+        if not proposals or sum(weights) <= 0:
+            return _no_update(self.name, proposals, failures, "no proposals" if not proposals else "total weight is zero")
+        total = sum(weights)
+        update = weighted_mean([p.delta for p in proposals], weights)
+        records = [proposal_record(p, w / total) for p, w in zip(proposals, weights, strict=True)]
+        return update, summarize(self.name, update, records, failures)
+
+
+@final
+class Median(Stateless):
+    """Coordinate-wise median: one arbitrary outlier cannot move it far (Yin et al. 2018)."""
+
+    name = "median"
+
+    def aggregate(self, tick: int, proposals: Sequence[Proposal], failures: Sequence[Failure] = ()) -> tuple[Delta | None, Metrics]:
+        if not proposals:
+            return _no_update(self.name, proposals, failures, "no proposals")
+        update = coordinate_median([p.delta for p in proposals])
+        n = len(proposals)
+        return update, summarize(self.name, update, [proposal_record(p, 1.0 / n) for p in proposals], failures)
+
+
+@final
+class TrimmedMean(Stateless):
+    """Coordinate-wise mean without the ⌊β·n⌋ extremes at each end (Flower's FedTrimmedAvg)."""
+
+    def __init__(self, beta: float = 0.2) -> None:
+        if not 0.0 <= beta < 0.5:
+            raise ValueError(f"trim (beta) must be in [0, 0.5), got {beta}")
+        self.beta = beta
+        self.name = f"trimmed_mean({beta:g})"
+
+    def aggregate(self, tick: int, proposals: Sequence[Proposal], failures: Sequence[Failure] = ()) -> tuple[Delta | None, Metrics]:
+        if not proposals:
+            return _no_update(self.name, proposals, failures, "no proposals")
+        update = trimmed_mean([p.delta for p in proposals], self.beta)
+        n = len(proposals)
+        return update, summarize(self.name, update, [proposal_record(p, 1.0 / n) for p in proposals], failures)
+
+
+@final
+class Clipped:
+    """Scale every proposal down to global L2 norm ≤ ``max_norm``, then delegate."""
+
+    def __init__(self, inner: Aggregator, max_norm: float) -> None:
+        if not max_norm > 0:
+            raise ValueError(f"max_norm must be > 0, got {max_norm}")
+        self.inner, self.max_norm = inner, max_norm
+        self.name = f"clipped({inner.name}, {max_norm:g})"
+
+    def aggregate(self, tick: int, proposals: Sequence[Proposal], failures: Sequence[Failure] = ()) -> tuple[Delta | None, Metrics]:
+        norms = [global_norm(p.delta) for p in proposals]
+        scales = [clip_scale(n, self.max_norm) for n in norms]
+        clipped = [
+            dataclasses.replace(p, delta={k: t * s for k, t in p.delta.items()}) if s < 1.0 else p
+            for p, s in zip(proposals, scales, strict=True)
+        ]
+        update, metrics = self.inner.aggregate(tick, clipped, failures)
+        for rec, n, s in zip(metrics["proposals"], norms, scales, strict=True):
+            rec["norm"], rec["clip_scale"] = n, s
+            rec["weight"] = None if rec["weight"] is None else rec["weight"] * s
+        return update, metrics | {"strategy": self.name}
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return self.inner.state_dict()
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self.inner.load_state_dict(state)

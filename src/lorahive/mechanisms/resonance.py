@@ -1,0 +1,114 @@
+"""Horizontal resonance: favour proposals that agree with where the swarm is heading.
+
+Seed 004 (§ "horizontal resonance"; DESIGN.md §3): proposal i is weighted by
+``1 + α·cos_i`` when it points along the swarm's running direction (``cos_i ≥ 0``) and by
+``1 + β·cos_i`` when it opposes it, the factor clamped to ``[0, cap]``. With ``α, β ≥ 0``
+aligned proposals are boosted and opposed ones damped. The running direction of a level is
+an exponential moving average of the unit vectors of its applied updates.
+
+:class:`Resonance` wraps any aggregator: it scales each proposal's delta by its factor and
+delegates, then folds the resulting update into the direction. With ``α = β = 0`` it
+changes nothing and only tracks the direction, which is how the ledger's "cosine to the
+swarm direction" is filled in when resonance is switched off.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import final
+
+import torch
+
+from lorahive.mechanisms.aggregation import (
+    Aggregator,
+    Delta,
+    Failure,
+    Metrics,
+    Proposal,
+    cosine,
+    flatten,
+    global_norm,
+)
+
+__all__ = ["Resonance", "SwarmDirection", "resonance_factor"]
+
+
+def resonance_factor(cos: float, alpha: float, beta: float, cap: float) -> float:
+    """``1 + α·cos`` if aligned (cos ≥ 0), ``1 + β·cos`` if opposed, clamped to [0, cap]."""
+    raw = 1.0 + (alpha if cos >= 0 else beta) * cos
+    return min(max(raw, 0.0), cap)
+
+
+@final
+class SwarmDirection:
+    """Per level, an EMA of the unit directions of applied updates (flattened, keys sorted)."""
+
+    def __init__(self, ema: float = 0.9) -> None:
+        if not 0.0 <= ema < 1.0:
+            raise ValueError(f"ema must be in [0, 1), got {ema}")
+        self.ema = ema
+        self.vectors: dict[str, torch.Tensor] = {}  # level -> (n_params,)
+
+    def cosine(self, level: str, delta: Delta) -> float | None:
+        """Cosine of ``delta`` to the level's direction; ``None`` before any update or on a size mismatch."""
+        d = self.vectors.get(level)
+        v = flatten(delta)
+        if d is None or d.numel() != v.numel():
+            return None
+        return cosine(v, d)
+
+    def update(self, level: str, delta: Delta) -> None:
+        """Fold an applied update into the level's direction."""
+        v = flatten(delta)
+        n = torch.linalg.vector_norm(v)
+        if not bool(torch.isfinite(n)) or n <= 0:
+            return
+        u = v / n
+        d = self.vectors.get(level)
+        self.vectors[level] = u if d is None or d.numel() != u.numel() else self.ema * d + (1.0 - self.ema) * u
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {f"direction/{level}": v.clone() for level, v in self.vectors.items()}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self.vectors = {k.removeprefix("direction/"): v.clone().float() for k, v in state.items() if k.startswith("direction/")}
+
+
+@final
+class Resonance:
+    """Scale each proposal by its resonance factor, delegate, then update the direction."""
+
+    def __init__(self, inner: Aggregator, alpha: float = 0.5, beta: float = 0.5, cap: float = 2.0, ema: float = 0.9) -> None:
+        if alpha < 0 or beta < 0:
+            raise ValueError(f"alpha and beta must be >= 0, got alpha={alpha}, beta={beta}")
+        if cap < 1:
+            raise ValueError(f"cap must be >= 1, got {cap}")
+        self.inner, self.alpha, self.beta, self.cap = inner, alpha, beta, cap
+        self.direction = SwarmDirection(ema)
+        self.name = f"resonance({inner.name}, α={alpha:g}, β={beta:g}, cap={cap:g})"
+
+    def aggregate(self, tick: int, proposals: Sequence[Proposal], failures: Sequence[Failure] = ()) -> tuple[Delta | None, Metrics]:
+        levels = {p.level for p in proposals}
+        if len(levels) > 1:
+            raise ValueError(f"one aggregate call aggregates one level; got {sorted(levels)}")
+        cosines = [self.direction.cosine(p.level, p.delta) for p in proposals]
+        factors = [1.0 if c is None else resonance_factor(c, self.alpha, self.beta, self.cap) for c in cosines]
+        scaled = [
+            p if f == 1.0 else dataclasses.replace(p, delta={k: t * f for k, t in p.delta.items()})
+            for p, f in zip(proposals, factors, strict=True)
+        ]
+        update, metrics = self.inner.aggregate(tick, scaled, failures)
+        for rec, p, c, f in zip(metrics["proposals"], proposals, cosines, factors, strict=True):
+            rec["norm"], rec["cosine"], rec["resonance"] = global_norm(p.delta), c, f
+            rec["weight"] = None if rec["weight"] is None else rec["weight"] * f
+        if update is not None and proposals:
+            self.direction.update(proposals[0].level, update)
+        return update, metrics | {"strategy": self.name}
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return self.direction.state_dict() | self.inner.state_dict()
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self.direction.load_state_dict(state)
+        self.inner.load_state_dict(state)

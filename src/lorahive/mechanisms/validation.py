@@ -1,0 +1,121 @@
+"""Validation: reject malformed or implausible proposals before they are aggregated.
+
+A proposal is rejected — with a reason the ledger keeps — when its level is not the one
+being aggregated, its keys or tensor shapes differ from the reference, any value is NaN or
+infinite, or its global L2 norm exceeds ``reject_norm``. This is the "a NaN proposal is
+rejected and logged, the run goes on" rule of issue 3, and the first line of defence that
+robust aggregation (median, trimmed mean) backs up. The reference level and shapes are those given to
+:class:`Validated`, or else the most common level and key/shape signature among the tick's
+proposals, so one malformed proposal cannot redefine what "well-formed" means.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from typing import final
+
+import torch
+
+from lorahive.mechanisms.aggregation import (
+    Aggregator,
+    Delta,
+    Failure,
+    Metrics,
+    Proposal,
+    global_norm,
+    proposal_record,
+    summarize,
+)
+
+__all__ = ["Shapes", "Validated", "reference_level", "reference_shapes", "validate_proposal"]
+
+#: Expected tensor shape per parameter name.
+Shapes = dict[str, tuple[int, ...]]
+
+
+def _signature(delta: Delta) -> tuple[tuple[str, tuple[int, ...]], ...]:
+    return tuple(sorted((k, tuple(t.shape)) for k, t in delta.items()))
+
+
+def reference_shapes(proposals: Sequence[Proposal]) -> Shapes:
+    """The most common key/shape signature among ``proposals`` (the earliest on a tie)."""
+    if not proposals:
+        return {}
+    counts = Counter(_signature(p.delta) for p in proposals)
+    return dict(counts.most_common(1)[0][0])
+
+
+def reference_level(proposals: Sequence[Proposal]) -> str | None:
+    """The most common level among ``proposals`` (the earliest on a tie)."""
+    return Counter(p.level for p in proposals).most_common(1)[0][0] if proposals else None
+
+
+def _shape_reason(delta: Delta, shapes: Shapes) -> str | None:
+    missing, extra = sorted(set(shapes) - set(delta)), sorted(set(delta) - set(shapes))
+    if missing:
+        return f"missing keys: {', '.join(missing[:3])}" + (" ..." if len(missing) > 3 else "")
+    if extra:
+        return f"unexpected keys: {', '.join(extra[:3])}" + (" ..." if len(extra) > 3 else "")
+    for k, t in delta.items():
+        if tuple(t.shape) != shapes[k]:
+            return f"shape mismatch in {k}: {tuple(t.shape)} != expected {shapes[k]}"
+    return None
+
+
+def validate_proposal(p: Proposal, shapes: Shapes, level: str | None = None, reject_norm: float | None = None) -> tuple[str | None, float | None]:
+    """Check one proposal; return (reason it is rejected or None, its global norm or None)."""
+    bad = next((k for k, t in p.delta.items() if not bool(torch.isfinite(t).all())), None)
+    norm = None if bad is not None else global_norm(p.delta)
+    if level is not None and p.level != level:
+        return f"level {p.level!r} is not the level being aggregated ({level!r})", norm
+    reason = _shape_reason(p.delta, shapes)
+    if reason is not None:
+        return reason, norm
+    if bad is not None or norm is None:
+        return f"non-finite values (NaN/inf) in {bad}", None
+    if reject_norm is not None and norm > reject_norm:
+        return f"norm {norm:.4g} exceeds reject_norm {reject_norm:g}", norm
+    return None, norm
+
+
+@final
+class Validated:
+    """Drop invalid proposals (recording why), aggregate the rest with ``inner``.
+
+    Returns ``(None, metrics)`` when no proposal passes.
+    """
+
+    def __init__(self, inner: Aggregator, reject_norm: float | None = None, shapes: Shapes | None = None, level: str | None = None) -> None:
+        if reject_norm is not None and not reject_norm > 0:
+            raise ValueError(f"reject_norm must be > 0, got {reject_norm}")
+        self.inner, self.reject_norm, self.shapes, self.level = inner, reject_norm, shapes, level
+        self.name = f"validated({inner.name})"
+
+    def aggregate(self, tick: int, proposals: Sequence[Proposal], failures: Sequence[Failure] = ()) -> tuple[Delta | None, Metrics]:
+        shapes = self.shapes if self.shapes is not None else reference_shapes(proposals)
+        level = self.level if self.level is not None else reference_level(proposals)
+        checks = [validate_proposal(p, shapes, level, self.reject_norm) for p in proposals]
+        passed = [p for p, (reason, _) in zip(proposals, checks, strict=True) if reason is None]
+        if passed:
+            update, inner_metrics = self.inner.aggregate(tick, passed, failures)
+            inner_records = iter(inner_metrics["proposals"])
+        else:
+            update, inner_metrics, inner_records = None, {}, iter(())
+        records = []
+        for p, (reason, norm) in zip(proposals, checks, strict=True):
+            if reason is None:
+                records.append(next(inner_records))
+            else:
+                rec = proposal_record(p, weight=0.0, norm=0.0) | {"norm": norm}
+                records.append(rec | {"decision": "rejected", "reason": reason})
+        metrics = inner_metrics | summarize(self.name, update, records, failures)
+        if not passed:
+            metrics["reason"] = "no proposal passed validation"
+        return update, metrics
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return self.inner.state_dict()
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self.inner.load_state_dict(state)
