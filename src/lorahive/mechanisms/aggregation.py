@@ -17,7 +17,7 @@ Metrics always hold ``strategy``, ``n_proposals``, ``n_accepted``, ``n_rejected`
 proposal received, in order, with ``agent``, ``level``, ``tick``, ``decision``
 (``accepted``/``rejected``), ``reason``, ``norm`` (of the proposal as submitted),
 ``cosine`` (to the swarm's running direction; ``None`` unless a resonance wrapper tracks
-it) and ``weight`` — the factor by which the proposal's raw delta enters the update, for the
+it), ``quality``, ``reputation`` and ``weight`` — the factor by which the proposal's raw delta enters the update, for the
 linear strategies (mean, weighted); for median and trimmed mean it is the nominal 1/n.
 """
 
@@ -173,6 +173,8 @@ def proposal_record(p: Proposal, weight: float | None = None, norm: float | None
         "norm": global_norm(p.delta) if norm is None else norm,
         "cosine": None,
         "weight": weight,
+        "quality": p.quality,
+        "reputation": p.reputation,
     }
 
 
