@@ -56,7 +56,7 @@ class SwarmDirection:
         v = flatten(delta)
         if d is None or d.numel() != v.numel():
             return None
-        return cosine(v, d)
+        return cosine(v, d.to(v.device))
 
     def update(self, level: str, delta: Delta) -> None:
         """Fold an applied update into the level's direction."""
@@ -66,10 +66,13 @@ class SwarmDirection:
             return
         u = v / n
         d = self.vectors.get(level)
-        self.vectors[level] = u if d is None or d.numel() != u.numel() else self.ema * d + (1.0 - self.ema) * u
+        if d is None or d.numel() != u.numel():
+            self.vectors[level] = u
+        else:
+            self.vectors[level] = self.ema * d.to(u.device) + (1.0 - self.ema) * u
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        return {f"direction/{level}": v.clone() for level, v in self.vectors.items()}
+        return {f"direction/{level}": v.detach().cpu().clone() for level, v in self.vectors.items()}
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         self.vectors = {k.removeprefix("direction/"): v.clone().float() for k, v in state.items() if k.startswith("direction/")}
