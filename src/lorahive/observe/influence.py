@@ -104,7 +104,7 @@ def _answer_logprobs(hive: Hive, batch: Batch, agents: list[str], gates: dict[st
     return row_logp, logp, keep.sum(1).tolist()
 
 
-def _run(hive: Hive, batch: Batch, agents: Sequence[str], pairs: list[tuple[int, int]], masks: torch.Tensor, levels: Sequence[str]):
+def _run(hive: Hive, batch: Batch, agents: Sequence[str], pairs: list[tuple[int, int]], masks: torch.Tensor, levels: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
     """Run rows given as (example, coalition) pairs; returns what :func:`_answer_logprobs` does."""
     dev = hive.device
     ex = torch.tensor([e for e, _ in pairs], device=dev)  # (R,)
@@ -113,7 +113,7 @@ def _run(hive: Hive, batch: Batch, agents: Sequence[str], pairs: list[tuple[int,
     return _answer_logprobs(hive, _rows(batch, ex), [agents[e] for e, _ in pairs], gates)
 
 
-def _probe_pass(hive, batch, agents, masks, levels, max_rows) -> tuple[dict[tuple[int, int], float], torch.Tensor, int]:
+def _probe_pass(hive: Hive, batch: Batch, agents: Sequence[str], masks: torch.Tensor, levels: Sequence[str], max_rows: int) -> tuple[dict[tuple[int, int], float], torch.Tensor, int]:
     """Full and drop-one coalitions of every example: their values and the summed KL per level."""
     n, n_ex = len(levels), len(agents)
     full = 2**n - 1
@@ -175,7 +175,7 @@ def level_influence(
     )
 
 
-def _check(hive: Hive, examples, agents, levels: list[str], max_rows: int) -> None:
+def _check(hive: Hive, examples: Sequence[tuple[str, str]], agents: Sequence[str], levels: list[str], max_rows: int) -> None:
     if not examples:
         raise ValueError("examples is empty")
     if len(examples) != len(agents):
