@@ -47,8 +47,8 @@ class LevelBank(nn.Module):
         dev, dt = self.A.device, self.A.dtype
         a_new = _init_a(n_slots - old, self.rank, self.in_features, f"{self.key}/{old}").to(dev, dt)
         b_new = torch.zeros(n_slots - old, self.out_features, self.rank, device=dev, dtype=dt)
-        self.A = nn.Parameter(torch.cat([self.A.data, a_new]))
-        self.B = nn.Parameter(torch.cat([self.B.data, b_new]))
+        self.A = nn.Parameter(torch.cat([self.A.data, a_new]), requires_grad=self.A.requires_grad)
+        self.B = nn.Parameter(torch.cat([self.B.data, b_new]), requires_grad=self.B.requires_grad)
         self.A0 = torch.cat([self.A0, a_new.clone()])
         self.B0 = torch.cat([self.B0, b_new.clone()])
 
@@ -60,12 +60,17 @@ class LevelBank(nn.Module):
 
     def delta(self, x: torch.Tensor, slots: torch.Tensor | None) -> torch.Tensor:
         """``B[s(row)] · A[s(row)] · x`` for each row; ``slots=None`` means slot 0 for all rows."""
-        a, b = self.A.to(x.dtype), self.B.to(x.dtype)
-        if slots is None:
-            return (x @ a[0].transpose(0, 1)) @ b[0].transpose(0, 1)
-        squeeze = x.dim() == 2
-        if squeeze:  # (B, in) -> (B, 1, in)
-            x = x.unsqueeze(1)
-        h = torch.bmm(x, a[slots].transpose(1, 2))  # (B, T, r)
-        out = torch.bmm(h, b[slots].transpose(1, 2))  # (B, T, out)
-        return out.squeeze(1) if squeeze else out
+        return routed_delta(x, self.A, self.B, slots)
+
+
+def routed_delta(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor, slots: torch.Tensor | None) -> torch.Tensor:
+    """Reference LoRA product with per-row slots: ``a (S, r, in)``, ``b (S, out, r)``."""
+    a, b = a.to(x.dtype), b.to(x.dtype)
+    if slots is None:
+        return (x @ a[0].transpose(0, 1)) @ b[0].transpose(0, 1)
+    squeeze = x.dim() == 2
+    if squeeze:  # (B, in) -> (B, 1, in)
+        x = x.unsqueeze(1)
+    h = torch.bmm(x, a[slots].transpose(1, 2))  # (B, T, r)
+    out = torch.bmm(h, b[slots].transpose(1, 2))  # (B, T, out)
+    return out.squeeze(1) if squeeze else out

@@ -10,7 +10,8 @@ from typing import cast
 import torch
 from torch import nn
 
-from lorahive.adapters.bank import LevelBank
+from lorahive.adapters.bank import LevelBank, routed_delta
+from lorahive.adapters.fused import fused_forward, wants_fused
 from lorahive.adapters.routing import RoutingState
 from lorahive.config import LevelSpec
 
@@ -50,11 +51,15 @@ class HiveLinear(nn.Module):
         routing = self.state.current
         if routing is None:
             raise RuntimeError(f"{self.name}: HiveLinear called outside a routing context; use the Hive's methods")
+        if wants_fused(x) and not routing.overrides:  # one shrink + one expand for all levels (adapters/fused.py)
+            return fused_forward(self, x, y, routing)
         for level, module in self.banks.items():
             bank = cast(LevelBank, module)
             if not routing.runs(level):
                 continue
-            delta = bank.delta(x, routing.slots.get(level))
+            override = routing.overrides.get(level, {}).get(self.name)
+            a, b = override if override is not None else (bank.A, bank.B)
+            delta = routed_delta(x, a, b, routing.slots.get(level))
             gate = routing.gates.get(level)
             if gate is not None:
                 delta = delta * gate.to(delta.dtype).view(-1, *([1] * (delta.dim() - 1)))

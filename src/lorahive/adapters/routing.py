@@ -22,12 +22,15 @@ class Routing:
     mix: level name -> mixing coefficient α_l(t) (absent: 1.0).
     gates: level name -> (B,) float multiplier per row (absent: 1.0); lets one batch hold
         many level subsets at once, as influence measurement needs.
+    overrides: level name -> module path -> (A, B) tensors used instead of that level's bank,
+        with their own slot dimension; per-agent *proposal slots* of a shared level use this.
     """
 
     slots: dict[str, torch.Tensor] = field(default_factory=dict)
     active: frozenset[str] | None = None
     mix: dict[str, float] = field(default_factory=dict)
     gates: dict[str, torch.Tensor] = field(default_factory=dict)
+    overrides: dict[str, dict[str, tuple[torch.Tensor, torch.Tensor]]] = field(default_factory=dict)
 
     def runs(self, level: str) -> bool:
         return (self.active is None or level in self.active) and self.mix.get(level, 1.0) != 0.0

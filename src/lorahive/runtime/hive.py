@@ -81,7 +81,6 @@ class Hive:
                 for bank in self.banks(lv.name):
                     bank.grow(capacity)
         self._agents.extend(names)
-        self._set_trainable()
         return list(range(start, need))
 
     # ------------------------------------------------------------------ banks
@@ -141,11 +140,29 @@ class Hive:
             raise ValueError(f"unknown levels: {', '.join(unknown)}; levels are {self.stack.names()}")
         return frozenset(levels)
 
-    def route(self, agents: Sequence[str], levels: Sequence[str] | frozenset[str] | None = None, gates: dict[str, torch.Tensor] | None = None) -> Routing:
-        """The routing of a batch whose row i belongs to ``agents[i]``."""
+    def zero_levels(self) -> set[str]:
+        """Shared levels whose B is exactly zero in every module: they add exactly nothing."""
+        return {lv.name for lv in self.stack.levels if lv.scope == "shared" and not any(bool(b.B.any()) for b in self.banks(lv.name))}
+
+    def route(
+        self,
+        agents: Sequence[str],
+        levels: Sequence[str] | frozenset[str] | None = None,
+        gates: dict[str, torch.Tensor] | None = None,
+        training: Sequence[str] = (),
+    ) -> Routing:
+        """The routing of a batch whose row i belongs to ``agents[i]``.
+
+        Shared levels that are exactly zero and not being trained are skipped: the result
+        is the same (they add +0.0) and a fresh hive's slow levels cost nothing.
+        """
         idx = torch.tensor(self._agent_index(agents), device=self.device)
         slots = {lv.name: idx for lv in self.stack.levels if lv.scope != "shared"}
-        return Routing(slots=slots, active=self._check_levels(levels), mix=dict(self.mix), gates=gates or {})
+        active = self._check_levels(levels)
+        skip = self.zero_levels() - set(training)
+        if skip:
+            active = frozenset((active if active is not None else set(self.stack.names())) - skip)
+        return Routing(slots=slots, active=active, mix=dict(self.mix), gates=gates or {})
 
     # ------------------------------------------------------------------ inference
     def _check_rows(self, prompts: Sequence[str], agents: Sequence[str]) -> None:
@@ -206,8 +223,8 @@ class Hive:
         batch = pack_examples(self.tokenizer, rows, self.max_length).to(self.device)
         return batch, owners, list(examples)
 
-    def _agent_losses(self, batch: Batch, owners: list[str], names: list[str], levels: frozenset[str] | None) -> dict[str, torch.Tensor]:
-        with self.routing.use(self.route(owners, levels)):
+    def _agent_losses(self, batch: Batch, owners: list[str], names: list[str], routing: Routing) -> dict[str, torch.Tensor]:
+        with self.routing.use(routing):
             total, count = answer_nll(self.model, batch)
         row_agent = torch.tensor([names.index(o) for o in owners], device=total.device)
         sums = torch.zeros(len(names), device=total.device).index_add(0, row_agent, total)
@@ -219,7 +236,20 @@ class Hive:
     def loss(self, examples: Examples, levels: Sequence[str] | None = None) -> dict[str, float]:
         """Mean answer-token NLL per agent, without learning."""
         batch, owners, names = self._pack(examples)
-        return {n: float(v) for n, v in self._agent_losses(batch, owners, names, self._check_levels(levels)).items()}
+        routing = self.route(owners, self._check_levels(levels))
+        return {n: float(v) for n, v in self._agent_losses(batch, owners, names, routing).items()}
+
+    @torch.no_grad()
+    def row_nll(self, rows: Sequence[tuple[str, str, str]], levels: Sequence[str] | None = None, chunk: int = 64) -> torch.Tensor:
+        """Summed answer NLL of each ``(agent, prompt, answer)`` row, in chunks, as a (N,) tensor."""
+        out = []
+        for i in range(0, len(rows), chunk):
+            part = rows[i : i + chunk]
+            batch = pack_examples(self.tokenizer, [(p, a) for _, p, a in part], self.max_length).to(self.device)
+            with self.routing.use(self.route([r[0] for r in part], self._check_levels(levels))):
+                total, _ = answer_nll(self.model, batch)
+            out.append(total.cpu())
+        return torch.cat(out) if out else torch.zeros(0)
 
     def learn(self, examples: Examples, steps: int = 1, levels: Sequence[str] | None = None) -> dict[str, float]:
         """Learn from many agents' (prompt, answer) examples in one batched pass per step.
@@ -239,7 +269,7 @@ class Hive:
         losses: dict[str, torch.Tensor] = {}
         for _ in range(steps):
             self.model.zero_grad(set_to_none=True)
-            losses = self._agent_losses(batch, owners, names, None)
+            losses = self._agent_losses(batch, owners, names, self.route(owners, training=[lv.name for lv in update]))
             total = torch.stack(list(losses.values())).sum()
             if not torch.isfinite(total):
                 continue
@@ -256,3 +286,46 @@ class Hive:
                 self.optimizers[lv.name].step(params, slots)
         self.model.zero_grad(set_to_none=True)
         return {n: float(v.detach()) for n, v in losses.items()}
+
+    # ------------------------------------------------------------------ shared-level proposals
+    def propose(self, examples: Examples, level: str = "swarm") -> tuple[dict[str, dict[str, torch.Tensor]], dict[str, float]]:
+        """Each agent's exact gradient on shared ``level``, from one batched backward.
+
+        The level gets one *proposal slot* per agent, all holding the level's current weights;
+        row i is routed to its agent's slot, so the gradient that lands in slot k is agent k's
+        own gradient (DESIGN.md §2). Returns ``{agent: {param name: grad}}`` with slot-shaped
+        tensors keyed like :meth:`level_params`, and each agent's loss.
+        """
+        if self.stack.get(level).scope != "shared":
+            raise ValueError(f"proposals are for shared levels; {level!r} is scoped {self.stack.get(level).scope!r}")
+        batch, owners, names = self._pack(examples)
+        k = len(names)
+        slots: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        for path, bank in self.named_banks(level):
+            pa = bank.A.detach()[:1].expand(k, -1, -1).clone().requires_grad_()  # (K, r, in)
+            pb = bank.B.detach()[:1].expand(k, -1, -1).clone().requires_grad_()  # (K, out, r)
+            slots[path] = (pa, pb)
+        base = self.route(owners, training=[level])
+        row_slot = torch.tensor([names.index(o) for o in owners], device=self.device)
+        routing = Routing(slots={**base.slots, level: row_slot}, active=base.active, mix=base.mix, overrides={level: slots})
+        losses = self._agent_losses(batch, owners, names, routing)
+        leaves = [t for pair in slots.values() for t in pair]
+        grads = torch.autograd.grad(torch.stack(list(losses.values())).sum(), leaves)
+        out: dict[str, dict[str, torch.Tensor]] = {n: {} for n in names}
+        for (path, _), g_a, g_b in zip(slots.items(), grads[0::2], grads[1::2], strict=True):
+            for i, n in enumerate(names):
+                out[n][f"{path}.A"], out[n][f"{path}.B"] = g_a[i], g_b[i]
+        return out, {n: float(v.detach()) for n, v in losses.items()}
+
+    def apply_update(self, level: str, update: Mapping[str, torch.Tensor]) -> None:
+        """Step shared ``level``'s optimizer with ``update`` as its gradient (η_l·(1−β_l) step)."""
+        params = self.level_params(level)
+        if set(update) != set(params):
+            raise ValueError(f"update for {level!r} must cover exactly its {len(params)} parameters")
+        for name, p in params.items():
+            g = torch.zeros_like(p)
+            g[0] = update[name].to(p.device, p.dtype)
+            p.grad = g
+        self.optimizers[level].step(params, torch.zeros(1, dtype=torch.long, device=self.device))
+        for p in params.values():
+            p.grad = None

@@ -1,0 +1,237 @@
+"""Fused path of :class:`HiveLinear`: every level of one module in one shrink and one expand.
+
+The reference path (``HiveLinear.forward``) runs each level on its own: per level a cast of
+the whole bank, a gather, two matmuls and a scaled add. Here the levels of one module are
+concatenated along the rank, since ``Σ_l c_l·B_l·A_l·x = [c_1 B_1 … c_n B_n]·[A_1; …; A_n]·x``:
+
+* levels whose slot is the same for every row (shared levels, or per-agent levels of a batch
+  that holds one agent) go into one ``(R_s, in)`` shrink matmul and one ``(out, R_s)`` expand
+  ``addmm`` into the base output;
+* levels routed per row go into one batched shrink and one ``baddbmm`` expand, over
+  ``(B, R_r, in)`` / ``(B, out, R_r)`` weights gathered for the batch's rows only (the bank
+  is never cast or copied whole).
+
+Mixing coefficient, scale and per-row gate are folded into the expand weights, so no pass
+over the activations is spent on them. Autograd runs through the torch ops, so gradients land
+in the gathered slots only. Under ``no_grad`` (scoring, generation with a KV cache) the
+prepared weights are kept for the life of the routing, so each decode step pays four matmuls
+per module and nothing else.
+
+The path is used automatically on CUDA; :func:`use_fused` forces it on or off (on CPU it is
+how the test suite checks its math against the reference).
+"""
+
+from __future__ import annotations
+
+import threading
+import weakref
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal, cast
+
+import torch
+
+from lorahive.adapters.bank import LevelBank
+from lorahive.adapters.routing import Routing
+
+if TYPE_CHECKING:
+    from lorahive.adapters.layer import HiveLinear
+
+Mode = Literal["auto", "on", "off"]
+_MODE = threading.local()
+
+
+def _mode() -> Mode:
+    return cast(Mode, getattr(_MODE, "value", "auto"))
+
+
+@contextmanager
+def use_fused(mode: Mode) -> Iterator[None]:
+    """Within the block: ``"on"`` fuses on any device, ``"off"`` runs the reference, ``"auto"`` fuses on CUDA."""
+    if mode not in ("auto", "on", "off"):
+        raise ValueError(f"fused mode must be 'auto', 'on' or 'off', got {mode!r}")
+    previous, _MODE.value = _mode(), mode
+    try:
+        yield
+    finally:
+        _MODE.value = previous
+
+
+def wants_fused(x: torch.Tensor) -> bool:
+    """Whether ``HiveLinear`` should take the fused path for input ``x``."""
+    mode = _mode()
+    return mode == "on" or (mode == "auto" and x.is_cuda)
+
+
+@dataclass(frozen=True)
+class _Term:
+    """One level's contribution: its bank, the slots of the rows (None: one slot), the coefficient."""
+
+    bank: LevelBank
+    slots: torch.Tensor | None  # (B,) long, (1,) when every row uses that slot, or None: slot 0
+    coeff: float  # mix · alpha / r
+    gate: torch.Tensor | None  # (B,) float, or None
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """Concatenated weights of one module for one routing, in the activation dtype.
+
+    ``alpha_*`` is the coefficient shared by every level of the group (applied by the
+    expand's ``alpha``); where levels differ it is 1.0 and the coefficients sit in ``b_*``.
+    """
+
+    a_one: torch.Tensor | None  # (R_s, in)
+    b_one: torch.Tensor | None  # (out, R_s)
+    alpha_one: float
+    a_rows: torch.Tensor | None  # (B, R_r, in)
+    b_rows: torch.Tensor | None  # (B, out, R_r)
+    alpha_rows: float
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """Per routing, for every level that runs: (slots, coefficient, gate); shared by all modules."""
+
+    terms: dict[str, tuple[torch.Tensor | None, float, torch.Tensor | None]]
+
+
+# Plans and prepared weights live as long as their routing object (one forward pass, or one
+# whole generate call): weights cannot change under a routing in use.
+_PLANS: dict[int, _Plan] = {}
+_CACHE: dict[int, dict[int, tuple[torch.dtype, Prepared]]] = {}
+
+
+def _forget(key: int) -> None:
+    _PLANS.pop(key, None)
+    _CACHE.pop(key, None)
+
+
+def _make_plan(routing: Routing, coeffs: dict[str, float]) -> _Plan:
+    """Classify levels once per routing; one device sync finds row slots shared by every row."""
+    terms: dict[str, tuple[torch.Tensor | None, float, torch.Tensor | None]] = {}
+    single: dict[int, torch.Tensor | None] = {}
+    for level, scale in coeffs.items():
+        if not routing.runs(level):
+            continue
+        slots, gate = routing.slots.get(level), routing.gates.get(level)
+        if gate is not None and slots is None:  # gated shared level: per-row coefficient
+            slots = torch.zeros(gate.shape[0], dtype=torch.long, device=gate.device)
+        elif gate is None and slots is not None:
+            if id(slots) not in single:
+                single[id(slots)] = slots[:1] if bool((slots == slots[0]).all()) else None
+            slots = single[id(slots)] if single[id(slots)] is not None else slots
+        terms[level] = (slots, routing.mix.get(level, 1.0) * scale, gate)
+    return _Plan(terms)
+
+
+def _plan(layer: HiveLinear, routing: Routing) -> _Plan:
+    key = id(routing)
+    plan = _PLANS.get(key)
+    if plan is None:
+        plan = _PLANS[key] = _make_plan(routing, layer.scales)
+        weakref.finalize(routing, _forget, key)
+    return plan
+
+
+def _terms(layer: HiveLinear, routing: Routing) -> tuple[list[_Term], list[_Term]]:
+    """Split ``layer``'s running levels into one-slot terms and per-row terms."""
+    one: list[_Term] = []
+    rows: list[_Term] = []
+    terms = _plan(layer, routing).terms
+    for level, module in layer.banks.items():
+        term = terms.get(level)
+        if term is None:
+            continue
+        slots, coeff, gate = term
+        t = _Term(cast(LevelBank, module), slots, coeff, gate)
+        (one if gate is None and (slots is None or slots.shape[0] == 1) else rows).append(t)
+    return one, rows
+
+
+# ---------------------------------------------------------------------------- weights
+def _alpha(terms: list[_Term]) -> float | None:
+    """The coefficient shared by all ungated terms, else None."""
+    first = terms[0].coeff
+    return first if all(t.gate is None and t.coeff == first for t in terms) else None
+
+
+def _one_weights(terms: list[_Term], dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """``(R_s, in)``, ``(out, R_s)`` and the expand's alpha, for terms with one slot each."""
+    alpha = _alpha(terms)
+    a_parts, b_parts = [], []
+    for t in terms:
+        a = t.bank.A[0] if t.slots is None else t.bank.A.index_select(0, t.slots)[0]  # (r, in)
+        b = t.bank.B[0] if t.slots is None else t.bank.B.index_select(0, t.slots)[0]  # (out, r)
+        a_parts.append(a)
+        b_parts.append(b if alpha is not None else b * t.coeff)
+    return _cat(a_parts, 0, dtype), _cat(b_parts, 1, dtype), 1.0 if alpha is None else alpha
+
+
+def _row_weights(terms: list[_Term], dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """``(B, R_r, in)``, ``(B, out, R_r)`` gathered for the batch's rows, and the expand's alpha."""
+    alpha = _alpha(terms)
+    a_parts, b_parts = [], []
+    for t in terms:
+        assert t.slots is not None
+        a_parts.append(t.bank.A.index_select(0, t.slots))  # (B, r, in)
+        b = t.bank.B.index_select(0, t.slots)  # (B, out, r)
+        if alpha is None:
+            b = b * (t.coeff if t.gate is None else (t.coeff * t.gate.to(b.dtype)).view(-1, 1, 1))
+        b_parts.append(b)
+    return _cat(a_parts, 1, dtype), _cat(b_parts, 2, dtype), 1.0 if alpha is None else alpha
+
+
+def _cat(parts: list[torch.Tensor], dim: int, dtype: torch.dtype) -> torch.Tensor:
+    """Concatenate and cast; without autograd in one kernel, writing straight into ``dtype``."""
+    if len(parts) == 1 or (torch.is_grad_enabled() and any(p.requires_grad for p in parts)):
+        return (parts[0] if len(parts) == 1 else torch.cat(parts, dim=dim)).to(dtype)
+    shape = list(parts[0].shape)
+    shape[dim] = sum(p.shape[dim] for p in parts)
+    return torch.cat(parts, dim=dim, out=torch.empty(shape, dtype=dtype, device=parts[0].device))
+
+
+def prepare(layer: HiveLinear, routing: Routing, dtype: torch.dtype) -> Prepared:
+    """The concatenated weights of ``layer`` for ``routing`` (differentiable w.r.t. the banks)."""
+    one, rows = _terms(layer, routing)
+    a_one, b_one, alpha_one = _one_weights(one, dtype) if one else (None, None, 1.0)
+    a_rows, b_rows, alpha_rows = _row_weights(rows, dtype) if rows else (None, None, 1.0)
+    return Prepared(a_one, b_one, alpha_one, a_rows, b_rows, alpha_rows)
+
+
+def prepared(layer: HiveLinear, routing: Routing, dtype: torch.dtype) -> Prepared:
+    """:func:`prepare`, kept for the life of the routing when no gradient is needed."""
+    if torch.is_grad_enabled() and any(p.requires_grad for p in layer.banks.parameters()):
+        return prepare(layer, routing, dtype)
+    _plan(layer, routing)  # registers the routing, so the cache entry dies with it
+    cache = _CACHE.setdefault(id(routing), {})
+    hit = cache.get(id(layer))
+    if hit is not None and hit[0] == dtype:
+        return hit[1]
+    prep = prepare(layer, routing, dtype)
+    cache[id(layer)] = (dtype, prep)
+    return prep
+
+
+# ---------------------------------------------------------------------------- forward
+def apply(prep: Prepared, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """``y += Σ_l c_l·B_l·A_l·x`` in place, with the prepared weights; ``x`` is (B, T, in) or (B, in).
+
+    ``y`` must be the fresh base output (nothing else holds it; its producer's backward does
+    not need it), so the expands accumulate into it without a copy.
+    """
+    x3 = x.unsqueeze(1) if x.dim() == 2 else x  # (B, T, in)
+    y3 = y.unsqueeze(1) if y.dim() == 2 else y  # (B, T, out)
+    if prep.a_one is not None and prep.b_one is not None:
+        h = x3 @ prep.a_one.t()  # (B, T, R_s)
+        y3.view(-1, y3.shape[-1]).addmm_(h.view(-1, h.shape[-1]), prep.b_one.t(), alpha=prep.alpha_one)
+    if prep.a_rows is not None and prep.b_rows is not None:
+        h = torch.bmm(x3, prep.a_rows.transpose(1, 2))  # (B, T, R_r)
+        y3.baddbmm_(h, prep.b_rows.transpose(1, 2), alpha=prep.alpha_rows)  # (B, T, out)
+    return y
+
+
+def fused_forward(layer: HiveLinear, x: torch.Tensor, y: torch.Tensor, routing: Routing) -> torch.Tensor:
+    """The levels' contribution added to the base output ``y`` in one shrink and one expand per kind."""
+    return apply(prepared(layer, routing, x.dtype), x, y)

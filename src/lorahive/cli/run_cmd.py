@@ -1,0 +1,105 @@
+"""``lorahive run``, ``resume`` and ``demo``."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from lorahive.run_config import ConfigError, RunConfig, load_config, parse_config
+from lorahive.runtime import run as runs
+from lorahive.runtime.swarm import TickContext
+from lorahive.store.checkpoint import CheckpointError
+
+console = Console(stderr=True)
+
+
+@contextmanager
+def _progress(title: str) -> Iterator[Callable[[int, int, TickContext | None], None]]:
+    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("{task.fields[info]}"), console=console) as bar:
+        task = bar.add_task(title, total=None, info="")
+
+        def update(done: int, total: int, ctx: TickContext | None) -> None:
+            info = ""
+            if ctx is not None:
+                q = [o.quality for o in ctx.outcomes.values()]
+                info = f"mean query quality {sum(q) / max(1, len(q)):.2f}, proposals {len(ctx.proposals)}"
+            bar.update(task, completed=done, total=total, info=info)
+
+        yield update
+
+
+def _fail(msg: str, code: int = 2) -> None:
+    console.print(f"[red]error:[/red] {msg}")
+    raise typer.Exit(code)
+
+
+def _summary(out: Path, result: dict[str, Any], seconds: float) -> None:
+    console.print(f"[green]done[/green] in {seconds:.0f} s: {result['ticks']} ticks, swarm accepted {result['swarm']['accepted']}, rejected {result['swarm']['rejected']}")
+    for name, a in result["agents"].items():
+        own = a["task_type"]
+        before, after = a["quality_before"].get(own), a["quality_after"].get(own)
+        if before is not None and after is not None:
+            console.print(f"  {name} ({own}): quality {before:.2f} → {after:.2f}")
+    console.print(f"results: {out}/metrics.json, ledger: {out}/ledger.sqlite, checkpoint: {out}/checkpoint/")
+
+
+def _start(cfg: RunConfig, out: Path, force: bool) -> None:
+    t = time.time()
+    try:
+        with _progress("ticks") as update:
+            result = runs.start(cfg, out, force=force, progress=update)
+    except (runs.RunDirError, ConfigError, CheckpointError) as e:
+        _fail(str(e))
+        return
+    _summary(out, result, time.time() - t)
+
+
+def run(
+    config: Annotated[Path, typer.Argument(help="YAML run config")],
+    out: Annotated[Path, typer.Option("--out", help="run directory to create")],
+    overrides: Annotated[list[str] | None, typer.Argument(help="key=value overrides, e.g. ticks=5 agent.fast_steps=3")] = None,
+    force: Annotated[bool, typer.Option("--force", help="overwrite an existing run in --out")] = False,
+) -> None:
+    """Run a swarm from a YAML config into a run directory."""
+    try:
+        cfg = load_config(config, overrides or [])
+    except ConfigError as e:
+        _fail(str(e))
+        return
+    _start(cfg, out, force)
+
+
+def demo(
+    out: Annotated[Path, typer.Option("--out", help="run directory to create")] = Path("runs/demo"),
+    overrides: Annotated[list[str] | None, typer.Argument(help="key=value overrides")] = None,
+    force: Annotated[bool, typer.Option("--force", help="overwrite an existing run in --out")] = False,
+) -> None:
+    """The demo: embedded SmolLM2-135M, 4 agents, the shipped demo tasks (a few minutes on a CPU)."""
+    try:
+        cfg = parse_config({}, overrides or [])
+    except ConfigError as e:
+        _fail(str(e))
+        return
+    _start(cfg, out, force)
+
+
+def resume(
+    out: Annotated[Path, typer.Argument(help="run directory to continue")],
+    ticks: Annotated[int | None, typer.Option("--ticks", min=1, help="run up to this many ticks in total")] = None,
+) -> None:
+    """Continue a run from its last good checkpoint."""
+    t = time.time()
+    try:
+        with _progress("ticks") as update:
+            result = runs.resume(out, progress=update, ticks=ticks)
+    except (runs.RunDirError, ConfigError, CheckpointError) as e:
+        _fail(str(e))
+        return
+    _summary(out, result, time.time() - t)

@@ -1,0 +1,139 @@
+"""Validated run configuration (YAML + ``key=value`` overrides) for swarm runs.
+
+Every field is documented; a bad value fails at load with the field's dotted name and what
+is allowed, before anything is written.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from lorahive.base import DEFAULT_BASE
+from lorahive.config import LevelSpec, StackSpec, as_stack
+from lorahive.mechanisms.compose import AggregationConfig
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot be used; the message names each bad field."""
+
+
+class SuiteConfig(BaseModel):
+    """Where tasks come from and how big they are."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    source: Literal["demo", "cl"] = Field(default="demo", description="demo (shipped slice) | cl (a CL-benchmark folder)")
+    root: str | None = Field(default=None, description="cl: folder holding one sub-folder per task type")
+    task_types: list[str] | None = Field(default=["agnews", "yelp"], min_length=1, description="task types to use; null = all")
+    support: int = Field(default=4, ge=1, description="support (learning) examples per task")
+    query: int = Field(default=8, ge=1, description="query (scored) examples per task")
+    eval_query: int = Field(default=16, ge=1, description="held-out examples per task type for before/after quality")
+    max_prompt_tokens: int = Field(default=96, ge=8, description="prompts are cut to this many tokens")
+
+    @model_validator(mode="after")
+    def _root_for_cl(self) -> SuiteConfig:
+        if self.source == "cl" and not self.root:
+            raise ValueError("suite.root is required when suite.source is 'cl'")
+        return self
+
+
+class AgentConfig(BaseModel):
+    """How an agent solves a task (DESIGN.md §2)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    fast_steps: int = Field(default=2, ge=0, description="learning steps on the support part per task")
+    fast_levels: list[str] = Field(default=["agent", "context"], description="levels the fast steps train")
+    context_level: str | None = Field(default="context", description="task-scoped level reset at each new task")
+    quality_bar: float = Field(default=0.25, ge=0.0, le=1.0, description="query quality needed to submit a proposal")
+    reputation_ema: float = Field(default=0.7, ge=0.0, lt=1.0, description="reputation ← ema·reputation + (1−ema)·success")
+
+
+class RunConfig(BaseModel):
+    """One swarm run. The defaults are the demo: embedded model, 4 agents, shipped tasks."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    base: str = Field(default=DEFAULT_BASE, description="embedded:NAME or a local Hugging Face model directory")
+    seed: int = Field(default=0, ge=0, description="seed of adapter init and task sampling")
+    levels: list[LevelSpec] | None = Field(default=None, description="the level stack; null = the default five levels")
+    agents: int = Field(default=4, ge=1, le=65536, description="number of agents")
+    ticks: int = Field(default=3, ge=1, description="ticks to run")
+    swarm_level: str = Field(default="swarm", description="the shared level agents improve together")
+    suite: SuiteConfig = Field(default_factory=SuiteConfig)
+    agent: AgentConfig = Field(default_factory=AgentConfig)
+    aggregation: AggregationConfig = Field(default_factory=AggregationConfig)
+    checkpoint_every: int = Field(default=1, ge=1, description="write a checkpoint every N ticks")
+    threads: int | None = Field(default=None, ge=1, description="torch CPU threads; null = torch's default")
+
+    @model_validator(mode="after")
+    def _levels_exist(self) -> RunConfig:
+        stack = self.stack()
+        names = stack.names()
+        if self.swarm_level not in names or stack.get(self.swarm_level).scope != "shared":
+            raise ValueError(f"swarm_level {self.swarm_level!r} must name a shared level of {names}")
+        unknown = [lv for lv in self.agent.fast_levels if lv not in names]
+        if unknown:
+            raise ValueError(f"agent.fast_levels {unknown} are not levels of {names}")
+        if self.agent.context_level is not None and self.agent.context_level not in names:
+            raise ValueError(f"agent.context_level {self.agent.context_level!r} is not a level of {names}")
+        return self
+
+    def stack(self) -> StackSpec:
+        return as_stack(self.levels)
+
+
+def _format(err: ValidationError) -> str:
+    lines = []
+    for e in err.errors():
+        field = ".".join(str(x) for x in e["loc"]) or "config"
+        got = f" (got {e['input']!r})" if "input" in e and not isinstance(e["input"], dict | list) else ""
+        lines.append(f"{field}: {e['msg'].removeprefix('Value error, ')}{got}")
+    return "\n".join(lines)
+
+
+def _set(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    node = tree
+    for k in keys[:-1]:
+        child = node.setdefault(k, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"override {dotted!r}: {k!r} is not a section")
+        node = child
+    node[keys[-1]] = value
+
+
+def parse_config(data: dict[str, Any] | None, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
+    """Validate a config tree after applying ``key.sub=value`` overrides (values are YAML)."""
+    tree = dict(data or {})
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {item!r} must look like key=value (e.g. ticks=5 or agent.fast_steps=3)")
+        _set(tree, key.strip(), yaml.safe_load(raw))
+    try:
+        return RunConfig.model_validate(tree)
+    except ValidationError as e:
+        raise ConfigError(_format(e)) from None
+
+
+def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
+    """Read a YAML run config; errors name the file and the field."""
+    p = Path(path)
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except OSError as e:
+        raise ConfigError(f"{p}: cannot read: {e.strerror}") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{p}: invalid YAML: {e}") from None
+    if data is not None and not isinstance(data, dict):
+        raise ConfigError(f"{p}: the top level must be a mapping of fields, got {type(data).__name__}")
+    return parse_config(data, overrides)
+
+
+def dump_config(cfg: RunConfig) -> str:
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)

@@ -1,0 +1,104 @@
+"""Agents: solve a task on their fast levels, score it, propose for the swarm level.
+
+``solve_all`` runs many agents' tasks through one batched pass per step (DESIGN.md §2):
+reset each agent's context slot, take k fast steps on the support parts, score the query
+parts, and collect the exact swarm-level gradient of every agent that cleared the bar.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from lorahive.mechanisms.aggregation import Delta
+from lorahive.run_config import AgentConfig
+from lorahive.runtime.hive import Hive
+from lorahive.suites.task import Task
+
+
+@dataclass
+class Agent:
+    """An agent's standing: its specialty and its reputation (running success rate)."""
+
+    name: str
+    task_type: str
+    reputation: float = 0.5
+    solved: int = 0
+
+    def observe(self, success: bool, ema: float) -> None:
+        self.reputation = ema * self.reputation + (1.0 - ema) * float(success)
+        self.solved += 1
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What solving one task produced."""
+
+    quality: float
+    loss: float
+    proposal: Delta | None
+
+
+def as_answer(answer: str) -> str:
+    """Answers follow the prompt after one space, as a model would write them."""
+    return answer if answer.startswith(" ") else " " + answer
+
+
+def predict(hive: Hive, rows: Sequence[tuple[str, str]], labels: Sequence[str] | None, levels: Sequence[str] | None = None) -> list[str]:
+    """Each ``(agent, prompt)`` row's answer: the most likely label, or greedy text when no labels."""
+    if not labels:
+        agents, prompts = [a for a, _ in rows], [p for _, p in rows]
+        return [s.strip() for s in hive.generate(prompts, agents, max_new_tokens=16, levels=levels)]
+    cand = [(a, p, as_answer(lab)) for a, p in rows for lab in labels]
+    nll = hive.row_nll(cand, levels=levels).view(len(rows), len(labels))  # (rows, labels)
+    return [labels[int(i)] for i in nll.argmin(dim=1)]
+
+
+def score(hive: Hive, tasks: Mapping[str, Task], levels: Sequence[str] | None = None) -> dict[str, float]:
+    """Query quality of each agent on its task, all agents in shared batches per label set."""
+    quality: dict[str, float] = {}
+    by_labels: dict[tuple[str, ...] | None, list[str]] = {}
+    for agent, task in tasks.items():
+        by_labels.setdefault(task.labels, []).append(agent)
+    for labels, agents in by_labels.items():
+        rows = [(a, p) for a in agents for p in tasks[a].query_prompts]
+        preds = predict(hive, rows, labels, levels)
+        start = 0
+        for a in agents:
+            n = len(tasks[a].query)
+            quality[a] = tasks[a].score(preds[start : start + n])
+            start += n
+    return quality
+
+
+def solve_all(hive: Hive, tasks: Mapping[str, Task], cfg: AgentConfig, swarm_level: str) -> dict[str, Outcome]:
+    """Every agent solves its task; agents at or above ``cfg.quality_bar`` propose."""
+    if cfg.context_level is not None:
+        for agent in tasks:
+            hive.reset_slot(cfg.context_level, agent)
+    support = {a: [(p, as_answer(ans)) for p, ans in t.support] for a, t in tasks.items()}
+    losses = hive.loss(support)
+    if cfg.fast_steps:
+        hive.learn(support, steps=cfg.fast_steps, levels=cfg.fast_levels)
+    quality = score(hive, tasks)
+    good = {a: ex for a, ex in support.items() if quality[a] >= cfg.quality_bar}
+    proposals: dict[str, Delta] = {}
+    if good:
+        grads, _ = hive.propose(good, swarm_level)
+        proposals = {a: {k: v.detach().cpu() for k, v in g.items()} for a, g in grads.items()}
+    return {a: Outcome(quality[a], losses[a], proposals.get(a)) for a in tasks}
+
+
+def solve(hive: Hive, agent: str, task: Task, cfg: AgentConfig, swarm_level: str = "swarm") -> Outcome:
+    """One agent solves one task (the batched path with a batch of one)."""
+    return solve_all(hive, {agent: task}, cfg, swarm_level)[agent]
+
+
+
+def evaluate(hive: Hive, agents: Sequence[str], tasks: Mapping[str, Task], levels: Sequence[str] | None = None) -> dict[str, dict[str, float]]:
+    """Quality of every agent on every task type's held-out task: ``{agent: {task_type: q}}``."""
+    out: dict[str, dict[str, float]] = {a: {} for a in agents}
+    for task_type, task in tasks.items():
+        for agent, q in score(hive, {a: task for a in agents}, levels).items():
+            out[agent][task_type] = q
+    return out
