@@ -40,7 +40,7 @@ def config(base_dir, **over):
         "agents": 3,
         "ticks": 2,
         "threads": 1,
-        "suite": {"task_types": ["agnews", "yelp"], "support": 2, "query": 2, "eval_query": 2, "max_prompt_tokens": 300},
+        "suite": {"task_types": ["agnews", "yelp"], "support": 2, "query": 2, "eval_query": 2, "max_prompt_tokens": 300, "eval_all_types": True},
         "agent": {"fast_steps": 1, "quality_bar": 0.0},
         "aggregation": {"strategy": "mean"},
     }

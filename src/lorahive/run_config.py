@@ -32,6 +32,7 @@ class SuiteConfig(BaseModel):
     support: int = Field(default=4, ge=1, description="support (learning) examples per task")
     query: int = Field(default=8, ge=1, description="query (scored) examples per task")
     eval_query: int = Field(default=16, ge=1, description="held-out examples per task type for before/after quality")
+    eval_all_types: bool = Field(default=False, description="score every agent on every task type (else its own type only)")
     max_prompt_tokens: int = Field(default=96, ge=8, description="prompts are cut to this many tokens")
 
     @model_validator(mode="after")

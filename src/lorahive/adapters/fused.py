@@ -216,20 +216,25 @@ def prepared(layer: HiveLinear, routing: Routing, dtype: torch.dtype) -> Prepare
 
 # ---------------------------------------------------------------------------- forward
 def apply(prep: Prepared, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """``y += Σ_l c_l·B_l·A_l·x`` in place, with the prepared weights; ``x`` is (B, T, in) or (B, in).
+    """``y + Σ_l c_l·B_l·A_l·x`` with the prepared weights; ``x`` is (B, T, in) or (B, in).
 
-    ``y`` must be the fresh base output (nothing else holds it; its producer's backward does
-    not need it), so the expands accumulate into it without a copy.
+    Without autograd the expands accumulate into ``y`` in place (it is the fresh base output,
+    held by nothing else), which saves a copy of the activations per expand.
     """
+    inplace = not torch.is_grad_enabled()
     x3 = x.unsqueeze(1) if x.dim() == 2 else x  # (B, T, in)
-    y3 = y.unsqueeze(1) if y.dim() == 2 else y  # (B, T, out)
+    out = y.unsqueeze(1) if y.dim() == 2 else y  # (B, T, out)
     if prep.a_one is not None and prep.b_one is not None:
-        h = x3 @ prep.a_one.t()  # (B, T, R_s)
-        y3.view(-1, y3.shape[-1]).addmm_(h.view(-1, h.shape[-1]), prep.b_one.t(), alpha=prep.alpha_one)
+        h = (x3 @ prep.a_one.t()).view(-1, prep.a_one.shape[0])  # (N, R_s)
+        flat = out.view(-1, out.shape[-1])  # (N, out)
+        b = prep.b_one.t()
+        flat = flat.addmm_(h, b, alpha=prep.alpha_one) if inplace else torch.addmm(flat, h, b, alpha=prep.alpha_one)
+        out = flat.view(out.shape)
     if prep.a_rows is not None and prep.b_rows is not None:
         h = torch.bmm(x3, prep.a_rows.transpose(1, 2))  # (B, T, R_r)
-        y3.baddbmm_(h, prep.b_rows.transpose(1, 2), alpha=prep.alpha_rows)  # (B, T, out)
-    return y
+        b = prep.b_rows.transpose(1, 2)
+        out = out.baddbmm_(h, b, alpha=prep.alpha_rows) if inplace else torch.baddbmm(out, h, b, alpha=prep.alpha_rows)
+    return out.view(y.shape)
 
 
 def fused_forward(layer: HiveLinear, x: torch.Tensor, y: torch.Tensor, routing: Routing) -> torch.Tensor:

@@ -49,8 +49,7 @@ def predict(hive: Hive, rows: Sequence[tuple[str, str]], labels: Sequence[str] |
     if not labels:
         agents, prompts = [a for a, _ in rows], [p for _, p in rows]
         return [s.strip() for s in hive.generate(prompts, agents, max_new_tokens=16, levels=levels)]
-    cand = [(a, p, as_answer(lab)) for a, p in rows for lab in labels]
-    nll = hive.row_nll(cand, levels=levels).view(len(rows), len(labels))  # (rows, labels)
+    nll = hive.option_nll(list(rows), [as_answer(lab) for lab in labels], levels=levels)  # (rows, labels)
     return [labels[int(i)] for i in nll.argmin(dim=1)]
 
 

@@ -18,6 +18,7 @@ from lorahive.base import DEFAULT_BASE, load_base
 from lorahive.config import LevelSpec, StackSpec, as_stack
 from lorahive.learning import SlotAdamW, answer_nll, last_logits, pack_examples, pack_prompts
 from lorahive.learning.batching import Batch
+from lorahive.learning.choice import option_nll
 
 Examples = Mapping[str, Sequence[tuple[str, str]]]
 
@@ -250,6 +251,18 @@ class Hive:
                 total, _ = answer_nll(self.model, batch)
             out.append(total.cpu())
         return torch.cat(out) if out else torch.zeros(0)
+
+    @torch.no_grad()
+    def option_nll(self, rows: Sequence[tuple[str, str]], options: Sequence[str], levels: Sequence[str] | None = None, chunk: int = 16) -> torch.Tensor:
+        """Summed NLL (N, L) of each option after each ``(agent, prompt)`` row (label scoring)."""
+        out = []
+        for i in range(0, len(rows), chunk):
+            part = rows[i : i + chunk]
+            batch = pack_prompts(self.tokenizer, [p for _, p in part], self.max_length).to(self.device)
+            owners = [a for a, _ in part for _ in options]
+            with self.routing.use(self.route(owners, self._check_levels(levels))):
+                out.append(option_nll(self.model, self.tokenizer, batch, list(options)).cpu())
+        return torch.cat(out) if out else torch.zeros(0, len(options))
 
     def learn(self, examples: Examples, steps: int = 1, levels: Sequence[str] | None = None) -> dict[str, float]:
         """Learn from many agents' (prompt, answer) examples in one batched pass per step.

@@ -70,6 +70,19 @@ def _eval_tasks(cfg: RunConfig, data: dict[str, CLData], hive: Hive) -> dict[str
     return {t: sample_task(d, 1, min(s.eval_query, len(d.test)), cfg.seed + 7919, hive.tokenizer, s.max_prompt_tokens) for t, d in data.items()}
 
 
+def evaluate_run(run: Run) -> dict[str, dict[str, float]]:
+    """Quality on the held-out tasks with persistent levels (the context slot left out)."""
+    levels = persistent_levels(run.hive)
+    if run.cfg.suite.eval_all_types:
+        return evaluate(run.hive, list(run.swarm.agents), run.eval_tasks, levels)
+    out: dict[str, dict[str, float]] = {}
+    for task_type, task in run.eval_tasks.items():
+        agents = [n for n, a in run.swarm.agents.items() if a.task_type == task_type]
+        if agents:
+            out.update(evaluate(run.hive, agents, {task_type: task}, levels))
+    return out
+
+
 def persistent_levels(hive: Hive) -> list[str]:
     """Levels that outlive a task: everything but task-scoped levels."""
     return [lv.name for lv in hive.levels if lv.scope != "task"]
@@ -104,7 +117,7 @@ def start(cfg: RunConfig, out: str | Path, force: bool = False, progress: Progre
     prepare_dir(out, force)
     write_atomic(out / "config.yaml", dump_config(cfg))
     run = _build(out, cfg)
-    run.before = evaluate(run.hive, list(run.swarm.agents), run.eval_tasks, persistent_levels(run.hive))
+    run.before = evaluate_run(run)
     _record_eval(run, 0, "before", run.before)
     return _loop(run, progress)
 
@@ -156,7 +169,7 @@ def _loop(run: Run, progress: Progress | None) -> dict[str, Any]:
         write_atomic(run.out / "metrics.json", json.dumps(metrics(run, None), indent=1))
         if progress:
             progress(swarm.tick_no, cfg.ticks, ctx)
-    after = evaluate(run.hive, list(swarm.agents), run.eval_tasks, persistent_levels(run.hive))
+    after = evaluate_run(run)
     _record_eval(run, swarm.tick_no, "after", after)
     result = metrics(run, after)
     write_atomic(run.out / "metrics.json", json.dumps(result, indent=1))

@@ -1,0 +1,137 @@
+"""GPU forward and generation speed of a 5-level hive against the bare model and PEFT.
+
+    PYTHONPATH=src python benchmarks/gpu/forward.py --arch qwen2.5-0.5b --agents 1 8 64 256
+
+Prints, as each is measured:
+  R1  5-level forward tokens/s ÷ bare model (same batch)
+  R2  K distinct agents ÷ all rows on one agent (same batch)
+  R3  mixed-agent generation tokens/s ÷ bare model generation
+  R6  fused path ÷ the reference (unfused) path on the GPU, speed-up and output difference
+and beside them the largest difference of last-position logits between the hive and the
+same agent exported to one exact PEFT LoRA adapter (rank = sum of the level ranks).
+
+Batches: 64 rows × 128 tokens for K ≤ 64; 256 rows × 32 tokens (the same 8,192 tokens) for
+K = 256, since K distinct agents need K rows. Generation: one prompt of 64 tokens per row
+(64 rows, or K rows for K > 64) and 32 new tokens, greedy, KV cache. The forward computes
+logits at the last position only (``logits_to_keep=1``), as the hive's own scoring does.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+from common import (
+    build,
+    emit,
+    export_agent,
+    median_ms,
+    random_ids,
+    randomize_b,
+    twin_of,
+    unwrap,
+    word_tokenizer,
+)
+
+from lorahive import Hive, default_levels
+from lorahive.adapters.fused import use_fused
+
+NEW_TOKENS, PROMPT = 32, 64
+
+
+def shape_for(k: int) -> tuple[int, int]:
+    return (64, 128) if k <= 64 else (k, 8192 // k)
+
+
+def forward_fn(model, ids: torch.Tensor, hive: Hive | None = None, agents: list[str] | None = None, all_logits: bool = False):
+    """One forward; the hive gets a fresh routing per call, as ``Hive.logits`` does."""
+    mask = torch.ones_like(ids)
+    keep = 0 if all_logits else 1
+
+    def run() -> torch.Tensor:
+        with torch.no_grad():
+            if hive is None:
+                return model(input_ids=ids, attention_mask=mask, logits_to_keep=keep).logits
+            with hive.routing.use(hive.route(agents or [])):
+                return model(input_ids=ids, attention_mask=mask, logits_to_keep=keep).logits
+
+    return run
+
+
+def generate_fn(model, ids: torch.Tensor, hive: Hive | None = None, agents: list[str] | None = None):
+    mask = torch.ones_like(ids)
+    kw = dict(max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS, do_sample=False, pad_token_id=0)
+
+    def run() -> torch.Tensor:
+        with torch.no_grad():
+            if hive is None:
+                return model.generate(input_ids=ids, attention_mask=mask, **kw)
+            with hive.routing.use(hive.route(agents or [])):
+                return model.generate(input_ids=ids, attention_mask=mask, **kw)
+
+    return run
+
+
+def peft_difference(hive: Hive, twin, arch: str) -> tuple[float, float, object]:
+    """Max |Δ logit| hive vs PEFT export of agent a0, and max |Δ logit| hive vs bare (the effect)."""
+    ids = random_ids(8, 128, seed=7)
+    bare = forward_fn(twin, ids)()
+    ours = forward_fn(hive.model, ids, hive, ["a0"] * 8)()
+    peft = export_agent(twin, hive, "a0", "a0")
+    theirs = forward_fn(unwrap(peft), ids)()
+    diff = float((ours.float() - theirs.float()).abs().max())
+    effect = float((ours.float() - bare.float()).abs().max())
+    emit(arch=arch, figure="hive_vs_peft_logits", max_abs_diff=diff, adapter_effect=effect, logit_absmax=float(theirs.float().abs().max()))
+    return diff, effect, peft
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--arch", default="qwen2.5-0.5b")
+    ap.add_argument("--agents", type=int, nargs="+", default=[1, 8, 64, 256])
+    ap.add_argument("--reps", type=int, default=7)
+    args = ap.parse_args()
+    arch, ks, reps = args.arch, args.agents, args.reps
+    print(f"# {arch} on {torch.cuda.get_device_name()}, torch {torch.__version__}", flush=True)
+    model = build(arch)
+    twin = twin_of(model, arch)
+    base_fwd, base_gen = {}, {}
+    for shape in sorted({shape_for(k) for k in ks}):
+        ids = random_ids(*shape)
+        base_fwd[shape] = median_ms(forward_fn(twin, ids), reps=reps)
+        full = median_ms(forward_fn(twin, ids, all_logits=True), reps=reps)
+        emit(arch=arch, figure="bare_forward", rows=shape[0], tokens=shape[1], ms=base_fwd[shape], tok_s=shape[0] * shape[1] / base_fwd[shape] * 1e3, ms_all_logits=full)
+        rows = shape[0]
+        base_gen[rows] = median_ms(generate_fn(twin, random_ids(rows, PROMPT, seed=3)), warmup=1, reps=3)
+        emit(arch=arch, figure="bare_generate", rows=rows, new_tokens=NEW_TOKENS, ms=base_gen[rows], tok_s=rows * NEW_TOKENS / base_gen[rows] * 1e3)
+    hive = Hive(model, word_tokenizer(), default_levels())
+    hive.add_agents([f"a{i}" for i in range(max(ks))])
+    randomize_b(hive)
+    diff, effect, peft = peft_difference(hive, twin, arch)
+    ids = random_ids(*shape_for(1))
+    p_ms = median_ms(forward_fn(unwrap(peft), ids), reps=reps)
+    emit(arch=arch, figure="peft_export_forward", rank=124, ms=p_ms, ratio_vs_bare=base_fwd[shape_for(1)] / p_ms)
+    del peft, twin
+    torch.cuda.empty_cache()
+    for k in ks:
+        shape = shape_for(k)
+        rows = shape[0]
+        ids = random_ids(*shape)
+        mixed = [f"a{i % k}" for i in range(rows)]
+        fused = median_ms(forward_fn(model, ids, hive, mixed), reps=reps)
+        emit(arch=arch, figure="R1", K=k, rows=rows, tokens=shape[1], ms=fused, ratio=base_fwd[shape] / fused, target=">=0.90 (0.5B) / >=0.97 (8B)", peft_diff=diff)
+        one = median_ms(forward_fn(model, ids, hive, ["a0"] * rows), reps=reps)
+        emit(arch=arch, figure="R2", K=k, ms_one_agent=one, ms_k_agents=fused, ratio=one / fused, target=">=0.95", peft_diff=diff)
+        with use_fused("off"):
+            ref = median_ms(forward_fn(model, ids, hive, mixed), warmup=1, reps=max(3, reps // 2))
+            ref_out = forward_fn(model, ids[:8], hive, mixed[:8])()
+        out = forward_fn(model, ids[:8], hive, mixed[:8])()
+        emit(arch=arch, figure="R6", K=k, ms_fused=fused, ms_reference=ref, speedup=ref / fused, fused_vs_ref_max_abs=float((out.float() - ref_out.float()).abs().max()), adapter_effect=effect)
+        gen_ids = random_ids(rows, PROMPT, seed=3)
+        g = median_ms(generate_fn(model, gen_ids, hive, mixed), warmup=1, reps=3)
+        emit(arch=arch, figure="R3", K=k, rows=rows, ms=g, tok_s=rows * NEW_TOKENS / g * 1e3, ratio=base_gen[rows] / g, target=">=0.90", peft_diff=diff)
+    print(f"# peak GPU memory {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB", flush=True)
+
+
+if __name__ == "__main__":
+    main()

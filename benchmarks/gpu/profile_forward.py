@@ -1,0 +1,45 @@
+"""Where the time of one hive forward goes on the GPU: torch.profiler tables, bare vs hive.
+
+    PYTHONPATH=src python benchmarks/gpu/profile_forward.py [--arch qwen2.5-0.5b] [--agents 8]
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+from common import build, random_ids, randomize_b, word_tokenizer
+from forward import forward_fn
+from torch.profiler import ProfilerActivity, profile
+
+from lorahive import Hive, default_levels
+
+
+def show(label: str, fn) -> None:
+    for _ in range(3):
+        fn()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        for _ in range(3):
+            fn()
+        torch.cuda.synchronize()
+    print(f"### {label} (3 forwards)", flush=True)
+    print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=14, max_name_column_width=60), flush=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--arch", default="qwen2.5-0.5b")
+    ap.add_argument("--agents", type=int, default=8)
+    args = ap.parse_args()
+    model = build(args.arch)
+    ids = random_ids(64, 128)
+    show("bare", forward_fn(model, ids))
+    hive = Hive(model, word_tokenizer(), default_levels())
+    hive.add_agents([f"a{i}" for i in range(args.agents)])
+    randomize_b(hive)
+    show(f"hive K={args.agents}", forward_fn(model, ids, hive, [f"a{i % args.agents}" for i in range(64)]))
+
+
+if __name__ == "__main__":
+    main()
