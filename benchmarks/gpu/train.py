@@ -88,6 +88,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--arch", default="qwen2.5-0.5b")
     ap.add_argument("--agents", type=int, nargs="+", default=[1, 8, 64, 256])
+    ap.add_argument("--r5-agents", type=int, nargs="+", default=None, help="K for R5 (default: --agents)")
     ap.add_argument("--rows", type=int, default=64, help="R4 rows for K ≤ rows (tokens fixed at rows × 128)")
     args = ap.parse_args()
     arch, ks = args.arch, args.agents
@@ -123,7 +124,7 @@ def main() -> None:
         hf = wall_ms(lambda batch=batch, owners=owners: hive_fwd_bwd(hive, batch, owners))
         pf = wall_ms(lambda batch=batch: peft_step(inner, opts["p0"], batch, step=False))
         emit(arch=arch, figure="R4_fwd_bwd", K=k, hive_ms=hf, peft_ms=pf, ratio=hf / pf, peft_diff=diff)
-    for k in ks:
+    for k in args.r5_agents or ks:
         ex = examples(k, 48, 15, k, seed=11)  # + EOS = 64 tokens
         single = {a: pack_examples(tok, rs, 4096).to("cuda") for a, rs in ex.items()}
 
