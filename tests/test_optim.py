@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from lorahive.learning import SlotAdamW
-from lorahive.learning.optim import slot_runs, split_sizes
+from lorahive.learning import SlotAdamW, optim
+from lorahive.learning.optim import slot_runs
 
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 DEVICES = ["cpu", pytest.param("cuda", marks=[pytest.mark.gpu, requires_cuda])]
@@ -56,12 +56,13 @@ SCHEDULE = [[0, 1, 2, 3], [1, 3, 5], [4], [0, 0, 2, 5], [0, 1, 2, 3, 4, 5], [5, 
 
 def test_runs_cut_at_gaps_and_at_step_changes():
     assert slot_runs([0, 1, 2, 5, 6], [3, 3, 1, 1, 1]) == [(0, 2, 3), (2, 3, 1), (5, 7, 1)]
-    assert split_sizes([(0, 2, 3), (2, 3, 1), (5, 7, 1)], 9) == [0, 2, 0, 1, 2, 2, 2]
 
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("weight_decay", [0.0, 0.1])
-def test_matches_reference_adamw_slot_by_slot(device, weight_decay):
+@pytest.mark.parametrize("max_runs", [8, 1])  # 1: scattered slots take the gather / scatter path
+def test_matches_reference_adamw_slot_by_slot(device, weight_decay, max_runs, monkeypatch):
+    monkeypatch.setattr(optim, "MAX_RUNS", max_runs)
     ours, ref = make_params(device), make_params(device)
     opt, ref_opt = SlotAdamW(lr=1e-2, weight_decay=weight_decay), ReferenceAdamW(lr=1e-2, weight_decay=weight_decay)
     for n, used in enumerate(SCHEDULE):
@@ -72,12 +73,14 @@ def test_matches_reference_adamw_slot_by_slot(device, weight_decay):
     for k in SHAPES:
         torch.testing.assert_close(ours[k].data, ref[k].data, rtol=1e-5, atol=1e-6)
         for s in ("exp_avg", "exp_avg_sq"):
-            torch.testing.assert_close(opt.state[k][s], ref_opt.state[k][s], rtol=1e-5, atol=1e-8)
+            torch.testing.assert_close(opt.state[k][s], ref_opt.state[k][s], rtol=1e-4, atol=1e-6)
         assert torch.equal(opt.state[k]["step"], ref_opt.state[k]["step"])
 
 
 @pytest.mark.parametrize("device", DEVICES)
-def test_unused_slots_and_their_state_stay_bitwise(device):
+@pytest.mark.parametrize("max_runs", [8, 1])
+def test_unused_slots_and_their_state_stay_bitwise(device, max_runs, monkeypatch):
+    monkeypatch.setattr(optim, "MAX_RUNS", max_runs)
     params = make_params(device)
     opt = SlotAdamW(lr=1e-2, weight_decay=0.1)
     set_grads(params, 0)

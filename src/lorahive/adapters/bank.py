@@ -19,11 +19,11 @@ def _init_a(n: int, rank: int, in_features: int, seed_key: str) -> torch.Tensor:
 class LevelBank(nn.Module):
     """``A[slots, r, in]`` and ``B[slots, out, r]`` plus their init snapshot (decay pulls to it).
 
-    ``B`` starts at zero, so a fresh bank adds exactly nothing to the base layer.
+    ``B`` starts at zero, so a fresh bank adds exactly nothing to the base layer; its init
+    snapshot is that zero, so only ``A0`` is stored.
     """
 
     A0: torch.Tensor
-    B0: torch.Tensor
 
     def __init__(self, n_slots: int, rank: int, in_features: int, out_features: int, key: str) -> None:
         super().__init__()
@@ -32,7 +32,11 @@ class LevelBank(nn.Module):
         self.A = nn.Parameter(a)  # (S, r, in)
         self.B = nn.Parameter(torch.zeros(n_slots, out_features, rank))  # (S, out, r)
         self.register_buffer("A0", a.clone(), persistent=False)
-        self.register_buffer("B0", torch.zeros(n_slots, out_features, rank), persistent=False)
+
+    @property
+    def B0(self) -> torch.Tensor:
+        """The init snapshot of ``B``: zeros, made on demand rather than stored."""
+        return torch.zeros_like(self.B.detach())
 
     @property
     def n_slots(self) -> int:
@@ -50,13 +54,12 @@ class LevelBank(nn.Module):
         self.A = nn.Parameter(torch.cat([self.A.data, a_new]), requires_grad=self.A.requires_grad)
         self.B = nn.Parameter(torch.cat([self.B.data, b_new]), requires_grad=self.B.requires_grad)
         self.A0 = torch.cat([self.A0, a_new.clone()])
-        self.B0 = torch.cat([self.B0, b_new.clone()])
 
     @torch.no_grad()
     def reset(self, slots: torch.Tensor) -> None:
         """Put the given slots back to their init snapshot."""
         self.A[slots] = self.A0[slots]
-        self.B[slots] = self.B0[slots]
+        self.B[slots] = 0.0
 
     def delta(self, x: torch.Tensor, slots: torch.Tensor | None) -> torch.Tensor:
         """``B[s(row)] · A[s(row)] · x`` for each row; ``slots=None`` means slot 0 for all rows."""

@@ -5,10 +5,11 @@ torch optimizers keep one state per tensor, so a slot that no row used would sti
 moments and its own step count, and an update touches only the given slots (the row-sparse
 "lazy Adam" rule), which is what DESIGN.md invariant 3 asks for.
 
-Speed: the used slots of a slot-first tensor are a few contiguous runs, and a run whose
-slots share a step count is one AdamW problem with scalar bias corrections. So a step cuts
-every parameter, gradient and moment into views of those runs (one ``split`` each, no copy)
-and updates all of them at once with torch's fused multi-tensor AdamW kernel — a handful of
+Speed: the used slots of a slot-first tensor are usually a few contiguous runs (often the
+whole tensor), and slots that share a step count are one AdamW problem with scalar bias
+corrections. So a step cuts every parameter, gradient and moment into views of those runs
+(no copy; slots scattered over many runs are gathered into copies and scattered back) and
+updates all of them at once with torch's fused multi-tensor AdamW kernel — a handful of
 launches per level instead of ~15 per parameter. Slots outside the runs are never written.
 """
 
@@ -19,6 +20,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+MAX_RUNS = 8  # a step count's slots in more runs than this are gathered into copies, not cut into views
 Run = tuple[int, int, int]  # [start, stop) of consecutive used slots, and their step count before this step
 
 
@@ -31,15 +33,6 @@ def slot_runs(slots: list[int], steps: list[int]) -> list[Run]:
         else:
             runs.append((s, s + 1, t))
     return runs
-
-
-def split_sizes(runs: list[Run], n: int) -> list[int]:
-    """Sizes that cut ``n`` slots into gap, run, gap, run, …, gap: the runs are chunks ``1::2``."""
-    sizes, at = [], 0
-    for start, stop, _ in runs:
-        sizes += [start - at, stop - start]
-        at = stop
-    return sizes + [n - at]
 
 
 @dataclass
@@ -93,33 +86,61 @@ class SlotAdamW:
             self._step_group(group, used, self.lr if lr is None else lr)
 
     def _step_group(self, group: list[tuple[nn.Parameter, dict[str, torch.Tensor]]], used: list[int], lr: float) -> None:
-        """One fused AdamW over the used runs of parameters that share a device and dtype."""
+        """One fused AdamW over the used slots of parameters that share a device and dtype."""
         device = group[0][0].device
-        steps = self._used_steps([st["step"] for _, st in group], used)  # one device → host copy
-        plans: dict[tuple[int, ...], tuple[list[Run], list[torch.Tensor]]] = {}
-        params, grads, avgs, avg_sqs, counts, step_views = [], [], [], [], [], []
-        for (p, st), row in zip(group, steps, strict=True):
+        rows = self._used_steps([st["step"] for _, st in group], used)  # one device → host copy
+        plans: dict[tuple[int, ...], list[tuple[torch.Tensor, list[Run], torch.Tensor | None]]] = {}
+        counts: dict[int, torch.Tensor] = {}
+        views: list[list[torch.Tensor]] = [[], [], [], [], [], []]  # params, grads, m, v, new counts, step counts
+        gathered: list[tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor, list[torch.Tensor], int]] = []
+        for (p, st), row in zip(group, rows, strict=True):
             key = tuple(row)
             if key not in plans:
-                runs = slot_runs(used, row)
-                t = torch.tensor([r[2] + 1 for r in runs], dtype=torch.float32, device=device)
-                plans[key] = runs, list(t.unbind(0))
-            runs, new_counts = plans[key]
-            sizes = split_sizes(runs, p.shape[0])
-            params += p.detach().split(sizes)[1::2]
+                plans[key] = self._plan(used, row, counts, device)
+            w = p.detach()
             assert p.grad is not None
-            grad = p.grad if p.grad.is_contiguous() else p.grad.contiguous()
-            grads += grad.split(sizes)[1::2]
-            avgs += st["exp_avg"].split(sizes)[1::2]
-            avg_sqs += st["exp_avg_sq"].split(sizes)[1::2]
-            step_views += st["step"].split(sizes)[1::2]
-            counts += new_counts
+            g = p.grad if p.grad.is_contiguous() else p.grad.contiguous()
+            tensors = (w, g, st["exp_avg"], st["exp_avg_sq"])
+            for count, runs, idx in plans[key]:
+                if idx is None:  # a few runs: views, no copy
+                    for start, stop, _ in runs:
+                        whole = start == 0 and stop == w.shape[0]
+                        w_, g_, m_, v_, s_ = (t if whole else t[start:stop] for t in (*tensors, st["step"]))
+                        for lst, view in zip(views, (w_, g_, m_, v_, count, s_), strict=True):
+                            lst.append(view)
+                else:  # many runs: gather into contiguous copies, scatter back after
+                    gathered.append((w, st, idx, [t.index_select(0, idx) for t in tensors], runs[0][2] + 1))
+        params, grads, avgs, avg_sqs, steps = views[:5]
+        for *_, copies, new_count in gathered:
+            for lst, c in zip((params, grads, avgs, avg_sqs, steps), (*copies, counts[new_count]), strict=True):
+                lst.append(c)
         b1, b2 = self.betas
         torch._fused_adamw_(
-            params, grads, avgs, avg_sqs, [], counts,
+            params, grads, avgs, avg_sqs, [], steps,
             lr=lr, beta1=b1, beta2=b2, weight_decay=self.weight_decay, eps=self.eps, amsgrad=False, maximize=False,
         )  # fmt: skip
-        torch._foreach_add_(step_views, 1)
+        if views[5]:
+            torch._foreach_add_(views[5], 1)
+        for w, st, idx, (tw, _, tm, tv), new_count in gathered:
+            w.index_copy_(0, idx, tw)
+            st["exp_avg"].index_copy_(0, idx, tm)
+            st["exp_avg_sq"].index_copy_(0, idx, tv)
+            st["step"].index_fill_(0, idx, new_count)
+
+    @staticmethod
+    def _plan(used: list[int], row: list[int], counts: dict[int, torch.Tensor], device: torch.device) -> list[tuple[torch.Tensor, list[Run], torch.Tensor | None]]:
+        """Per step count among the used slots: its new count, its runs, and a gather index if the runs are many."""
+        by_step: dict[int, list[int]] = {}
+        for s, t in zip(used, row, strict=True):
+            by_step.setdefault(t, []).append(s)
+        plan = []
+        for t, slots in by_step.items():
+            if t + 1 not in counts:
+                counts[t + 1] = torch.tensor(float(t + 1), device=device)
+            runs = slot_runs(slots, [t] * len(slots))
+            idx = torch.tensor(slots, device=device) if len(runs) > MAX_RUNS else None
+            plan.append((counts[t + 1], runs, idx))
+        return plan
 
     @staticmethod
     def _used_steps(steps: list[torch.Tensor], used: list[int]) -> list[list[int]]:
