@@ -4,13 +4,16 @@
 
 Qwen2.5-0.5B architecture, 64 rows × 128 tokens (the R4 batch of ``train.py``), default
 5-level stack with random B. Each phase is timed on its own with the GPU synchronised
-around it (median of 5); ``--table`` adds a torch.profiler table of the hive's forward +
-backward.
+around it (median of 5). The hive runs twice: with the fused path's single autograd node
+(``fused._FusedLoRA``, the default) and with plain autograd through the same fused ops (the
+path before it). ``--table`` adds a torch.profiler table of the hive's forward + backward.
 """
 
 from __future__ import annotations
 
 import argparse
+import cProfile
+import pstats
 import statistics
 import time
 
@@ -21,6 +24,7 @@ from torch.profiler import ProfilerActivity, profile
 from train import examples, flat
 
 from lorahive import Hive, default_levels
+from lorahive.adapters import fused, layer
 from lorahive.config import DEFAULT_TARGETS
 from lorahive.learning.batching import pack_examples
 from lorahive.learning.objective import answer_nll
@@ -44,6 +48,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--agents", type=int, default=64)
     ap.add_argument("--table", action="store_true")
+    ap.add_argument("--pyprofile", action="store_true", help="cProfile of 3 hive forward+backward passes")
     args = ap.parse_args()
     k = args.agents
     tok = word_tokenizer()
@@ -71,8 +76,12 @@ def main() -> None:
         for lv in update:
             hive.optimizers[lv.name].step(hive.level_params(lv.name), one if lv.scope == "shared" else idx)
 
-    h = phases(h_fwd, lambda: box["loss"].backward(), h_opt)
-    print(f"hive K={k}: " + "  ".join(f"{n} {v:.1f} ms" for n, v in h.items()) + f"  total {sum(h.values()):.1f} ms", flush=True)
+    for label in ("one autograd node", "plain autograd"):
+        if label == "plain autograd":  # the fused ops recorded op by op, as before _FusedLoRA
+            layer.fused_forward = lambda lay, x, y, routing: fused.apply(fused.prepare(lay, routing, x.dtype), x, y)  # type: ignore[assignment]
+        h = phases(h_fwd, lambda: box["loss"].backward(), h_opt)
+        print(f"hive K={k} ({label}): " + "  ".join(f"{n} {v:.1f} ms" for n, v in h.items()) + f"  total {sum(h.values()):.1f} ms", flush=True)
+    layer.fused_forward = fused.fused_forward
     peft = get_peft_model(twin, LoraConfig(r=16, lora_alpha=16, target_modules=list(DEFAULT_TARGETS), lora_dropout=0.0))  # type: ignore[arg-type]
     inner = unwrap(peft)
     inner.train()
@@ -85,6 +94,15 @@ def main() -> None:
 
     p = phases(p_fwd, lambda: box["loss"].backward(), opt.step)
     print("peft r16: " + "  ".join(f"{n} {v:.1f} ms" for n, v in p.items()) + f"  total {sum(p.values()):.1f} ms", flush=True)
+    if args.pyprofile:
+        prof_py = cProfile.Profile()
+        prof_py.enable()
+        for _ in range(3):
+            h_fwd()
+            box["loss"].backward()
+        torch.cuda.synchronize()
+        prof_py.disable()
+        pstats.Stats(prof_py).sort_stats("tottime").print_stats(25)
     if args.table:
         with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
             h_fwd()
