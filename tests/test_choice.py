@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from conftest import randomize_b
+from lorahive.adapters.fused import use_fused
 
 
-def test_option_nll_equals_full_rows(hive):
+@pytest.mark.parametrize("fused", ["off", "on"])
+def test_option_nll_equals_full_rows(hive, fused):
     randomize_b(hive)
     rows = [("ann", "The capital of France is"), ("bob", "Question: what colour is the sky? Answer:"), ("cyd", "great")]
     options = [" Paris", " blue sky", " positive and negative"]
 
-    got = hive.option_nll(rows, options, chunk=2)
+    with use_fused(fused):
+        got = hive.option_nll(rows, options, chunk=2)
 
     full = hive.row_nll([(a, p, o) for a, p in rows for o in options]).view(len(rows), len(options))
     torch.testing.assert_close(got, full, rtol=1e-4, atol=1e-4)

@@ -76,9 +76,12 @@ def solve_all(hive: Hive, tasks: Mapping[str, Task], cfg: AgentConfig, swarm_lev
         for agent in tasks:
             hive.reset_slot(cfg.context_level, agent)
     support = {a: [(p, as_answer(ans)) for p, ans in t.support] for a, t in tasks.items()}
-    losses = hive.loss(support)
-    if cfg.fast_steps:
-        hive.learn(support, steps=cfg.fast_steps, levels=cfg.fast_levels)
+    losses: dict[str, float] | None = None
+    for _ in range(cfg.fast_steps):  # the first step's loss is measured before any update
+        step_losses = hive.learn(support, steps=1, levels=cfg.fast_levels)
+        losses = losses or step_losses
+    if losses is None:
+        losses = hive.loss(support)
     quality = score(hive, tasks)
     good = {a: ex for a, ex in support.items() if quality[a] >= cfg.quality_bar}
     proposals: dict[str, Delta] = {}

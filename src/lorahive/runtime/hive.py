@@ -18,7 +18,7 @@ from lorahive.base import DEFAULT_BASE, load_base
 from lorahive.config import LevelSpec, StackSpec, as_stack
 from lorahive.learning import SlotAdamW, answer_nll, last_logits, pack_examples, pack_prompts
 from lorahive.learning.batching import Batch
-from lorahive.learning.choice import option_nll
+from lorahive.learning.choice import option_pass, prompt_pass
 
 Examples = Mapping[str, Sequence[tuple[str, str]]]
 
@@ -253,15 +253,20 @@ class Hive:
         return torch.cat(out) if out else torch.zeros(0)
 
     @torch.no_grad()
-    def option_nll(self, rows: Sequence[tuple[str, str]], options: Sequence[str], levels: Sequence[str] | None = None, chunk: int = 16) -> torch.Tensor:
-        """Summed NLL (N, L) of each option after each ``(agent, prompt)`` row (label scoring)."""
+    def option_nll(self, rows: Sequence[tuple[str, str]], options: Sequence[str], levels: Sequence[str] | None = None, chunk: int = 32) -> torch.Tensor:
+        """Summed NLL (N, L) of each option after each ``(agent, prompt)`` row (label scoring).
+
+        Each prompt runs once; the options continue from its KV cache (learning/choice.py).
+        """
+        active = self._check_levels(levels)
         out = []
         for i in range(0, len(rows), chunk):
             part = rows[i : i + chunk]
             batch = pack_prompts(self.tokenizer, [p for _, p in part], self.max_length).to(self.device)
-            owners = [a for a, _ in part for _ in options]
-            with self.routing.use(self.route(owners, self._check_levels(levels))):
-                out.append(option_nll(self.model, self.tokenizer, batch, list(options)).cpu())
+            with self.routing.use(self.route([a for a, _ in part], active)):
+                first, cache = prompt_pass(self.model, batch)
+            with self.routing.use(self.route([a for a, _ in part for _ in options], active)):
+                out.append(option_pass(self.model, self.tokenizer, batch, first, cache, list(options)).cpu())
         return torch.cat(out) if out else torch.zeros(0, len(options))
 
     def learn(self, examples: Examples, steps: int = 1, levels: Sequence[str] | None = None) -> dict[str, float]:
