@@ -133,6 +133,9 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
         raise ConfigError(f"{p}: invalid YAML: {e}") from None
     if data is not None and not isinstance(data, dict):
         raise ConfigError(f"{p}: the top level must be a mapping of fields, got {type(data).__name__}")
+    suite = (data or {}).get("suite")
+    if isinstance(suite, dict) and isinstance(suite.get("root"), str) and not Path(suite["root"]).is_absolute():
+        suite["root"] = str((p.parent / suite["root"]).resolve())  # relative to the config file
     return parse_config(data, overrides)
 
 
