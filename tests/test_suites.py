@@ -127,6 +127,18 @@ def test_sample_task_is_seeded(tmp_path):
     assert a.labels == ("World", "Sports")
 
 
+def test_balanced_support_covers_the_labels():
+    data = load_demo("yelp")
+    for seed in range(5):
+        task = sample_task(data, 5, 4, seed=seed, balanced=True)
+        assert sorted(a for _, a in task.support) == sorted(data.labels)  # one per label
+        assert len(set(task.support)) == 5
+    eight = sample_task(data, 8, 4, seed=0, balanced=True)
+    counts = [sum(a == lab for _, a in eight.support) for lab in data.labels]
+    assert max(counts) - min(counts) <= 1
+    assert sample_task(data, 5, 4, seed=3, balanced=True) == sample_task(data, 5, 4, seed=3, balanced=True)
+
+
 def test_split_tasks_gives_disjoint_tasks(tmp_path):
     _write_task(tmp_path / "toy")
     tasks = split_tasks(load_cl(tmp_path / "toy"), n_tasks=3, n_support=3, n_query=2, seed=0)

@@ -31,7 +31,8 @@ class SuiteConfig(BaseModel):
     task_types: list[str] | None = Field(default=["agnews", "yelp"], min_length=1, description="task types to use; null = all")
     support: int = Field(default=4, ge=1, description="support (learning) examples per task")
     query: int = Field(default=8, ge=1, description="query (scored) examples per task")
-    eval_query: int = Field(default=16, ge=1, description="held-out examples per task type for before/after quality")
+    balanced_support: bool = Field(default=True, description="support parts cycle through the label set (tasks with labels)")
+    eval_query: int = Field(default=32, ge=1, description="held-out examples per task type for before/after quality")
     eval_all_types: bool = Field(default=False, description="score every agent on every task type (else its own type only)")
     max_prompt_tokens: int = Field(default=96, ge=8, description="prompts are cut to this many tokens")
 

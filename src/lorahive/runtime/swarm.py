@@ -96,7 +96,7 @@ class Swarm:
         idx = list(self.agents).index(agent.name)
         seed = random.Random(f"{self.cfg.seed}/{tick}/{idx}").randrange(2**31)
         s = self.cfg.suite
-        return sample_task(self.data[agent.task_type], s.support, s.query, seed, self.hive.tokenizer, s.max_prompt_tokens)
+        return sample_task(self.data[agent.task_type], s.support, s.query, seed, self.hive.tokenizer, s.max_prompt_tokens, balanced=s.balanced_support)
 
     def _solve(self, ctx: TickContext) -> None:
         ctx.tasks = {n: self.task_for(a, ctx.tick) for n, a in self.agents.items()}

@@ -151,17 +151,39 @@ def sample_task(
     seed: int = 0,
     tokenizer: PreTrainedTokenizerBase | None = None,
     max_tokens: int | None = None,
+    balanced: bool = False,
 ) -> Task:
-    """Draw one task: ``n_support`` train examples and ``n_query`` test examples, seeded."""
+    """Draw one task: ``n_support`` train examples and ``n_query`` test examples, seeded.
+
+    With ``balanced`` the support part cycles through the labels (in a seeded order), so a
+    handful of examples does not teach a label prior that the task does not have; the query
+    part is always a plain random draw, so scoring stays unbiased.
+    """
     if n_support > len(data.train) or n_query > len(data.test):
         raise ValueError(
             f"{data.task_type}: asked for {n_support} support / {n_query} query examples, "
             f"have {len(data.train)} train / {len(data.test)} test"
         )
     rng = random.Random(seed)
-    support = rng.sample(data.train, n_support)
+    support = _balanced(data, n_support, rng) if balanced and data.labels else rng.sample(data.train, n_support)
     query = rng.sample(data.test, n_query)
     return Task(data.task_type, _truncate_all(support, tokenizer, max_tokens), _truncate_all(query, tokenizer, max_tokens), data.labels)
+
+
+def _balanced(data: CLData, n: int, rng: random.Random) -> list[Example]:
+    """``n`` train examples taken round-robin over the labels, each label's examples shuffled."""
+    by_label: dict[str, list[Example]] = {}
+    for ex in data.train:
+        by_label.setdefault(ex[1], []).append(ex)
+    pools = [rng.sample(v, len(v)) for _, v in sorted(by_label.items())]
+    rng.shuffle(pools)
+    out: list[Example] = []
+    while len(out) < n:
+        for pool in pools:
+            if pool and len(out) < n:
+                out.append(pool.pop())
+    rng.shuffle(out)
+    return out
 
 
 def split_tasks(
