@@ -8,8 +8,6 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from lorahive.runtime import interop
-
 console = Console(stderr=True)
 
 
@@ -25,6 +23,8 @@ def export(
     levels: Annotated[str | None, typer.Option("--levels", help="comma-separated levels (default: all but task-scoped ones)")] = None,
 ) -> None:
     """Write an agent's view of a run's checkpoint as a standard PEFT LoRA adapter."""
+    from lorahive.runtime import interop  # peft loads only for these commands
+
     try:
         path = interop.export_run(run_dir, agent, out, levels)
     except ValueError as e:
@@ -40,6 +40,8 @@ def import_peft(
     agent: Annotated[str | None, typer.Option("--agent", help="the agent's slot, for per-agent levels")] = None,
 ) -> None:
     """Put a PEFT LoRA adapter into one slot of a run's level and checkpoint the result."""
+    from lorahive.runtime import interop  # peft loads only for these commands
+
     try:
         report = interop.import_into_run(run_dir, adapter_dir, level, agent)
     except ValueError as e:

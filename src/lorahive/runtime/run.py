@@ -18,6 +18,7 @@ import torch
 
 from lorahive.observe.ledger import Ledger, sha256_of
 from lorahive.run_config import RunConfig, dump_config, load_config
+from lorahive.runtime import attack
 from lorahive.runtime.agent import evaluate
 from lorahive.runtime.hive import Hive
 from lorahive.runtime.swarm import Swarm, TickContext
@@ -94,6 +95,7 @@ def _build(out: Path, cfg: RunConfig) -> Run:
     hive = Hive.load(cfg.base, cfg.stack(), device="cpu" if not torch.cuda.is_available() else None, seed=cfg.seed)
     data = load_data(cfg)
     swarm = Swarm(hive, cfg, data, Ledger(out / "ledger.sqlite"))
+    attack.install(swarm, cfg.attack, cfg.seed)
     return Run(out, cfg, hive, swarm, _eval_tasks(cfg, data, hive), {}, time.time())
 
 
@@ -136,12 +138,24 @@ def resume(out: str | Path, progress: Progress | None = None, ticks: int | None 
         write_atomic(out / "config.yaml", dump_config(cfg))
     run = _build(out, cfg)
     loaded = checkpoint.load(out, run.hive)
-    run.swarm.load_state(loaded.state)
-    run.swarm.aggregator.load_state_dict({k.removeprefix("agg/"): v for k, v in loaded.extra.items() if k.startswith("agg/")})
-    run.before = loaded.state["quality_before"]
-    run.elapsed = float(loaded.state.get("elapsed", 0.0))
+    try:
+        run.swarm.load_state(loaded.state)
+        run.swarm.aggregator.load_state_dict({k.removeprefix("agg/"): v for k, v in loaded.extra.items() if k.startswith("agg/")})
+        run.before = dict(loaded.state["quality_before"])
+        run.elapsed = float(loaded.state.get("elapsed", 0.0))
+    except (KeyError, TypeError, ValueError, AttributeError, RuntimeError) as e:
+        raise checkpoint.CheckpointError(f"{checkpoint.locate(out)}: its run state cannot be restored: {e!r}") from None
     run.swarm.ledger.rollback_to(run.swarm.tick_no)
+    _record_missing_checkpoint(run)
     return _loop(run, progress)
+
+
+def _record_missing_checkpoint(run: Run) -> None:
+    """A run killed after writing a checkpoint but before its ledger row gets the row now."""
+    last = run.swarm.ledger.latest_checkpoint()
+    if last is None or int(last["tick"]) < run.swarm.tick_no:
+        ckpt = checkpoint.locate(run.out)
+        run.swarm.ledger.record_checkpoint(run.swarm.tick_no, run.out / checkpoint.NAME, sha256_of(ckpt / "manifest.json"))
 
 
 def _record_eval(run: Run, tick: int, phase: str, quality: dict[str, dict[str, float]]) -> None:
