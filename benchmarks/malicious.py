@@ -6,8 +6,9 @@ decides which of four labels is right ("Item: red grape old" → "east"), eight 
 two per label, two filler words around them — and accuracy is measured on held-out prompts with
 the swarm level alone active (the only level in the stack), by label likelihood. Every
 agent's honest proposal is its exact gradient on its own 8 support examples; the swarm
-level moves only by aggregated proposals, so what attackers do to aggregation is what
-the accuracy shows.
+level moves only by aggregated proposals (agents take no fast steps), so what attackers do
+to aggregation is what the accuracy shows. "after" is the mean held-out accuracy (256
+prompts) over the last ``--average-last`` ticks, which smooths tick-to-tick jitter.
 
 For each attacker fraction (0 % = clean, then 10 %, 25 %, 40 % of the agents, chosen from
 the seed), two aggregation settings run over the same seed and schedule:
@@ -15,10 +16,12 @@ the seed), two aggregation settings run over the same seed and schedule:
     mean     plain mean of the proposals (FedAvg), no clipping, no validation bound
     robust   validation (reject NaN/inf and norms > 3 × the tick's median norm),
              clipping to max_norm × reputation, coordinate-wise median
+    robust-tm  the same with a 30 % trimmed mean instead of the median (``--settings``)
 
-Usage (prints a table as it goes; one run per cell, the clean cell once per setting)::
+Usage (prints a table as it goes; one run per cell; one torch thread, as threads thrash on
+a shared 2-core machine)::
 
-    .venv/bin/python benchmarks/malicious.py [--kind sign_flip] [--ticks 30] [--agents 20]
+    .venv/bin/python benchmarks/malicious.py [--kind sign_flip] [--scale 10] [--ticks 120] [--agents 20]
 """
 
 from __future__ import annotations
