@@ -165,6 +165,20 @@ def _record_eval(run: Run, tick: int, phase: str, quality: dict[str, dict[str, f
                 run.swarm.ledger.record_score(tick, agent, task_type, phase, q, len(run.eval_tasks[task_type].query))
 
 
+def _record_final_eval(run: Run, after: dict[str, dict[str, float]]) -> None:
+    """Record the final evaluation once, with a ``final_eval`` event in the same transaction.
+
+    A run killed after recording it (while writing metrics.json, say) is resumed at its last
+    tick; the evaluation then runs again but is not recorded twice.
+    """
+    tick = run.swarm.tick_no
+    if run.swarm.ledger.query("SELECT 1 FROM events WHERE kind = 'final_eval' AND tick = ?", (tick,)):
+        return
+    with run.swarm.ledger.transaction():
+        _record_eval(run, tick, "after", after)
+        run.swarm.ledger.record_event(tick, "final_eval")
+
+
 def _save(run: Run) -> None:
     state = {**run.swarm.state(), "quality_before": run.before, "elapsed": run.elapsed + time.time() - run.started}
     extra = {f"agg/{k}": v for k, v in run.swarm.aggregator.state_dict().items()}
@@ -184,7 +198,7 @@ def _loop(run: Run, progress: Progress | None) -> dict[str, Any]:
         if progress:
             progress(swarm.tick_no, cfg.ticks, ctx)
     after = evaluate_run(run)
-    _record_eval(run, swarm.tick_no, "after", after)
+    _record_final_eval(run, after)
     result = metrics(run, after)
     write_atomic(run.out / "metrics.json", json.dumps(result, indent=1))
     swarm.ledger.close()
