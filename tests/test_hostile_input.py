@@ -370,3 +370,23 @@ def test_peft_importer_never_unpickles(tokenizer, adapter, tmp_path, where):
 
     _peft_refused(tokenizer, ad, "safetensors" if where == "disguised" else "pickle")
     assert not marker.exists()
+
+
+def test_the_cli_refuses_hostile_files_with_exit_code_2(good_run, tmp_path):
+    from typer.testing import CliRunner
+
+    from lorahive.cli.main import app
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_bytes(b"\xff\xfe\x00garbage")
+    run = tmp_path / "run"
+    shutil.copytree(good_run, run)
+    (run / "checkpoint" / "levels" / "swarm.pt").write_bytes(pickle_bytes(tmp_path / "ran"))
+
+    started = CliRunner().invoke(app, ["run", str(bad), "--out", str(tmp_path / "new")])
+    resumed = CliRunner().invoke(app, ["resume", str(run), "--ticks", "2"])
+
+    assert started.exit_code == resumed.exit_code == 2
+    assert "not UTF-8" in " ".join(started.output.split())
+    assert "swarm.pt" in "".join(resumed.output.split()) and "notlistedinmanifest.json" in "".join(resumed.output.split())
+    assert not (tmp_path / "ran").exists() and not (tmp_path / "new").exists()
