@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from lorahive.base import DEFAULT_BASE
 from lorahive.config import LevelSpec, StackSpec, as_stack
 from lorahive.mechanisms.compose import AggregationConfig
+from lorahive.runtime.attack import AttackConfig
 
 
 class ConfigError(ValueError):
@@ -71,6 +72,7 @@ class RunConfig(BaseModel):
     aggregation: AggregationConfig = Field(default_factory=AggregationConfig)
     checkpoint_every: int = Field(default=1, ge=1, description="write a checkpoint every N ticks")
     threads: int | None = Field(default=None, ge=1, description="torch CPU threads; null = torch's default")
+    attack: AttackConfig = Field(default_factory=AttackConfig, description="malicious agents, for testing defences (fraction 0 = none)")
 
     @model_validator(mode="after")
     def _levels_exist(self) -> RunConfig:
@@ -123,21 +125,32 @@ def parse_config(data: dict[str, Any] | None, overrides: list[str] | tuple[str, 
         raise ConfigError(_format(e)) from None
 
 
+#: Largest config file read (a run config is a few hundred bytes).
+MAX_CONFIG_BYTES = 1 << 20
+
+
 def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
     """Read a YAML run config; errors name the file and the field."""
     p = Path(path)
     try:
+        if p.stat().st_size > MAX_CONFIG_BYTES:
+            raise ConfigError(f"{p}: {p.stat().st_size} bytes is too large for a config file (limit {MAX_CONFIG_BYTES})")
         data = yaml.safe_load(p.read_text(encoding="utf-8"))
     except OSError as e:
         raise ConfigError(f"{p}: cannot read: {e.strerror}") from None
-    except yaml.YAMLError as e:
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{p}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    except (yaml.YAMLError, RecursionError) as e:
         raise ConfigError(f"{p}: invalid YAML: {e}") from None
     if data is not None and not isinstance(data, dict):
         raise ConfigError(f"{p}: the top level must be a mapping of fields, got {type(data).__name__}")
     suite = (data or {}).get("suite")
     if isinstance(suite, dict) and isinstance(suite.get("root"), str) and not Path(suite["root"]).is_absolute():
         suite["root"] = str((p.parent / suite["root"]).resolve())  # relative to the config file
-    return parse_config(data, overrides)
+    try:
+        return parse_config(data, overrides)
+    except ConfigError as e:
+        raise ConfigError(f"{p}: {e}") from None
 
 
 def dump_config(cfg: RunConfig) -> str:

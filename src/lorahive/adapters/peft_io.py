@@ -147,8 +147,10 @@ def _read_config(directory: Path) -> dict[str, Any]:
     if not (directory / ADAPTER_CONFIG).is_file():
         raise ValueError(f"{directory}: missing {ADAPTER_CONFIG}")
     try:
+        if (directory / ADAPTER_CONFIG).stat().st_size > 16 << 20:
+            raise ValueError(f"{directory / ADAPTER_CONFIG}: too large for an adapter config")
         cfg = json.loads((directory / ADAPTER_CONFIG).read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
         raise ValueError(f"{directory / ADAPTER_CONFIG}: not valid JSON ({e})") from None
     if not isinstance(cfg, dict) or cfg.get("peft_type") != "LORA":
         raise ValueError(f"{directory / ADAPTER_CONFIG}: peft_type must be 'LORA'")
@@ -163,12 +165,21 @@ def _read_config(directory: Path) -> dict[str, Any]:
 def _number(cfg: dict[str, Any], pattern_key: str, default_key: str, path: str) -> float:
     """The value for ``path``: the first pattern key the path ends in (PEFT's rule), else the default."""
     patterns = cfg.get(pattern_key) or {}
+    if not isinstance(patterns, dict):
+        raise ValueError(f"{ADAPTER_CONFIG}: {pattern_key} must be a mapping, got {type(patterns).__name__}")
     for key, value in patterns.items():
-        if re.match(rf"(.*\.)?({key})$", path):
-            return float(value)
-    value = cfg.get(default_key)
-    if not isinstance(value, int | float) or isinstance(value, bool) or value <= 0:
-        raise ValueError(f"{ADAPTER_CONFIG}: {default_key} must be a positive number, got {value!r}")
+        try:
+            hit = re.match(rf"(.*\.)?({key})$", path)
+        except re.error as e:
+            raise ValueError(f"{ADAPTER_CONFIG}: {pattern_key} key {key!r} is not a valid pattern ({e})") from None
+        if hit:
+            return _positive(value, f"{pattern_key}[{key!r}]")
+    return _positive(cfg.get(default_key), default_key)
+
+
+def _positive(value: Any, name: str) -> float:
+    if not isinstance(value, int | float) or isinstance(value, bool) or not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{ADAPTER_CONFIG}: {name} must be a positive finite number, got {value!r}")
     return float(value)
 
 
@@ -296,6 +307,9 @@ def import_peft(hive: Hive, adapter_dir: str | os.PathLike, level: str, agent: s
     factors = _read_factors(directory, _read_config(directory), hive, level)
     banks = dict(hive.named_banks(level))
     plans = {path: _fit(a, b, s / denom, banks[path], slot) for path, (a, b, s) in factors.items()}
+    for path, (new_a, new_b, _) in plans.items():
+        if not (torch.isfinite(new_a).all() and torch.isfinite(new_b).all()):
+            raise ValueError(f"{directory / ADAPTER_WEIGHTS}: {path}: the adapter's weights overflow to NaN/inf at this level's scale")
     for path, bank in banks.items():
         if path in plans:
             new_a, new_b, _ = plans[path]

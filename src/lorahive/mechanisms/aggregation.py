@@ -126,7 +126,7 @@ def cosine(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-12) -> float:
 
 def clip_scale(norm: float, max_norm: float) -> float:
     """The factor that brings a vector of ``norm`` within ``max_norm`` (1 when it already is)."""
-    return 1.0 if norm <= max_norm else max_norm / norm
+    return 1.0 if norm <= max_norm else (max_norm / norm if norm > 0 else 0.0)
 
 
 def weighted_mean(deltas: Sequence[Delta], weights: Sequence[float]) -> Delta:
@@ -265,17 +265,25 @@ class TrimmedMean(Stateless):
 
 @final
 class Clipped:
-    """Scale every proposal down to global L2 norm ≤ ``max_norm``, then delegate."""
+    """Scale every proposal down to global L2 norm ≤ ``max_norm``, then delegate.
 
-    def __init__(self, inner: Aggregator, max_norm: float) -> None:
+    With ``by_reputation`` the bound is per agent, ``max_norm · clamp(reputation, 0, 1)``:
+    an agent's influence grows with its track record (DESIGN.md §3, reputation).
+    """
+
+    def __init__(self, inner: Aggregator, max_norm: float, by_reputation: bool = False) -> None:
         if not max_norm > 0:
             raise ValueError(f"max_norm must be > 0, got {max_norm}")
-        self.inner, self.max_norm = inner, max_norm
-        self.name = f"clipped({inner.name}, {max_norm:g})"
+        self.inner, self.max_norm, self.by_reputation = inner, max_norm, by_reputation
+        self.name = f"clipped({inner.name}, {max_norm:g}{', by reputation' if by_reputation else ''})"
+
+    def bound(self, p: Proposal) -> float:
+        """The largest norm proposal ``p`` keeps."""
+        return self.max_norm * min(1.0, max(0.0, p.reputation)) if self.by_reputation else self.max_norm
 
     def aggregate(self, tick: int, proposals: Sequence[Proposal], failures: Sequence[Failure] = ()) -> tuple[Delta | None, Metrics]:
         norms = [global_norm(p.delta) for p in proposals]
-        scales = [clip_scale(n, self.max_norm) for n in norms]
+        scales = [clip_scale(n, self.bound(p)) for n, p in zip(norms, proposals, strict=True)]
         clipped = [
             dataclasses.replace(p, delta={k: t * s for k, t in p.delta.items()}) if s < 1.0 else p
             for p, s in zip(proposals, scales, strict=True)

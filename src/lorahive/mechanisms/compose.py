@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from lorahive.mechanisms.aggregation import Aggregator, Clipped, Mean, Median, TrimmedMean, Weighted
 from lorahive.mechanisms.resonance import Resonance
@@ -35,11 +35,19 @@ class AggregationConfig(BaseModel):
     trim: float = Field(default=0.2, ge=0.0, lt=0.5, description="trimmed_mean: fraction β dropped at each end, in [0, 0.5)")
     max_norm: float | None = Field(default=None, gt=0, description="clip each proposal's global L2 norm to this (> 0); null = no clipping")
     reject_norm: float | None = Field(default=None, gt=0, description="reject proposals whose global L2 norm exceeds this (> 0); null = no bound")
+    reject_norm_ratio: float | None = Field(default=None, ge=1, description="reject proposals whose norm exceeds this multiple (≥ 1) of the tick's median proposal norm; null = off")
+    clip_by_reputation: bool = Field(default=False, description="clip each proposal to max_norm × its agent's reputation (in [0, 1]) instead of max_norm")
     resonance: bool = Field(default=True, description="horizontal resonance on/off")
     alpha: float = Field(default=0.5, ge=0.0, description="resonance boost 1 + α·cos for aligned proposals (≥ 0)")
     beta: float = Field(default=0.5, ge=0.0, description="resonance damping 1 + β·cos for opposed proposals (≥ 0)")
     cap: float = Field(default=2.0, ge=1.0, description="largest resonance factor (≥ 1)")
     ema: float = Field(default=0.9, ge=0.0, lt=1.0, description="EMA coefficient of the swarm's running direction, in [0, 1)")
+
+    @model_validator(mode="after")
+    def _clip_for_reputation(self) -> AggregationConfig:
+        if self.clip_by_reputation and self.max_norm is None:
+            raise ValueError("clip_by_reputation needs max_norm (the bound that reputation scales)")
+        return self
 
 
 def format_config_error(err: ValidationError, prefix: str = "aggregation") -> str:
@@ -74,9 +82,9 @@ def build_aggregator(cfg: AggregationConfig | dict[str, Any] | None = None) -> A
             raise ValueError(format_config_error(e)) from None
     agg: Aggregator = _strategy(cfg)
     if cfg.max_norm is not None:
-        agg = Clipped(agg, cfg.max_norm)
+        agg = Clipped(agg, cfg.max_norm, cfg.clip_by_reputation)
     if cfg.resonance:
         agg = Resonance(agg, cfg.alpha, cfg.beta, cfg.cap, cfg.ema)
     else:
         agg = Resonance(agg, 0.0, 0.0, 1.0, cfg.ema)
-    return Validated(agg, cfg.reject_norm)
+    return Validated(agg, cfg.reject_norm, reject_norm_ratio=cfg.reject_norm_ratio)

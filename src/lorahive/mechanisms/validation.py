@@ -2,7 +2,9 @@
 
 A proposal is rejected — with a reason the ledger keeps — when its level is not the one
 being aggregated, its keys or tensor shapes differ from the reference, any value is NaN or
-infinite, or its global L2 norm exceeds ``reject_norm``. This is the "a NaN proposal is
+infinite, its global L2 norm exceeds ``reject_norm``, or it exceeds ``reject_norm_ratio``
+times the median norm of the tick's well-formed proposals (a scale-free outlier test: as long
+as most proposals are honest, the median norm is an honest one, whatever the attackers send). This is the "a NaN proposal is
 rejected and logged, the run goes on" rule of issue 3, and the first line of defence that
 robust aggregation (median, trimmed mean) backs up. The reference level and shapes are those given to
 :class:`Validated`, or else the most common level and key/shape signature among the tick's
@@ -28,7 +30,7 @@ from lorahive.mechanisms.aggregation import (
     summarize,
 )
 
-__all__ = ["Shapes", "Validated", "reference_level", "reference_shapes", "validate_proposal"]
+__all__ = ["Shapes", "Validated", "median_norm", "reference_level", "reference_shapes", "validate_proposal"]
 
 #: Expected tensor shape per parameter name.
 Shapes = dict[str, tuple[int, ...]]
@@ -63,8 +65,26 @@ def _shape_reason(delta: Delta, shapes: Shapes) -> str | None:
     return None
 
 
-def validate_proposal(p: Proposal, shapes: Shapes, level: str | None = None, reject_norm: float | None = None) -> tuple[str | None, float | None]:
-    """Check one proposal; return (reason it is rejected or None, its global norm or None)."""
+def median_norm(proposals: Sequence[Proposal], shapes: Shapes) -> float | None:
+    """The median global norm of the proposals that are finite and shaped like ``shapes``."""
+    norms = sorted(
+        global_norm(p.delta)
+        for p in proposals
+        if _shape_reason(p.delta, shapes) is None and all(bool(torch.isfinite(t).all()) for t in p.delta.values())
+    )
+    if not norms:
+        return None
+    n = len(norms)
+    return norms[n // 2] if n % 2 else (norms[n // 2 - 1] + norms[n // 2]) / 2
+
+
+def validate_proposal(
+    p: Proposal, shapes: Shapes, level: str | None = None, reject_norm: float | None = None, ratio_bound: tuple[float, float] | None = None
+) -> tuple[str | None, float | None]:
+    """Check one proposal; return (reason it is rejected or None, its global norm or None).
+
+    ``ratio_bound`` is (ratio, median norm): reject norms above their product.
+    """
     bad = next((k for k, t in p.delta.items() if not bool(torch.isfinite(t).all())), None)
     norm = None if bad is not None else global_norm(p.delta)
     if level is not None and p.level != level:
@@ -76,6 +96,8 @@ def validate_proposal(p: Proposal, shapes: Shapes, level: str | None = None, rej
         return f"non-finite values (NaN/inf) in {bad}", None
     if reject_norm is not None and norm > reject_norm:
         return f"norm {norm:.4g} exceeds reject_norm {reject_norm:g}", norm
+    if ratio_bound is not None and norm > ratio_bound[0] * ratio_bound[1]:
+        return f"norm {norm:.4g} exceeds reject_norm_ratio {ratio_bound[0]:g} × the tick's median norm {ratio_bound[1]:.4g}", norm
     return None, norm
 
 
@@ -86,16 +108,23 @@ class Validated:
     Returns ``(None, metrics)`` when no proposal passes.
     """
 
-    def __init__(self, inner: Aggregator, reject_norm: float | None = None, shapes: Shapes | None = None, level: str | None = None) -> None:
+    def __init__(
+        self, inner: Aggregator, reject_norm: float | None = None, shapes: Shapes | None = None, level: str | None = None, reject_norm_ratio: float | None = None
+    ) -> None:
         if reject_norm is not None and not reject_norm > 0:
             raise ValueError(f"reject_norm must be > 0, got {reject_norm}")
+        if reject_norm_ratio is not None and not reject_norm_ratio >= 1:
+            raise ValueError(f"reject_norm_ratio must be >= 1, got {reject_norm_ratio}")
         self.inner, self.reject_norm, self.shapes, self.level = inner, reject_norm, shapes, level
+        self.reject_norm_ratio = reject_norm_ratio
         self.name = f"validated({inner.name})"
 
     def aggregate(self, tick: int, proposals: Sequence[Proposal], failures: Sequence[Failure] = ()) -> tuple[Delta | None, Metrics]:
         shapes = self.shapes if self.shapes is not None else reference_shapes(proposals)
         level = self.level if self.level is not None else reference_level(proposals)
-        checks = [validate_proposal(p, shapes, level, self.reject_norm) for p in proposals]
+        median = median_norm(proposals, shapes) if self.reject_norm_ratio is not None else None
+        bound = None if median is None or self.reject_norm_ratio is None else (self.reject_norm_ratio, median)
+        checks = [validate_proposal(p, shapes, level, self.reject_norm, bound) for p in proposals]
         passed = [p for p, (reason, _) in zip(proposals, checks, strict=True) if reason is None]
         if passed:
             update, inner_metrics = self.inner.aggregate(tick, passed, failures)

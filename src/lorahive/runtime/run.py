@@ -18,6 +18,7 @@ import torch
 
 from lorahive.observe.ledger import Ledger, sha256_of
 from lorahive.run_config import RunConfig, dump_config, load_config
+from lorahive.runtime import attack
 from lorahive.runtime.agent import evaluate
 from lorahive.runtime.hive import Hive
 from lorahive.runtime.swarm import Swarm, TickContext
@@ -94,6 +95,7 @@ def _build(out: Path, cfg: RunConfig) -> Run:
     hive = Hive.load(cfg.base, cfg.stack(), device="cpu" if not torch.cuda.is_available() else None, seed=cfg.seed)
     data = load_data(cfg)
     swarm = Swarm(hive, cfg, data, Ledger(out / "ledger.sqlite"))
+    attack.install(swarm, cfg.attack, cfg.seed)
     return Run(out, cfg, hive, swarm, _eval_tasks(cfg, data, hive), {}, time.time())
 
 
@@ -136,12 +138,24 @@ def resume(out: str | Path, progress: Progress | None = None, ticks: int | None 
         write_atomic(out / "config.yaml", dump_config(cfg))
     run = _build(out, cfg)
     loaded = checkpoint.load(out, run.hive)
-    run.swarm.load_state(loaded.state)
-    run.swarm.aggregator.load_state_dict({k.removeprefix("agg/"): v for k, v in loaded.extra.items() if k.startswith("agg/")})
-    run.before = loaded.state["quality_before"]
-    run.elapsed = float(loaded.state.get("elapsed", 0.0))
+    try:
+        run.swarm.load_state(loaded.state)
+        run.swarm.aggregator.load_state_dict({k.removeprefix("agg/"): v for k, v in loaded.extra.items() if k.startswith("agg/")})
+        run.before = dict(loaded.state["quality_before"])
+        run.elapsed = float(loaded.state.get("elapsed", 0.0))
+    except (KeyError, TypeError, ValueError, AttributeError, RuntimeError) as e:
+        raise checkpoint.CheckpointError(f"{checkpoint.locate(out)}: its run state cannot be restored: {e!r}") from None
     run.swarm.ledger.rollback_to(run.swarm.tick_no)
+    _record_missing_checkpoint(run)
     return _loop(run, progress)
+
+
+def _record_missing_checkpoint(run: Run) -> None:
+    """A run killed after writing a checkpoint but before its ledger row gets the row now."""
+    last = run.swarm.ledger.latest_checkpoint()
+    if last is None or int(last["tick"]) < run.swarm.tick_no:
+        ckpt = checkpoint.locate(run.out)
+        run.swarm.ledger.record_checkpoint(run.swarm.tick_no, run.out / checkpoint.NAME, sha256_of(ckpt / "manifest.json"))
 
 
 def _record_eval(run: Run, tick: int, phase: str, quality: dict[str, dict[str, float]]) -> None:
@@ -149,6 +163,20 @@ def _record_eval(run: Run, tick: int, phase: str, quality: dict[str, dict[str, f
         for agent, per_type in quality.items():
             for task_type, q in per_type.items():
                 run.swarm.ledger.record_score(tick, agent, task_type, phase, q, len(run.eval_tasks[task_type].query))
+
+
+def _record_final_eval(run: Run, after: dict[str, dict[str, float]]) -> None:
+    """Record the final evaluation once, with a ``final_eval`` event in the same transaction.
+
+    A run killed after recording it (while writing metrics.json, say) is resumed at its last
+    tick; the evaluation then runs again but is not recorded twice.
+    """
+    tick = run.swarm.tick_no
+    if run.swarm.ledger.query("SELECT 1 FROM events WHERE kind = 'final_eval' AND tick = ?", (tick,)):
+        return
+    with run.swarm.ledger.transaction():
+        _record_eval(run, tick, "after", after)
+        run.swarm.ledger.record_event(tick, "final_eval")
 
 
 def _save(run: Run) -> None:
@@ -170,7 +198,7 @@ def _loop(run: Run, progress: Progress | None) -> dict[str, Any]:
         if progress:
             progress(swarm.tick_no, cfg.ticks, ctx)
     after = evaluate_run(run)
-    _record_eval(run, swarm.tick_no, "after", after)
+    _record_final_eval(run, after)
     result = metrics(run, after)
     write_atomic(run.out / "metrics.json", json.dumps(result, indent=1))
     swarm.ledger.close()

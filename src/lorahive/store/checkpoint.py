@@ -18,14 +18,16 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from lorahive.runtime.hive import Hive
@@ -119,65 +121,181 @@ def locate(run_dir: str | Path) -> Path:
     raise CheckpointError(f"{run}: no checkpoint found (expected {run / NAME}/manifest.json)")
 
 
-def _verify(ckpt: Path) -> dict[str, Any]:
+#: The only files a checkpoint may hold (besides manifest.json): safetensors and one JSON file.
+_ALLOWED = re.compile(r"^((levels|optim)/[A-Za-z_][A-Za-z0-9_]*\.safetensors|extra\.safetensors|state\.json)$")
+#: Largest manifest.json / state.json read (both are small plain JSON).
+_MAX_JSON_BYTES = 64 << 20
+
+
+def _read_json(path: Path) -> Any:
     try:
-        manifest = json.loads((ckpt / "manifest.json").read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"{ckpt / 'manifest.json'}: unreadable: {e}") from None
+        if path.stat().st_size > _MAX_JSON_BYTES:
+            raise CheckpointError(f"{path}: {path.stat().st_size} bytes is too large for a checkpoint JSON file")
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
+        raise CheckpointError(f"{path}: unreadable: {e}") from None
+
+
+def _verify(ckpt: Path) -> dict[str, Any]:
+    """Check the manifest names only allowed files, every file matches it, and nothing else is there."""
+    manifest = _read_json(ckpt / "manifest.json")
     if not isinstance(manifest, dict) or "state.json" not in manifest:
         raise CheckpointError(f"{ckpt / 'manifest.json'}: not a lorahive checkpoint manifest")
     for rel, meta in manifest.items():
         path = ckpt / rel
+        if not isinstance(rel, str) or not _ALLOWED.match(rel):
+            raise CheckpointError(f"{path}: not a file a checkpoint may hold (only levels/*.safetensors, optim/*.safetensors, extra.safetensors, state.json)")
         if not path.is_file():
             raise CheckpointError(f"{path}: missing")
-        if path.stat().st_size != meta.get("bytes") or _sha256(path) != meta.get("sha256"):
+        if not isinstance(meta, dict) or path.stat().st_size != meta.get("bytes") or _sha256(path) != meta.get("sha256"):
             raise CheckpointError(f"{path}: corrupted or truncated (size or sha256 differs from the manifest)")
+    for path in sorted(ckpt.rglob("*")):
+        rel = path.relative_to(ckpt).as_posix()
+        if (path.is_file() or path.is_symlink()) and rel != "manifest.json" and rel not in manifest:
+            raise CheckpointError(f"{path}: not listed in manifest.json; refusing a checkpoint with planted files (lorahive never unpickles .bin/.pt)")
     return manifest
+
+
+def _header(path: Path) -> dict[str, tuple[tuple[int, ...], str]]:
+    """Tensor name -> (shape, dtype) from the safetensors header, reading no tensor data."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return {k: (tuple(f.get_slice(k).get_shape()), str(f.get_slice(k).get_dtype())) for k in f.keys()}  # noqa: SIM118
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        raise CheckpointError(f"{path}: not a valid safetensors file: {e}") from None
 
 
 def _load_tensors(path: Path) -> dict[str, torch.Tensor]:
     try:
         return load_file(str(path))
-    except (SafetensorError, OSError, ValueError) as e:
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
         raise CheckpointError(f"{path}: not a valid safetensors file: {e}") from None
 
 
-def _check_banks(hive: Hive, ckpt: Path, manifest: dict[str, Any]) -> dict[str, dict[str, torch.Tensor]]:
-    """Load and shape-check every level file before anything is written into the hive."""
-    levels: dict[str, dict[str, torch.Tensor]] = {}
+_DTYPES = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16", torch.float64: "F64"}
+
+
+def _expect(file: Path, header: dict[str, tuple[tuple[int, ...], str]], want: dict[str, tuple[tuple[int, ...], str]]) -> None:
+    """Every expected tensor present with its shape and dtype, and no other tensor."""
+    extra = sorted(set(header) - set(want))
+    if extra:
+        raise CheckpointError(f"{file}: unexpected tensors {extra[:3]}")
+    for key, (shape, dtype) in want.items():
+        if key not in header:
+            raise CheckpointError(f"{file}: {key} is missing")
+        if header[key] != (shape, dtype):
+            raise CheckpointError(f"{file}: {key} has shape {list(header[key][0])} and dtype {header[key][1]}; expected {list(shape)} and {dtype}")
+
+
+def _slots(hive: Hive, level: str, n_agents: int) -> int:
+    """How many slots ``level``'s banks hold once ``n_agents`` agents are registered (bank growth rule)."""
+    if hive.stack.get(level).scope == "shared":
+        return 1
+    capacity = max(1, hive.n_slots(level))
+    while capacity < n_agents:
+        capacity *= 2
+    return capacity
+
+
+def _check_level(hive: Hive, level: str, n_agents: int, file: Path) -> dict[str, torch.Tensor]:
+    """Check shapes and dtypes from the header, then load and check the values are finite."""
+    n = _slots(hive, level, n_agents)
+    want: dict[str, tuple[tuple[int, ...], str]] = {}
+    for path, bank in hive.named_banks(level):
+        dtype = _DTYPES.get(bank.A.dtype, str(bank.A.dtype))
+        for k, ref in (("A", bank.A), ("B", bank.B), ("A0", bank.A0)):
+            want[f"{path}/{k}"] = ((n, *ref.shape[1:]), dtype)
+    _expect(file, _header(file), want)
+    tensors = _load_tensors(file)
+    for key, t in tensors.items():
+        if not torch.isfinite(t).all():
+            raise CheckpointError(f"{file}: {key} holds NaN or inf")
+    return tensors
+
+
+def _check_optim(hive: Hive, level: str, n_agents: int, file: Path) -> dict[str, torch.Tensor]:
+    """Per-slot AdamW state of ``level``: moments shaped like the parameters, one step count per slot.
+
+    A state may cover fewer slots than the bank (slots added since the last step have none yet).
+    """
+    n = _slots(hive, level, n_agents)
+    header = _header(file)
+    params = hive.level_params(level)
+    for key, (shape, dtype) in header.items():
+        name, _, kind = key.rpartition(":")
+        p = params.get(name)
+        if p is None or kind not in ("exp_avg", "exp_avg_sq", "step"):
+            raise CheckpointError(f"{file}: unexpected tensor {key!r}")
+        slots = header.get(f"{name}:step", ((0,), ""))[0][0]
+        want = ((slots,), "I64") if kind == "step" else ((slots, *p.shape[1:]), _DTYPES.get(p.dtype, str(p.dtype)))
+        if (shape, dtype) != want or not 0 < slots <= n or not all(f"{name}:{k}" in header for k in ("exp_avg", "exp_avg_sq", "step")):
+            raise CheckpointError(f"{file}: {key} has shape {list(shape)} and dtype {dtype}; expected {list(want[0])} and {want[1]} with all three AdamW tensors")
+    tensors = _load_tensors(file)
+    for key, t in tensors.items():
+        if not torch.isfinite(t).all() or (not key.endswith(":exp_avg") and bool((t < 0).any())):
+            raise CheckpointError(f"{file}: {key} holds values no optimizer state can hold (NaN, inf or negative)")
+    return tensors
+
+
+def _check_extra(file: Path) -> dict[str, torch.Tensor]:
+    header = _header(file)
+    rng = torch.get_rng_state()
+    if "rng/torch" in header and header["rng/torch"] != (tuple(rng.shape), "U8"):
+        raise CheckpointError(f"{file}: rng/torch is not a torch RNG state")
+    tensors = _load_tensors(file)
+    for key, t in tensors.items():
+        if t.is_floating_point() and not torch.isfinite(t).all():
+            raise CheckpointError(f"{file}: {key} holds NaN or inf")
+    return tensors
+
+
+def _check_state(hive: Hive, file: Path) -> dict[str, Any]:
+    """state.json: a mapping whose agents extend the hive's and whose mix is finite, per level."""
+    state = _read_json(file)
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{file}: not a JSON object")
+    agents = state.get("agents")
+    if not isinstance(agents, list) or not all(isinstance(a, str) and a for a in agents) or len(set(agents)) != len(agents):
+        raise CheckpointError(f"{file}: agents must be a list of distinct non-empty names")
+    if agents[: len(hive.agents)] != hive.agents:
+        raise CheckpointError(f"{file}: its agents do not extend this hive's agents")
+    mix = state.get("mix", {})
+    if not isinstance(mix, dict) or not all(
+        k in hive.stack.names() and isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) for k, v in mix.items()
+    ):
+        raise CheckpointError(f"{file}: mix must map level names to finite numbers")
+    tick = state.get("tick", 0)
+    if not isinstance(tick, int) or isinstance(tick, bool) or tick < 0:
+        raise CheckpointError(f"{file}: tick must be a non-negative integer, got {tick!r}")
+    return state
+
+
+def load(run_dir: str | Path, hive: Hive) -> Loaded:
+    """Verify the checkpoint, then restore levels, optimizer state, agents and mix into ``hive``.
+
+    Every file is hash-checked, and every tensor's name, shape, dtype and values checked,
+    before anything is written into the hive: a refused checkpoint leaves the hive as it was.
+    """
+    ckpt = locate(run_dir)
+    manifest = _verify(ckpt)
+    state = _check_state(hive, ckpt / "state.json")
+    agents: list[str] = state["agents"]
+    levels, optim = {}, {}
     for lv in hive.levels:
         rel = f"levels/{lv.name}.safetensors"
         if rel not in manifest:
             raise CheckpointError(f"{ckpt / rel}: missing (the hive has level {lv.name!r})")
-        tensors = _load_tensors(ckpt / rel)
-        for path, bank in hive.named_banks(lv.name):
-            for k, ref in (("A", bank.A), ("B", bank.B)):
-                t = tensors.get(f"{path}/{k}")
-                if t is None or t.shape[1:] != ref.shape[1:] or t.shape[0] < ref.shape[0] or t.dtype != ref.dtype:
-                    raise CheckpointError(f"{ckpt / rel}: {path}/{k} is missing or has the wrong shape/dtype")
-                if not torch.isfinite(t).all():
-                    raise CheckpointError(f"{ckpt / rel}: {path}/{k} holds NaN or inf")
-        levels[lv.name] = tensors
-    return levels
-
-
-def load(run_dir: str | Path, hive: Hive) -> Loaded:
-    """Verify the checkpoint, then restore levels, optimizer state, agents and mix into ``hive``."""
-    ckpt = locate(run_dir)
-    manifest = _verify(ckpt)
-    state = json.loads((ckpt / "state.json").read_text(encoding="utf-8"))
-    agents = state.get("agents")
-    if not isinstance(agents, list) or agents[: len(hive.agents)] != hive.agents:
-        raise CheckpointError(f"{ckpt / 'state.json'}: its agents do not extend this hive's agents")
-    levels = _check_banks(hive, ckpt, manifest)
-    optim = {lv.name: _load_tensors(ckpt / f"optim/{lv.name}.safetensors") for lv in hive.levels if f"optim/{lv.name}.safetensors" in manifest}
-    extra = _load_tensors(ckpt / "extra.safetensors")
+        levels[lv.name] = _check_level(hive, lv.name, len(agents), ckpt / rel)
+        if f"optim/{lv.name}.safetensors" in manifest:
+            optim[lv.name] = _check_optim(hive, lv.name, len(agents), ckpt / f"optim/{lv.name}.safetensors")
+    if "extra.safetensors" not in manifest:
+        raise CheckpointError(f"{ckpt / 'extra.safetensors'}: missing")
+    extra = _check_extra(ckpt / "extra.safetensors")
     hive.add_agents(agents[len(hive.agents) :])
     with torch.no_grad():
         for name, tensors in levels.items():
             for path, bank in hive.named_banks(name):
-                n = tensors[f"{path}/A"].shape[0]
-                bank.grow(n)
+                bank.grow(tensors[f"{path}/A"].shape[0])
                 bank.A.copy_(tensors[f"{path}/A"])
                 bank.B.copy_(tensors[f"{path}/B"])
                 bank.A0.copy_(tensors[f"{path}/A0"])

@@ -1,0 +1,117 @@
+"""Malicious agents, for testing defences: a ``solve``-phase hook that poisons proposals.
+
+A fraction of the agents, chosen from the run's seed alone, replace their swarm-level
+proposal with a poisoned one before aggregation sees it (the threat model of Byzantine-robust
+federated learning: Blanchard et al. 2017, Yin et al. 2018, Bagdasaryan et al. 2020):
+
+    sign_flip   −scale · g                     (g: the attacker's own honest gradient)
+    noise       Gaussian, per-coordinate std scale · rms(g)
+    nan         every value NaN
+    inf         every value +inf
+    backdoor    scale · ‖g‖ · d for one fixed unit direction d, the same for every attacker
+                and every tick (a coordinated, targeted push)
+
+An attacker always submits (using the first honest proposal as its reference when it did not
+clear the quality bar itself) and always claims quality 1. Every draw depends only on
+(seed, tick, agent), so an attacked run is as reproducible as a clean one. The hook also writes
+one ``attack`` event per tick to the ledger, naming the attackers.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+from lorahive.mechanisms.aggregation import Delta, Proposal, global_norm
+
+if TYPE_CHECKING:
+    from lorahive.runtime.swarm import Swarm, TickContext
+
+__all__ = ["Attack", "AttackConfig", "choose_attackers", "install", "poison"]
+
+Kind = Literal["sign_flip", "noise", "nan", "inf", "backdoor"]
+
+
+class AttackConfig(BaseModel):
+    """Which agents attack, and how (a fraction of 0 means no attack)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    fraction: float = Field(default=0.0, ge=0.0, le=1.0, description="fraction of agents that attack, in [0, 1]; rounded to the nearest count")
+    kind: Kind = Field(default="sign_flip", description="sign_flip | noise | nan | inf | backdoor")
+    scale: float = Field(default=10.0, gt=0, description="attack strength (> 0): the multiple of the attacker's honest gradient norm")
+
+
+def choose_attackers(agents: Sequence[str], fraction: float, seed: int) -> list[str]:
+    """``round(fraction · n)`` agents, drawn from ``seed`` alone, in the agents' order."""
+    k = math.floor(fraction * len(agents) + 0.5)
+    picked = set(random.Random(f"{seed}/attackers").sample(sorted(agents), k))
+    return [a for a in agents if a in picked]
+
+
+def _direction(ref: Delta, seed: int) -> Delta:
+    """A unit-norm direction shaped like ``ref``, fixed by ``seed``."""
+    gen = torch.Generator().manual_seed(seed)
+    d = {k: torch.randn(ref[k].shape, generator=gen) for k in sorted(ref)}
+    n = global_norm(d)
+    return {k: v / n for k, v in d.items()}
+
+
+def poison(own: Delta, kind: Kind, scale: float, seed: int, tick: int, agent: str) -> Delta:
+    """The poisoned version of an honest delta ``own`` (see the module docstring)."""
+    if kind == "sign_flip":
+        return {k: -scale * v for k, v in own.items()}
+    if kind == "nan":
+        return {k: torch.full_like(v, float("nan")) for k, v in own.items()}
+    if kind == "inf":
+        return {k: torch.full_like(v, float("inf")) for k, v in own.items()}
+    norm = global_norm(own)
+    if kind == "backdoor":
+        return {k: scale * norm * v.to(own[k].dtype) for k, v in _direction(own, seed).items()}
+    gen = torch.Generator().manual_seed(random.Random(f"{seed}/{tick}/{agent}/noise").randrange(2**63))
+    rms = norm / math.sqrt(max(1, sum(v.numel() for v in own.values())))
+    return {k: torch.randn(v.shape, generator=gen).to(v.dtype) * (scale * rms) for k, v in sorted(own.items())}
+
+
+class Attack:
+    """The ``solve``-phase hook: swaps the attackers' proposals for poisoned ones."""
+
+    def __init__(self, cfg: AttackConfig, attackers: Sequence[str], seed: int) -> None:
+        self.cfg, self.attackers, self.seed = cfg, list(attackers), seed
+
+    def __call__(self, swarm: Swarm, ctx: TickContext) -> None:
+        if not ctx.proposals:
+            return
+        own = {p.agent: p for p in ctx.proposals}
+        ref = next((p for p in ctx.proposals if p.agent not in self.attackers), ctx.proposals[0])
+        out = []
+        for name in swarm.agents:
+            if name in self.attackers:
+                base = own.get(name, ref)
+                delta = poison(base.delta, self.cfg.kind, self.cfg.scale, self.seed, ctx.tick, name)
+                out.append(Proposal(name, base.level, ctx.tick, delta, 1.0, swarm.agents[name].reputation))
+            elif name in own:
+                out.append(own[name])
+        ctx.proposals[:] = out
+        ctx.notes["attackers"] = list(self.attackers)
+
+    def record(self, swarm: Swarm, ctx: TickContext) -> None:
+        """The ``record``-phase hook: one ledger event naming this tick's attackers."""
+        if "attackers" in ctx.notes:
+            swarm.ledger.record_event(ctx.tick, "attack", {"attackers": ctx.notes["attackers"], "kind": self.cfg.kind, "scale": self.cfg.scale})
+
+
+def install(swarm: Swarm, cfg: AttackConfig, seed: int) -> Attack | None:
+    """Plug an attack into ``swarm`` when ``cfg.fraction`` names at least one attacker."""
+    attackers = choose_attackers(list(swarm.agents), cfg.fraction, seed)
+    if not attackers:
+        return None
+    attack = Attack(cfg, attackers, seed)
+    swarm.plug("solve", attack)
+    swarm.plug("record", attack.record)
+    return attack
