@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import typer
 
-from lorahive.cli import inspect_cmd, run_cmd
+from lorahive.cli import compare_cmd, inspect_cmd, report_cmd, run_cmd
 
 app = typer.Typer(help="lorahive: a multi-level LoRA memory for a fleet of LLM agents.", no_args_is_help=True, add_completion=False)
 app.command("run")(run_cmd.run)
 app.command("resume")(run_cmd.resume)
 app.command("demo")(run_cmd.demo)
 app.command("inspect")(inspect_cmd.inspect)
+app.command("report")(report_cmd.report)
+app.command("compare")(compare_cmd.compare)
 
 
 if __name__ == "__main__":
