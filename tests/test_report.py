@@ -125,3 +125,16 @@ def test_the_report_command_writes_report_html(two_runs):
 
     assert result.exit_code == 0, result.output
     assert (hive / "report.html").is_file()
+
+
+def test_lorahive_run_writes_the_report_at_the_end(two_runs, tmp_path):
+    hive, _ = two_runs
+    config = tmp_path / "run.yaml"
+    config.write_text((hive / "config.yaml").read_text())
+
+    result = CliRunner().invoke(app, ["run", str(config), "--out", str(tmp_path / "out"), "stream.order=[agnews]", "ticks=1"])
+
+    assert result.exit_code == 0, result.output
+    page = Page()
+    page.feed((tmp_path / "out" / "report.html").read_text())
+    assert list(page.sections) == list(SECTIONS) and page.sections["accuracy-matrix"]

@@ -7,6 +7,7 @@ batched learning with per-level step sizes, mixed-agent logits and generation.
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager
 from typing import cast
 
 import torch
@@ -259,9 +260,12 @@ class Hive:
         for i in range(0, len(rows), chunk):
             part = rows[i : i + chunk]
             batch = pack_prompts(self.tokenizer, [p for _, p in part], self.max_length).to(self.device)
-            owners = [a for a, _ in part for _ in options]
-            with self.routing.use(self.route(owners, self._check_levels(levels))):
-                out.append(option_nll(self.model, self.tokenizer, batch, list(options)).cpu())
+            active = self._check_levels(levels)
+
+            def routed(k: int, part: Sequence[tuple[str, str]] = part, active: frozenset[str] | None = active) -> AbstractContextManager[object]:
+                return self.routing.use(self.route([a for a, _ in part for _ in range(k)], active))
+
+            out.append(option_nll(self.model, self.tokenizer, batch, list(options), routed).cpu())
         return torch.cat(out) if out else torch.zeros(0, len(options))
 
     def learn(self, examples: Examples, steps: int = 1, levels: Sequence[str] | None = None) -> dict[str, float]:

@@ -7,7 +7,8 @@ type, the exact Shapley share of every level on the answer log-probability of a 
 held-out examples (:func:`~lorahive.observe.influence.level_influence`).
 
 Agents whose views are identical (a stack with only shared persistent levels, as the
-baselines have) are measured once: their numbers are the same function of the same weights.
+baselines have, or any stack before learning) are measured once: their numbers are the
+same function of the same weights.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from lorahive.observe.influence import level_influence
 from lorahive.observe.metrics import heldout_text, perplexity
 from lorahive.run_config import ObserveConfig
@@ -24,7 +27,7 @@ from lorahive.runtime.agent import as_answer
 from lorahive.runtime.hive import Hive
 from lorahive.suites.task import Task
 
-__all__ = ["distinct_views", "level_shares", "persistent_levels", "retention_text", "retention_ppl"]
+__all__ = ["distinct_views", "level_shares", "persistent_levels", "retention_ppl", "retention_text", "view_groups"]
 
 
 def persistent_levels(hive: Hive) -> list[str]:
@@ -32,10 +35,36 @@ def persistent_levels(hive: Hive) -> list[str]:
     return [lv.name for lv in hive.levels if lv.scope != "task"]
 
 
+def view_groups(hive: Hive, agents: Sequence[str]) -> dict[str, str]:
+    """Each agent -> the first agent whose persistent view equals its own (bitwise).
+
+    Views differ only through agent-scoped levels; agents whose slots there hold the same
+    weights, or whose B is zero in both (a fresh slot adds exactly nothing), compute the
+    same function, so each group is measured once.
+    """
+    per_agent = [lv.name for lv in hive.levels if lv.scope == "agent"]
+    reps: list[str] = []
+    out: dict[str, str] = {}
+    for a in agents:
+        out[a] = next((r for r in reps if _same_view(hive, per_agent, a, r)), a)
+        if out[a] == a:
+            reps.append(a)
+    return out
+
+
+def _same_view(hive: Hive, levels: Sequence[str], a: str, b: str) -> bool:
+    for lv in levels:
+        sa, sb = hive.slot_of(lv, a), hive.slot_of(lv, b)
+        for bank in hive.banks(lv):
+            zero = not bool(bank.B[sa].any()) and not bool(bank.B[sb].any())  # B·A = 0 whatever A is
+            if not zero and not (torch.equal(bank.A[sa], bank.A[sb]) and torch.equal(bank.B[sa], bank.B[sb])):
+                return False
+    return True
+
+
 def distinct_views(hive: Hive, agents: Sequence[str]) -> list[str]:
-    """``agents`` when their persistent views can differ, else only the first."""
-    per_agent = any(lv.scope == "agent" for lv in hive.levels)
-    return list(agents) if per_agent else list(agents[:1])
+    """One agent per group of identical views (:func:`view_groups`), in order."""
+    return sorted(set(view_groups(hive, agents).values()), key=list(agents).index)
 
 
 def retention_text(cfg: ObserveConfig) -> str:
@@ -43,9 +72,11 @@ def retention_text(cfg: ObserveConfig) -> str:
 
 
 def retention_ppl(hive: Hive, agents: Sequence[str], cfg: ObserveConfig, text: str) -> dict[str, float]:
-    """Perplexity of the held-out text under each distinct agent view (persistent levels)."""
+    """Perplexity of the held-out text under each agent's view (persistent levels)."""
     levels = persistent_levels(hive)
-    return {a: perplexity(hive, text, a, levels, window=cfg.retention_window, max_tokens=cfg.retention_tokens) for a in distinct_views(hive, agents)}
+    groups = view_groups(hive, agents)
+    ppl = {a: perplexity(hive, text, a, levels, window=cfg.retention_window, max_tokens=cfg.retention_tokens) for a in set(groups.values())}
+    return {a: ppl[groups[a]] for a in agents}
 
 
 def _examples(task: Task, n: int) -> list[tuple[str, str]]:

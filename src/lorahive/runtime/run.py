@@ -33,6 +33,7 @@ from lorahive.runtime.measure import (
     persistent_levels,
     retention_ppl,
     retention_text,
+    view_groups,
 )
 from lorahive.runtime.stream import method_stack
 from lorahive.runtime.swarm import Swarm, TickContext
@@ -99,9 +100,9 @@ def evaluate_run(run: Run) -> dict[str, dict[str, float]]:
     levels = persistent_levels(run.hive)
     names = list(run.swarm.agents)
     if run.cfg.suite.eval_all_types or run.cfg.stream is not None:
-        views = distinct_views(run.hive, names)
-        scored = evaluate(run.hive, views, run.eval_tasks, levels)
-        out = {n: dict(scored[n if n in scored else views[0]]) for n in names}
+        groups = view_groups(run.hive, names)
+        scored = evaluate(run.hive, sorted(set(groups.values()), key=names.index), run.eval_tasks, levels)
+        out = {n: dict(scored[groups[n]]) for n in names}
     else:
         out = {}
         for task_type, task in run.eval_tasks.items():
@@ -238,7 +239,7 @@ def _final(run: Run) -> dict[str, Any]:
         out["retention"] = {
             "ppl_before": _mean(before.values()),
             "ppl_after": _mean(after.values()),
-            "per_agent": {a: {"before": before.get(a, before.get(agents[0])), "after": v} for a, v in after.items()},
+            "per_agent": {a: {"before": before.get(a), "after": v} for a, v in after.items()},
             "tokens": obs.retention_tokens,
         }
     influence: dict[str, Any] = {}
