@@ -10,12 +10,17 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from lorahive.base import DEFAULT_BASE
 from lorahive.config import LevelSpec, StackSpec, as_stack
 from lorahive.mechanisms.compose import AggregationConfig
 from lorahive.runtime.attack import AttackConfig
+from lorahive.suites.demo import DEMO_TASK_TYPES
+
+#: How a stream run learns: the full hive, or a baseline over the same engine and data.
+Method = Literal["hive", "seq-lora", "replay", "multitask"]
+METHODS: tuple[str, ...] = ("hive", "seq-lora", "replay", "multitask")
 
 
 class ConfigError(ValueError):
@@ -56,6 +61,46 @@ class AgentConfig(BaseModel):
     reputation_ema: float = Field(default=0.7, ge=0.0, lt=1.0, description="reputation ← ema·reputation + (1−ema)·success")
 
 
+class StreamConfig(BaseModel):
+    """A continual-learning stream: task types learned one stage each, in ``order``.
+
+    Every stage runs ``ticks_per_stage`` ticks on its task type; after each stage every
+    task type of the order (seen and unseen) is evaluated, filling the accuracy matrix R
+    (row 0 = before any learning). ``method`` picks what learns (docs/continual.md):
+    ``hive`` the full stack with swarm proposals; ``seq-lora`` one shared LoRA level
+    trained on the stages in sequence; ``replay`` seq-lora with past examples mixed into
+    each batch; ``multitask`` one level trained on all task types mixed (an upper bound).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    order: list[str] = Field(min_length=1, description="task types in learning order, e.g. [agnews, amazon, dbpedia, yahoo, yelp]")
+    ticks_per_stage: int = Field(default=2, ge=1, description="ticks spent on each task type")
+    method: Method = Field(default="hive", description="hive | seq-lora | replay | multitask")
+    steps: int | None = Field(default=None, ge=1, description="baselines: learning steps per tick; null = agent.fast_steps + 1, the steps a hive agent's view takes per tick")
+    replay_fraction: float = Field(default=0.25, ge=0.0, le=1.0, description="replay: fraction of each agent's support examples replaced by past-stage examples")
+    replay_buffer: int = Field(default=256, ge=1, description="replay: examples kept from past stages (reservoir sampling)")
+
+    @field_validator("order")
+    @classmethod
+    def _distinct(cls, order: list[str]) -> list[str]:
+        dupes = sorted({t for t in order if order.count(t) > 1})
+        if dupes:
+            raise ValueError(f"task types must be distinct; repeated: {', '.join(dupes)}")
+        return order
+
+
+class ObserveConfig(BaseModel):
+    """What is measured at the end of a run (DESIGN.md §4)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    influence_examples: int = Field(default=4, ge=0, description="held-out examples per task type for level Shapley values; 0 = off")
+    retention_tokens: int = Field(default=1024, ge=0, description="tokens of held-out text for perplexity before/after; 0 = off")
+    retention_text: str | None = Field(default=None, description="held-out text file; null = the WikiText-2 slice shipped in the package")
+    retention_window: int = Field(default=128, ge=2, description="perplexity window in tokens")
+
+
 class RunConfig(BaseModel):
     """One swarm run. The defaults are the demo: embedded model, 4 agents, shipped tasks."""
 
@@ -73,6 +118,31 @@ class RunConfig(BaseModel):
     checkpoint_every: int = Field(default=1, ge=1, description="write a checkpoint every N ticks")
     threads: int | None = Field(default=None, ge=1, description="torch CPU threads; null = torch's default")
     attack: AttackConfig = Field(default_factory=AttackConfig, description="malicious agents, for testing defences (fraction 0 = none)")
+    stream: StreamConfig | None = Field(default=None, description="a continual-learning stream of task types; null = agents keep their own task type")
+    observe: ObserveConfig = Field(default_factory=ObserveConfig)
+
+    @model_validator(mode="after")
+    def _stream_ticks(self) -> RunConfig:
+        if self.stream is None:
+            return self
+        total = len(self.stream.order) * self.stream.ticks_per_stage
+        if "ticks" in self.model_fields_set and self.ticks != total:
+            raise ValueError(f"ticks: a stream runs len(stream.order) × stream.ticks_per_stage = {total} ticks; drop ticks or set it to {total} (got {self.ticks})")
+        self.ticks = total
+        if self.suite.source == "demo":
+            unknown = [t for t in self.stream.order if t not in DEMO_TASK_TYPES]
+            if unknown:
+                raise ValueError(f"stream.order: {unknown} are not task types of the demo slice; allowed: {list(DEMO_TASK_TYPES)}")
+        elif self.suite.root and Path(self.suite.root).is_dir():
+            have = sorted(p.name for p in Path(self.suite.root).iterdir() if (p / "labels.json").is_file())
+            unknown = [t for t in self.stream.order if t not in have]
+            if unknown:
+                raise ValueError(f"stream.order: {unknown} are not task types under suite.root {self.suite.root}; allowed: {have}")
+        return self
+
+    def task_types(self) -> list[str] | None:
+        """Task types the run loads: the stream's order, else ``suite.task_types``."""
+        return list(self.stream.order) if self.stream is not None else self.suite.task_types
 
     @model_validator(mode="after")
     def _levels_exist(self) -> RunConfig:

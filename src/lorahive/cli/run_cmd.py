@@ -12,6 +12,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from lorahive.observe.report import write_report
 from lorahive.run_config import ConfigError, RunConfig, load_config, parse_config
 from lorahive.runtime import run as runs
 from lorahive.runtime.swarm import TickContext
@@ -47,7 +48,14 @@ def _summary(out: Path, result: dict[str, Any], seconds: float) -> None:
         before, after = a["quality_before"].get(own), a["quality_after"].get(own)
         if before is not None and after is not None:
             console.print(f"  {name} ({own}): quality {before:.2f} → {after:.2f}")
-    console.print(f"results: {out}/metrics.json, ledger: {out}/ledger.sqlite, checkpoint: {out}/checkpoint/")
+    cl = result.get("cl") or {}
+    if "ACC" in cl:
+        console.print(f"  {result['method']}: ACC {cl['ACC']:.3f}, BWT {cl['BWT']:+.3f}, FWT {cl['FWT']:+.3f}")
+    ret = result.get("retention")
+    if ret:
+        console.print(f"  held-out perplexity {ret['ppl_before']:.2f} → {ret['ppl_after']:.2f}")
+    report = write_report(out)
+    console.print(f"results: {out}/metrics.json, ledger: {out}/ledger.sqlite, checkpoint: {out}/checkpoint/, report: {report}")
 
 
 def _start(cfg: RunConfig, out: Path, force: bool) -> None:

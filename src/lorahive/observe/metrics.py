@@ -157,20 +157,22 @@ def perplexity(
     levels: Sequence[str] | None = None,
     window: int = 256,
     batch_size: int = 8,
+    max_tokens: int | None = None,
 ) -> float:
     """exp(mean next-token NLL) of ``text`` under ``agent``'s view of the hive.
 
     The text is tokenized without special tokens and cut into consecutive, non-overlapping
     windows of ``window`` tokens (at most the hive's context); each window is scored as a
     plain causal LM and ``batch_size`` windows run at once. ``levels`` keeps only those
-    levels active (default all; ``[]`` is the bare base model).
+    levels active (default all; ``[]`` is the bare base model). ``max_tokens`` keeps only
+    the text's first tokens (a fixed budget, so runs of any model size cost the same).
     """
     if window < 2:
         raise ValueError(f"window must be ≥ 2 tokens, got {window}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be ≥ 1, got {batch_size}")
     window = min(window, hive.max_length)
-    ids = list(hive.tokenizer(text, add_special_tokens=False)["input_ids"])
+    ids = list(hive.tokenizer(text, add_special_tokens=False)["input_ids"])[:max_tokens]
     if len(ids) < 2:
         raise ValueError(f"text has {len(ids)} token(s); perplexity needs at least 2")
     pad = hive.tokenizer.pad_token_id or 0

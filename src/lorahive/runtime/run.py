@@ -1,6 +1,12 @@
 """Run directories: start a run, resume it, write metrics — what the CLI calls.
 
-A run directory holds ``config.yaml``, ``checkpoint/``, ``ledger.sqlite`` and ``metrics.json``.
+A run directory holds ``config.yaml``, ``checkpoint/``, ``ledger.sqlite``, ``metrics.json``
+and (written by the CLI) ``report.html``.
+
+The loop, in order: evaluate before learning (R row 0 and retention perplexity in a
+stream) · ticks — after each stream stage every task type is evaluated (row *s* of R)
+before the checkpoint of that tick is written, so a checkpoint always holds R so far ·
+evaluate after learning · influence and retention · ``metrics.json``.
 """
 
 from __future__ import annotations
@@ -17,10 +23,20 @@ from typing import Any
 import torch
 
 from lorahive.observe.ledger import Ledger, sha256_of
+from lorahive.observe.metrics import AccuracyMatrix
 from lorahive.run_config import RunConfig, dump_config, load_config
 from lorahive.runtime import attack
 from lorahive.runtime.agent import evaluate
 from lorahive.runtime.hive import Hive
+from lorahive.runtime.measure import (
+    distinct_views,
+    level_shares,
+    persistent_levels,
+    retention_ppl,
+    retention_text,
+    view_groups,
+)
+from lorahive.runtime.stream import method_stack
 from lorahive.runtime.swarm import Swarm, TickContext
 from lorahive.store import checkpoint
 from lorahive.suites.cl import CLData, load_cl_suite, sample_task
@@ -47,6 +63,9 @@ class Run:
     before: dict[str, dict[str, float]]
     started: float
     elapsed: float = 0.0
+    R: AccuracyMatrix | None = None
+    ppl_before: dict[str, float] | None = None
+    last_eval: tuple[int, dict[str, dict[str, float]]] | None = None
 
 
 def write_atomic(path: Path, text: str) -> None:
@@ -61,9 +80,9 @@ def write_atomic(path: Path, text: str) -> None:
 def load_data(cfg: RunConfig) -> dict[str, CLData]:
     s = cfg.suite
     if s.source == "demo":
-        return load_demo_suite(s.task_types)
+        return load_demo_suite(cfg.task_types())
     assert s.root is not None
-    return load_cl_suite(s.root, s.task_types)
+    return load_cl_suite(s.root, cfg.task_types())
 
 
 def _eval_tasks(cfg: RunConfig, data: dict[str, CLData], hive: Hive) -> dict[str, Task]:
@@ -72,31 +91,49 @@ def _eval_tasks(cfg: RunConfig, data: dict[str, CLData], hive: Hive) -> dict[str
 
 
 def evaluate_run(run: Run) -> dict[str, dict[str, float]]:
-    """Quality on the held-out tasks with persistent levels (the context slot left out)."""
+    """Quality on the held-out tasks with persistent levels (the context slot left out).
+
+    A stream scores every agent on every task type; agents with identical views are scored
+    once and share the result. Cached per tick (a stage's last evaluation is the run's "after").
+    """
+    if run.last_eval is not None and run.last_eval[0] == run.swarm.tick_no:
+        return run.last_eval[1]
     levels = persistent_levels(run.hive)
-    if run.cfg.suite.eval_all_types:
-        return evaluate(run.hive, list(run.swarm.agents), run.eval_tasks, levels)
-    out: dict[str, dict[str, float]] = {}
-    for task_type, task in run.eval_tasks.items():
-        agents = [n for n, a in run.swarm.agents.items() if a.task_type == task_type]
-        if agents:
-            out.update(evaluate(run.hive, agents, {task_type: task}, levels))
+    names = list(run.swarm.agents)
+    if run.cfg.suite.eval_all_types or run.cfg.stream is not None:
+        groups = view_groups(run.hive, names)
+        scored = evaluate(run.hive, sorted(set(groups.values()), key=names.index), run.eval_tasks, levels)
+        out = {n: dict(scored[groups[n]]) for n in names}
+    else:
+        out = {}
+        for task_type, task in run.eval_tasks.items():
+            agents = [n for n, a in run.swarm.agents.items() if a.task_type == task_type]
+            if agents:
+                out.update(evaluate(run.hive, agents, {task_type: task}, levels))
+    run.last_eval = (run.swarm.tick_no, out)
     return out
 
 
-def persistent_levels(hive: Hive) -> list[str]:
-    """Levels that outlive a task: everything but task-scoped levels."""
-    return [lv.name for lv in hive.levels if lv.scope != "task"]
+def _r_row(run: Run, stage: int, quality: dict[str, dict[str, float]]) -> None:
+    """Row ``stage`` of R: each task type's accuracy, averaged over the agents."""
+    assert run.R is not None
+    for task_type in run.R.tasks:
+        scores = [q[task_type] for q in quality.values()]
+        run.R.record(stage, task_type, sum(scores) / len(scores))
+    run.swarm.ledger.record_event(run.swarm.tick_no, "stage", {"stage": stage, "R": run.R.to_dict()["R"][stage]})
 
 
 def _build(out: Path, cfg: RunConfig) -> Run:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    hive = Hive.load(cfg.base, cfg.stack(), device="cpu" if not torch.cuda.is_available() else None, seed=cfg.seed)
+    hive = Hive.load(cfg.base, method_stack(cfg), device="cpu" if not torch.cuda.is_available() else None, seed=cfg.seed)
     data = load_data(cfg)
     swarm = Swarm(hive, cfg, data, Ledger(out / "ledger.sqlite"))
     attack.install(swarm, cfg.attack, cfg.seed)
-    return Run(out, cfg, hive, swarm, _eval_tasks(cfg, data, hive), {}, time.time())
+    run = Run(out, cfg, hive, swarm, _eval_tasks(cfg, data, hive), {}, time.time())
+    if cfg.stream is not None:
+        run.R = AccuracyMatrix(cfg.stream.order)
+    return run
 
 
 def prepare_dir(out: Path, force: bool) -> None:
@@ -121,6 +158,10 @@ def start(cfg: RunConfig, out: str | Path, force: bool = False, progress: Progre
     run = _build(out, cfg)
     run.before = evaluate_run(run)
     _record_eval(run, 0, "before", run.before)
+    if run.R is not None:
+        _r_row(run, 0, run.before)
+    if cfg.observe.retention_tokens:
+        run.ppl_before = retention_ppl(run.hive, list(run.swarm.agents), cfg.observe, retention_text(cfg.observe))
     return _loop(run, progress)
 
 
@@ -143,6 +184,12 @@ def resume(out: str | Path, progress: Progress | None = None, ticks: int | None 
         run.swarm.aggregator.load_state_dict({k.removeprefix("agg/"): v for k, v in loaded.extra.items() if k.startswith("agg/")})
         run.before = dict(loaded.state["quality_before"])
         run.elapsed = float(loaded.state.get("elapsed", 0.0))
+        run.ppl_before = loaded.state.get("ppl_before")
+        if run.R is not None:
+            for stage, row in enumerate(loaded.state["cl_R"]):
+                for task_type, v in zip(run.R.tasks, row, strict=True):
+                    if v is not None:
+                        run.R.record(stage, task_type, v)
     except (KeyError, TypeError, ValueError, AttributeError, RuntimeError) as e:
         raise checkpoint.CheckpointError(f"{checkpoint.locate(out)}: its run state cannot be restored: {e!r}") from None
     run.swarm.ledger.rollback_to(run.swarm.tick_no)
@@ -180,7 +227,9 @@ def _record_final_eval(run: Run, after: dict[str, dict[str, float]]) -> None:
 
 
 def _save(run: Run) -> None:
-    state = {**run.swarm.state(), "quality_before": run.before, "elapsed": run.elapsed + time.time() - run.started}
+    state = {**run.swarm.state(), "quality_before": run.before, "elapsed": run.elapsed + time.time() - run.started, "ppl_before": run.ppl_before}
+    if run.R is not None:
+        state["cl_R"] = run.R.to_dict()["R"]
     extra = {f"agg/{k}": v for k, v in run.swarm.aggregator.state_dict().items()}
     path = checkpoint.save(run.out, run.hive, state, extra)
     run.swarm.ledger.record_checkpoint(run.swarm.tick_no, path, sha256_of(path / "manifest.json"))
@@ -192,21 +241,59 @@ def _loop(run: Run, progress: Progress | None) -> dict[str, Any]:
         progress(swarm.tick_no, cfg.ticks, None)
     while swarm.tick_no < cfg.ticks:
         ctx = swarm.tick()
-        if swarm.tick_no % cfg.checkpoint_every == 0 or swarm.tick_no == cfg.ticks:
+        stage_end = swarm.schedule is not None and swarm.schedule.ends_stage(swarm.tick_no)
+        if stage_end and swarm.schedule is not None:
+            _r_row(run, swarm.schedule.stage_of(swarm.tick_no), evaluate_run(run))
+        if swarm.tick_no % cfg.checkpoint_every == 0 or swarm.tick_no == cfg.ticks or stage_end:
             _save(run)
         write_atomic(run.out / "metrics.json", json.dumps(metrics(run, None), indent=1))
         if progress:
             progress(swarm.tick_no, cfg.ticks, ctx)
     after = evaluate_run(run)
     _record_final_eval(run, after)
-    result = metrics(run, after)
+    result = metrics(run, after, _final(run))
     write_atomic(run.out / "metrics.json", json.dumps(result, indent=1))
     swarm.ledger.close()
     return result
 
 
-def metrics(run: Run, after: dict[str, dict[str, float]] | None) -> dict[str, Any]:
-    """The run's summary: ticks, agents with quality before/after per task type, swarm counts, time."""
+def _final(run: Run) -> dict[str, Any]:
+    """End-of-run measurements: retention perplexity after learning and level/agent influence."""
+    obs, hive, agents = run.cfg.observe, run.hive, list(run.swarm.agents)
+    out: dict[str, Any] = {}
+    if obs.retention_tokens:
+        after = retention_ppl(hive, agents, obs, retention_text(obs))
+        before = run.ppl_before or {}
+        out["retention"] = {
+            "ppl_before": _mean(before.values()),
+            "ppl_after": _mean(after.values()),
+            "per_agent": {a: {"before": before.get(a), "after": v} for a, v in after.items()},
+            "tokens": obs.retention_tokens,
+        }
+    influence: dict[str, Any] = {}
+    if obs.influence_examples:
+        by_type = {t: [n for n, a in run.swarm.agents.items() if a.task_type == t] or agents for t in run.eval_tasks}
+        if run.cfg.stream is not None:
+            by_type = {t: distinct_views(hive, agents) for t in run.eval_tasks}
+        shares = level_shares(hive, run.eval_tasks, by_type, obs.influence_examples)
+        influence["levels"] = {t: v["shares"] for t, v in shares.items()}
+        influence["shapley_nats"] = {t: v["shapley"] for t, v in shares.items()}
+        influence["drop_one_kl"] = {t: v["kl"] for t, v in shares.items()}
+        influence["examples_per_type"] = obs.influence_examples
+    influence["agents"] = run.swarm.attribution.shares()
+    influence["agent_mass"] = run.swarm.attribution.mass
+    out["influence"] = influence
+    return out
+
+
+def _mean(values: Any) -> float | None:
+    vals = list(values)
+    return sum(vals) / len(vals) if vals else None
+
+
+def metrics(run: Run, after: dict[str, dict[str, float]] | None, final: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The run's summary: ticks, agents with quality before/after per task type, swarm counts,
+    the stream's accuracy matrix and ACC/BWT/FWT, retention and influence (at the end), time."""
     swarm = run.swarm
     agents = {
         n: {
@@ -217,10 +304,15 @@ def metrics(run: Run, after: dict[str, dict[str, float]] | None) -> dict[str, An
         }
         for n, a in swarm.agents.items()
     }
-    return {
+    out: dict[str, Any] = {
         "ticks": swarm.tick_no,
         "finished": after is not None,
+        "method": swarm.method.name,
         "agents": agents,
         "swarm": {"level": run.cfg.swarm_level, "accepted": swarm.accepted, "rejected": swarm.rejected},
-        "wall_time_s": round(run.elapsed + time.time() - run.started, 2),
     }
+    if run.R is not None and run.cfg.stream is not None:
+        out["cl"] = {"order": run.R.tasks, "ticks_per_stage": run.cfg.stream.ticks_per_stage, **run.R.to_dict()}
+    out.update(final or {})
+    out["wall_time_s"] = round(run.elapsed + time.time() - run.started, 2)
+    return out

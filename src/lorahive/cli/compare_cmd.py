@@ -1,0 +1,36 @@
+"""``lorahive compare DIR1 DIR2 ...``: method, ACC/BWT/FWT and retention of runs side by side."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from lorahive.observe.compare import COLUMNS, summary_rows
+
+console = Console()
+
+
+def compare(
+    dirs: Annotated[list[Path], typer.Argument(help="run directories to compare")],
+    markdown: Annotated[bool, typer.Option("--markdown", help="print a Markdown table instead")] = False,
+) -> None:
+    """Compare finished runs: method, ACC, BWT, FWT, perplexity before/after, top level."""
+    try:
+        rows = summary_rows(dirs)
+    except ValueError as e:
+        console.print(f"[red]error:[/red] {e}")
+        raise typer.Exit(2) from None
+    if markdown:
+        typer.echo("| " + " | ".join(COLUMNS) + " |")
+        typer.echo("|" + "---|" * len(COLUMNS))
+        for r in rows:
+            typer.echo("| " + " | ".join(r) + " |")
+        return
+    table = Table(*COLUMNS, title="runs")
+    for r in rows:
+        table.add_row(*r)
+    console.print(table)

@@ -1,0 +1,102 @@
+"""Side-by-side summaries of run directories: method, ACC/BWT/FWT, retention, influence.
+
+What ``lorahive compare DIR ...`` prints and what the report's summary table holds, read
+from each run's ``metrics.json`` (and ``config.yaml`` for the task size).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+__all__ = ["COLUMNS", "Summary", "load_summary", "summary_rows"]
+
+COLUMNS = ("run", "method", "ticks", "ACC", "BWT", "FWT", "ppl before", "ppl after", "top level", "wall s")
+
+
+@dataclass(frozen=True)
+class Summary:
+    """The headline numbers of one run directory."""
+
+    label: str
+    method: str
+    ticks: int
+    finished: bool
+    cl: dict[str, Any] = field(default_factory=dict)
+    ppl_before: float | None = None
+    ppl_after: float | None = None
+    wall_time_s: float | None = None
+    query_size: int | None = None
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+    def top_levels(self) -> str:
+        """The level with the largest mean |Shapley share| over task types, with that share."""
+        levels = (self.metrics.get("influence") or {}).get("levels") or {}
+        if not levels:
+            return ""
+        names = list(next(iter(levels.values())))
+        mean = {lv: sum(abs(v[lv]) for v in levels.values()) / len(levels) for lv in names}
+        best = max(mean, key=lambda k: mean[k])
+        return f"{best} {mean[best]:.2f}"
+
+
+def load_summary(run_dir: str | Path) -> Summary:
+    """Read a run directory's ``metrics.json``; raises ``ValueError`` naming the file when absent."""
+    run_dir = Path(run_dir)
+    path = run_dir / "metrics.json"
+    try:
+        m = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path}: cannot read run metrics ({e})") from None
+    query = None
+    cfg_path = run_dir / "config.yaml"
+    if cfg_path.is_file():
+        cfg = yaml.safe_load(cfg_path.read_text(encoding="utf-8")) or {}
+        query = (cfg.get("suite") or {}).get("query")
+    ret = m.get("retention") or {}
+    cl = {k: v for k, v in (m.get("cl") or {}).items() if k in ("ACC", "BWT", "FWT", "R", "tasks")}
+    return Summary(
+        label=run_dir.name,
+        method=str(m.get("method", "hive")),
+        ticks=int(m.get("ticks", 0)),
+        finished=bool(m.get("finished", False)),
+        cl=cl,
+        ppl_before=ret.get("ppl_before"),
+        ppl_after=ret.get("ppl_after"),
+        wall_time_s=m.get("wall_time_s"),
+        query_size=query,
+        metrics=m,
+    )
+
+
+def _num(v: Any, signed: bool = False) -> str:
+    if v is None:
+        return "–"
+    return f"{v:+.3f}" if signed else f"{v:.3f}"
+
+
+def summary_rows(dirs: Sequence[str | Path]) -> list[list[str]]:
+    """One row of :data:`COLUMNS` per run directory, as display strings."""
+    rows = []
+    for d in dirs:
+        s = load_summary(d)
+        rows.append(
+            [
+                s.label + ("" if s.finished else " (unfinished)"),
+                s.method,
+                str(s.ticks),
+                _num(s.cl.get("ACC")),
+                _num(s.cl.get("BWT"), signed=True),
+                _num(s.cl.get("FWT"), signed=True),
+                "–" if s.ppl_before is None else f"{s.ppl_before:.2f}",
+                "–" if s.ppl_after is None else f"{s.ppl_after:.2f}",
+                s.top_levels() or "–",
+                "–" if s.wall_time_s is None else f"{s.wall_time_s:.0f}",
+            ]
+        )
+    return rows

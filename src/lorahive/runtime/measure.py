@@ -1,0 +1,122 @@
+"""What a run measures beside task quality: retention perplexity and level influence.
+
+DESIGN.md §4. *Retention*: perplexity of held-out text (the WikiText-2 slice shipped in the
+package, or ``observe.retention_text``) under the agents' persistent views, at the start
+and at the end of a run — general language ability kept or lost. *Influence*: per task
+type, the exact Shapley share of every level on the answer log-probability of a few
+held-out examples (:func:`~lorahive.observe.influence.level_influence`).
+
+Agents whose views are identical (a stack with only shared persistent levels, as the
+baselines have, or any stack before learning) are measured once: their numbers are the
+same function of the same weights.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lorahive.observe.influence import level_influence
+from lorahive.observe.metrics import heldout_text, perplexity
+from lorahive.run_config import ObserveConfig
+from lorahive.runtime.agent import as_answer
+from lorahive.runtime.hive import Hive
+from lorahive.suites.task import Task
+
+__all__ = ["distinct_views", "level_shares", "persistent_levels", "retention_ppl", "retention_text", "view_groups"]
+
+
+def persistent_levels(hive: Hive) -> list[str]:
+    """Levels that outlive a task: everything but task-scoped levels."""
+    return [lv.name for lv in hive.levels if lv.scope != "task"]
+
+
+def view_groups(hive: Hive, agents: Sequence[str]) -> dict[str, str]:
+    """Each agent -> the first agent whose persistent view equals its own (bitwise).
+
+    Views differ only through agent-scoped levels; agents whose slots there hold the same
+    weights, or whose B is zero in both (a fresh slot adds exactly nothing), compute the
+    same function, so each group is measured once.
+    """
+    per_agent = [lv.name for lv in hive.levels if lv.scope == "agent"]
+    reps: list[str] = []
+    out: dict[str, str] = {}
+    for a in agents:
+        out[a] = next((r for r in reps if _same_view(hive, per_agent, a, r)), a)
+        if out[a] == a:
+            reps.append(a)
+    return out
+
+
+def _same_view(hive: Hive, levels: Sequence[str], a: str, b: str) -> bool:
+    for lv in levels:
+        sa, sb = hive.slot_of(lv, a), hive.slot_of(lv, b)
+        for bank in hive.banks(lv):
+            zero = not bool(bank.B[sa].any()) and not bool(bank.B[sb].any())  # B·A = 0 whatever A is
+            if not zero and not (torch.equal(bank.A[sa], bank.A[sb]) and torch.equal(bank.B[sa], bank.B[sb])):
+                return False
+    return True
+
+
+def distinct_views(hive: Hive, agents: Sequence[str]) -> list[str]:
+    """One agent per group of identical views (:func:`view_groups`), in order."""
+    return sorted(set(view_groups(hive, agents).values()), key=list(agents).index)
+
+
+def retention_text(cfg: ObserveConfig) -> str:
+    return heldout_text() if cfg.retention_text is None else Path(cfg.retention_text).read_text(encoding="utf-8")
+
+
+def retention_ppl(hive: Hive, agents: Sequence[str], cfg: ObserveConfig, text: str) -> dict[str, float]:
+    """Perplexity of the held-out text under each agent's view (persistent levels)."""
+    levels = persistent_levels(hive)
+    groups = view_groups(hive, agents)
+    ppl = {a: perplexity(hive, text, a, levels, window=cfg.retention_window, max_tokens=cfg.retention_tokens) for a in set(groups.values())}
+    return {a: ppl[groups[a]] for a in agents}
+
+
+def _examples(task: Task, n: int) -> list[tuple[str, str]]:
+    return [(p, as_answer(a)) for p, a in task.query[:n]]
+
+
+def level_shares(hive: Hive, tasks: Mapping[str, Task], agents: Mapping[str, Sequence[str]], n: int) -> dict[str, dict[str, Any]]:
+    """Per task type: each level's Shapley share, value (nats) and drop-one KL.
+
+    Example i of a task type is routed to ``agents[type][i mod len]``. Levels that are
+    exactly zero for every example's agent add nothing (a dummy player's Shapley value is
+    exactly 0), so they are left out of the game and reported as 0; this halves the cost
+    per such level.
+    """
+    out: dict[str, dict[str, Any]] = {}
+    for task_type, task in tasks.items():
+        examples = _examples(task, n)
+        who = agents[task_type]
+        rows = [who[i % len(who)] for i in range(len(examples))]
+        zero = hive.zero_levels() | _zero_agent_levels(hive, rows)
+        game = [lv.name for lv in hive.levels if lv.name not in zero]
+        shares = dict.fromkeys(hive.stack.names(), 0.0)
+        shapley = dict.fromkeys(hive.stack.names(), 0.0)
+        kl = dict.fromkeys(hive.stack.names(), 0.0)
+        if game:
+            inf = level_influence(hive, examples, rows, game)
+            shares.update(inf.shares())
+            shapley.update(inf.shapley)
+            kl.update({k: v for k, v in inf.kl.items() if math.isfinite(v)})
+        out[task_type] = {"shares": shares, "shapley": shapley, "kl": kl}
+    return out
+
+
+def _zero_agent_levels(hive: Hive, agents: Sequence[str]) -> set[str]:
+    """Per-agent/per-task levels whose B is exactly zero in the slots of every one of ``agents``."""
+    zero = set()
+    for lv in hive.levels:
+        if lv.scope == "shared":
+            continue
+        slots = sorted({hive.slot_of(lv.name, a) for a in agents})
+        if not any(bool(b.B[slots].any()) for b in hive.banks(lv.name)):
+            zero.add(lv.name)
+    return zero
