@@ -34,7 +34,7 @@ class SuiteConfig(BaseModel):
 
     source: Literal["demo", "cl"] = Field(default="demo", description="demo (shipped slice) | cl (a CL-benchmark folder)")
     root: str | None = Field(default=None, description="cl: folder holding one sub-folder per task type")
-    task_types: list[str] | None = Field(default=["agnews", "yelp"], min_length=1, description="task types to use; null = all")
+    task_types: list[str] | None = Field(default=["agnews", "dbpedia"], min_length=1, description="task types to use; null = all")
     support: int = Field(default=4, ge=1, description="support (learning) examples per task")
     query: int = Field(default=8, ge=1, description="query (scored) examples per task")
     balanced_support: bool = Field(default=True, description="support parts cycle through the label set (tasks with labels)")
@@ -54,7 +54,7 @@ class AgentConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    fast_steps: int = Field(default=2, ge=0, description="learning steps on the support part per task")
+    fast_steps: int = Field(default=3, ge=0, description="learning steps on the support part per task")
     fast_levels: list[str] = Field(default=["agent", "context"], description="levels the fast steps train")
     context_level: str | None = Field(default="context", description="task-scoped level reset at each new task")
     quality_bar: float = Field(default=0.25, ge=0.0, le=1.0, description="query quality needed to submit a proposal")
@@ -110,7 +110,7 @@ class RunConfig(BaseModel):
     seed: int = Field(default=0, ge=0, description="seed of adapter init and task sampling")
     levels: list[LevelSpec] | None = Field(default=None, description="the level stack; null = the default five levels")
     agents: int = Field(default=4, ge=1, le=65536, description="number of agents")
-    ticks: int = Field(default=3, ge=1, description="ticks to run")
+    ticks: int = Field(default=4, ge=1, description="ticks to run")
     swarm_level: str = Field(default="swarm", description="the shared level agents improve together")
     suite: SuiteConfig = Field(default_factory=SuiteConfig)
     agent: AgentConfig = Field(default_factory=AgentConfig)
