@@ -14,6 +14,7 @@ from conftest import make_model, make_tokenizer
 from lorahive.observe.metrics import cl_metrics
 from lorahive.run_config import ConfigError, parse_config
 from lorahive.runtime import run as runs
+from lorahive.runtime.stream import method_stack
 from lorahive.suites.demo import load_demo
 
 LEVELS = [
@@ -240,3 +241,15 @@ def test_method_error_lists_the_allowed_methods(base_dir):
 def test_a_stream_derives_its_ticks(base_dir):
     cfg = config(base_dir, **{"stream.ticks_per_stage": 3})
     assert cfg.ticks == 6 and not math.isnan(cfg.ticks)
+
+
+@pytest.mark.parametrize("method", ["seq-lora", "replay", "multitask"])
+def test_baselines_learn_with_the_agent_levels_step_unless_told(method):
+    cfg = config("unused", method)
+    agent_step = cfg.stack().get("agent").step_size
+    (level,) = method_stack(cfg).levels
+    assert level.name == "swarm" and level.rank == cfg.stack().get("swarm").rank
+    assert level.step_size == pytest.approx(agent_step) and level.step_size != cfg.stack().get("swarm").step_size
+    (level,) = method_stack(config("unused", method, **{"stream.baseline_step": 3e-4})).levels
+    assert level.step_size == pytest.approx(3e-4)
+    assert method_stack(config("unused", "hive")) == cfg.stack()

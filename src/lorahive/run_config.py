@@ -78,6 +78,7 @@ class StreamConfig(BaseModel):
     ticks_per_stage: int = Field(default=2, ge=1, description="ticks spent on each task type")
     method: Method = Field(default="hive", description="hive | seq-lora | replay | multitask")
     steps: int | None = Field(default=None, ge=1, description="baselines: learning steps per tick; null = agent.fast_steps + 1, the steps a hive agent's view takes per tick")
+    baseline_step: float | None = Field(default=None, gt=0, description="baselines: their one level's step size lr·(1−inertia); null = the step of the stack's per-agent level, the step a hive agent learns its own tasks with")
     replay_fraction: float = Field(default=0.25, ge=0.0, le=1.0, description="replay: fraction of each agent's support examples replaced by past-stage examples")
     replay_buffer: int = Field(default=256, ge=1, description="replay: examples kept from past stages (reservoir sampling)")
 

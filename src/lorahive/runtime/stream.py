@@ -49,13 +49,20 @@ class Schedule:
 def method_stack(cfg: RunConfig) -> StackSpec:
     """The level stack a run's method learns with: the full stack for the hive, else one level.
 
-    The baselines' one level is the configured swarm level (its rank, alpha, lr, inertia):
-    the shared level the hive's agents improve together, trained directly instead.
+    The baselines' one level is the configured swarm level (its name, rank and alpha): the
+    shared level the hive's agents improve together, trained directly instead. Its step size
+    is ``stream.baseline_step``, by default that of the stack's per-agent level: the swarm
+    level's own small step is meant for an aggregate of many agents, and a baseline trained
+    with it would barely move, which would flatter the hive.
     """
     stack = cfg.stack()
     if cfg.stream is None or cfg.stream.method == "hive":
         return stack
-    return StackSpec(levels=(stack.get(cfg.swarm_level),))
+    level = stack.get(cfg.swarm_level)
+    step = cfg.stream.baseline_step
+    if step is None:
+        step = next((lv.step_size for lv in stack.levels if lv.scope == "agent"), level.step_size)
+    return StackSpec(levels=(level.model_copy(update={"lr": step, "inertia": 0.0}),))
 
 
 def build_method(cfg: RunConfig) -> Method:
