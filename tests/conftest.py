@@ -83,3 +83,11 @@ def randomize_b(hive: Hive, seed: int = 1, scale: float = 0.05) -> None:
         for lv in hive.levels:
             for bank in hive.banks(lv.name):
                 bank.B.copy_(torch.randn(bank.B.shape, generator=gen) * scale)
+
+
+@pytest.fixture(scope="session")
+def base_dir(tmp_path_factory):
+    """The tiny random Llama and its tokenizer saved as a local model directory (read-only)."""
+    from tiny_runs import save_base
+
+    return save_base(tmp_path_factory.mktemp("tiny-base"))

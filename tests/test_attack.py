@@ -12,14 +12,9 @@ from lorahive.mechanisms.compose import build_aggregator
 from lorahive.run_config import ConfigError
 from lorahive.runtime import run as runs
 from lorahive.runtime.attack import choose_attackers, poison
-from tiny_runs import save_base, tiny_config
+from tiny_runs import tiny_config
 
 NAMES = [f"agent{i:02d}" for i in range(20)]
-
-
-@pytest.fixture(scope="module")
-def base_dir(tmp_path_factory):
-    return save_base(tmp_path_factory.mktemp("tiny-base"))
 
 
 @pytest.fixture(scope="module")

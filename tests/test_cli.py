@@ -8,7 +8,7 @@ import yaml
 from typer.testing import CliRunner
 
 from lorahive.cli.main import app
-from test_runtime import LEVELS, base_dir  # noqa: F401  (fixture)
+from test_runtime import LEVELS
 
 runner = CliRunner()
 
@@ -28,7 +28,7 @@ def write_config(path, base, **over):
     return path
 
 
-def test_run_inspect_resume(base_dir, tmp_path):  # noqa: F811
+def test_run_inspect_resume(base_dir, tmp_path):
     cfg = write_config(tmp_path / "run.yaml", base_dir)
     out = tmp_path / "run"
 
@@ -47,7 +47,7 @@ def test_run_inspect_resume(base_dir, tmp_path):  # noqa: F811
     assert json.loads((out / "metrics.json").read_text())["ticks"] == 2
 
 
-def test_existing_run_is_refused_without_force(base_dir, tmp_path):  # noqa: F811
+def test_existing_run_is_refused_without_force(base_dir, tmp_path):
     cfg = write_config(tmp_path / "run.yaml", base_dir)
     out = tmp_path / "run"
     assert runner.invoke(app, ["run", str(cfg), "--out", str(out)]).exit_code == 0
@@ -58,7 +58,7 @@ def test_existing_run_is_refused_without_force(base_dir, tmp_path):  # noqa: F81
     assert (out / "metrics.json").read_bytes() == before
 
 
-def test_bad_config_value_names_the_field_and_writes_nothing(base_dir, tmp_path):  # noqa: F811
+def test_bad_config_value_names_the_field_and_writes_nothing(base_dir, tmp_path):
     cfg = write_config(tmp_path / "run.yaml", base_dir, aggregation={"strategy": "vote"})
     out = tmp_path / "run"
     res = runner.invoke(app, ["run", str(cfg), "--out", str(out)])

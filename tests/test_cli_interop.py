@@ -15,7 +15,7 @@ from lorahive.cli.main import app
 from lorahive.learning.batching import pack_prompts
 from lorahive.run_config import dump_config
 from lorahive.runtime.interop import restore_hive
-from tiny_runs import save_base, tiny_config
+from tiny_runs import tiny_config
 
 PROMPTS = ["The capital of France is", "Question: what colour", "Sports: the team"]
 runner = CliRunner()
@@ -24,11 +24,6 @@ runner = CliRunner()
 def _text(result) -> str:
     """The command's output with rich's line wrapping undone."""
     return " ".join(result.output.split())
-
-
-@pytest.fixture(scope="module")
-def base_dir(tmp_path_factory):
-    return save_base(tmp_path_factory.mktemp("tiny-base"))
 
 
 @pytest.fixture(scope="module")

@@ -20,14 +20,13 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
 import torch
 from safetensors.torch import load_file
 
 from lorahive.run_config import dump_config
 from lorahive.runtime import run as runs
 from lorahive.store import checkpoint
-from tiny_runs import save_base, tiny_config
+from tiny_runs import tiny_config
 
 KILLS = int(os.environ.get("LORAHIVE_CRASH_KILLS", "4"))
 TICKS = 6
@@ -115,11 +114,6 @@ def _metrics(run: Path) -> dict:
     m = json.loads((run / "metrics.json").read_text())
     m.pop("wall_time_s")
     return m
-
-
-@pytest.fixture(scope="module")
-def base_dir(tmp_path_factory):
-    return save_base(tmp_path_factory.mktemp("tiny-base"))
 
 
 def test_sigkill_at_random_moments_then_resume_equals_an_uninterrupted_run(base_dir, tmp_path):

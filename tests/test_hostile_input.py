@@ -26,7 +26,7 @@ from lorahive.run_config import ConfigError, RunConfig, dump_config, load_config
 from lorahive.runtime import run as runs
 from lorahive.store import checkpoint
 from lorahive.store.checkpoint import CheckpointError
-from tiny_runs import save_base, tiny_config
+from tiny_runs import tiny_config
 
 SETTINGS = settings(max_examples=25, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 
@@ -67,11 +67,6 @@ def _bytes_of(folder: Path) -> dict[str, bytes]:
 
 
 # ---------------------------------------------------------------------- config loader
-@pytest.fixture(scope="module")
-def base_dir(tmp_path_factory):
-    return save_base(tmp_path_factory.mktemp("tiny-base"))
-
-
 def _load_or_refuse(path: Path) -> None:
     try:
         cfg = load_config(path)

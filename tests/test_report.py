@@ -10,11 +10,11 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from conftest import make_model, make_tokenizer
 from lorahive.cli.main import app
 from lorahive.observe.report import SECTIONS, write_report
 from lorahive.run_config import parse_config
 from lorahive.runtime import run as runs
+from tiny_runs import save_base
 
 LEVELS = [
     {"name": "swarm", "rank": 2, "alpha": 4, "scope": "shared", "inertia": 0.5, "lr": 1e-2},
@@ -42,12 +42,7 @@ class Page(HTMLParser):
 
 @pytest.fixture(scope="module")
 def two_runs(tmp_path_factory):
-    base = tmp_path_factory.mktemp("tiny-base")
-    tok = make_tokenizer()
-    model = make_model(len(tok))
-    model.config.max_position_embeddings = 512
-    model.save_pretrained(base)
-    tok.save_pretrained(base)
+    base = save_base(tmp_path_factory.mktemp("tiny-base"))
     root = tmp_path_factory.mktemp("runs")
     tree = {
         "base": str(base),

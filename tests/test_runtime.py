@@ -9,7 +9,6 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import make_model, make_tokenizer
 from lorahive.mechanisms.aggregation import Proposal
 from lorahive.run_config import parse_config
 from lorahive.runtime import run as runs
@@ -20,17 +19,6 @@ LEVELS = [
     {"name": "agent", "rank": 2, "alpha": 4, "scope": "agent", "inertia": 0.5, "lr": 2e-2},
     {"name": "context", "rank": 2, "alpha": 4, "scope": "task", "inertia": 0.1, "lr": 2e-2},
 ]
-
-
-@pytest.fixture(scope="module")
-def base_dir(tmp_path_factory):
-    path = tmp_path_factory.mktemp("tiny-base")
-    tok = make_tokenizer()
-    model = make_model(len(tok))
-    model.config.max_position_embeddings = 512
-    model.save_pretrained(path)
-    tok.save_pretrained(path)
-    return path
 
 
 def config(base_dir, **over):

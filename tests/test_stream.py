@@ -10,7 +10,6 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import make_model, make_tokenizer
 from lorahive.observe.metrics import cl_metrics
 from lorahive.run_config import ConfigError, parse_config
 from lorahive.runtime import run as runs
@@ -23,17 +22,6 @@ LEVELS = [
     {"name": "context", "rank": 2, "alpha": 4, "scope": "task", "inertia": 0.1, "lr": 2e-2},
 ]
 ORDER = ["yelp", "agnews"]
-
-
-@pytest.fixture(scope="module")
-def base_dir(tmp_path_factory):
-    path = tmp_path_factory.mktemp("tiny-base")
-    tok = make_tokenizer()
-    model = make_model(len(tok))
-    model.config.max_position_embeddings = 512
-    model.save_pretrained(path)
-    tok.save_pretrained(path)
-    return path
 
 
 def config(base_dir, method="hive", **over):
