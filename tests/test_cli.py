@@ -8,7 +8,7 @@ import yaml
 from typer.testing import CliRunner
 
 from lorahive.cli.main import app
-from test_runtime import LEVELS
+from tiny_runs import LEVELS
 
 runner = CliRunner()
 

@@ -10,29 +10,13 @@ import torch
 from safetensors.torch import load_file
 
 from lorahive.mechanisms.aggregation import Proposal
-from lorahive.run_config import parse_config
 from lorahive.runtime import run as runs
 from lorahive.store.checkpoint import CheckpointError
-
-LEVELS = [
-    {"name": "swarm", "rank": 2, "alpha": 4, "scope": "shared", "inertia": 0.5, "lr": 1e-2},
-    {"name": "agent", "rank": 2, "alpha": 4, "scope": "agent", "inertia": 0.5, "lr": 2e-2},
-    {"name": "context", "rank": 2, "alpha": 4, "scope": "task", "inertia": 0.1, "lr": 2e-2},
-]
+from tiny_runs import tiny_config
 
 
 def config(base_dir, **over):
-    tree = {
-        "base": str(base_dir),
-        "levels": LEVELS,
-        "agents": 3,
-        "ticks": 2,
-        "threads": 1,
-        "suite": {"task_types": ["agnews", "yelp"], "support": 2, "query": 2, "eval_query": 2, "max_prompt_tokens": 300, "eval_all_types": True},
-        "agent": {"fast_steps": 1, "quality_bar": 0.0},
-        "aggregation": {"strategy": "mean"},
-    }
-    return parse_config(tree, [f"{k}={v}" for k, v in over.items()])
+    return tiny_config(base_dir, [f"{k}={v}" for k, v in over.items()])
 
 
 def test_a_run_writes_its_directory_and_metrics(base_dir, tmp_path):
