@@ -21,12 +21,11 @@ import time
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
 
 from lorahive.run_config import dump_config
 from lorahive.runtime import run as runs
 from lorahive.store import checkpoint
-from tiny_runs import tiny_config
+from tiny_runs import checkpoint_tensors, tiny_config
 
 KILLS = int(os.environ.get("LORAHIVE_CRASH_KILLS", "4"))
 TICKS = 6
@@ -82,11 +81,6 @@ def _check_after_crash(run: Path) -> int | None:
     return int(json.loads((ckpt / "state.json").read_text())["tick"])
 
 
-def _tensors(run: Path) -> dict[str, torch.Tensor]:
-    ckpt = run / "checkpoint"
-    return {f"{f.relative_to(ckpt)}:{k}": v for f in sorted(ckpt.rglob("*.safetensors")) for k, v in load_file(str(f)).items()}
-
-
 _ROWS = {
     "proposals": "tick, agent, level, norm, cosine, weight, decision, reason, quality, reputation",
     "updates": "tick, level, norm, n_proposals, n_accepted, strategy",
@@ -138,7 +132,7 @@ def test_sigkill_at_random_moments_then_resume_equals_an_uninterrupted_run(base_
     assert done.returncode == 0, done.stderr
     assert again.returncode == 0, again.stderr
     assert any(how.startswith("mid-") and "ended" not in how for _, how, _ in log) or KILLS < 3, log
-    a, b = _tensors(tmp_path / "straight"), _tensors(run)
+    a, b = checkpoint_tensors(tmp_path / "straight"), checkpoint_tensors(run)
     assert a.keys() == b.keys()
     for k in a:
         if k.endswith("rng/torch"):

@@ -7,12 +7,11 @@ import sqlite3
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
 from lorahive.mechanisms.aggregation import Proposal
 from lorahive.runtime import run as runs
 from lorahive.store.checkpoint import CheckpointError
-from tiny_runs import tiny_config
+from tiny_runs import checkpoint_tensors, tiny_config
 
 
 def config(base_dir, **over):
@@ -36,22 +35,13 @@ def test_a_run_writes_its_directory_and_metrics(base_dir, tmp_path):
     assert db.execute("SELECT COUNT(*) FROM checkpoints").fetchone()[0] == 2
 
 
-def _tensors(run_dir):
-    ckpt = run_dir / "checkpoint"
-    out = {}
-    for f in sorted(ckpt.rglob("*.safetensors")):
-        for k, v in load_file(str(f)).items():
-            out[f"{f.relative_to(ckpt)}:{k}"] = v
-    return out
-
-
 def test_resume_continues_exactly(base_dir, tmp_path):
     runs.start(config(base_dir, ticks=3), tmp_path / "straight")
     runs.start(config(base_dir, ticks=1), tmp_path / "split")
 
     runs.resume(tmp_path / "split", ticks=3)
 
-    a, b = _tensors(tmp_path / "straight"), _tensors(tmp_path / "split")
+    a, b = checkpoint_tensors(tmp_path / "straight"), checkpoint_tensors(tmp_path / "split")
     assert a.keys() == b.keys()
     for k in a:
         if k.endswith("rng/torch"):

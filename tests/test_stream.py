@@ -15,6 +15,7 @@ from lorahive.run_config import ConfigError, parse_config
 from lorahive.runtime import run as runs
 from lorahive.runtime.stream import method_stack
 from lorahive.suites.demo import load_demo
+from tiny_runs import checkpoint_tensors
 
 LEVELS = [
     {"name": "swarm", "rank": 2, "alpha": 4, "scope": "shared", "inertia": 0.5, "lr": 1e-2},
@@ -171,15 +172,6 @@ def _crash_after(tick):
     return progress
 
 
-def _tensors(run_dir):
-    ckpt = run_dir / "checkpoint"
-    out = {}
-    for f in sorted(ckpt.rglob("*.safetensors")):
-        for k, v in load_file(str(f)).items():
-            out[f"{f.relative_to(ckpt)}:{k}"] = v
-    return out
-
-
 @pytest.mark.parametrize("method", ["hive", "replay"])
 def test_a_stream_resumes_exactly_after_a_crash_mid_stage(base_dir, tmp_path, method):
     cfg = config(base_dir, method, **{"stream.ticks_per_stage": 3})
@@ -189,7 +181,7 @@ def test_a_stream_resumes_exactly_after_a_crash_mid_stage(base_dir, tmp_path, me
 
     resumed = runs.resume(tmp_path / "split")
 
-    a, b = _tensors(tmp_path / "straight"), _tensors(tmp_path / "split")
+    a, b = checkpoint_tensors(tmp_path / "straight"), checkpoint_tensors(tmp_path / "split")
     assert a.keys() == b.keys()
     for k in a:
         if not k.endswith("rng/torch"):

@@ -5,6 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import torch
+from safetensors.torch import load_file
+
 from conftest import make_model, make_tokenizer
 from lorahive.run_config import RunConfig, parse_config
 
@@ -42,3 +45,9 @@ def config_tree(base_dir: Path, **extra: Any) -> dict[str, Any]:
 
 def tiny_config(base_dir: Path, overrides: list[str] | None = None, **extra: Any) -> RunConfig:
     return parse_config(config_tree(base_dir, **extra), overrides or [])
+
+
+def checkpoint_tensors(run_dir: Path) -> dict[str, torch.Tensor]:
+    """Every tensor of a run's checkpoint, keyed ``file:name``, to compare two runs exactly."""
+    ckpt = run_dir / "checkpoint"
+    return {f"{f.relative_to(ckpt)}:{k}": v for f in sorted(ckpt.rglob("*.safetensors")) for k, v in load_file(str(f)).items()}

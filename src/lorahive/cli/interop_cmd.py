@@ -6,14 +6,8 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 
-console = Console(stderr=True)
-
-
-def _fail(msg: str) -> None:
-    console.print(f"[red]error:[/red] {msg}")
-    raise typer.Exit(2)
+from lorahive.cli.run_cmd import console, fail
 
 
 def export(
@@ -28,7 +22,7 @@ def export(
     try:
         path = interop.export_run(run_dir, agent, out, levels)
     except ValueError as e:
-        _fail(str(e))
+        fail(str(e))
         return
     console.print(f"[green]exported[/green] {agent!r} to {path} (load it with PeftModel.from_pretrained)")
 
@@ -45,6 +39,6 @@ def import_peft(
     try:
         report = interop.import_into_run(run_dir, adapter_dir, level, agent)
     except ValueError as e:
-        _fail(str(e))
+        fail(str(e))
         return
     console.print(f"[green]imported[/green] into {level!r} slot {report.slot}: {len(report.ranks)} modules, max relative error {report.max_error:.3g}")

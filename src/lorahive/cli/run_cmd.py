@@ -36,7 +36,8 @@ def _progress(title: str) -> Iterator[Callable[[int, int, TickContext | None], N
         yield update
 
 
-def _fail(msg: str, code: int = 2) -> None:
+def fail(msg: str, code: int = 2) -> None:
+    """Print ``msg`` as an error and exit with ``code`` (2: bad input, nothing done)."""
     console.print(f"[red]error:[/red] {msg}")
     raise typer.Exit(code)
 
@@ -64,7 +65,7 @@ def _start(cfg: RunConfig, out: Path, force: bool) -> None:
         with _progress("ticks") as update:
             result = runs.start(cfg, out, force=force, progress=update)
     except (runs.RunDirError, ConfigError, CheckpointError) as e:
-        _fail(str(e))
+        fail(str(e))
         return
     _summary(out, result, time.time() - t)
 
@@ -79,7 +80,7 @@ def run(
     try:
         cfg = load_config(config, overrides or [])
     except ConfigError as e:
-        _fail(str(e))
+        fail(str(e))
         return
     _start(cfg, out, force)
 
@@ -93,7 +94,7 @@ def demo(
     try:
         cfg = parse_config({}, overrides or [])
     except ConfigError as e:
-        _fail(str(e))
+        fail(str(e))
         return
     _start(cfg, out, force)
 
@@ -108,6 +109,6 @@ def resume(
         with _progress("ticks") as update:
             result = runs.resume(out, progress=update, ticks=ticks)
     except (runs.RunDirError, ConfigError, CheckpointError) as e:
-        _fail(str(e))
+        fail(str(e))
         return
     _summary(out, result, time.time() - t)
