@@ -66,7 +66,7 @@ def main() -> None:
     peft_model = get_peft_model(base, LoraConfig(r=16, lora_alpha=16, target_modules=list(DEFAULT_TARGETS)))
     lora_model = peft_model.base_model.model
     opt = torch.optim.AdamW([p for p in peft_model.parameters() if p.requires_grad], lr=1e-4)
-    batch = pack_examples(loaded.tokenizer, rows, hive.max_length)
+    batch = pack_examples(loaded.tokenizer, rows, hive.core.max_length)
     tokens = int(batch.attention_mask.sum())
     print(f"batch: {len(rows)} rows, {tokens} tokens, threads={args.threads}", flush=True)
     hive_step(hive, agents, rows), peft_step(lora_model, opt, batch)  # warm-up

@@ -81,8 +81,9 @@ def randomize_b(hive: Hive, seed: int = 1, scale: float = 0.05) -> None:
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for lv in hive.levels:
-            for bank in hive.banks(lv.name):
+            for bank in hive.core.banks(lv.name):
                 bank.B.copy_(torch.randn(bank.B.shape, generator=gen) * scale)
+    hive.core.rescan()  # written from outside the core's primitives: let it find the non-zero slots
 
 
 @pytest.fixture(scope="session")

@@ -11,7 +11,7 @@ from lorahive.config import LevelSpec, StackSpec
 
 
 def _state(hive: Hive) -> dict[str, torch.Tensor]:
-    return {f"{lv.name}:{k}": p.detach().clone() for lv in hive.levels for k, p in hive.level_params(lv.name).items()}
+    return {f"{lv.name}:{k}": p.detach().clone() for lv in hive.levels for k, p in hive.core.level_params(lv.name).items()}
 
 
 def _unchanged(hive: Hive, before: dict[str, torch.Tensor]) -> bool:
@@ -94,6 +94,6 @@ def test_unknown_base_model_says_what_to_pass(tmp_path):
 def test_slots_grow_when_agents_are_added(tokenizer):
     hive = Hive(make_model(len(tokenizer)), tokenizer, small_stack())
     hive.add_agents([f"a{i}" for i in range(5)])
-    assert hive.n_slots("agent") >= 5 and hive.n_slots("swarm") == 1
+    assert hive.core.n_slots("agent") >= 5 and hive.core.n_slots("swarm") == 1
     out = hive.logits(["great"] * 5, hive.agents)
     assert out.shape[0] == 5

@@ -51,8 +51,8 @@ def test_generation_of_a_mixed_batch_equals_rows_alone(hive):
 
 
 def _snapshot(hive: Hive, level: str, slot: int) -> dict[str, torch.Tensor]:
-    snap = {k: p.detach()[slot].clone() for k, p in hive.level_params(level).items()}
-    for name, st in hive.optimizers[level].state.items():
+    snap = {k: p.detach()[slot].clone() for k, p in hive.core.level_params(level).items()}
+    for name, st in hive.core.optimizers[level].state.items():
         for k, v in st.items():
             snap[f"opt:{name}:{k}"] = v[slot].clone()
     return snap
@@ -60,28 +60,28 @@ def _snapshot(hive: Hive, level: str, slot: int) -> dict[str, torch.Tensor]:
 
 def test_untouched_slots_and_their_optimizer_state_are_unchanged(hive):
     hive.learn({"bob": [("Question: what colour is the sky? Answer:", " blue")]}, steps=2)  # bob has state now
-    before = {lv: _snapshot(hive, lv, hive.slot_of(lv, "bob")) for lv in ("agent", "context")}
+    before = {lv: _snapshot(hive, lv, hive.core.slot_of(lv, "bob")) for lv in ("agent", "context")}
 
     hive.learn({"ann": [("The capital of France is", " Paris")], "cyd": [("great", " positive")]}, steps=3)
 
     for lv in ("agent", "context"):
-        after = _snapshot(hive, lv, hive.slot_of(lv, "bob"))
+        after = _snapshot(hive, lv, hive.core.slot_of(lv, "bob"))
         assert before[lv].keys() == after.keys()
         for k in before[lv]:
             assert torch.equal(before[lv][k], after[k]), f"{lv}:{k} moved"
 
 
 def test_used_slots_and_shared_levels_move(hive):
-    ann = hive.slot_of("agent", "ann")
-    before_agent = {k: p.detach()[ann].clone() for k, p in hive.level_params("agent").items()}
-    before_swarm = {k: p.detach().clone() for k, p in hive.level_params("swarm").items()}
-    before_found = {k: p.detach().clone() for k, p in hive.level_params("foundation").items()}
+    ann = hive.core.slot_of("agent", "ann")
+    before_agent = {k: p.detach()[ann].clone() for k, p in hive.core.level_params("agent").items()}
+    before_swarm = {k: p.detach().clone() for k, p in hive.core.level_params("swarm").items()}
+    before_found = {k: p.detach().clone() for k, p in hive.core.level_params("foundation").items()}
 
     hive.learn({"ann": [("The capital of France is", " Paris")]}, steps=1)
 
-    assert any(not torch.equal(v, hive.level_params("agent")[k].detach()[ann]) for k, v in before_agent.items())
-    assert any(not torch.equal(v, hive.level_params("swarm")[k].detach()) for k, v in before_swarm.items())
-    assert all(torch.equal(v, hive.level_params("foundation")[k].detach()) for k, v in before_found.items())
+    assert any(not torch.equal(v, hive.core.level_params("agent")[k].detach()[ann]) for k, v in before_agent.items())
+    assert any(not torch.equal(v, hive.core.level_params("swarm")[k].detach()) for k, v in before_swarm.items())
+    assert all(torch.equal(v, hive.core.level_params("foundation")[k].detach()) for k, v in before_found.items())
 
 
 def test_a_few_learn_steps_drive_the_answer_loss_down(hive):

@@ -31,10 +31,10 @@ def _fresh(loaded, levels=None) -> Hive:
 
 def _own_slots(hive: Hive, agent: str) -> dict[str, torch.Tensor]:
     return {
-        f"{lv.name}:{k}": p.detach()[hive.slot_of(lv.name, agent)].clone()
+        f"{lv.name}:{k}": p.detach()[hive.core.slot_of(lv.name, agent)].clone()
         for lv in hive.levels
         if lv.scope != "shared"
-        for k, p in hive.level_params(lv.name).items()
+        for k, p in hive.core.level_params(lv.name).items()
     }
 
 

@@ -36,16 +36,16 @@ def _hive(tokenizer, device: str, dtype: torch.dtype = torch.float32) -> Hive:
 
 def _logits(hive: Hive, mode: str, agents: list[str], gates: dict | None = None, levels=None) -> torch.Tensor:
     batch = pack_prompts(hive.tokenizer, PROMPTS[: len(agents)], 128).to(hive.device)
-    with torch.no_grad(), use_fused(mode), hive.routing.use(hive.route(agents, levels, gates)):  # type: ignore[arg-type]
+    with torch.no_grad(), use_fused(mode), hive.core.routing.use(hive.core.route(agents, levels, gates)):  # type: ignore[arg-type]
         return last_logits(hive.model, batch)
 
 
 def _grads(hive: Hive, mode: str, agents: list[str], gates: dict | None = None) -> dict[str, torch.Tensor]:
     batch = pack_prompts(hive.tokenizer, PROMPTS[: len(agents)], 128).to(hive.device)
     hive.model.zero_grad(set_to_none=True)
-    with use_fused(mode), hive.routing.use(hive.route(agents, gates=gates)):
+    with use_fused(mode), hive.core.routing.use(hive.core.route(agents, gates=gates)):
         last_logits(hive.model, batch).pow(2).mean().backward()
-    grads = {f"{lv.name}.{k}": p.grad.clone() for lv in hive.levels for k, p in hive.level_params(lv.name).items() if p.grad is not None}
+    grads = {f"{lv.name}.{k}": p.grad.clone() for lv in hive.levels for k, p in hive.core.level_params(lv.name).items() if p.grad is not None}
     hive.model.zero_grad(set_to_none=True)
     return grads
 
@@ -60,8 +60,8 @@ def test_fused_logits_equal_reference_fp32(tokenizer, device, agents):
 @pytest.mark.parametrize("device", DEVICES)
 def test_fused_keeps_gates_mix_and_ablation(tokenizer, device):
     hive = _hive(tokenizer, device)
-    hive.mix["domain"] = 0.5
-    hive.mix["swarm"] = 0.0
+    hive.core.states["domain"].mix = 0.5
+    hive.core.states["swarm"].mix = 0.0
     gates = {"agent": torch.tensor([1.0, 0.0, 0.5, 2.0], device=device), "domain": torch.tensor([0.0, 1.0, 1.0, 0.3], device=device)}
     for levels in (None, ["agent", "context"], []):
         fused = _logits(hive, "on", AGENTS, gates, levels)
@@ -81,7 +81,7 @@ def test_fused_gradients_equal_reference_fp32(tokenizer, device, agents):
 @pytest.mark.parametrize("device", DEVICES)
 def test_fused_gradients_keep_gates_and_mix(tokenizer, device):
     hive = _hive(tokenizer, device)
-    hive.mix["domain"], hive.mix["agent"] = 0.5, 1.5
+    hive.core.mix["domain"], hive.core.states["agent"].mix = 0.5, 1.5
     gates = {"context": torch.tensor([1.0, 0.0, 0.5, 2.0], device=device), "swarm": torch.tensor([0.0, 1.0, 1.0, 0.3], device=device)}
     fused, ref = _grads(hive, "on", AGENTS, gates), _grads(hive, "off", AGENTS, gates)
     assert fused.keys() == ref.keys() and fused
@@ -92,10 +92,10 @@ def test_fused_gradients_keep_gates_and_mix(tokenizer, device):
 @pytest.mark.parametrize("device", DEVICES)
 def test_fused_learning_moves_only_used_slots(tokenizer, device):
     hive = _hive(tokenizer, device)
-    before = {k: p.detach()[1].clone() for k, p in hive.level_params("agent").items()}  # bob
+    before = {k: p.detach()[1].clone() for k, p in hive.core.level_params("agent").items()}  # bob
     with use_fused("on"):
         hive.learn({"ann": [("The capital of France is", " Paris")], "cyd": [("great", " positive")]}, steps=2)
-    for k, p in hive.level_params("agent").items():
+    for k, p in hive.core.level_params("agent").items():
         assert torch.equal(before[k], p.detach()[1]), k
 
 

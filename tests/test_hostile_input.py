@@ -21,11 +21,11 @@ from safetensors.torch import load_file, save_file
 
 from conftest import make_model, small_stack
 from lorahive import Hive
-from lorahive.adapters.peft_io import ADAPTER_CONFIG, ADAPTER_WEIGHTS, import_peft
 from lorahive.run_config import ConfigError, RunConfig, dump_config, load_config
 from lorahive.runtime import run as runs
 from lorahive.store import checkpoint
 from lorahive.store.checkpoint import CheckpointError
+from lorahive.store.peft import ADAPTER_CONFIG, ADAPTER_WEIGHTS, import_peft
 from tiny_runs import tiny_config
 
 SETTINGS = settings(max_examples=25, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
@@ -52,7 +52,7 @@ def test_the_pickle_payload_really_runs_code_when_unpickled(tmp_path):
 
 
 def _hive_state(hive: Hive) -> dict[str, torch.Tensor]:
-    return {f"{lv.name}:{k}": p.detach().clone() for lv in hive.levels for k, p in hive.level_params(lv.name).items()} | {"agents": hive.agents}  # type: ignore[dict-item]
+    return {f"{lv.name}:{k}": p.detach().clone() for lv in hive.levels for k, p in hive.core.level_params(lv.name).items()} | {"agents": hive.agents}  # type: ignore[dict-item]
 
 
 def _unchanged(hive: Hive, before: dict) -> bool:
@@ -157,7 +157,7 @@ def _refused(run: Path, hive: Hive, message: str) -> None:
     """Loading ``run`` into ``hive`` fails naming a file; hive and checkpoint bytes are unchanged."""
     before, files = _hive_state(hive), _bytes_of(run / "checkpoint")
     with pytest.raises(CheckpointError) as err:
-        checkpoint.load(run, hive)
+        checkpoint.load(run, hive.core)
     assert str(run / "checkpoint") in str(err.value) and message in str(err.value), str(err.value)
     assert _unchanged(hive, before)
     assert _bytes_of(run / "checkpoint") == files
@@ -247,8 +247,10 @@ def test_checkpoint_loader_refuses_pickles_planted_or_disguised_and_runs_no_code
         (lambda s: b"[1, 2]", "not a JSON object"),
         (lambda s: json.dumps(s | {"agents": ["a", "a"]}).encode(), "distinct"),
         (lambda s: json.dumps(s | {"agents": 5}).encode(), "agents must be"),
-        (lambda s: json.dumps(s | {"mix": {"swarm": "x"}}).encode(), "mix must"),
-        (lambda s: json.dumps(s | {"mix": {"nope": 1.0}}).encode(), "mix must"),
+        (lambda s: json.dumps(s | {"level_states": {"swarm": s["level_states"]["swarm"] | {"mix": "x"}}}).encode(), "level_states.swarm.mix"),
+        (lambda s: json.dumps(s | {"level_states": {"swarm": s["level_states"]["swarm"] | {"inertia": 1.5}}}).encode(), "level_states.swarm.inertia"),
+        (lambda s: json.dumps(s | {"level_states": {"swarm": s["level_states"]["swarm"] | {"lr": float("nan")}}}).encode(), "level_states.swarm.lr"),
+        (lambda s: json.dumps(s | {"level_states": {"nope": {"mix": 1.0, "inertia": 0.0, "lr": 1.0}}}).encode(), "level_states must"),
         (lambda s: json.dumps(s | {"tick": -1}).encode(), "tick must"),
         (lambda s: json.dumps(s | {"agents": s["agents"][:1]}).encode(), "levels/"),
     ],
@@ -294,7 +296,7 @@ def _peft_refused(tokenizer, ad: Path, message: str = "") -> None:
     hive.add_agents(["ann"])
     before, files = _hive_state(hive), _bytes_of(ad)
     with pytest.raises(ValueError) as err:
-        import_peft(hive, ad, "swarm")
+        import_peft(hive.core, ad, "swarm")
     assert str(ad) in str(err.value) or ADAPTER_CONFIG in str(err.value), str(err.value)
     assert message in str(err.value), str(err.value)
     assert _unchanged(hive, before)
@@ -345,12 +347,12 @@ def test_peft_importer_refuses_a_bad_config_or_imports_exactly(tokenizer, adapte
         hive.add_agents(["ann"])
         before = _hive_state(hive)
         try:
-            import_peft(hive, ad, "swarm")
+            import_peft(hive.core, ad, "swarm")
         except ValueError as e:
             assert ADAPTER_CONFIG in str(e) or ADAPTER_WEIGHTS in str(e), str(e)
             assert _unchanged(hive, before)
         else:
-            assert all(torch.isfinite(b.B).all() for b in hive.banks("swarm"))
+            assert all(torch.isfinite(b.B).all() for b in hive.core.banks("swarm"))
 
 
 @pytest.mark.parametrize("where", ["disguised", "bin only"])

@@ -32,13 +32,13 @@ def _only_level_nonzero(hive, level: str) -> None:
     with torch.no_grad():
         for lv in hive.levels:
             if lv.name != level:
-                for bank in hive.banks(lv.name):
+                for bank in hive.core.banks(lv.name):
                     bank.B.zero_()
 
 
 def _slow_value(hive, example, agent, coalition) -> float:
-    batch = pack_examples(hive.tokenizer, [example], hive.max_length)
-    with torch.no_grad(), hive.routing.use(hive.route([agent], levels=coalition)):
+    batch = pack_examples(hive.tokenizer, [example], hive.core.max_length)
+    with torch.no_grad(), hive.core.routing.use(hive.core.route([agent], levels=coalition)):
         total, _ = answer_nll(hive.model, batch)
     return -float(total[0])
 
@@ -58,8 +58,8 @@ def _slow_shapley(hive, example, agent, levels, kept) -> list[float]:
 
 
 def _answer_logp(hive, example, agent, coalition) -> torch.Tensor:
-    batch = pack_examples(hive.tokenizer, [example], hive.max_length)
-    with torch.no_grad(), hive.routing.use(hive.route([agent], levels=coalition)):
+    batch = pack_examples(hive.tokenizer, [example], hive.core.max_length)
+    with torch.no_grad(), hive.core.routing.use(hive.core.route([agent], levels=coalition)):
         h = hidden_states(hive.model, batch)
     keep = batch.labels[:, 1:] != IGNORE
     return F.log_softmax(hive.model.get_output_embeddings()(h[:, :-1][keep]).float(), -1)
@@ -68,7 +68,7 @@ def _answer_logp(hive, example, agent, coalition) -> torch.Tensor:
 def test_only_nonzero_level_gets_all_the_shapley_value(hive):
     _only_level_nonzero(hive, "swarm")
 
-    inf = level_influence(hive, EXAMPLES[:2], AGENTS[:2])
+    inf = level_influence(hive.core, EXAMPLES[:2], AGENTS[:2])
 
     assert abs(inf.full - inf.base) > 1e-2
     assert inf.shapley["swarm"] == pytest.approx(inf.full - inf.base, abs=1e-9)
@@ -82,7 +82,7 @@ def test_only_nonzero_level_gets_all_the_shapley_value(hive):
 def test_shapley_values_add_up_to_full_minus_base(hive):
     randomize_b(hive, scale=0.3)
 
-    inf = level_influence(hive, EXAMPLES[:2], AGENTS[:2], max_rows=7)
+    inf = level_influence(hive.core, EXAMPLES[:2], AGENTS[:2], max_rows=7)
 
     assert sum(inf.shapley.values()) == pytest.approx(inf.full - inf.base, abs=1e-6)
     assert inf.per_example.shape == (2, 5)
@@ -93,7 +93,7 @@ def test_batched_result_equals_slow_loop_over_ablated_subsets(hive):
     randomize_b(hive, scale=0.3)
     levels = ["swarm", "agent", "context"]
 
-    inf = level_influence(hive, EXAMPLES, AGENTS, levels=levels, max_rows=10)
+    inf = level_influence(hive.core, EXAMPLES, AGENTS, levels=levels, max_rows=10)
 
     kept = ["foundation", "domain"]  # outside the game: always on
     slow = [_slow_shapley(hive, ex, a, levels, kept) for ex, a in zip(EXAMPLES, AGENTS, strict=True)]
@@ -108,7 +108,7 @@ def test_drop_one_kl_equals_slow_loop(hive):
     randomize_b(hive, scale=0.3)
     levels = [lv.name for lv in hive.levels]
 
-    inf = level_influence(hive, EXAMPLES, AGENTS, max_rows=5)
+    inf = level_influence(hive.core, EXAMPLES, AGENTS, max_rows=5)
 
     for lv in levels:
         total, count = 0.0, 0
@@ -131,9 +131,9 @@ def test_shapley_matrix_matches_definition_for_two_players():
 
 def test_influence_refuses_mismatched_agents_and_unknown_levels(hive):
     with pytest.raises(ValueError, match="one agent per example"):
-        level_influence(hive, EXAMPLES, AGENTS[:2])
+        level_influence(hive.core, EXAMPLES, AGENTS[:2])
     with pytest.raises(ValueError, match="unknown levels"):
-        level_influence(hive, EXAMPLES, AGENTS, levels=["nope"])
+        level_influence(hive.core, EXAMPLES, AGENTS, levels=["nope"])
 
 
 # ---------------------------------------------------------------------- SwarmAttribution

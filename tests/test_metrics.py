@@ -116,18 +116,18 @@ def test_fresh_hive_perplexity_equals_bare_model(hive):
     assert len(ids) % 48 not in (0, 1)  # the last window is ragged
     expected = _hf_perplexity(make_model(len(hive.tokenizer)), ids, 48)
 
-    got = perplexity(hive, text, "ann", window=48, batch_size=3)
+    got = perplexity(hive.core, text, "ann", window=48, batch_size=3)
 
     assert got == pytest.approx(expected, rel=1e-5)
 
 
 def test_perplexity_follows_the_agents_levels(hive):
     text = heldout_text()[:400]
-    base = perplexity(hive, text, "ann", window=64)
+    base = perplexity(hive.core, text, "ann", window=64)
     randomize_b(hive, scale=0.3)
 
-    full = perplexity(hive, text, "ann", window=64)
-    ablated = perplexity(hive, text, "ann", levels=[], window=64)
+    full = perplexity(hive.core, text, "ann", window=64)
+    ablated = perplexity(hive.core, text, "ann", levels=[], window=64)
 
     assert full != pytest.approx(base, rel=1e-3)
     assert ablated == pytest.approx(base, rel=1e-6)
@@ -135,9 +135,9 @@ def test_perplexity_follows_the_agents_levels(hive):
 
 def test_perplexity_refuses_bad_arguments(hive):
     with pytest.raises(ValueError, match="window"):
-        perplexity(hive, "some text here", "ann", window=1)
+        perplexity(hive.core, "some text here", "ann", window=1)
     with pytest.raises(ValueError, match="unknown agents"):
-        perplexity(hive, "some text here", "zed")
+        perplexity(hive.core, "some text here", "zed")
 
 
 def test_shipped_heldout_slice_is_cut_from_wikitext2_valid():

@@ -137,15 +137,15 @@ def test_state_dict_round_trip_continues_identically():
 
 
 def test_a_zeroed_slot_starts_over_like_a_fresh_one():
-    """Callers reset a slot by zeroing its state entries (Hive.reset_slot); the next step is a first step."""
+    """SlotAdamW.reset clears a slot's moments and step count; the next step is a first step."""
     params, fresh = make_params("cpu"), make_params("cpu")
     opt, opt_fresh = SlotAdamW(lr=1e-2), SlotAdamW(lr=1e-2)
     for n in range(3):
         set_grads(params, n)
         opt.step(params, torch.tensor([1, 2]))
+    opt.reset([2])
     for k, st in opt.state.items():
-        for s in ("exp_avg", "exp_avg_sq", "step"):
-            st[s][2] = 0
+        assert int(st["step"][2]) == 0 and int(st["step"][1]) == 3 and not st["exp_avg"][2].any()
         params[k].data[2] = fresh[k].data[2]
     set_grads(params, 9), set_grads(fresh, 9)
     opt.step(params, torch.tensor([1, 2]))

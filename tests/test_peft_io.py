@@ -11,8 +11,8 @@ from safetensors.torch import load_file, save_file
 
 from conftest import make_model, randomize_b
 from lorahive import Hive, LevelSpec, StackSpec
-from lorahive.adapters.peft_io import ADAPTER_CONFIG, ADAPTER_WEIGHTS, export_peft, import_peft
 from lorahive.learning.batching import pack_prompts
+from lorahive.store.peft import ADAPTER_CONFIG, ADAPTER_WEIGHTS, export_peft, import_peft
 
 PROMPTS = ["The capital of France is", "Question: what colour", "Sports: the team"]
 
@@ -37,7 +37,7 @@ def _peft_adapter(tokenizer, path, seed: int = 3, **config) -> torch.Tensor:
 
 
 def _b_state(hive: Hive, level: str) -> dict[str, torch.Tensor]:
-    return {p: bank.B.detach().clone() for p, bank in hive.named_banks(level)}
+    return {p: bank.B.detach().clone() for p, bank in hive.core.named_banks(level)}
 
 
 # ---------------------------------------------------------------------- export
@@ -45,7 +45,7 @@ def test_export_gives_peft_the_agents_logits(hive, tmp_path):
     randomize_b(hive, scale=0.1)
     expected = hive.logits(PROMPTS, ["bob"] * 3)
 
-    out = export_peft(hive, "bob", tmp_path / "bob")
+    out = export_peft(hive.core, "bob", tmp_path / "bob")
     loaded = PeftModel.from_pretrained(make_model(len(hive.tokenizer)), str(out))
 
     got = _peft_logits(loaded, hive.tokenizer)
@@ -65,10 +65,10 @@ def test_export_of_uneven_targets_and_mix_uses_rank_pattern(tokenizer, tmp_path)
     hive = Hive(make_model(len(tokenizer)), tokenizer, stack)
     hive.add_agents(["ann", "bob"])
     randomize_b(hive, scale=0.1)
-    hive.mix["swarm"] = 0.5
+    hive.core.states["swarm"].mix = 0.5
     expected = hive.logits(PROMPTS, ["ann"] * 3)
 
-    out = export_peft(hive, "ann", tmp_path / "ann")
+    out = export_peft(hive.core, "ann", tmp_path / "ann")
     loaded = PeftModel.from_pretrained(make_model(len(tokenizer)), str(out))
 
     torch.testing.assert_close(_peft_logits(loaded, tokenizer), expected, rtol=1e-4, atol=1e-4)
@@ -81,7 +81,7 @@ def test_export_of_chosen_levels_matches_the_ablated_hive(hive, tmp_path):
     levels = ["swarm", "agent"]
     expected = hive.logits(PROMPTS, ["cyd"] * 3, levels=levels)
 
-    out = export_peft(hive, "cyd", tmp_path / "cyd", levels=levels)
+    out = export_peft(hive.core, "cyd", tmp_path / "cyd", levels=levels)
     loaded = PeftModel.from_pretrained(make_model(len(hive.tokenizer)), str(out))
 
     torch.testing.assert_close(_peft_logits(loaded, hive.tokenizer), expected, rtol=1e-4, atol=1e-4)
@@ -89,9 +89,9 @@ def test_export_of_chosen_levels_matches_the_ablated_hive(hive, tmp_path):
 
 def test_export_refuses_unknown_agents_and_levels(hive, tmp_path):
     with pytest.raises(ValueError, match="unknown agents"):
-        export_peft(hive, "zed", tmp_path / "x")
+        export_peft(hive.core, "zed", tmp_path / "x")
     with pytest.raises(ValueError, match="unknown levels"):
-        export_peft(hive, "ann", tmp_path / "x", levels=["nope"])
+        export_peft(hive.core, "ann", tmp_path / "x", levels=["nope"])
     assert not (tmp_path / "x").exists()
 
 
@@ -99,7 +99,7 @@ def test_export_refuses_unknown_agents_and_levels(hive, tmp_path):
 def test_import_of_a_smaller_rank_adapter_reproduces_peft(hive, tmp_path):
     expected = _peft_adapter(hive.tokenizer, tmp_path / "ad", r=2, lora_alpha=6, target_modules=["q_proj", "v_proj", "down_proj"], rank_pattern={"down_proj": 3}, alpha_pattern={"down_proj": 2})
 
-    report = import_peft(hive, tmp_path / "ad", "swarm")
+    report = import_peft(hive.core, tmp_path / "ad", "swarm")
 
     got = hive.logits(PROMPTS, ["ann"] * 3, levels=["swarm"])
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
@@ -113,27 +113,27 @@ def test_import_into_an_agents_slot_leaves_other_agents_alone(hive, tmp_path):
     expected = _peft_adapter(hive.tokenizer, tmp_path / "ad", r=2, lora_alpha=2, target_modules=["k_proj", "up_proj"], use_rslora=True)
     ann_before = hive.logits(PROMPTS, ["ann"] * 3)
 
-    report = import_peft(hive, tmp_path / "ad", "agent", agent="bob")
+    report = import_peft(hive.core, tmp_path / "ad", "agent", agent="bob")
 
     got = hive.logits(PROMPTS, ["bob"] * 3, levels=["agent"])
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
     assert torch.equal(hive.logits(PROMPTS, ["ann"] * 3), ann_before)
-    assert report.slot == hive.slot_of("agent", "bob")
+    assert report.slot == hive.core.slot_of("agent", "bob")
 
 
 def test_import_of_a_larger_rank_adapter_reports_the_truncation_error(hive, tmp_path):
     _peft_adapter(hive.tokenizer, tmp_path / "ad", r=8, lora_alpha=8, target_modules=["q_proj", "gate_proj"])
     weights = load_file(str(tmp_path / "ad" / ADAPTER_WEIGHTS))
 
-    report = import_peft(hive, tmp_path / "ad", "swarm")  # swarm has rank 4
+    report = import_peft(hive.core, tmp_path / "ad", "swarm")  # swarm has rank 4
 
     lv = hive.stack.get("swarm")
-    for path, bank in hive.named_banks("swarm"):
+    for path, bank in hive.core.named_banks("swarm"):
         if path not in report.errors:
             continue
         a, b = weights[f"base_model.model.{path}.lora_A.weight"], weights[f"base_model.model.{path}.lora_B.weight"]
         want = (b @ a).double()
-        have = (hive.mix["swarm"] * lv.scale * bank.B[0] @ bank.A[0]).detach().double()
+        have = (hive.core.mix["swarm"] * lv.scale * bank.B[0] @ bank.A[0]).detach().double()
         measured = float((want - have).norm() / want.norm())
         assert report.errors[path] == pytest.approx(measured, rel=1e-3)
     assert report.max_error > 0.05
@@ -148,7 +148,7 @@ def test_import_of_a_larger_rank_but_low_rank_product_is_exact(hive, tmp_path):
     save_file(weights, str(tmp_path / "ad" / ADAPTER_WEIGHTS))
     expected = _peft_logits(PeftModel.from_pretrained(make_model(len(hive.tokenizer)), str(tmp_path / "ad")), hive.tokenizer)
 
-    report = import_peft(hive, tmp_path / "ad", "swarm")
+    report = import_peft(hive.core, tmp_path / "ad", "swarm")
 
     assert report.max_error < 1e-5
     torch.testing.assert_close(hive.logits(PROMPTS, ["ann"] * 3, levels=["swarm"]), expected, rtol=1e-4, atol=1e-4)
@@ -157,11 +157,11 @@ def test_import_of_a_larger_rank_but_low_rank_product_is_exact(hive, tmp_path):
 def test_export_then_import_round_trips_through_a_wide_level(hive, tokenizer, tmp_path):
     randomize_b(hive, scale=0.1)
     expected = hive.logits(PROMPTS, ["ann"] * 3)
-    export_peft(hive, "ann", tmp_path / "ann")
+    export_peft(hive.core, "ann", tmp_path / "ann")
     wide = Hive(make_model(len(tokenizer)), tokenizer, [LevelSpec(name="imported", rank=16, alpha=32, scope="shared", inertia=0.5, lr=1e-2)])
     wide.add_agents(["x"])
 
-    report = import_peft(wide, tmp_path / "ann", "imported")
+    report = import_peft(wide.core, tmp_path / "ann", "imported")
 
     assert report.max_error == 0.0
     torch.testing.assert_close(wide.logits(PROMPTS, ["x"] * 3), expected, rtol=1e-4, atol=1e-4)
@@ -196,7 +196,7 @@ def test_import_refuses_bad_weights_and_changes_nothing(hive, adapter, edit, mes
     before = _b_state(hive, "swarm")
 
     with pytest.raises(ValueError, match=message):
-        import_peft(hive, adapter, "swarm")
+        import_peft(hive.core, adapter, "swarm")
 
     after = _b_state(hive, "swarm")
     assert all(torch.equal(before[k], after[k]) for k in before)
@@ -204,40 +204,40 @@ def test_import_refuses_bad_weights_and_changes_nothing(hive, adapter, edit, mes
 
 def test_import_refuses_missing_or_pickled_files(hive, adapter, tmp_path):
     with pytest.raises(ValueError, match="not a directory"):
-        import_peft(hive, tmp_path / "nowhere", "swarm")
+        import_peft(hive.core, tmp_path / "nowhere", "swarm")
     (adapter / ADAPTER_WEIGHTS).rename(adapter / "adapter_model.bin")
     with pytest.raises(ValueError, match="never unpickles"):
-        import_peft(hive, adapter, "swarm")
+        import_peft(hive.core, adapter, "swarm")
     (adapter / "adapter_model.bin").unlink()
     with pytest.raises(ValueError, match=f"missing {ADAPTER_WEIGHTS}"):
-        import_peft(hive, adapter, "swarm")
+        import_peft(hive.core, adapter, "swarm")
 
 
 def test_import_refuses_bad_configs_and_truncated_weights(hive, adapter):
     good = (adapter / ADAPTER_CONFIG).read_text()
     (adapter / ADAPTER_CONFIG).write_text("{not json")
     with pytest.raises(ValueError, match="not valid JSON"):
-        import_peft(hive, adapter, "swarm")
+        import_peft(hive.core, adapter, "swarm")
     (adapter / ADAPTER_CONFIG).write_text(json.dumps({**json.loads(good), "use_dora": True}))
     with pytest.raises(ValueError, match="use_dora"):
-        import_peft(hive, adapter, "swarm")
+        import_peft(hive.core, adapter, "swarm")
     (adapter / ADAPTER_CONFIG).write_text(json.dumps({**json.loads(good), "r": 3}))
     with pytest.raises(ValueError, match="config gives rank 3"):
-        import_peft(hive, adapter, "swarm")
+        import_peft(hive.core, adapter, "swarm")
     (adapter / ADAPTER_CONFIG).write_text(good)
     data = (adapter / ADAPTER_WEIGHTS).read_bytes()
     (adapter / ADAPTER_WEIGHTS).write_bytes(data[: len(data) // 2])
     with pytest.raises(ValueError, match="not a readable safetensors"):
-        import_peft(hive, adapter, "swarm")
+        import_peft(hive.core, adapter, "swarm")
 
 
 def test_import_needs_the_right_slot_owner_and_a_target_level(hive, adapter):
     with pytest.raises(ValueError, match="name the agent"):
-        import_peft(hive, adapter, "agent")
+        import_peft(hive.core, adapter, "agent")
     with pytest.raises(ValueError, match="do not name an agent"):
-        import_peft(hive, adapter, "swarm", agent="ann")
+        import_peft(hive.core, adapter, "swarm", agent="ann")
     with pytest.raises(ValueError, match="unknown level"):
-        import_peft(hive, adapter, "nope")
+        import_peft(hive.core, adapter, "nope")
     narrow = Hive(
         make_model(len(hive.tokenizer)),
         hive.tokenizer,
@@ -247,17 +247,17 @@ def test_import_needs_the_right_slot_owner_and_a_target_level(hive, adapter):
         ],
     )
     with pytest.raises(ValueError, match="not targeted by level 'v'"):
-        import_peft(narrow, adapter, "v")
-    report = import_peft(narrow, adapter, "q")
+        import_peft(narrow.core, adapter, "v")
+    report = import_peft(narrow.core, adapter, "q")
     assert report.max_error == 0.0
 
 
 def test_import_clears_the_slots_optimizer_state(hive, adapter):
     hive.learn({"ann": [("The capital of France is", " Paris")]}, steps=2)
-    assert any(int(st["step"][0]) > 0 for st in hive.optimizers["swarm"].state.values())
+    assert any(int(st["step"][0]) > 0 for st in hive.core.optimizers["swarm"].state.values())
 
-    import_peft(hive, adapter, "swarm")
+    import_peft(hive.core, adapter, "swarm")
 
-    for st in hive.optimizers["swarm"].state.values():
+    for st in hive.core.optimizers["swarm"].state.values():
         assert int(st["step"][0]) == 0
         assert not st["exp_avg"][0].any() and not st["exp_avg_sq"][0].any()

@@ -16,11 +16,11 @@ EXAMPLES = {
 
 
 def _alone_grad(hive, agent, level="swarm"):
-    batch = pack_examples(hive.tokenizer, EXAMPLES[agent], hive.max_length)
-    params = hive.level_params(level)
+    batch = pack_examples(hive.tokenizer, EXAMPLES[agent], hive.core.max_length)
+    params = hive.core.level_params(level)
     for p in params.values():
         p.requires_grad_(True)
-    with hive.routing.use(hive.route([agent] * len(EXAMPLES[agent]))):
+    with hive.core.routing.use(hive.core.route([agent] * len(EXAMPLES[agent]))):
         total, count = answer_nll(hive.model, batch)
     loss = total.sum() / count.sum()
     grads = torch.autograd.grad(loss, list(params.values()))
@@ -48,9 +48,9 @@ def test_proposals_differ_between_agents(hive):
 
 
 def test_proposing_changes_no_weight(hive):
-    before = {k: p.detach().clone() for k, p in hive.level_params("swarm").items()}
+    before = {k: p.detach().clone() for k, p in hive.core.level_params("swarm").items()}
     hive.propose(EXAMPLES, "swarm")
-    assert all(torch.equal(before[k], p.detach()) for k, p in hive.level_params("swarm").items())
+    assert all(torch.equal(before[k], p.detach()) for k, p in hive.core.level_params("swarm").items())
 
 
 def test_applying_the_mean_proposal_lowers_the_mean_loss(hive):

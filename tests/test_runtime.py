@@ -49,7 +49,7 @@ def test_resume_continues_exactly(base_dir, tmp_path):
         assert torch.equal(a[k], b[k]), k
     sa = json.loads((tmp_path / "straight" / "checkpoint" / "state.json").read_text())
     sb = json.loads((tmp_path / "split" / "checkpoint" / "state.json").read_text())
-    for key in ("tick", "accepted", "rejected", "agents_state", "agents", "mix"):
+    for key in ("tick", "accepted", "rejected", "agents_state", "agents", "level_states"):
         assert sa[key] == sb[key], key
 
 
@@ -82,12 +82,12 @@ def test_a_nan_proposal_is_rejected_and_logged_and_the_run_goes_on(base_dir, tmp
         ctx.proposals.append(Proposal("agent0", honest.level, ctx.tick, {k: torch.full_like(v, float("nan")) for k, v in honest.delta.items()}))
 
     swarm.plug("solve", poison)
-    before = {k: p.detach().clone() for k, p in run.hive.level_params("swarm").items()}
+    before = {k: p.detach().clone() for k, p in run.hive.core.level_params("swarm").items()}
     ctx = swarm.tick()
 
     assert ctx.update is not None
-    assert all(torch.isfinite(p).all() for p in run.hive.level_params("swarm").values())
-    assert any(not torch.equal(before[k], p) for k, p in run.hive.level_params("swarm").items())
+    assert all(torch.isfinite(p).all() for p in run.hive.core.level_params("swarm").values())
+    assert any(not torch.equal(before[k], p) for k, p in run.hive.core.level_params("swarm").items())
     rows = swarm.ledger.query("SELECT agent, decision, reason FROM proposals WHERE decision = 'rejected'")
     assert len(rows) == 1 and "nan" in rows[0]["reason"].lower()
     swarm.ledger.close()

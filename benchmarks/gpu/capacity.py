@@ -31,7 +31,7 @@ def main() -> None:
     args = ap.parse_args()
     print(f"# qwen2.5-0.5b capacity on {torch.cuda.get_device_name()}, {torch.cuda.get_device_properties(0).total_memory / 2**30:.1f} GiB", flush=True)
     hive = Hive(build("qwen2.5-0.5b"), word_tokenizer(), default_levels())
-    per_agent = sum(lv.rank * (layer.in_features + layer.out_features) for layer in hive.layers.values() for lv in hive.levels if lv.scope != "shared")
+    per_agent = sum(lv.rank * (layer.in_features + layer.out_features) for layer in hive.core.layers.values() for lv in hive.levels if lv.scope != "shared")
     print(f"# per-agent parameters (agent r8 + context r4, all 7 projections, 24 layers): {per_agent / 1e6:.2f} M", flush=True)
     gen = torch.Generator().manual_seed(0)
     n, last_ok, prev = 64, 0, None

@@ -81,8 +81,9 @@ def randomize_b(hive: Hive, scale: float = 0.02, seed: int = 1) -> None:
     gen = torch.Generator(device="cuda").manual_seed(seed)
     with torch.no_grad():
         for lv in hive.levels:
-            for bank in hive.banks(lv.name):
+            for bank in hive.core.banks(lv.name):
                 bank.B.copy_(torch.randn(bank.B.shape, generator=gen, device="cuda") * scale)
+    hive.core.rescan()
 
 
 def median_ms(fn: Callable[[], object], warmup: int = 2, reps: int = 7) -> float:
@@ -111,15 +112,15 @@ def emit(**row: object) -> None:
 
 def agent_view(hive: Hive, path: str, agent: str) -> tuple[torch.Tensor, torch.Tensor]:
     """``(R, in)`` and ``(out, R)`` with Σ_l c_l B_l A_l = B·A for ``agent`` at module ``path``."""
-    layer = hive.layers[path]
+    layer = hive.core.layers[path]
     a_parts, b_parts = [], []
     for lv in hive.levels:
         if lv.name not in layer.banks:
             continue
         bank = layer.banks[lv.name]
-        slot = hive.slot_of(lv.name, agent)
+        slot = hive.core.slot_of(lv.name, agent)
         a_parts.append(bank.A[slot])
-        b_parts.append(bank.B[slot] * (hive.mix[lv.name] * lv.scale))
+        b_parts.append(bank.B[slot] * (hive.core.mix[lv.name] * lv.scale))
     return torch.cat(a_parts).detach(), torch.cat(b_parts, dim=1).detach()
 
 
@@ -134,7 +135,7 @@ def export_agent(target: torch.nn.Module, hive: Hive, agent: str, name: str) -> 
         peft = get_peft_model(target, cfg, adapter_name=name)  # type: ignore[arg-type]
     inner = peft.base_model.model
     with torch.no_grad():
-        for path in hive.layers:
+        for path in hive.core.layers:
             a, b = agent_view(hive, path, agent)
             mod = inner.get_submodule(path)
             mod.lora_A[name].weight.copy_(a)

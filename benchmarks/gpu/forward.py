@@ -52,7 +52,7 @@ def forward_fn(model, ids: torch.Tensor, hive: Hive | None = None, agents: list[
         with torch.no_grad():
             if hive is None:
                 return model(input_ids=ids, attention_mask=mask, logits_to_keep=keep).logits
-            with hive.routing.use(hive.route(agents or [])):
+            with hive.core.routing.use(hive.core.route(agents or [])):
                 return model(input_ids=ids, attention_mask=mask, logits_to_keep=keep).logits
 
     return run
@@ -66,7 +66,7 @@ def generate_fn(model, ids: torch.Tensor, hive: Hive | None = None, agents: list
         with torch.no_grad():
             if hive is None:
                 return model.generate(input_ids=ids, attention_mask=mask, **kw)
-            with hive.routing.use(hive.route(agents or [])):
+            with hive.core.routing.use(hive.core.route(agents or [])):
                 return model.generate(input_ids=ids, attention_mask=mask, **kw)
 
     return run

@@ -73,18 +73,18 @@ def main() -> None:
 
     def h_fwd() -> None:
         hive.model.zero_grad(set_to_none=True)
-        with hive.routing.use(hive.route(owners, training=[lv.name for lv in update])):
+        with hive.core.routing.use(hive.core.route(owners, training=[lv.name for lv in update])):
             total, count = answer_nll(hive.model, batch)
         box["loss"] = total.sum() / count.sum()
 
     @torch.no_grad()
     def h_nograd() -> None:
-        with hive.routing.use(hive.route(owners)):
+        with hive.core.routing.use(hive.core.route(owners)):
             answer_nll(hive.model, batch)
 
     def h_opt() -> None:
         for lv in update:
-            hive.optimizers[lv.name].step(hive.level_params(lv.name), one if lv.scope == "shared" else idx)
+            hive.core.optimizers[lv.name].step(hive.core.level_params(lv.name), one if lv.scope == "shared" else idx)
 
     cat_out = fused._cat
     for label in ("one autograd node", "one node, cat then cast", "plain autograd"):

@@ -67,7 +67,7 @@ def peft_step(model, opt: torch.optim.Optimizer, batch: Batch, step: bool = True
 
 def hive_fwd_bwd(hive: Hive, batch: Batch, owners: list[str]) -> None:
     hive.model.zero_grad(set_to_none=True)
-    with hive.routing.use(hive.route(owners)):
+    with hive.core.routing.use(hive.core.route(owners)):
         total, count = answer_nll(hive.model, batch)
     (total.sum() / count.sum()).backward()
 
@@ -77,7 +77,7 @@ def loss_difference(hive: Hive, peft: PeftModel, tok) -> float:
     ex = examples(8, 96, 31, 1, seed=5)
     batch = pack_examples(tok, flat(ex), 4096).to("cuda")
     with torch.no_grad():
-        with hive.routing.use(hive.route(["a0"] * 8)):
+        with hive.core.routing.use(hive.core.route(["a0"] * 8)):
             ours, n = answer_nll(hive.model, batch)
         export_agent(peft, hive, "a0", "export")
         theirs, _ = answer_nll(unwrap(peft), batch)

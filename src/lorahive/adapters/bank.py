@@ -58,8 +58,8 @@ class LevelBank(nn.Module):
     @torch.no_grad()
     def reset(self, slots: torch.Tensor) -> None:
         """Put the given slots back to their init snapshot."""
-        self.A[slots] = self.A0[slots]
-        self.B[slots] = 0.0
+        self.A.index_copy_(0, slots, self.A0.index_select(0, slots))
+        self.B.index_fill_(0, slots, 0.0)
 
     def delta(self, x: torch.Tensor, slots: torch.Tensor | None) -> torch.Tensor:
         """``B[s(row)] · A[s(row)] · x`` for each row; ``slots=None`` means slot 0 for all rows."""

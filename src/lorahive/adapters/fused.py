@@ -109,7 +109,7 @@ def _forget(key: int) -> None:
 
 
 def _make_plan(routing: Routing, coeffs: dict[str, float]) -> _Plan:
-    """Classify levels once per routing; one device sync finds row slots shared by every row."""
+    """Classify levels once per routing; which row slots are shared by every row comes from ``routing.uniform``."""
     terms: dict[str, tuple[torch.Tensor | None, float, torch.Tensor | None]] = {}
     single: dict[int, torch.Tensor | None] = {}
     for level, scale in coeffs.items():
@@ -119,9 +119,12 @@ def _make_plan(routing: Routing, coeffs: dict[str, float]) -> _Plan:
         if gate is not None and slots is None:  # gated shared level: per-row coefficient
             slots = torch.zeros(gate.shape[0], dtype=torch.long, device=gate.device)
         elif gate is None and slots is not None:
-            if id(slots) not in single:
-                single[id(slots)] = slots[:1] if bool((slots == slots[0]).all()) else None
-            slots = single[id(slots)] if single[id(slots)] is not None else slots
+            if routing.uniform is not None:  # known on the host: no device read
+                slots = slots[:1] if level in routing.uniform else slots
+            else:
+                if id(slots) not in single:
+                    single[id(slots)] = slots[:1] if bool((slots == slots[0]).all()) else None
+                slots = single[id(slots)] if single[id(slots)] is not None else slots
         terms[level] = (slots, routing.mix.get(level, 1.0) * scale, gate)
     return _Plan(terms)
 

@@ -24,6 +24,8 @@ class Routing:
         many level subsets at once, as influence measurement needs.
     overrides: level name -> module path -> (A, B) tensors used instead of that level's bank,
         with their own slot dimension; per-agent *proposal slots* of a shared level use this.
+    uniform: levels of ``slots`` whose rows all use the same slot. ``None`` (unknown) makes
+        the fused path find out by reading the device; the hive always says.
     """
 
     slots: dict[str, torch.Tensor] = field(default_factory=dict)
@@ -31,6 +33,7 @@ class Routing:
     mix: dict[str, float] = field(default_factory=dict)
     gates: dict[str, torch.Tensor] = field(default_factory=dict)
     overrides: dict[str, dict[str, tuple[torch.Tensor, torch.Tensor]]] = field(default_factory=dict)
+    uniform: frozenset[str] | None = None
 
     def runs(self, level: str) -> bool:
         return (self.active is None or level in self.active) and self.mix.get(level, 1.0) != 0.0

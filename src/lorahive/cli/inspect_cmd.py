@@ -42,7 +42,7 @@ def inspect(out: Annotated[Path, typer.Argument(help="run directory")]) -> None:
     console.print(f"[bold]{out}[/bold]: tick {state['tick']}, swarm accepted {state['accepted']}, rejected {state['rejected']}")
     levels = Table("level", "slots", "‖B‖ (all slots)", "mix", title="levels")
     for name, slots, norm in _level_norms(ckpt):
-        levels.add_row(name, str(slots), f"{norm:.4g}", f"{state['mix'].get(name, 1.0):g}")
+        levels.add_row(name, str(slots), f"{norm:.4g}", f"{state.get('level_states', {}).get(name, {}).get('mix', 1.0):g}")
     console.print(levels)
     agents = Table("agent", "task type", "reputation", "tasks solved", title="agents")
     for name, a in state["agents_state"].items():

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 import torch
 from transformers import PreTrainedTokenizerBase
 
+from lorahive.tensors import to_device
+
 IGNORE = -100
 
 
@@ -18,10 +20,13 @@ class Batch:
     attention_mask: torch.Tensor  # (B, T)
     position_ids: torch.Tensor  # (B, T)
     labels: torch.Tensor | None = None  # (B, T)
+    answer_at: torch.Tensor | None = None  # (2, N): row and position predicting each answer token
 
     def to(self, device: torch.device | str) -> Batch:
-        labels = None if self.labels is None else self.labels.to(device)
-        return Batch(self.input_ids.to(device), self.attention_mask.to(device), self.position_ids.to(device), labels)
+        """The batch on ``device``, copied without a host synchronisation (:func:`to_device`)."""
+        labels = None if self.labels is None else to_device(self.labels, device)
+        at = None if self.answer_at is None else to_device(self.answer_at, device)
+        return Batch(to_device(self.input_ids, device), to_device(self.attention_mask, device), to_device(self.position_ids, device), labels, at)
 
 
 def _pad_id(tok: PreTrainedTokenizerBase) -> int:
@@ -83,4 +88,6 @@ def pack_examples(tok: PreTrainedTokenizerBase, examples: list[tuple[str, str]],
         mask.append([1] * n + [0] * (width - n))
         labels.append([IGNORE] * len(p) + a + [IGNORE] * (width - n))
     m = torch.tensor(mask)
-    return Batch(torch.tensor(ids), m, _positions(m), torch.tensor(labels))
+    lab = torch.tensor(labels)
+    at = (lab[:, 1:] != IGNORE).nonzero().t().contiguous()  # (2, N), found on the host
+    return Batch(torch.tensor(ids), m, _positions(m), lab, at)

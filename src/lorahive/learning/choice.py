@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 
 from lorahive.learning.batching import Batch, encode_answer
+from lorahive.tensors import to_device
 
 
 def _options(tok: PreTrainedTokenizerBase, options: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -50,7 +51,7 @@ def prompt_pass(model: PreTrainedModel, prompts: Batch) -> tuple[torch.Tensor, D
 def option_pass(model: PreTrainedModel, tok: PreTrainedTokenizerBase, prompts: Batch, first: torch.Tensor, cache: DynamicCache, options: list[str]) -> torch.Tensor:
     """Summed NLL (B, L) of each option (with EOS, as learned), continuing ``cache`` in place."""
     n_opt, n_prompts = len(options), prompts.input_ids.shape[0]
-    opt_ids, opt_mask = (t.to(prompts.input_ids.device) for t in _options(tok, options))
+    opt_ids, opt_mask = (to_device(t, prompts.input_ids.device) for t in _options(tok, options))
     nll = -first[:, opt_ids[:, 0]]  # (B, L): each option's first token after each prompt
     if opt_ids.shape[1] == 1:
         return nll

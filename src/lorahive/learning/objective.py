@@ -38,10 +38,12 @@ def answer_nll(model: PreTrainedModel, batch: Batch) -> tuple[torch.Tensor, torc
     assert batch.labels is not None
     h = hidden_states(model, batch)  # (B, T, H)
     target = batch.labels[:, 1:]  # (B, T-1): token t+1 is predicted at position t
-    keep = target != IGNORE
-    rows = keep.nonzero()[:, 0]  # (N,)
-    logits = _head(model)(h[:, :-1][keep]).float()  # (N, V)
-    nll = F.cross_entropy(logits, target[keep], reduction="none")  # (N,)
+    if batch.answer_at is not None:  # positions found on the host: no device read-back
+        rows, pos = batch.answer_at[0], batch.answer_at[1]  # (N,), (N,)
+    else:
+        rows, pos = (target != IGNORE).nonzero().unbind(1)
+    logits = _head(model)(h[rows, pos]).float()  # (N, V)
+    nll = F.cross_entropy(logits, target[rows, pos], reduction="none")  # (N,)
     n_rows = batch.input_ids.shape[0]
     total = torch.zeros(n_rows, device=nll.device, dtype=nll.dtype).index_add(0, rows, nll)
     count = torch.zeros(n_rows, device=nll.device, dtype=nll.dtype).index_add(0, rows, torch.ones_like(nll))

@@ -15,10 +15,13 @@ launches per level instead of ~15 per parameter. Slots outside the runs are neve
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
+
+from lorahive.tensors import to_device
 
 MAX_RUNS = 8  # a step count's slots in more runs than this are gathered into copies, not cut into views
 Run = tuple[int, int, int]  # [start, stop) of consecutive used slots, and their step count before this step
@@ -40,7 +43,8 @@ class SlotAdamW:
     """AdamW over parameters whose first dimension is the slot.
 
     ``state[name]`` holds ``exp_avg`` and ``exp_avg_sq`` shaped like the parameter and
-    ``step``, one long count per slot; callers may zero a slot's entries to reset it.
+    ``step``, one long count per slot. The step counts are mirrored on the host, so planning
+    a step never reads the device; :meth:`reset` is the only way to clear a slot's state.
     """
 
     lr: float
@@ -48,6 +52,7 @@ class SlotAdamW:
     eps: float = 1e-8
     weight_decay: float = 0.0
     state: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
+    host_steps: dict[str, list[int]] = field(default_factory=dict)
 
     def _state(self, i: str, p: nn.Parameter) -> dict[str, torch.Tensor]:
         st = self.state.get(i)
@@ -59,6 +64,7 @@ class SlotAdamW:
                 "step": torch.zeros(n, dtype=torch.long, device=p.device),
             }
             self.state[i] = st
+            self.host_steps[i] = [0] * n
         if st["step"].device != p.device:  # e.g. state loaded from a checkpoint on the CPU
             st = self.state[i] = {k: v.to(p.device) for k, v in st.items()}
         if st["step"].shape[0] < n:  # the bank grew: new slots start with empty state
@@ -66,37 +72,43 @@ class SlotAdamW:
             for k in ("exp_avg", "exp_avg_sq"):
                 st[k] = torch.cat([st[k], torch.zeros(extra, *p.shape[1:], device=p.device, dtype=p.dtype)])
             st["step"] = torch.cat([st["step"], torch.zeros(extra, dtype=torch.long, device=p.device)])
+            self.host_steps[i] = self.host_steps[i] + [0] * extra
         return st
 
     @torch.no_grad()
-    def step(self, params: dict[str, nn.Parameter], slots: torch.Tensor, lr: float | None = None) -> None:
-        """Update ``slots`` (1-D long tensor of slot indices) of every named parameter with a grad.
+    def step(self, params: dict[str, nn.Parameter], slots: Sequence[int] | torch.Tensor, lr: float | None = None, found_inf: torch.Tensor | None = None) -> None:
+        """Update ``slots`` (slot indices, best a host list) of every named parameter with a grad.
 
         Parameters are passed by name at each step because banks are re-allocated when they grow.
-        A slot listed twice is updated once.
+        A slot listed twice is updated once. ``found_inf`` (a one-element float tensor on the
+        parameters' device) leaves weights and moments as they were when non-zero, decided on
+        the device without reading it back; the step counts advance either way, so the host's
+        copy of them stays exact.
         """
-        live = [(p, self._state(i, p)) for i, p in params.items() if p.grad is not None]
-        used = sorted({int(s) for s in slots.tolist()})
+        live = [(i, p, self._state(i, p)) for i, p in params.items() if p.grad is not None]
+        used = sorted({int(s) for s in (slots.tolist() if isinstance(slots, torch.Tensor) else slots)})
         if not live or not used:
             return
-        groups: dict[tuple[torch.device, torch.dtype], list[tuple[nn.Parameter, dict[str, torch.Tensor]]]] = {}
-        for p, st in live:
-            groups.setdefault((p.device, p.dtype), []).append((p, st))
+        groups: dict[tuple[torch.device, torch.dtype], list[tuple[str, nn.Parameter, dict[str, torch.Tensor]]]] = {}
+        for i, p, st in live:
+            groups.setdefault((p.device, p.dtype), []).append((i, p, st))
         for group in groups.values():
-            self._step_group(group, used, self.lr if lr is None else lr)
+            self._step_group(group, used, self.lr if lr is None else lr, found_inf)
 
-    def _step_group(self, group: list[tuple[nn.Parameter, dict[str, torch.Tensor]]], used: list[int], lr: float) -> None:
+    def _step_group(self, group: list[tuple[str, nn.Parameter, dict[str, torch.Tensor]]], used: list[int], lr: float, found_inf: torch.Tensor | None) -> None:
         """One fused AdamW over the used slots of parameters that share a device and dtype."""
-        device = group[0][0].device
-        rows = self._used_steps([st["step"] for _, st in group], used)  # one device → host copy
+        device = group[0][1].device
         plans: dict[tuple[int, ...], list[tuple[torch.Tensor, list[Run], torch.Tensor | None]]] = {}
         counts: dict[int, torch.Tensor] = {}
         views: list[list[torch.Tensor]] = [[], [], [], [], [], []]  # params, grads, m, v, new counts, step counts
         gathered: list[tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor, list[torch.Tensor], int]] = []
-        for (p, st), row in zip(group, rows, strict=True):
-            key = tuple(row)
+        for name, p, st in group:
+            host = self.host_steps[name]
+            key = tuple(host[s] for s in used)
+            for s in used:
+                host[s] += 1
             if key not in plans:
-                plans[key] = self._plan(used, row, counts, device)
+                plans[key] = self._plan(used, list(key), counts, device)
             w = p.detach()
             assert p.grad is not None
             g = p.grad if p.grad.is_contiguous() else p.grad.contiguous()
@@ -118,6 +130,7 @@ class SlotAdamW:
         torch._fused_adamw_(
             params, grads, avgs, avg_sqs, [], steps,
             lr=lr, beta1=b1, beta2=b2, weight_decay=self.weight_decay, eps=self.eps, amsgrad=False, maximize=False,
+            found_inf=found_inf,
         )  # fmt: skip
         if views[5]:
             torch._foreach_add_(views[5], 1)
@@ -136,19 +149,32 @@ class SlotAdamW:
         plan = []
         for t, slots in by_step.items():
             if t + 1 not in counts:
-                counts[t + 1] = torch.tensor(float(t + 1), device=device)
+                counts[t + 1] = torch.full((), float(t + 1), device=device)
             runs = slot_runs(slots, [t] * len(slots))
-            idx = torch.tensor(slots, device=device) if len(runs) > MAX_RUNS else None
+            idx = to_device(torch.tensor(slots), device) if len(runs) > MAX_RUNS else None
             plan.append((counts[t + 1], runs, idx))
         return plan
 
-    @staticmethod
-    def _used_steps(steps: list[torch.Tensor], used: list[int]) -> list[list[int]]:
-        """Each tensor's step counts at the ``used`` slots, gathered in one kernel."""
-        offsets = torch.tensor([0] + [s.shape[0] for s in steps[:-1]]).cumsum(0)  # (N,)
-        flat = (offsets[:, None] + torch.tensor(used)[None, :]).view(-1)  # (N·k,)
-        picked = torch.cat(steps).index_select(0, flat.to(steps[0].device))
-        return picked.view(len(steps), len(used)).tolist()
+    @torch.no_grad()
+    def reset(self, slots: Sequence[int], index: torch.Tensor | None = None) -> None:
+        """Clear the moments and step counts of ``slots`` in every parameter's state.
+
+        ``index`` is the same slots as a device tensor, when the caller has one already.
+        """
+        if not slots:
+            return
+        for name, st in self.state.items():
+            idx = index if index is not None and index.device == st["step"].device else to_device(torch.tensor(list(slots)), st["step"].device)
+            for k in ("exp_avg", "exp_avg_sq", "step"):
+                st[k].index_fill_(0, idx, 0)
+            host = self.host_steps[name]
+            for s in slots:
+                if s < len(host):
+                    host[s] = 0
+
+    def resync(self) -> None:
+        """Read the step counts back from the device (after loading a state)."""
+        self.host_steps = {name: [int(v) for v in st["step"].tolist()] for name, st in self.state.items()}
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return {f"{i}:{k}": v for i, st in self.state.items() for k, v in st.items()}
@@ -158,3 +184,4 @@ class SlotAdamW:
         for key, v in flat.items():
             i, k = key.rsplit(":", 1)
             self.state.setdefault(i, {})[k] = v.clone()
+        self.resync()

@@ -24,6 +24,7 @@ linear strategies (mean, weighted); for median and trimmed mean it is the nomina
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, final
@@ -47,6 +48,7 @@ __all__ = [
     "cosine",
     "flatten",
     "global_norm",
+    "key_norms",
     "proposal_record",
     "summarize",
     "trimmed_mean",
@@ -101,11 +103,17 @@ class Stateless:
 # --- pure math ---------------------------------------------------------------------------
 
 
+def key_norms(delta: Delta) -> dict[str, float]:
+    """The L2 norm of each tensor of a delta, read back in one go (NaN/inf where a tensor holds one)."""
+    if not delta:
+        return {}
+    norms = torch._foreach_norm([t.detach().float() for t in delta.values()])
+    return dict(zip(delta, torch.stack(norms).tolist(), strict=True))
+
+
 def global_norm(delta: Delta) -> float:
     """L2 norm over all tensors of a delta, as if they were one flat vector."""
-    if not delta:
-        return 0.0
-    return float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(t.detach().float()) for t in delta.values()])))
+    return math.sqrt(sum(v * v for v in key_norms(delta).values()))
 
 
 def flatten(delta: Delta, keys: Sequence[str] | None = None) -> torch.Tensor:

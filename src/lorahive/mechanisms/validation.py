@@ -13,6 +13,7 @@ proposals, so one malformed proposal cannot redefine what "well-formed" means.
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from collections.abc import Sequence
 from typing import final
@@ -26,6 +27,7 @@ from lorahive.mechanisms.aggregation import (
     Metrics,
     Proposal,
     global_norm,
+    key_norms,
     proposal_record,
     summarize,
 )
@@ -68,9 +70,7 @@ def _shape_reason(delta: Delta, shapes: Shapes) -> str | None:
 def median_norm(proposals: Sequence[Proposal], shapes: Shapes) -> float | None:
     """The median global norm of the proposals that are finite and shaped like ``shapes``."""
     norms = sorted(
-        global_norm(p.delta)
-        for p in proposals
-        if _shape_reason(p.delta, shapes) is None and all(bool(torch.isfinite(t).all()) for t in p.delta.values())
+        n for n in (global_norm(p.delta) for p in proposals if _shape_reason(p.delta, shapes) is None) if math.isfinite(n)
     )
     if not norms:
         return None
@@ -85,8 +85,9 @@ def validate_proposal(
 
     ``ratio_bound`` is (ratio, median norm): reject norms above their product.
     """
-    bad = next((k for k, t in p.delta.items() if not bool(torch.isfinite(t).all())), None)
-    norm = None if bad is not None else global_norm(p.delta)
+    per_key = key_norms(p.delta)  # one read-back; a NaN/inf anywhere makes its tensor's norm non-finite
+    bad = next((k for k, v in per_key.items() if not math.isfinite(v)), None)
+    norm = None if bad is not None else math.sqrt(sum(v * v for v in per_key.values()))
     if level is not None and p.level != level:
         return f"level {p.level!r} is not the level being aggregated ({level!r})", norm
     reason = _shape_reason(p.delta, shapes)

@@ -22,9 +22,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lorahive.core import HiveCore
 from lorahive.learning.batching import IGNORE, Batch, pack_examples
 from lorahive.learning.objective import hidden_states
-from lorahive.runtime.hive import Hive
 
 __all__ = [
     "LevelInfluence",
@@ -88,14 +88,14 @@ def _rows(batch: Batch, idx: torch.Tensor) -> Batch:
     return Batch(batch.input_ids[idx], batch.attention_mask[idx], batch.position_ids[idx], labels)
 
 
-def _answer_logprobs(hive: Hive, batch: Batch, agents: list[str], gates: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+def _answer_logprobs(core: HiveCore, batch: Batch, agents: list[str], gates: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
     """Per-row answer log-probability (R,), answer-position log-distributions (N, V), tokens per row."""
     assert batch.labels is not None
-    with torch.no_grad(), hive.routing.use(hive.route(agents, gates=gates)):
-        h = hidden_states(hive.model, batch)  # (R, T, H)
+    with torch.no_grad(), core.routing.use(core.route(agents, gates=gates)):
+        h = hidden_states(core.model, batch)  # (R, T, H)
         target = batch.labels[:, 1:]  # (R, T-1)
         keep = target != IGNORE
-        head = cast(nn.Module, hive.model.get_output_embeddings())
+        head = cast(nn.Module, core.model.get_output_embeddings())
         logp = F.log_softmax(head(h[:, :-1][keep]).float(), dim=-1)  # (N, V)
     tok = logp.gather(1, target[keep].unsqueeze(1)).squeeze(1)  # (N,)
     rows = keep.nonzero()[:, 0]  # (N,)
@@ -104,16 +104,16 @@ def _answer_logprobs(hive: Hive, batch: Batch, agents: list[str], gates: dict[st
     return row_logp, logp, keep.sum(1).tolist()
 
 
-def _run(hive: Hive, batch: Batch, agents: Sequence[str], pairs: list[tuple[int, int]], masks: torch.Tensor, levels: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+def _run(core: HiveCore, batch: Batch, agents: Sequence[str], pairs: list[tuple[int, int]], masks: torch.Tensor, levels: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
     """Run rows given as (example, coalition) pairs; returns what :func:`_answer_logprobs` does."""
-    dev = hive.device
+    dev = core.device
     ex = torch.tensor([e for e, _ in pairs], device=dev)  # (R,)
     on = masks[torch.tensor([m for _, m in pairs])].to(dev, torch.float32)  # (R, n)
     gates = {lv: on[:, i] for i, lv in enumerate(levels)}
-    return _answer_logprobs(hive, _rows(batch, ex), [agents[e] for e, _ in pairs], gates)
+    return _answer_logprobs(core, _rows(batch, ex), [agents[e] for e, _ in pairs], gates)
 
 
-def _probe_pass(hive: Hive, batch: Batch, agents: Sequence[str], masks: torch.Tensor, levels: Sequence[str], max_rows: int) -> tuple[dict[tuple[int, int], float], torch.Tensor, int]:
+def _probe_pass(core: HiveCore, batch: Batch, agents: Sequence[str], masks: torch.Tensor, levels: Sequence[str], max_rows: int) -> tuple[dict[tuple[int, int], float], torch.Tensor, int]:
     """Full and drop-one coalitions of every example: their values and the summed KL per level."""
     n, n_ex = len(levels), len(agents)
     full = 2**n - 1
@@ -123,7 +123,7 @@ def _probe_pass(hive: Hive, batch: Batch, agents: Sequence[str], masks: torch.Te
     kl_sum, positions = torch.zeros(n, dtype=torch.float64), 0
     for start in range(0, n_ex, per_chunk):
         pairs = [(e, m) for e in range(start, min(n_ex, start + per_chunk)) for m in probes]
-        row_logp, logp, counts = _run(hive, batch, agents, pairs, masks, levels)
+        row_logp, logp, counts = _run(core, batch, agents, pairs, masks, levels)
         values.update(zip(pairs, row_logp.tolist(), strict=True))
         parts = torch.split(logp, counts)  # one (a_e, V) per row
         for k in range(0, len(pairs), len(probes)):
@@ -137,7 +137,7 @@ def _probe_pass(hive: Hive, batch: Batch, agents: Sequence[str], masks: torch.Te
 
 @torch.no_grad()
 def level_influence(
-    hive: Hive,
+    core: HiveCore,
     examples: Sequence[tuple[str, str]],
     agents: Sequence[str],
     levels: Sequence[str] | None = None,
@@ -149,19 +149,19 @@ def level_influence(
     with gate 1 for the coalition's levels and 0 for the other levels of the game; at most
     ``max_rows`` rows run at once. Costs E·2^n row forwards, so keep n small (≤ ~8).
     """
-    levels = list(hive.stack.names() if levels is None else levels)
-    _check(hive, examples, agents, levels, max_rows)
+    levels = list(core.stack.names() if levels is None else levels)
+    _check(core, examples, agents, levels, max_rows)
     n, n_ex = len(levels), len(examples)
     masks = subset_masks(n)
-    batch = pack_examples(hive.tokenizer, [(str(p), str(a)) for p, a in examples], hive.max_length).to(hive.device)
-    known, kl_sum, positions = _probe_pass(hive, batch, agents, masks, levels, max_rows)
+    batch = pack_examples(core.tokenizer, [(str(p), str(a)) for p, a in examples], core.max_length).to(core.device)
+    known, kl_sum, positions = _probe_pass(core, batch, agents, masks, levels, max_rows)
     values = torch.zeros(n_ex, 2**n, dtype=torch.float64)  # (E, 2^n) coalition values
     for (e, m), v in known.items():
         values[e, m] = v
     todo = [(e, m) for e in range(n_ex) for m in range(2**n) if (e, m) not in known]
     for start in range(0, len(todo), max_rows):
         pairs = todo[start : start + max_rows]
-        row_logp = _run(hive, batch, agents, pairs, masks, levels)[0].cpu()
+        row_logp = _run(core, batch, agents, pairs, masks, levels)[0].cpu()
         for (e, m), v in zip(pairs, row_logp.tolist(), strict=True):
             values[e, m] = v
     phi = values @ shapley_matrix(n)  # (E, n)
@@ -175,14 +175,14 @@ def level_influence(
     )
 
 
-def _check(hive: Hive, examples: Sequence[tuple[str, str]], agents: Sequence[str], levels: list[str], max_rows: int) -> None:
+def _check(core: HiveCore, examples: Sequence[tuple[str, str]], agents: Sequence[str], levels: list[str], max_rows: int) -> None:
     if not examples:
         raise ValueError("examples is empty")
     if len(examples) != len(agents):
         raise ValueError(f"got {len(examples)} examples but {len(agents)} agents; give one agent per example")
     if not levels or len(set(levels)) != len(levels):
         raise ValueError(f"levels must be a non-empty list of distinct level names, got {levels}")
-    hive.route(list(agents), levels)  # raises on unknown agents or levels
+    core.route(list(agents), levels)  # raises on unknown agents or levels
     if max_rows < 1:
         raise ValueError(f"max_rows must be ≥ 1, got {max_rows}")
 

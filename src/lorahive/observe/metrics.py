@@ -27,9 +27,9 @@ from importlib import resources
 
 import torch
 
+from lorahive.core import HiveCore
 from lorahive.learning.batching import IGNORE, Batch
 from lorahive.learning.objective import answer_nll
-from lorahive.runtime.hive import Hive
 
 __all__ = [
     "AccuracyMatrix",
@@ -151,7 +151,7 @@ def _windows(ids: list[int], window: int, pad: int) -> Batch:
 
 @torch.no_grad()
 def perplexity(
-    hive: Hive,
+    core: HiveCore,
     text: str,
     agent: str,
     levels: Sequence[str] | None = None,
@@ -159,10 +159,10 @@ def perplexity(
     batch_size: int = 8,
     max_tokens: int | None = None,
 ) -> float:
-    """exp(mean next-token NLL) of ``text`` under ``agent``'s view of the hive.
+    """exp(mean next-token NLL) of ``text`` under ``agent``'s view of the core.
 
     The text is tokenized without special tokens and cut into consecutive, non-overlapping
-    windows of ``window`` tokens (at most the hive's context); each window is scored as a
+    windows of ``window`` tokens (at most the core's context); each window is scored as a
     plain causal LM and ``batch_size`` windows run at once. ``levels`` keeps only those
     levels active (default all; ``[]`` is the bare base model). ``max_tokens`` keeps only
     the text's first tokens (a fixed budget, so runs of any model size cost the same).
@@ -171,19 +171,19 @@ def perplexity(
         raise ValueError(f"window must be ≥ 2 tokens, got {window}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be ≥ 1, got {batch_size}")
-    window = min(window, hive.max_length)
-    ids = list(hive.tokenizer(text, add_special_tokens=False)["input_ids"])[:max_tokens]
+    window = min(window, core.max_length)
+    ids = list(core.tokenizer(text, add_special_tokens=False)["input_ids"])[:max_tokens]
     if len(ids) < 2:
         raise ValueError(f"text has {len(ids)} token(s); perplexity needs at least 2")
-    pad = hive.tokenizer.pad_token_id or 0
+    pad = core.tokenizer.pad_token_id or 0
     batch = _windows(ids, window, int(pad))
     total, count = 0.0, 0.0
     for start in range(0, batch.input_ids.shape[0], batch_size):
         rows = slice(start, start + batch_size)
         assert batch.labels is not None
-        part = Batch(batch.input_ids[rows], batch.attention_mask[rows], batch.position_ids[rows], batch.labels[rows]).to(hive.device)
-        with hive.routing.use(hive.route([agent] * part.input_ids.shape[0], levels)):
-            nll, n = answer_nll(hive.model, part)  # (b,), (b,)
+        part = Batch(batch.input_ids[rows], batch.attention_mask[rows], batch.position_ids[rows], batch.labels[rows]).to(core.device)
+        with core.routing.use(core.route([agent] * part.input_ids.shape[0], levels)):
+            nll, n = answer_nll(core.model, part)  # (b,), (b,)
         total += float(nll.double().sum())
         count += float(n.sum())
     return math.exp(total / count)

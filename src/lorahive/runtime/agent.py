@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+import torch
+
 from lorahive.mechanisms.aggregation import Delta
 from lorahive.run_config import AgentConfig
 from lorahive.runtime.hive import Hive
@@ -73,21 +75,19 @@ def score(hive: Hive, tasks: Mapping[str, Task], levels: Sequence[str] | None = 
 def solve_all(hive: Hive, tasks: Mapping[str, Task], cfg: AgentConfig, swarm_level: str) -> dict[str, Outcome]:
     """Every agent solves its task; agents at or above ``cfg.quality_bar`` propose."""
     if cfg.context_level is not None:
-        for agent in tasks:
-            hive.reset_slot(cfg.context_level, agent)
+        hive.reset_slots(cfg.context_level, list(tasks))
     support = {a: [(p, as_answer(ans)) for p, ans in t.support] for a, t in tasks.items()}
-    losses: dict[str, float] | None = None
+    first: dict[str, torch.Tensor] | None = None
     for _ in range(cfg.fast_steps):  # the first step's loss is measured before any update
-        step_losses = hive.learn(support, steps=1, levels=cfg.fast_levels)
-        losses = losses or step_losses
-    if losses is None:
-        losses = hive.loss(support)
+        step_losses = hive.learn_async(support, steps=1, levels=cfg.fast_levels)
+        first = first or step_losses
+    losses = hive.loss(support) if first is None else Hive._read(first)
     quality = score(hive, tasks)
     good = {a: ex for a, ex in support.items() if quality[a] >= cfg.quality_bar}
     proposals: dict[str, Delta] = {}
     if good:
         grads, _ = hive.propose(good, swarm_level)
-        proposals = {a: {k: v.detach().cpu() for k, v in g.items()} for a, g in grads.items()}
+        proposals = {a: {k: v.detach() for k, v in g.items()} for a, g in grads.items()}  # stay on the device
     return {a: Outcome(quality[a], losses[a], proposals.get(a)) for a in tasks}
 
 

@@ -72,10 +72,10 @@ def poison(own: Delta, kind: Kind, scale: float, seed: int, tick: int, agent: st
         return {k: torch.full_like(v, float("inf")) for k, v in own.items()}
     norm = global_norm(own)
     if kind == "backdoor":
-        return {k: scale * norm * v.to(own[k].dtype) for k, v in _direction(own, seed).items()}
+        return {k: scale * norm * v.to(own[k].device, own[k].dtype) for k, v in _direction(own, seed).items()}
     gen = torch.Generator().manual_seed(random.Random(f"{seed}/{tick}/{agent}/noise").randrange(2**63))
     rms = norm / math.sqrt(max(1, sum(v.numel() for v in own.values())))
-    return {k: torch.randn(v.shape, generator=gen).to(v.dtype) * (scale * rms) for k, v in sorted(own.items())}
+    return {k: torch.randn(v.shape, generator=gen).to(v.device, v.dtype) * (scale * rms) for k, v in sorted(own.items())}
 
 
 class Attack:

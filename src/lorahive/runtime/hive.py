@@ -1,22 +1,27 @@
-"""The Hive: one frozen causal LM, a stack of LoRA levels, many agents, one batched pass.
+"""The Hive: the public facade over the model core — batched learning, proposals, logits, generation.
 
-This is the public facade of the core (DESIGN.md §1–§2): routing rows to agents' slots,
-batched learning with per-level step sizes, mixed-agent logits and generation.
+The model core (:class:`~lorahive.core.HiveCore`: injection, agents, slots, routing, level
+state, write primitives) lives in :attr:`Hive.core`; this class adds what a user and the
+runtime call (DESIGN.md §1–§2): learning many agents in one batched pass, exact per-agent
+proposals for a shared level, mixed-agent logits, label scoring and generation.
+
+Nothing here reads a GPU value back to the host except the numbers a caller asks for
+(losses, scores), each gathered once per call; the ``*_async`` variants return them as
+device tensors for a caller that gathers a whole phase at once.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
-from typing import cast
+from collections.abc import Mapping, Sequence
 
 import torch
-from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from lorahive.adapters import HiveLinear, LevelBank, Routing, RoutingState, inject
+from lorahive.adapters import Routing
 from lorahive.base import DEFAULT_BASE, load_base
-from lorahive.config import LevelSpec, StackSpec, as_stack
-from lorahive.learning import SlotAdamW, answer_nll, last_logits, pack_examples, pack_prompts
+from lorahive.config import LevelSpec, StackSpec
+from lorahive.core import HiveCore
+from lorahive.learning import answer_nll, last_logits, pack_examples, pack_prompts
 from lorahive.learning.batching import Batch
 from lorahive.learning.choice import option_pass, prompt_pass
 
@@ -27,143 +32,49 @@ class Hive:
     """A frozen base model with a stack of routed LoRA levels shared by many agents."""
 
     def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, levels: StackSpec | list | None = None, seed: int = 0, max_length: int | None = None) -> None:
-        self.stack = as_stack(levels)
-        self.model = model
-        self.tokenizer = tokenizer
-        if tokenizer.pad_token_id is None and tokenizer.eos_token_id is not None:
-            tokenizer.pad_token = tokenizer.eos_token
-        self.seed = seed
-        self.max_length: int = max_length or int(getattr(model.config, "max_position_embeddings", None) or 2048)
-        self.routing = RoutingState()
-        self.layers: dict[str, HiveLinear] = inject(model, self.stack, {lv.name: 1 for lv in self.stack.levels}, self.routing, seed)
-        self.mix: dict[str, float] = {lv.name: lv.mix for lv in self.stack.levels}
-        self.optimizers = {lv.name: SlotAdamW(lr=lv.step_size, weight_decay=lv.weight_decay) for lv in self.stack.levels}
-        self._agents: list[str] = []
-        self._set_trainable()
+        self.core = HiveCore(model, tokenizer, levels, seed=seed, max_length=max_length)
 
-    # ------------------------------------------------------------------ construction
     @classmethod
     def load(cls, base: str = DEFAULT_BASE, levels: StackSpec | list | None = None, device: str | torch.device | None = None, dtype: torch.dtype | None = None, seed: int = 0) -> Hive:
         """Load a base model (``embedded:smollm2-135m`` or a local HF directory) and wrap it."""
         loaded = load_base(base, device=device, dtype=dtype)
         return cls(loaded.model, loaded.tokenizer, levels, seed=seed)
 
+    # ------------------------------------------------------------------ what a user reads
     @property
-    def agents(self) -> list[str]:
-        return list(self._agents)
+    def model(self) -> PreTrainedModel:
+        return self.core.model
+
+    @property
+    def tokenizer(self) -> PreTrainedTokenizerBase:
+        return self.core.tokenizer
+
+    @property
+    def stack(self) -> StackSpec:
+        return self.core.stack
 
     @property
     def levels(self) -> list[LevelSpec]:
-        return list(self.stack.levels)
+        return self.core.levels
+
+    @property
+    def agents(self) -> list[str]:
+        return self.core.agents
 
     @property
     def device(self) -> torch.device:
-        return next(self.model.parameters()).device
+        return self.core.device
 
     def add_agent(self, name: str) -> int:
         """Register an agent; its per-agent and per-task slots are allocated. Returns its index."""
-        return self.add_agents([name])[0]
+        return self.core.add_agents([name])[0]
 
     def add_agents(self, names: Sequence[str]) -> list[int]:
-        for n in names:
-            if not isinstance(n, str) or not n:
-                raise ValueError(f"agent name must be a non-empty string, got {n!r}")
-        known = set(self._agents)
-        dupes = sorted({n for n in names if n in known or list(names).count(n) > 1})
-        if dupes:
-            raise ValueError(f"agent names already taken: {', '.join(dupes)}")
-        start = len(self._agents)
-        need = start + len(names)
-        for lv in self.stack.levels:
-            if lv.scope != "shared":
-                capacity = max(1, self.n_slots(lv.name))
-                while capacity < need:
-                    capacity *= 2
-                for bank in self.banks(lv.name):
-                    bank.grow(capacity)
-        self._agents.extend(names)
-        return list(range(start, need))
+        return self.core.add_agents(names)
 
-    # ------------------------------------------------------------------ banks
-    def banks(self, level: str) -> Iterator[LevelBank]:
-        """Every wrapped layer's bank of ``level``."""
-        for _, bank in self.named_banks(level):
-            yield bank
-
-    def named_banks(self, level: str) -> Iterator[tuple[str, LevelBank]]:
-        for path, layer in self.layers.items():
-            if level in layer.banks:
-                yield path, cast(LevelBank, layer.banks[level])
-
-    def n_slots(self, level: str) -> int:
-        return next(iter(self.banks(level))).n_slots
-
-    def level_params(self, level: str) -> dict[str, nn.Parameter]:
-        params: dict[str, nn.Parameter] = {}
-        for path, bank in self.named_banks(level):
-            params[f"{path}.A"] = bank.A
-            params[f"{path}.B"] = bank.B
-        return params
-
-    def _set_trainable(self) -> None:
-        for lv in self.stack.levels:
-            for p in self.level_params(lv.name).values():
-                p.requires_grad_(lv.trainable)
-
-    def slot_of(self, level: str, agent: str) -> int:
-        """The slot ``agent`` uses in ``level`` (0 for shared levels)."""
-        idx = self._agent_index([agent])[0]
-        return 0 if self.stack.get(level).scope == "shared" else idx
-
-    def reset_slot(self, level: str, agent: str) -> None:
-        """Put ``agent``'s slot of ``level`` back to its init snapshot (e.g. a new task's context)."""
-        slot = torch.tensor([self.slot_of(level, agent)])
-        for bank in self.banks(level):
-            bank.reset(slot.to(bank.A.device))
-        opt = self.optimizers[level]
-        for st in opt.state.values():
-            for k in ("exp_avg", "exp_avg_sq", "step"):
-                st[k][slot.to(st[k].device)] = 0
-
-    # ------------------------------------------------------------------ routing
-    def _agent_index(self, agents: Sequence[str]) -> list[int]:
-        index = {n: i for i, n in enumerate(self._agents)}
-        unknown = sorted({a for a in agents if a not in index})
-        if unknown:
-            raise ValueError(f"unknown agents: {', '.join(map(str, unknown))}; known agents: {self._agents or 'none (call add_agent first)'}")
-        return [index[a] for a in agents]
-
-    def _check_levels(self, levels: Sequence[str] | frozenset[str] | None) -> frozenset[str] | None:
-        if levels is None:
-            return None
-        unknown = sorted(set(levels) - set(self.stack.names()))
-        if unknown:
-            raise ValueError(f"unknown levels: {', '.join(unknown)}; levels are {self.stack.names()}")
-        return frozenset(levels)
-
-    def zero_levels(self) -> set[str]:
-        """Shared levels whose B is exactly zero in every module: they add exactly nothing."""
-        return {lv.name for lv in self.stack.levels if lv.scope == "shared" and not any(bool(b.B.any()) for b in self.banks(lv.name))}
-
-    def route(
-        self,
-        agents: Sequence[str],
-        levels: Sequence[str] | frozenset[str] | None = None,
-        gates: dict[str, torch.Tensor] | None = None,
-        training: Sequence[str] = (),
-    ) -> Routing:
-        """The routing of a batch whose row i belongs to ``agents[i]``.
-
-        Shared levels that are exactly zero and not being trained are skipped: the result
-        is the same (they add +0.0) and a fresh hive's slow levels cost nothing.
-        """
-        idx = torch.tensor(self._agent_index(agents), device=self.device)
-        slots = {lv.name: idx for lv in self.stack.levels if lv.scope != "shared"}
-        active = self._check_levels(levels)
-        skip = self.zero_levels() - set(training)
-        if skip:
-            active = frozenset((active if active is not None else set(self.stack.names())) - skip)
-        return Routing(slots=slots, active=active, mix=dict(self.mix), gates=gates or {})
+    def reset_slots(self, level: str, agents: Sequence[str]) -> None:
+        """Put ``agents``' slots of ``level`` back to their init snapshot (e.g. a new task's context)."""
+        self.core.reset(level, sorted(set(self.core.slots_of(level, agents))))
 
     # ------------------------------------------------------------------ inference
     def _check_rows(self, prompts: Sequence[str], agents: Sequence[str]) -> None:
@@ -181,9 +92,9 @@ class Hive:
         ``levels`` names the levels to keep active (default all): the ablation switch.
         """
         self._check_rows(prompts, agents)
-        routing = self.route(agents, levels)
-        batch = pack_prompts(self.tokenizer, list(prompts), self.max_length).to(self.device)
-        with self.routing.use(routing):
+        routing = self.core.route(agents, levels)
+        batch = pack_prompts(self.tokenizer, list(prompts), self.core.max_length).to(self.device)
+        with self.core.routing.use(routing):
             return last_logits(self.model, batch)
 
     @torch.no_grad()
@@ -192,10 +103,10 @@ class Hive:
         self._check_rows(prompts, agents)
         if max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be ≥ 1, got {max_new_tokens}")
-        routing = self.route(agents, levels)
-        batch = pack_prompts(self.tokenizer, list(prompts), self.max_length - max_new_tokens).to(self.device)
+        routing = self.core.route(agents, levels)
+        batch = pack_prompts(self.tokenizer, list(prompts), self.core.max_length - max_new_tokens).to(self.device)
         kwargs.setdefault("do_sample", False)
-        with self.routing.use(routing):
+        with self.core.routing.use(routing):
             out = self.model.generate(  # type: ignore[operator]
                 input_ids=batch.input_ids,
                 attention_mask=batch.attention_mask,
@@ -210,7 +121,7 @@ class Hive:
     def _pack(self, examples: Examples) -> tuple[Batch, list[str], list[str]]:
         if not isinstance(examples, Mapping) or not examples:
             raise ValueError("examples must be a non-empty mapping {agent: [(prompt, answer), ...]}")
-        self._agent_index(list(examples))
+        self.core.agent_index(list(examples))
         rows: list[tuple[str, str]] = []
         owners: list[str] = []
         for agent, exs in examples.items():
@@ -221,53 +132,61 @@ class Hive:
                     raise ValueError(f"agent {agent!r}: each example must be a (prompt, answer) pair of strings, got {ex!r}")
                 rows.append((ex[0], ex[1]))
                 owners.append(agent)
-        batch = pack_examples(self.tokenizer, rows, self.max_length).to(self.device)
+        batch = pack_examples(self.tokenizer, rows, self.core.max_length).to(self.device)
         return batch, owners, list(examples)
 
     def _agent_losses(self, batch: Batch, owners: list[str], names: list[str], routing: Routing) -> dict[str, torch.Tensor]:
-        with self.routing.use(routing):
+        with self.core.routing.use(routing):
             total, count = answer_nll(self.model, batch)
-        row_agent = torch.tensor([names.index(o) for o in owners], device=total.device)
+        row_agent = self.core.index([names.index(o) for o in owners])  # (B,)
         sums = torch.zeros(len(names), device=total.device).index_add(0, row_agent, total)
         counts = torch.zeros(len(names), device=total.device).index_add(0, row_agent, count)
         means = sums / counts
         return {n: means[i] for i, n in enumerate(names)}
 
+    @staticmethod
+    def _read(losses: Mapping[str, torch.Tensor]) -> dict[str, float]:
+        """Device losses as floats, in one read-back."""
+        if not losses:
+            return {}
+        return dict(zip(losses, torch.stack([v.detach() for v in losses.values()]).tolist(), strict=True))
+
     @torch.no_grad()
     def loss(self, examples: Examples, levels: Sequence[str] | None = None) -> dict[str, float]:
         """Mean answer-token NLL per agent, without learning."""
         batch, owners, names = self._pack(examples)
-        routing = self.route(owners, self._check_levels(levels))
-        return {n: float(v) for n, v in self._agent_losses(batch, owners, names, routing).items()}
+        routing = self.core.route(owners, self.core.check_levels(levels))
+        return self._read(self._agent_losses(batch, owners, names, routing))
 
     @torch.no_grad()
     def row_nll(self, rows: Sequence[tuple[str, str, str]], levels: Sequence[str] | None = None, chunk: int = 64) -> torch.Tensor:
-        """Summed answer NLL of each ``(agent, prompt, answer)`` row, in chunks, as a (N,) tensor."""
+        """Summed answer NLL of each ``(agent, prompt, answer)`` row, in chunks, as a (N,) CPU tensor."""
         out = []
         for i in range(0, len(rows), chunk):
             part = rows[i : i + chunk]
-            batch = pack_examples(self.tokenizer, [(p, a) for _, p, a in part], self.max_length).to(self.device)
-            with self.routing.use(self.route([r[0] for r in part], self._check_levels(levels))):
+            batch = pack_examples(self.tokenizer, [(p, a) for _, p, a in part], self.core.max_length).to(self.device)
+            with self.core.routing.use(self.core.route([r[0] for r in part], self.core.check_levels(levels))):
                 total, _ = answer_nll(self.model, batch)
-            out.append(total.cpu())
-        return torch.cat(out) if out else torch.zeros(0)
+            out.append(total)
+        return torch.cat(out).cpu() if out else torch.zeros(0)
 
     @torch.no_grad()
     def option_nll(self, rows: Sequence[tuple[str, str]], options: Sequence[str], levels: Sequence[str] | None = None, chunk: int = 32) -> torch.Tensor:
-        """Summed NLL (N, L) of each option after each ``(agent, prompt)`` row (label scoring).
+        """Summed NLL (N, L) of each option after each ``(agent, prompt)`` row (label scoring), on the CPU.
 
         Each prompt runs once; the options continue from its KV cache (learning/choice.py).
+        All chunks are read back together.
         """
-        active = self._check_levels(levels)
+        active = self.core.check_levels(levels)
         out = []
         for i in range(0, len(rows), chunk):
             part = rows[i : i + chunk]
-            batch = pack_prompts(self.tokenizer, [p for _, p in part], self.max_length).to(self.device)
-            with self.routing.use(self.route([a for a, _ in part], active)):
+            batch = pack_prompts(self.tokenizer, [p for _, p in part], self.core.max_length).to(self.device)
+            with self.core.routing.use(self.core.route([a for a, _ in part], active)):
                 first, cache = prompt_pass(self.model, batch)
-            with self.routing.use(self.route([a for a, _ in part for _ in options], active)):
-                out.append(option_pass(self.model, self.tokenizer, batch, first, cache, list(options)).cpu())
-        return torch.cat(out) if out else torch.zeros(0, len(options))
+            with self.core.routing.use(self.core.route([a for a, _ in part for _ in options], active)):
+                out.append(option_pass(self.model, self.tokenizer, batch, first, cache, list(options)))
+        return torch.cat(out).cpu() if out else torch.zeros(0, len(options))
 
     def learn(self, examples: Examples, steps: int = 1, levels: Sequence[str] | None = None) -> dict[str, float]:
         """Learn from many agents' (prompt, answer) examples in one batched pass per step.
@@ -278,32 +197,39 @@ class Hive:
         agent's loss at the last step, measured before that step's update. A step whose loss
         is not finite is skipped (nothing moves) and reported as NaN.
         """
+        return self._read(self.learn_async(examples, steps, levels))
+
+    def learn_async(self, examples: Examples, steps: int = 1, levels: Sequence[str] | None = None) -> dict[str, torch.Tensor]:
+        """:meth:`learn` without reading anything back: each agent's last loss as a device scalar.
+
+        A non-finite step is skipped on the device (the optimizer's ``found_inf``: weights and
+        moments stay as they were); its agents' losses come back NaN.
+        """
         if steps < 1:
             raise ValueError(f"steps must be ≥ 1, got {steps}")
         batch, owners, names = self._pack(examples)
         update = [lv for lv in self.stack.levels if lv.trainable and (levels is None or lv.name in levels)]
-        self._check_levels(levels)
-        idx = torch.tensor(sorted(set(self._agent_index(names))), device=self.device)
+        self.core.check_levels(levels)
+        own_slots = sorted(set(self.core.agent_index(names)))
+        routing = self.core.route(owners, training=[lv.name for lv in update])
         losses: dict[str, torch.Tensor] = {}
+        bad = torch.zeros(1, device=self.device)
         for _ in range(steps):
             self.model.zero_grad(set_to_none=True)
-            losses = self._agent_losses(batch, owners, names, self.route(owners, training=[lv.name for lv in update]))
+            losses = self._agent_losses(batch, owners, names, routing)
             total = torch.stack(list(losses.values())).sum()
-            if not torch.isfinite(total):
-                continue
+            bad = (~torch.isfinite(total)).float().reshape(1)  # (1,): 1 skips the step, on the device
             total.backward()
             for lv in update:
-                params = self.level_params(lv.name)
+                params = self.core.level_params(lv.name)
                 if lv.scope == "shared":
                     for p in params.values():
                         if p.grad is not None:
                             p.grad.div_(len(names))
-                    slots = torch.zeros(1, dtype=torch.long, device=self.device)
-                else:
-                    slots = idx
-                self.optimizers[lv.name].step(params, slots)
+                self.core.step(lv.name, None, [0] if lv.scope == "shared" else own_slots, found_inf=bad)
         self.model.zero_grad(set_to_none=True)
-        return {n: float(v.detach()) for n, v in losses.items()}
+        nan = torch.full((), float("nan"), device=self.device)
+        return {n: torch.where(bad[0] > 0, nan, v.detach()) for n, v in losses.items()}
 
     # ------------------------------------------------------------------ shared-level proposals
     def propose(self, examples: Examples, level: str = "swarm") -> tuple[dict[str, dict[str, torch.Tensor]], dict[str, float]]:
@@ -319,13 +245,13 @@ class Hive:
         batch, owners, names = self._pack(examples)
         k = len(names)
         slots: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-        for path, bank in self.named_banks(level):
+        for path, bank in self.core.named_banks(level):
             pa = bank.A.detach()[:1].expand(k, -1, -1).clone().requires_grad_()  # (K, r, in)
             pb = bank.B.detach()[:1].expand(k, -1, -1).clone().requires_grad_()  # (K, out, r)
             slots[path] = (pa, pb)
-        base = self.route(owners, training=[level])
-        row_slot = torch.tensor([names.index(o) for o in owners], device=self.device)
-        routing = Routing(slots={**base.slots, level: row_slot}, active=base.active, mix=base.mix, overrides={level: slots})
+        base = self.core.route(owners, training=[level])
+        row_slot = self.core.index([names.index(o) for o in owners])  # (B,)
+        routing = Routing(slots={**base.slots, level: row_slot}, active=base.active, mix=base.mix, overrides={level: slots}, uniform=base.uniform)
         losses = self._agent_losses(batch, owners, names, routing)
         leaves = [t for pair in slots.values() for t in pair]
         grads = torch.autograd.grad(torch.stack(list(losses.values())).sum(), leaves)
@@ -333,17 +259,11 @@ class Hive:
         for (path, _), g_a, g_b in zip(slots.items(), grads[0::2], grads[1::2], strict=True):
             for i, n in enumerate(names):
                 out[n][f"{path}.A"], out[n][f"{path}.B"] = g_a[i], g_b[i]
-        return out, {n: float(v.detach()) for n, v in losses.items()}
+        return out, self._read(losses)
 
     def apply_update(self, level: str, update: Mapping[str, torch.Tensor]) -> None:
-        """Step shared ``level``'s optimizer with ``update`` as its gradient (η_l·(1−β_l) step)."""
-        params = self.level_params(level)
+        """Step shared ``level``'s optimizer with ``update`` as its gradient (the level's current step size)."""
+        params = self.core.level_params(level)
         if set(update) != set(params):
             raise ValueError(f"update for {level!r} must cover exactly its {len(params)} parameters")
-        for name, p in params.items():
-            g = torch.zeros_like(p)
-            g[0] = update[name].to(p.device, p.dtype)
-            p.grad = g
-        self.optimizers[level].step(params, torch.zeros(1, dtype=torch.long, device=self.device))
-        for p in params.values():
-            p.grad = None
+        self.core.step(level, {name: update[name].unsqueeze(0) for name in params}, [0])

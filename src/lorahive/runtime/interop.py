@@ -14,11 +14,11 @@ from pathlib import Path
 
 import torch
 
-from lorahive.adapters.peft_io import ImportReport, export_peft, import_peft
 from lorahive.observe.ledger import Ledger, sha256_of
 from lorahive.run_config import load_config
 from lorahive.runtime.hive import Hive
 from lorahive.store import checkpoint
+from lorahive.store.peft import ImportReport, export_peft, import_peft
 
 __all__ = ["Restored", "export_run", "import_into_run", "parse_levels", "restore_hive"]
 
@@ -39,7 +39,7 @@ def restore_hive(run_dir: str | Path) -> Restored:
     cfg = load_config(run / "config.yaml")
     checkpoint.locate(run)  # fail before loading the model when there is no checkpoint
     hive = Hive.load(cfg.base, cfg.stack(), device="cpu", seed=cfg.seed)
-    return Restored(hive, checkpoint.load(run, hive))
+    return Restored(hive, checkpoint.load(run, hive.core))
 
 
 def parse_levels(text: str | None, hive: Hive) -> list[str]:
@@ -69,7 +69,7 @@ def export_run(run_dir: str | Path, agent: str, out: str | Path, levels: str | N
     restored = restore_hive(run_dir)
     hive = restored.hive
     _check_agent(hive, agent)
-    return export_peft(hive, agent, out, parse_levels(levels, hive))
+    return export_peft(hive.core, agent, out, parse_levels(levels, hive))
 
 
 def import_into_run(run_dir: str | Path, adapter_dir: str | Path, level: str, agent: str | None = None) -> ImportReport:
@@ -86,9 +86,9 @@ def import_into_run(run_dir: str | Path, adapter_dir: str | Path, level: str, ag
     if agent is not None:
         _check_agent(hive, agent)
     rng = torch.get_rng_state()  # the checkpoint's RNG state, restored by load
-    report = import_peft(hive, adapter_dir, level, agent)
+    report = import_peft(hive.core, adapter_dir, level, agent)
     torch.set_rng_state(rng)
-    path = checkpoint.save(run, hive, loaded.state, loaded.extra)
+    path = checkpoint.save(run, hive.core, loaded.state, loaded.extra)
     tick = int(loaded.state.get("tick", 0))
     with Ledger(run / "ledger.sqlite") as ledger:
         ledger.record_event(tick, "import_peft", {"adapter": str(adapter_dir), "level": level, "agent": agent, "max_error": report.max_error})

@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from lorahive.core import persistent_levels
 from lorahive.observe.influence import level_influence
 from lorahive.observe.metrics import heldout_text, perplexity
 from lorahive.run_config import ObserveConfig
@@ -27,12 +28,7 @@ from lorahive.runtime.agent import as_answer
 from lorahive.runtime.hive import Hive
 from lorahive.suites.task import Task
 
-__all__ = ["distinct_views", "level_shares", "persistent_levels", "retention_ppl", "retention_text", "view_groups"]
-
-
-def persistent_levels(hive: Hive) -> list[str]:
-    """Levels that outlive a task: everything but task-scoped levels."""
-    return [lv.name for lv in hive.levels if lv.scope != "task"]
+__all__ = ["distinct_views", "level_shares", "retention_ppl", "retention_text", "view_groups"]
 
 
 def view_groups(hive: Hive, agents: Sequence[str]) -> dict[str, str]:
@@ -54,10 +50,11 @@ def view_groups(hive: Hive, agents: Sequence[str]) -> dict[str, str]:
 
 def _same_view(hive: Hive, levels: Sequence[str], a: str, b: str) -> bool:
     for lv in levels:
-        sa, sb = hive.slot_of(lv, a), hive.slot_of(lv, b)
-        for bank in hive.banks(lv):
-            zero = not bool(bank.B[sa].any()) and not bool(bank.B[sb].any())  # B·A = 0 whatever A is
-            if not zero and not (torch.equal(bank.A[sa], bank.A[sb]) and torch.equal(bank.B[sa], bank.B[sb])):
+        sa, sb = hive.core.slot_of(lv, a), hive.core.slot_of(lv, b)
+        if sa == sb or hive.core.is_zero(lv, [sa, sb]):  # B·A = 0 whatever A is
+            continue
+        for bank in hive.core.banks(lv):
+            if not (torch.equal(bank.A[sa], bank.A[sb]) and torch.equal(bank.B[sa], bank.B[sb])):
                 return False
     return True
 
@@ -73,9 +70,9 @@ def retention_text(cfg: ObserveConfig) -> str:
 
 def retention_ppl(hive: Hive, agents: Sequence[str], cfg: ObserveConfig, text: str) -> dict[str, float]:
     """Perplexity of the held-out text under each agent's view (persistent levels)."""
-    levels = persistent_levels(hive)
+    levels = persistent_levels(hive.stack)
     groups = view_groups(hive, agents)
-    ppl = {a: perplexity(hive, text, a, levels, window=cfg.retention_window, max_tokens=cfg.retention_tokens) for a in set(groups.values())}
+    ppl = {a: perplexity(hive.core, text, a, levels, window=cfg.retention_window, max_tokens=cfg.retention_tokens) for a in set(groups.values())}
     return {a: ppl[groups[a]] for a in agents}
 
 
@@ -96,13 +93,13 @@ def level_shares(hive: Hive, tasks: Mapping[str, Task], agents: Mapping[str, Seq
         examples = _examples(task, n)
         who = agents[task_type]
         rows = [who[i % len(who)] for i in range(len(examples))]
-        zero = hive.zero_levels() | _zero_agent_levels(hive, rows)
+        zero = hive.core.zero_levels() | _zero_agent_levels(hive, rows)
         game = [lv.name for lv in hive.levels if lv.name not in zero]
         shares = dict.fromkeys(hive.stack.names(), 0.0)
         shapley = dict.fromkeys(hive.stack.names(), 0.0)
         kl = dict.fromkeys(hive.stack.names(), 0.0)
         if game:
-            inf = level_influence(hive, examples, rows, game)
+            inf = level_influence(hive.core, examples, rows, game)
             shares.update(inf.shares())
             shapley.update(inf.shapley)
             kl.update({k: v for k, v in inf.kl.items() if math.isfinite(v)})
@@ -116,7 +113,6 @@ def _zero_agent_levels(hive: Hive, agents: Sequence[str]) -> set[str]:
     for lv in hive.levels:
         if lv.scope == "shared":
             continue
-        slots = sorted({hive.slot_of(lv.name, a) for a in agents})
-        if not any(bool(b.B[slots].any()) for b in hive.banks(lv.name)):
+        if hive.core.is_zero(lv.name, hive.core.slots_of(lv.name, agents)):
             zero.add(lv.name)
     return zero

@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 
+from lorahive.core import persistent_levels
 from lorahive.observe.ledger import Ledger, sha256_of
 from lorahive.observe.metrics import AccuracyMatrix
 from lorahive.run_config import RunConfig, dump_config, load_config
@@ -31,7 +32,6 @@ from lorahive.runtime.hive import Hive
 from lorahive.runtime.measure import (
     distinct_views,
     level_shares,
-    persistent_levels,
     retention_ppl,
     retention_text,
     view_groups,
@@ -98,7 +98,7 @@ def evaluate_run(run: Run) -> dict[str, dict[str, float]]:
     """
     if run.last_eval is not None and run.last_eval[0] == run.swarm.tick_no:
         return run.last_eval[1]
-    levels = persistent_levels(run.hive)
+    levels = persistent_levels(run.hive.stack)
     names = list(run.swarm.agents)
     if run.cfg.suite.eval_all_types or run.cfg.stream is not None:
         groups = view_groups(run.hive, names)
@@ -178,7 +178,7 @@ def resume(out: str | Path, progress: Progress | None = None, ticks: int | None 
     if ticks is not None:
         write_atomic(out / "config.yaml", dump_config(cfg))
     run = _build(out, cfg)
-    loaded = checkpoint.load(out, run.hive)
+    loaded = checkpoint.load(out, run.hive.core)
     try:
         run.swarm.load_state(loaded.state)
         run.swarm.aggregator.load_state_dict({k.removeprefix("agg/"): v for k, v in loaded.extra.items() if k.startswith("agg/")})
@@ -231,7 +231,7 @@ def _save(run: Run) -> None:
     if run.R is not None:
         state["cl_R"] = run.R.to_dict()["R"]
     extra = {f"agg/{k}": v for k, v in run.swarm.aggregator.state_dict().items()}
-    path = checkpoint.save(run.out, run.hive, state, extra)
+    path = checkpoint.save(run.out, run.hive.core, state, extra)
     run.swarm.ledger.record_checkpoint(run.swarm.tick_no, path, sha256_of(path / "manifest.json"))
 
 

@@ -139,7 +139,7 @@ class Swarm:
         self._run("apply", ctx)
 
     def _swarm_weights(self) -> torch.Tensor:
-        return flatten({k: p.detach() for k, p in self.hive.level_params(self.cfg.swarm_level).items()})  # (D,)
+        return flatten({k: p.detach() for k, p in self.hive.core.level_params(self.cfg.swarm_level).items()})  # (D,)
 
     def _attribute(self, ctx: TickContext, moved: float) -> None:
         """Credit this tick's change of the swarm level (norm ``moved``) to the accepted proposals.

@@ -11,14 +11,13 @@ Layout of ``RUN/checkpoint/``::
 A checkpoint is written to a temporary sibling directory, each file fsynced, then renamed over
 the old one (the old one is kept as ``checkpoint.prev/`` until the new one is in place). On
 load, every file's hash is checked before anything is applied: a truncated or corrupted
-checkpoint is refused naming the file, and the hive is left untouched.
+checkpoint is refused naming the file, and the core is left untouched.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import re
 import shutil
@@ -30,7 +29,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
-from lorahive.runtime.hive import Hive
+from lorahive.core import HiveCore, LevelState, LevelStateError
 
 NAME, PREV = "checkpoint", "checkpoint.prev"
 
@@ -65,21 +64,21 @@ def _write_json(path: Path, obj: Any) -> None:
     path.write_text(json.dumps(obj, indent=1, sort_keys=True), encoding="utf-8")
 
 
-def _hive_tensors(hive: Hive) -> dict[str, dict[str, torch.Tensor]]:
+def _hive_tensors(core: HiveCore) -> dict[str, dict[str, torch.Tensor]]:
     files: dict[str, dict[str, torch.Tensor]] = {}
-    for lv in hive.levels:
+    for lv in core.levels:
         files[f"levels/{lv.name}.safetensors"] = {
             f"{path}/{k}": t.detach().cpu().contiguous()
-            for path, bank in hive.named_banks(lv.name)
+            for path, bank in core.named_banks(lv.name)
             for k, t in (("A", bank.A), ("B", bank.B), ("A0", bank.A0))
         }
-        opt = hive.optimizers[lv.name].state_dict()
+        opt = core.optimizers[lv.name].state_dict()
         if opt:
             files[f"optim/{lv.name}.safetensors"] = {k: v.detach().cpu().contiguous() for k, v in opt.items()}
     return files
 
 
-def save(run_dir: str | Path, hive: Hive, state: dict[str, Any], extra: dict[str, torch.Tensor]) -> Path:
+def save(run_dir: str | Path, core: HiveCore, state: dict[str, Any], extra: dict[str, torch.Tensor]) -> Path:
     """Write ``RUN/checkpoint`` atomically; returns its path."""
     run = Path(run_dir)
     tmp = run / f".{NAME}.tmp"
@@ -87,11 +86,11 @@ def save(run_dir: str | Path, hive: Hive, state: dict[str, Any], extra: dict[str
         shutil.rmtree(tmp)
     (tmp / "levels").mkdir(parents=True)
     (tmp / "optim").mkdir()
-    files = _hive_tensors(hive)
+    files = _hive_tensors(core)
     files["extra.safetensors"] = {**{k: v.detach().cpu().contiguous() for k, v in extra.items()}, "rng/torch": torch.get_rng_state()}
     for rel, tensors in files.items():
         save_file(tensors, str(tmp / rel))
-    full_state = {**state, "agents": hive.agents, "mix": hive.mix}
+    full_state = {**state, "agents": core.agents, "level_states": {name: st.to_dict() for name, st in core.states.items()}}
     _write_json(tmp / "state.json", full_state)
     manifest = {rel: {"sha256": _sha256(tmp / rel), "bytes": (tmp / rel).stat().st_size} for rel in [*files, "state.json"]}
     _write_json(tmp / "manifest.json", manifest)
@@ -187,21 +186,21 @@ def _expect(file: Path, header: dict[str, tuple[tuple[int, ...], str]], want: di
             raise CheckpointError(f"{file}: {key} has shape {list(header[key][0])} and dtype {header[key][1]}; expected {list(shape)} and {dtype}")
 
 
-def _slots(hive: Hive, level: str, n_agents: int) -> int:
+def _slots(core: HiveCore, level: str, n_agents: int) -> int:
     """How many slots ``level``'s banks hold once ``n_agents`` agents are registered (bank growth rule)."""
-    if hive.stack.get(level).scope == "shared":
+    if core.stack.get(level).scope == "shared":
         return 1
-    capacity = max(1, hive.n_slots(level))
+    capacity = max(1, core.n_slots(level))
     while capacity < n_agents:
         capacity *= 2
     return capacity
 
 
-def _check_level(hive: Hive, level: str, n_agents: int, file: Path) -> dict[str, torch.Tensor]:
+def _check_level(core: HiveCore, level: str, n_agents: int, file: Path) -> dict[str, torch.Tensor]:
     """Check shapes and dtypes from the header, then load and check the values are finite."""
-    n = _slots(hive, level, n_agents)
+    n = _slots(core, level, n_agents)
     want: dict[str, tuple[tuple[int, ...], str]] = {}
-    for path, bank in hive.named_banks(level):
+    for path, bank in core.named_banks(level):
         dtype = _DTYPES.get(bank.A.dtype, str(bank.A.dtype))
         for k, ref in (("A", bank.A), ("B", bank.B), ("A0", bank.A0)):
             want[f"{path}/{k}"] = ((n, *ref.shape[1:]), dtype)
@@ -213,14 +212,14 @@ def _check_level(hive: Hive, level: str, n_agents: int, file: Path) -> dict[str,
     return tensors
 
 
-def _check_optim(hive: Hive, level: str, n_agents: int, file: Path) -> dict[str, torch.Tensor]:
+def _check_optim(core: HiveCore, level: str, n_agents: int, file: Path) -> dict[str, torch.Tensor]:
     """Per-slot AdamW state of ``level``: moments shaped like the parameters, one step count per slot.
 
     A state may cover fewer slots than the bank (slots added since the last step have none yet).
     """
-    n = _slots(hive, level, n_agents)
+    n = _slots(core, level, n_agents)
     header = _header(file)
-    params = hive.level_params(level)
+    params = core.level_params(level)
     for key, (shape, dtype) in header.items():
         name, _, kind = key.rpartition(":")
         p = params.get(name)
@@ -249,59 +248,62 @@ def _check_extra(file: Path) -> dict[str, torch.Tensor]:
     return tensors
 
 
-def _check_state(hive: Hive, file: Path) -> dict[str, Any]:
-    """state.json: a mapping whose agents extend the hive's and whose mix is finite, per level."""
+def _check_state(core: HiveCore, file: Path) -> dict[str, Any]:
+    """state.json: a mapping whose agents extend the core's and whose level states are valid."""
     state = _read_json(file)
     if not isinstance(state, dict):
         raise CheckpointError(f"{file}: not a JSON object")
     agents = state.get("agents")
     if not isinstance(agents, list) or not all(isinstance(a, str) and a for a in agents) or len(set(agents)) != len(agents):
         raise CheckpointError(f"{file}: agents must be a list of distinct non-empty names")
-    if agents[: len(hive.agents)] != hive.agents:
-        raise CheckpointError(f"{file}: its agents do not extend this hive's agents")
-    mix = state.get("mix", {})
-    if not isinstance(mix, dict) or not all(
-        k in hive.stack.names() and isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) for k, v in mix.items()
-    ):
-        raise CheckpointError(f"{file}: mix must map level names to finite numbers")
+    if agents[: len(core.agents)] != core.agents:
+        raise CheckpointError(f"{file}: its agents do not extend this core's agents")
+    states = state.get("level_states", {})
+    if not isinstance(states, dict) or set(states) - set(core.stack.names()):
+        raise CheckpointError(f"{file}: level_states must map this core's level names ({core.stack.names()}) to level states")
+    try:
+        state["level_states"] = {name: LevelState.from_dict(name, v) for name, v in states.items()}
+    except LevelStateError as e:
+        raise CheckpointError(f"{file}: {e}") from None
     tick = state.get("tick", 0)
     if not isinstance(tick, int) or isinstance(tick, bool) or tick < 0:
         raise CheckpointError(f"{file}: tick must be a non-negative integer, got {tick!r}")
     return state
 
 
-def load(run_dir: str | Path, hive: Hive) -> Loaded:
-    """Verify the checkpoint, then restore levels, optimizer state, agents and mix into ``hive``.
+def load(run_dir: str | Path, core: HiveCore) -> Loaded:
+    """Verify the checkpoint, then restore levels, optimizer state, agents and level states into ``core``.
 
     Every file is hash-checked, and every tensor's name, shape, dtype and values checked,
-    before anything is written into the hive: a refused checkpoint leaves the hive as it was.
+    before anything is written into the core: a refused checkpoint leaves the core as it was.
     """
     ckpt = locate(run_dir)
     manifest = _verify(ckpt)
-    state = _check_state(hive, ckpt / "state.json")
+    state = _check_state(core, ckpt / "state.json")
     agents: list[str] = state["agents"]
     levels, optim = {}, {}
-    for lv in hive.levels:
+    for lv in core.levels:
         rel = f"levels/{lv.name}.safetensors"
         if rel not in manifest:
-            raise CheckpointError(f"{ckpt / rel}: missing (the hive has level {lv.name!r})")
-        levels[lv.name] = _check_level(hive, lv.name, len(agents), ckpt / rel)
+            raise CheckpointError(f"{ckpt / rel}: missing (the core has level {lv.name!r})")
+        levels[lv.name] = _check_level(core, lv.name, len(agents), ckpt / rel)
         if f"optim/{lv.name}.safetensors" in manifest:
-            optim[lv.name] = _check_optim(hive, lv.name, len(agents), ckpt / f"optim/{lv.name}.safetensors")
+            optim[lv.name] = _check_optim(core, lv.name, len(agents), ckpt / f"optim/{lv.name}.safetensors")
     if "extra.safetensors" not in manifest:
         raise CheckpointError(f"{ckpt / 'extra.safetensors'}: missing")
     extra = _check_extra(ckpt / "extra.safetensors")
-    hive.add_agents(agents[len(hive.agents) :])
+    core.add_agents(agents[len(core.agents) :])
     with torch.no_grad():
         for name, tensors in levels.items():
-            for path, bank in hive.named_banks(name):
+            for path, bank in core.named_banks(name):
                 bank.grow(tensors[f"{path}/A"].shape[0])
                 bank.A.copy_(tensors[f"{path}/A"])
                 bank.B.copy_(tensors[f"{path}/B"])
                 bank.A0.copy_(tensors[f"{path}/A0"])
     for name, flat in optim.items():
-        hive.optimizers[name].load_state_dict(flat)
-    hive.mix.update({k: float(v) for k, v in state.get("mix", {}).items()})
+        core.optimizers[name].load_state_dict(flat)
+    core.states.update(state["level_states"])
+    core.rescan()
     if "rng/torch" in extra:
         torch.set_rng_state(extra.pop("rng/torch"))
     return Loaded(state, extra)

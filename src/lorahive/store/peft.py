@@ -1,4 +1,4 @@
-"""PEFT interop: an agent's view of the hive as a standard PEFT LoRA adapter, and back.
+"""PEFT interop: an agent's view of the core as a standard PEFT LoRA adapter, and back.
 
 Export is exact by rank concatenation (DESIGN.md invariant 4): for a module targeted by
 levels 1..n with scales s_l = mix_l · alpha_l / r_l,
@@ -32,7 +32,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from lorahive.adapters.bank import LevelBank
-from lorahive.runtime.hive import Hive
+from lorahive.core import HiveCore
 
 __all__ = ["ADAPTER_CONFIG", "ADAPTER_WEIGHTS", "ImportReport", "export_peft", "import_peft"]
 
@@ -44,17 +44,17 @@ _FLOAT_DTYPES = {"F16", "BF16", "F32", "F64"}
 
 
 # ---------------------------------------------------------------------- export
-def _view(hive: Hive, agent: str, levels: list[str], path: str) -> tuple[torch.Tensor, torch.Tensor] | None:
+def _view(core: HiveCore, agent: str, levels: list[str], path: str) -> tuple[torch.Tensor, torch.Tensor] | None:
     """A_cat (R, in) and B_cat (out, R) of one module for ``agent``; None if no level targets it."""
-    layer = hive.layers[path]
+    layer = core.layers[path]
     a_parts, b_parts = [], []
-    for lv in hive.levels:
+    for lv in core.levels:
         if lv.name not in levels or lv.name not in layer.banks:
             continue
         bank = layer.banks[lv.name]
         assert isinstance(bank, LevelBank)
-        slot = hive.slot_of(lv.name, agent)
-        s = hive.mix[lv.name] * lv.scale
+        slot = core.slot_of(lv.name, agent)
+        s = core.mix[lv.name] * lv.scale
         a_parts.append(bank.A.detach()[slot].float().cpu())  # (r_l, in)
         b_parts.append(bank.B.detach()[slot].float().cpu() * s)  # (out, r_l)
     if not a_parts:
@@ -62,20 +62,20 @@ def _view(hive: Hive, agent: str, levels: list[str], path: str) -> tuple[torch.T
     return torch.cat(a_parts, 0), torch.cat(b_parts, 1)
 
 
-def export_peft(hive: Hive, agent: str, out_dir: str | os.PathLike, levels: list[str] | None = None) -> Path:
+def export_peft(core: HiveCore, agent: str, out_dir: str | os.PathLike, levels: list[str] | None = None) -> Path:
     """Write ``agent``'s view (the sum of ``levels``, default all) as a PEFT LoRA directory.
 
     ``PeftModel.from_pretrained(base, out_dir)`` on a fresh copy of the base model then gives
-    the hive's logits for ``agent``. Returns the directory.
+    the core's logits for ``agent``. Returns the directory.
     """
-    levels = list(hive.stack.names() if levels is None else levels)
-    hive.route([agent], levels)  # raises on an unknown agent or level
+    levels = list(core.stack.names() if levels is None else levels)
+    core.route([agent], levels)  # raises on an unknown agent or level
     if not levels:
         raise ValueError("levels is empty; name at least one level to export")
     tensors: dict[str, torch.Tensor] = {}
     ranks: dict[str, int] = {}
-    for path in hive.layers:
-        factors = _view(hive, agent, levels, path)
+    for path in core.layers:
+        factors = _view(core, agent, levels, path)
         if factors is None:
             continue
         a_cat, b_cat = factors
@@ -95,7 +95,7 @@ def export_peft(hive: Hive, agent: str, out_dir: str | os.PathLike, levels: list
         lora_dropout=0.0,
         bias="none",
         task_type="CAUSAL_LM",
-        base_model_name_or_path=getattr(hive.model.config, "_name_or_path", None) or None,
+        base_model_name_or_path=getattr(core.model.config, "_name_or_path", None) or None,
     )
     return _write(Path(out_dir), config, tensors)
 
@@ -204,13 +204,13 @@ def _load(file: Path, keys: list[str]) -> dict[str, torch.Tensor]:
         raise ValueError(f"{file}: not a readable safetensors file ({e})") from None
 
 
-def _read_factors(directory: Path, cfg: dict[str, Any], hive: Hive, level: str) -> dict[str, tuple[torch.Tensor, torch.Tensor, float]]:
+def _read_factors(directory: Path, cfg: dict[str, Any], core: HiveCore, level: str) -> dict[str, tuple[torch.Tensor, torch.Tensor, float]]:
     """module path -> (A (r, in), B (out, r), adapter scale), every shape and value checked."""
     file = directory / ADAPTER_WEIGHTS
     header = _header(file)
-    paths = _check_keys(list(header), hive, level, file)
+    paths = _check_keys(list(header), core, level, file)
     for key, (shape, dtype) in header.items():
-        _check_shape(key, shape, dtype, hive, file)
+        _check_shape(key, shape, dtype, core, file)
     raw = _load(file, list(header))
     out: dict[str, tuple[torch.Tensor, torch.Tensor, float]] = {}
     for path in paths:
@@ -226,8 +226,8 @@ def _read_factors(directory: Path, cfg: dict[str, Any], hive: Hive, level: str) 
     return out
 
 
-def _check_keys(keys: list[str], hive: Hive, level: str, file: Path) -> list[str]:
-    """Module paths named by ``keys``, each with both factors, wrapped by the hive and in ``level``."""
+def _check_keys(keys: list[str], core: HiveCore, level: str, file: Path) -> list[str]:
+    """Module paths named by ``keys``, each with both factors, wrapped by the core and in ``level``."""
     found: dict[str, set[str]] = {}
     for key in keys:
         m = _KEY.match(key)
@@ -239,18 +239,18 @@ def _check_keys(keys: list[str], hive: Hive, level: str, file: Path) -> list[str
     for path, which in found.items():
         if which != {"A", "B"}:
             raise ValueError(f"{file}: {path}: has lora_{''.join(which)} only; both lora_A and lora_B are needed")
-        if path not in hive.layers:
-            raise ValueError(f"{file}: unknown module {path!r}: the hive wraps no such Linear")
-        if level not in hive.layers[path].banks:
+        if path not in core.layers:
+            raise ValueError(f"{file}: unknown module {path!r}: the core wraps no such Linear")
+        if level not in core.layers[path].banks:
             raise ValueError(f"{file}: module {path!r} is not targeted by level {level!r}")
     return sorted(found)
 
 
-def _check_shape(key: str, shape: list[int], dtype: str, hive: Hive, file: Path) -> None:
+def _check_shape(key: str, shape: list[int], dtype: str, core: HiveCore, file: Path) -> None:
     """A is (r, in_features), B is (out_features, r), 0 < r ≤ 4096, a float dtype."""
     m = _KEY.match(key)
     assert m is not None
-    layer = hive.layers[m["path"]]
+    layer = core.layers[m["path"]]
     if dtype not in _FLOAT_DTYPES:
         raise ValueError(f"{file}: {key}: dtype {dtype} is not a float type")
     is_a = m["which"] == "A"
@@ -277,19 +277,19 @@ def _fit(a: torch.Tensor, b: torch.Tensor, s: float, bank: LevelBank, slot: int)
     return (root[:, None] * vh[:rank]).float(), (u[:, :rank] * root).float(), error
 
 
-def _slot(hive: Hive, level: str, agent: str | None) -> int:
-    scope = hive.stack.get(level).scope
+def _slot(core: HiveCore, level: str, agent: str | None) -> int:
+    scope = core.stack.get(level).scope
     if scope == "shared":
         if agent is not None:
             raise ValueError(f"level {level!r} is shared (one slot); do not name an agent")
         return 0
     if agent is None:
         raise ValueError(f"level {level!r} has one slot per agent; name the agent whose slot to fill")
-    return hive.slot_of(level, agent)
+    return core.slot_of(level, agent)
 
 
 @torch.no_grad()
-def import_peft(hive: Hive, adapter_dir: str | os.PathLike, level: str, agent: str | None = None) -> ImportReport:
+def import_peft(core: HiveCore, adapter_dir: str | os.PathLike, level: str, agent: str | None = None) -> ImportReport:
     """Fill one slot of ``level`` (slot 0 of a shared level, else ``agent``'s) with a PEFT LoRA adapter.
 
     Afterwards ``level`` alone, at its current mix, adds the adapter's ΔW to every module the
@@ -297,15 +297,15 @@ def import_peft(hive: Hive, adapter_dir: str | os.PathLike, level: str, agent: s
     before anything is written; the slot's optimizer state is cleared. Decay still pulls the
     slot toward its init snapshot, as it does for learned weights.
     """
-    if level not in hive.stack.names():
-        raise ValueError(f"unknown level {level!r}; levels are {hive.stack.names()}")
-    slot = _slot(hive, level, agent)
-    denom = hive.mix[level] * hive.stack.get(level).scale
+    if level not in core.stack.names():
+        raise ValueError(f"unknown level {level!r}; levels are {core.stack.names()}")
+    slot = _slot(core, level, agent)
+    denom = core.mix[level] * core.stack.get(level).scale
     if denom == 0.0:
         raise ValueError(f"level {level!r} has mix 0; it cannot hold an adapter")
     directory = Path(adapter_dir)
-    factors = _read_factors(directory, _read_config(directory), hive, level)
-    banks = dict(hive.named_banks(level))
+    factors = _read_factors(directory, _read_config(directory), core, level)
+    banks = dict(core.named_banks(level))
     plans = {path: _fit(a, b, s / denom, banks[path], slot) for path, (a, b, s) in factors.items()}
     for path, (new_a, new_b, _) in plans.items():
         if not (torch.isfinite(new_a).all() and torch.isfinite(new_b).all()):
@@ -317,10 +317,8 @@ def import_peft(hive: Hive, adapter_dir: str | os.PathLike, level: str, agent: s
             bank.B[slot] = new_b.to(bank.B.device, bank.B.dtype)
         else:
             bank.B[slot] = 0.0
-    for st in hive.optimizers[level].state.values():
-        for k in ("exp_avg", "exp_avg_sq", "step"):
-            if st[k].shape[0] > slot:
-                st[k][slot] = 0
+    core.optimizers[level].reset([slot])
+    core.mark_written(level, [slot])
     return ImportReport(
         level=level,
         slot=slot,

@@ -1,0 +1,11 @@
+"""The model core: the frozen LM with routed levels, the agent registry, level state, write primitives.
+
+``store/``, ``observe/``, ``adapters/peft_io.py`` and ``mechanisms/`` build on this package;
+it imports nothing from them or from ``runtime/``.
+"""
+
+from lorahive.core.lowrank import refactor
+from lorahive.core.model import HiveCore, persistent_levels
+from lorahive.core.state import LevelState, LevelStateError
+
+__all__ = ["HiveCore", "LevelState", "LevelStateError", "persistent_levels", "refactor"]

@@ -1,0 +1,287 @@
+"""The model core: one frozen LM with routed LoRA levels, its agents, and the primitives that write levels.
+
+Everything above it (the :class:`~lorahive.runtime.hive.Hive` facade, mechanisms, the
+checkpoint store, observers, PEFT interop) reads and writes levels through this class only:
+
+* injection and banks: :attr:`HiveCore.layers`, :meth:`banks`, :meth:`level_params`;
+* the agent registry and the scope → slot rule: :meth:`add_agents`, :meth:`slot_of`;
+* routing: :meth:`route` builds the per-row routing of a batch without reading the device;
+* level state (:class:`~lorahive.core.state.LevelState`): mix, inertia, step size, thresholds;
+* write primitives (DESIGN.md §7): :meth:`step`, :meth:`add_delta`, :meth:`decay_toward_init`,
+  :meth:`reset`. Each records which slots may hold a non-zero ``B``, so "this shared level
+  adds exactly nothing" is known on the host instead of read from every bank.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, OrderedDict
+from collections.abc import Iterator, Mapping, Sequence
+from typing import cast
+
+import torch
+from torch import nn
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from lorahive.adapters import HiveLinear, LevelBank, Routing, RoutingState, inject
+from lorahive.config import LevelSpec, StackSpec, as_stack
+from lorahive.core.lowrank import refactor
+from lorahive.core.state import LevelState
+from lorahive.learning import SlotAdamW
+from lorahive.tensors import to_device
+
+__all__ = ["HiveCore", "persistent_levels"]
+
+#: A ΔW-space change for one module: a dense (out, in) tensor, or factors U (out, k), V (k, in).
+ModuleDelta = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
+_INDEX_CACHE = 512
+
+
+def persistent_levels(stack: StackSpec) -> list[str]:
+    """Levels that outlive a task: everything but task-scoped levels (an agent's lasting view)."""
+    return [lv.name for lv in stack.levels if lv.scope != "task"]
+
+
+class HiveCore:
+    """A frozen base model with a stack of routed LoRA levels, the agents' slots and level state."""
+
+    def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, levels: StackSpec | list | None = None, seed: int = 0, max_length: int | None = None) -> None:
+        self.stack = as_stack(levels)
+        self.model = model
+        self.tokenizer = tokenizer
+        if tokenizer.pad_token_id is None and tokenizer.eos_token_id is not None:
+            tokenizer.pad_token = tokenizer.eos_token
+        self.seed = seed
+        self.max_length: int = max_length or int(getattr(model.config, "max_position_embeddings", None) or 2048)
+        self.routing = RoutingState()
+        self.layers: dict[str, HiveLinear] = inject(model, self.stack, {lv.name: 1 for lv in self.stack.levels}, self.routing, seed)
+        self.states: dict[str, LevelState] = {lv.name: LevelState.from_spec(lv) for lv in self.stack.levels}
+        self.optimizers = {lv.name: SlotAdamW(lr=lv.step_size, weight_decay=lv.weight_decay) for lv in self.stack.levels}
+        self.written: dict[str, set[int]] = {lv.name: set() for lv in self.stack.levels}  # slots whose B may be non-zero
+        self._agents: list[str] = []
+        self._index: dict[str, int] = {}
+        self._device_index: OrderedDict[tuple[int, ...], torch.Tensor] = OrderedDict()
+        for lv in self.stack.levels:
+            for p in self.level_params(lv.name).values():
+                p.requires_grad_(lv.trainable)
+
+    # ------------------------------------------------------------------ registry
+    @property
+    def agents(self) -> list[str]:
+        return list(self._agents)
+
+    @property
+    def levels(self) -> list[LevelSpec]:
+        return list(self.stack.levels)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def mix(self) -> dict[str, float]:
+        """Each level's current mixing coefficient α_l(t) (read-only view of the level states)."""
+        return {name: st.mix for name, st in self.states.items()}
+
+    def add_agents(self, names: Sequence[str]) -> list[int]:
+        """Register agents; their per-agent and per-task slots are allocated. Returns their indices."""
+        for n in names:
+            if not isinstance(n, str) or not n:
+                raise ValueError(f"agent name must be a non-empty string, got {n!r}")
+        dupes = sorted({n for n in names if n in self._index} | {n for n, c in Counter(names).items() if c > 1})
+        if dupes:
+            raise ValueError(f"agent names already taken: {', '.join(dupes)}")
+        start = len(self._agents)
+        need = start + len(names)
+        for lv in self.stack.levels:
+            if lv.scope != "shared":
+                capacity = max(1, self.n_slots(lv.name))
+                while capacity < need:
+                    capacity *= 2
+                for bank in self.banks(lv.name):
+                    bank.grow(capacity)
+        self._agents.extend(names)
+        self._index.update({n: start + i for i, n in enumerate(names)})
+        return list(range(start, need))
+
+    def agent_index(self, agents: Sequence[str]) -> list[int]:
+        try:
+            return [self._index[a] for a in agents]
+        except (KeyError, TypeError):
+            unknown = sorted({str(a) for a in agents if not isinstance(a, str) or a not in self._index})
+            raise ValueError(f"unknown agents: {', '.join(unknown)}; known agents: {self._agents or 'none (call add_agent first)'}") from None
+
+    def slot_of(self, level: str, agent: str) -> int:
+        """The slot ``agent`` uses in ``level``: 0 for shared levels, the agent's index otherwise."""
+        return self.slots_of(level, [agent])[0]
+
+    def slots_of(self, level: str, agents: Sequence[str]) -> list[int]:
+        idx = self.agent_index(agents)
+        return [0] * len(idx) if self.stack.get(level).scope == "shared" else idx
+
+    # ------------------------------------------------------------------ banks
+    def banks(self, level: str) -> Iterator[LevelBank]:
+        """Every wrapped layer's bank of ``level``."""
+        for _, bank in self.named_banks(level):
+            yield bank
+
+    def named_banks(self, level: str) -> Iterator[tuple[str, LevelBank]]:
+        for path, layer in self.layers.items():
+            if level in layer.banks:
+                yield path, cast(LevelBank, layer.banks[level])
+
+    def n_slots(self, level: str) -> int:
+        return next(iter(self.banks(level))).n_slots
+
+    def level_params(self, level: str) -> dict[str, nn.Parameter]:
+        params: dict[str, nn.Parameter] = {}
+        for path, bank in self.named_banks(level):
+            params[f"{path}.A"] = bank.A
+            params[f"{path}.B"] = bank.B
+        return params
+
+    def is_zero(self, level: str, slots: Sequence[int] | None = None) -> bool:
+        """Whether ``B`` is known to be exactly zero in ``slots`` (default: every slot) of ``level``."""
+        written = self.written[level]
+        return not written if slots is None else written.isdisjoint(slots)
+
+    def zero_levels(self) -> set[str]:
+        """Shared levels whose B is exactly zero in every module: they add exactly nothing."""
+        return {lv.name for lv in self.stack.levels if lv.scope == "shared" and self.is_zero(lv.name)}
+
+    def mark_written(self, level: str, slots: Sequence[int] | None = None) -> None:
+        """Record that ``slots`` (default: all) of ``level`` may now hold a non-zero B."""
+        self.written[level].update(range(self.n_slots(level)) if slots is None else slots)
+
+    @torch.no_grad()
+    def rescan(self) -> None:
+        """Find the slots with a non-zero B by reading every bank (after loading weights from outside)."""
+        for lv in self.stack.levels:
+            nonzero = torch.zeros(self.n_slots(lv.name), dtype=torch.bool, device=self.device)
+            for bank in self.banks(lv.name):
+                nonzero |= bank.B.detach().flatten(1).ne(0).any(1).to(nonzero.device)
+            self.written[lv.name] = {int(i) for i in nonzero.nonzero().flatten().tolist()}
+
+    # ------------------------------------------------------------------ routing
+    def index(self, ids: Sequence[int]) -> torch.Tensor:
+        """``ids`` as a long tensor on the model's device, cached: routing reuses a handful of them."""
+        key = tuple(ids)
+        t = self._device_index.get(key)
+        if t is None:
+            t = to_device(torch.tensor(key, dtype=torch.long), self.device)
+            self._device_index[key] = t
+            if len(self._device_index) > _INDEX_CACHE:
+                self._device_index.popitem(last=False)
+        else:
+            self._device_index.move_to_end(key)
+        return t
+
+    def check_levels(self, levels: Sequence[str] | frozenset[str] | None) -> frozenset[str] | None:
+        if levels is None:
+            return None
+        unknown = sorted(set(levels) - set(self.stack.names()))
+        if unknown:
+            raise ValueError(f"unknown levels: {', '.join(unknown)}; levels are {self.stack.names()}")
+        return frozenset(levels)
+
+    def route(
+        self,
+        agents: Sequence[str],
+        levels: Sequence[str] | frozenset[str] | None = None,
+        gates: dict[str, torch.Tensor] | None = None,
+        training: Sequence[str] = (),
+    ) -> Routing:
+        """The routing of a batch whose row i belongs to ``agents[i]``; reads nothing from the device.
+
+        Shared levels that are exactly zero and not being trained are skipped: the result
+        is the same (they add +0.0) and a fresh hive's slow levels cost nothing.
+        """
+        ids = self.agent_index(agents)
+        idx = self.index(ids)
+        slots = {lv.name: idx for lv in self.stack.levels if lv.scope != "shared"}
+        uniform = frozenset(slots) if len(set(ids)) == 1 else frozenset()
+        active = self.check_levels(levels)
+        skip = self.zero_levels() - set(training)
+        if skip:
+            active = frozenset((active if active is not None else set(self.stack.names())) - skip)
+        return Routing(slots=slots, active=active, mix=self.mix, gates=gates or {}, uniform=uniform)
+
+    # ------------------------------------------------------------------ write primitives
+    def step(self, level: str, grads: Mapping[str, torch.Tensor] | None, slots: Sequence[int], lr: float | None = None, found_inf: torch.Tensor | None = None) -> None:
+        """One optimizer step of ``level`` on ``slots``, with the level's current step size.
+
+        ``grads`` maps parameter names (as :meth:`level_params`) to slot-shaped gradients;
+        ``None`` uses the gradients a backward left in ``.grad``. ``lr`` overrides the step
+        size of :attr:`LevelState.step_size`; ``found_inf`` skips the step on the device when
+        non-zero (:meth:`SlotAdamW.step`).
+        """
+        params = self.level_params(level)
+        if grads is not None:
+            unknown = sorted(set(grads) - set(params))
+            if unknown:
+                raise ValueError(f"grads for {level!r} name unknown parameters: {unknown[:3]}")
+            for name, p in params.items():
+                g = grads.get(name)
+                p.grad = None if g is None else g.to(p.device, p.dtype)
+        lr = self.states[level].step_size if lr is None else lr
+        self.optimizers[level].step(params, slots, lr=lr, found_inf=found_inf)
+        if any(p.grad is not None for name, p in params.items() if name.endswith(".B")):
+            self.mark_written(level, slots)
+        if grads is not None:
+            for p in params.values():
+                p.grad = None
+
+    @torch.no_grad()
+    def add_delta(self, level: str, slot: int, delta: Mapping[str, ModuleDelta]) -> float:
+        """Add a ΔW-space change to ``slot`` of ``level``, re-factored into the level's rank.
+
+        ``delta`` maps module paths to the change of the level's own term ``(a_l/r_l)·B·A``
+        (before the mix), dense ``(out, in)`` or as factors ``(U, V)``. The new factors are the
+        best rank-``r_l`` approximation of ``B·A + ΔW·r_l/a_l`` (truncated SVD through QR of
+        the factors). Returns the truncation error: the Frobenius norm of what did not fit,
+        in ΔW space, over all modules. The slot's optimizer state is left as it was.
+        """
+        spec = self.stack.get(level)
+        layers = {path: bank for path, bank in self.named_banks(level)}
+        unknown = sorted(set(delta) - set(layers))
+        if unknown:
+            raise ValueError(f"add_delta({level!r}): unknown modules {unknown[:3]}; level {level!r} wraps {len(layers)} modules")
+        err2 = 0.0
+        for path, change in delta.items():
+            bank = layers[path]
+            b, a = bank.B[slot], bank.A[slot]  # (out, r), (r, in)
+            u, v = (change, torch.eye(change.shape[1], device=change.device, dtype=change.dtype)) if isinstance(change, torch.Tensor) else change
+            left = torch.cat([b.float(), u.to(b.device).float() / spec.scale], dim=1)  # (out, r + k)
+            right = torch.cat([a.float(), v.to(a.device).float()], dim=0)  # (r + k, in)
+            new_b, new_a, dropped = refactor(left, right, spec.rank)
+            bank.B[slot] = new_b.to(bank.B.dtype)
+            bank.A[slot] = new_a.to(bank.A.dtype)
+            err2 += float(dropped) ** 2
+        self.mark_written(level, [slot])
+        return spec.scale * err2**0.5
+
+    @torch.no_grad()
+    def decay_toward_init(self, level: str, slots: Sequence[int], rate: float) -> None:
+        """Pull ``slots`` of ``level`` a fraction ``rate`` ∈ [0, 1] of the way back to their init snapshot."""
+        if not 0.0 <= rate <= 1.0:
+            raise ValueError(f"decay rate must be in [0, 1], got {rate}")
+        if not slots or rate == 0.0:
+            return
+        idx = self.index(sorted(set(slots)))
+        for bank in self.banks(level):
+            a = bank.A.index_select(0, idx)
+            bank.A.index_copy_(0, idx, a.lerp_(bank.A0.index_select(0, idx), rate))
+            bank.B.index_copy_(0, idx, bank.B.index_select(0, idx).mul_(1.0 - rate))
+        if rate == 1.0:
+            self.written[level].difference_update(slots)
+
+    @torch.no_grad()
+    def reset(self, level: str, slots: Sequence[int]) -> None:
+        """Put ``slots`` of ``level`` back to their init snapshot, with empty optimizer state."""
+        if not slots:
+            return
+        ids = sorted(set(slots))
+        idx = self.index(ids)
+        for bank in self.banks(level):
+            bank.reset(idx)
+        self.optimizers[level].reset(ids, idx)
+        self.written[level].difference_update(ids)
