@@ -10,8 +10,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from lorahive.config import AgentConfig
 from lorahive.mechanisms.aggregation import Delta
-from lorahive.run_config import AgentConfig
 from lorahive.runtime.hive import Hive
 from lorahive.suites.task import Task
 

@@ -14,8 +14,8 @@ from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from lorahive.adapters import HiveLinear, LevelBank, Routing, RoutingState, inject
-from lorahive.base import DEFAULT_BASE, load_base
-from lorahive.config import LevelSpec, StackSpec, as_stack
+from lorahive.base import load_base
+from lorahive.config import DEFAULT_BASE, LevelSpec, StackSpec, as_stack
 from lorahive.learning import SlotAdamW, answer_nll, last_logits, pack_examples, pack_prompts
 from lorahive.learning.batching import Batch
 from lorahive.learning.choice import option_pass, prompt_pass

@@ -15,8 +15,8 @@ from pathlib import Path
 import torch
 
 from lorahive.adapters.peft_io import ImportReport, export_peft, import_peft
+from lorahive.config import load_config
 from lorahive.observe.ledger import Ledger, sha256_of
-from lorahive.run_config import load_config
 from lorahive.runtime.hive import Hive
 from lorahive.store import checkpoint
 
