@@ -24,7 +24,7 @@ import tempfile
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from peft import LoraConfig
@@ -32,7 +32,9 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from lorahive.adapters.bank import LevelBank
-from lorahive.runtime.hive import Hive
+
+if TYPE_CHECKING:  # annotations only: the hive is passed in, so no import cycle with runtime
+    from lorahive.runtime.hive import Hive
 
 __all__ = ["ADAPTER_CONFIG", "ADAPTER_WEIGHTS", "ImportReport", "export_peft", "import_peft"]
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import cast
+from typing import TYPE_CHECKING, cast
 
 import torch
 import torch.nn.functional as F
@@ -24,7 +24,9 @@ from torch import nn
 
 from lorahive.learning.batching import IGNORE, Batch, pack_examples
 from lorahive.learning.objective import hidden_states
-from lorahive.runtime.hive import Hive
+
+if TYPE_CHECKING:  # annotations only: the hive is passed in, so no import cycle with runtime
+    from lorahive.runtime.hive import Hive
 
 __all__ = [
     "LevelInfluence",

@@ -24,12 +24,15 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
+from typing import TYPE_CHECKING
 
 import torch
 
 from lorahive.learning.batching import IGNORE, Batch
 from lorahive.learning.objective import answer_nll
-from lorahive.runtime.hive import Hive
+
+if TYPE_CHECKING:  # annotations only: the hive is passed in, so no import cycle with runtime
+    from lorahive.runtime.hive import Hive
 
 __all__ = [
     "AccuracyMatrix",

@@ -24,13 +24,14 @@ import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
-from lorahive.runtime.hive import Hive
+if TYPE_CHECKING:  # annotations only: the hive is passed in, so no import cycle with runtime
+    from lorahive.runtime.hive import Hive
 
 NAME, PREV = "checkpoint", "checkpoint.prev"
 
