@@ -16,12 +16,10 @@ import json
 import time
 from pathlib import Path
 
+from lorahive.config import METHODS, load_config
 from lorahive.observe.compare import COLUMNS, summary_rows
 from lorahive.observe.report import write_report
-from lorahive.run_config import load_config
 from lorahive.runtime import run as runs
-
-METHODS = ("hive", "seq-lora", "replay", "multitask")
 
 
 def main() -> None:

@@ -39,8 +39,8 @@ from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from lorahive import Hive
+from lorahive.config import parse_config
 from lorahive.observe.ledger import Ledger
-from lorahive.run_config import parse_config
 from lorahive.runtime import run as runs
 from lorahive.runtime.agent import score
 from lorahive.runtime.attack import install

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from lorahive.config import AggregationConfig
 from lorahive.mechanisms import (
-    AggregationConfig,
     Clipped,
     Mean,
     Median,

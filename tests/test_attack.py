@@ -7,9 +7,9 @@ import sqlite3
 import pytest
 import torch
 
+from lorahive.config import ConfigError
 from lorahive.mechanisms.aggregation import Proposal, cosine, flatten, global_norm
 from lorahive.mechanisms.compose import build_aggregator
-from lorahive.run_config import ConfigError
 from lorahive.runtime import run as runs
 from lorahive.runtime.attack import choose_attackers, poison
 from tiny_runs import tiny_config

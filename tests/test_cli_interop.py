@@ -12,8 +12,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from typer.testing import CliRunner
 
 from lorahive.cli.main import app
+from lorahive.config import dump_config
 from lorahive.learning.batching import pack_prompts
-from lorahive.run_config import dump_config
 from lorahive.runtime.interop import restore_hive
 from tiny_runs import tiny_config
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from lorahive.run_config import ConfigError, load_config, parse_config
+from lorahive.config import ConfigError, load_config, parse_config
 
 CONFIGS = sorted((Path(__file__).parent.parent / "configs").glob("*.yaml"))
 

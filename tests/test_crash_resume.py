@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from lorahive.run_config import dump_config
+from lorahive.config import dump_config
 from lorahive.runtime import run as runs
 from lorahive.store import checkpoint
 from tiny_runs import checkpoint_tensors, tiny_config

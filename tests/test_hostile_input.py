@@ -21,7 +21,7 @@ from safetensors.torch import load_file, save_file
 
 from conftest import make_model, small_stack
 from lorahive import Hive
-from lorahive.run_config import ConfigError, RunConfig, dump_config, load_config
+from lorahive.config import ConfigError, RunConfig, dump_config, load_config
 from lorahive.runtime import run as runs
 from lorahive.store import checkpoint
 from lorahive.store.checkpoint import CheckpointError

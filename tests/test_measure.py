@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from lorahive.run_config import ObserveConfig
+from lorahive.config import ObserveConfig
 from lorahive.runtime.measure import distinct_views, retention_ppl, view_groups
 
 

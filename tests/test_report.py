@@ -11,8 +11,8 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from lorahive.cli.main import app
+from lorahive.config import parse_config
 from lorahive.observe.report import SECTIONS, write_report
-from lorahive.run_config import parse_config
 from lorahive.runtime import run as runs
 from tiny_runs import save_base
 

@@ -10,8 +10,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from lorahive.config import ConfigError, parse_config
 from lorahive.observe.metrics import cl_metrics
-from lorahive.run_config import ConfigError, parse_config
 from lorahive.runtime import run as runs
 from lorahive.runtime.stream import method_stack
 from lorahive.suites.demo import load_demo

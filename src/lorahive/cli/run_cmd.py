@@ -12,8 +12,8 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from lorahive.config import ConfigError, RunConfig, load_config, parse_config
 from lorahive.observe.report import write_report
-from lorahive.run_config import ConfigError, RunConfig, load_config, parse_config
 from lorahive.runtime import run as runs
 from lorahive.runtime.swarm import TickContext
 from lorahive.store.checkpoint import CheckpointError

@@ -1,6 +1,6 @@
 """The model core: the frozen LM with routed levels, the agent registry, level state, write primitives.
 
-``store/``, ``observe/``, ``adapters/peft_io.py`` and ``mechanisms/`` build on this package;
+``store/`` (checkpoints, PEFT interop), ``observe/`` and ``mechanisms/`` build on this package;
 it imports nothing from them or from ``runtime/``.
 """
 

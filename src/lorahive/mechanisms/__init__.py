@@ -10,12 +10,11 @@ from lorahive.mechanisms.aggregation import (
     TrimmedMean,
     Weighted,
 )
-from lorahive.mechanisms.compose import AggregationConfig, build_aggregator
+from lorahive.mechanisms.compose import build_aggregator
 from lorahive.mechanisms.resonance import Resonance, SwarmDirection
 from lorahive.mechanisms.validation import Validated
 
 __all__ = [
-    "AggregationConfig",
     "Aggregator",
     "Clipped",
     "Delta",

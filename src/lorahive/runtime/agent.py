@@ -12,8 +12,8 @@ from dataclasses import dataclass
 
 import torch
 
+from lorahive.config import AgentConfig
 from lorahive.mechanisms.aggregation import Delta
-from lorahive.run_config import AgentConfig
 from lorahive.runtime.hive import Hive
 from lorahive.suites.task import Task
 

@@ -1,5 +1,7 @@
 """Malicious agents, for testing defences: a ``solve``-phase hook that poisons proposals.
 
+What it does is set by :class:`~lorahive.config.AttackConfig` (the ``attack`` section of a run).
+
 A fraction of the agents, chosen from the run's seed alone, replace their swarm-level
 proposal with a poisoned one before aggregation sees it (the threat model of Byzantine-robust
 federated learning: Blanchard et al. 2017, Yin et al. 2018, Bagdasaryan et al. 2020):
@@ -22,29 +24,17 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 
+from lorahive.config import AttackConfig, AttackKind
 from lorahive.mechanisms.aggregation import Delta, Proposal, global_norm
 
 if TYPE_CHECKING:
     from lorahive.runtime.swarm import Swarm, TickContext
 
-__all__ = ["Attack", "AttackConfig", "choose_attackers", "install", "poison"]
-
-Kind = Literal["sign_flip", "noise", "nan", "inf", "backdoor"]
-
-
-class AttackConfig(BaseModel):
-    """Which agents attack, and how (a fraction of 0 means no attack)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    fraction: float = Field(default=0.0, ge=0.0, le=1.0, description="fraction of agents that attack, in [0, 1]; rounded to the nearest count")
-    kind: Kind = Field(default="sign_flip", description="sign_flip | noise | nan | inf | backdoor")
-    scale: float = Field(default=10.0, gt=0, description="attack strength (> 0): the multiple of the attacker's honest gradient norm")
+__all__ = ["Attack", "choose_attackers", "install", "poison"]
 
 
 def choose_attackers(agents: Sequence[str], fraction: float, seed: int) -> list[str]:
@@ -62,7 +52,7 @@ def _direction(ref: Delta, seed: int) -> Delta:
     return {k: v / n for k, v in d.items()}
 
 
-def poison(own: Delta, kind: Kind, scale: float, seed: int, tick: int, agent: str) -> Delta:
+def poison(own: Delta, kind: AttackKind, scale: float, seed: int, tick: int, agent: str) -> Delta:
     """The poisoned version of an honest delta ``own`` (see the module docstring)."""
     if kind == "sign_flip":
         return {k: -scale * v for k, v in own.items()}

@@ -18,8 +18,8 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from lorahive.adapters import Routing
-from lorahive.base import DEFAULT_BASE, load_base
-from lorahive.config import LevelSpec, StackSpec
+from lorahive.base import load_base
+from lorahive.config import DEFAULT_BASE, LevelSpec, StackSpec
 from lorahive.core import HiveCore
 from lorahive.learning import answer_nll, last_logits, pack_examples, pack_prompts
 from lorahive.learning.batching import Batch

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import torch
 
+from lorahive.config import load_config
 from lorahive.observe.ledger import Ledger, sha256_of
-from lorahive.run_config import load_config
 from lorahive.runtime.hive import Hive
 from lorahive.store import checkpoint
 from lorahive.store.peft import ImportReport, export_peft, import_peft

@@ -20,10 +20,10 @@ from typing import Any
 
 import torch
 
+from lorahive.config import ObserveConfig
 from lorahive.core import persistent_levels
 from lorahive.observe.influence import level_influence
 from lorahive.observe.metrics import heldout_text, perplexity
-from lorahive.run_config import ObserveConfig
 from lorahive.runtime.agent import as_answer
 from lorahive.runtime.hive import Hive
 from lorahive.suites.task import Task

@@ -22,10 +22,10 @@ from typing import Any
 
 import torch
 
+from lorahive.config import RunConfig, dump_config, load_config
 from lorahive.core import persistent_levels
 from lorahive.observe.ledger import Ledger, sha256_of
 from lorahive.observe.metrics import AccuracyMatrix
-from lorahive.run_config import RunConfig, dump_config, load_config
 from lorahive.runtime import attack
 from lorahive.runtime.agent import evaluate
 from lorahive.runtime.hive import Hive

@@ -12,8 +12,7 @@ Also here: the level stack and the method each stream method learns with.
 
 from __future__ import annotations
 
-from lorahive.config import StackSpec
-from lorahive.run_config import RunConfig, StreamConfig
+from lorahive.config import RunConfig, StackSpec, StreamConfig
 from lorahive.runtime.methods import HiveMethod, Method, Replay, SeqLoRA
 
 __all__ = ["Schedule", "build_method", "method_stack"]

@@ -30,11 +30,11 @@ from typing import Any
 
 import torch
 
+from lorahive.config import RunConfig
 from lorahive.mechanisms.aggregation import Aggregator, Delta, Metrics, Proposal, flatten
 from lorahive.mechanisms.compose import build_aggregator
 from lorahive.observe.influence import SwarmAttribution, projection_contributions
 from lorahive.observe.ledger import Ledger
-from lorahive.run_config import RunConfig
 from lorahive.runtime.agent import Agent, Outcome
 from lorahive.runtime.hive import Hive
 from lorahive.runtime.methods import Method

@@ -19,6 +19,7 @@ from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from lorahive.config import DEMO_TASK_TYPES
 from lorahive.suites.cl import CLData, load_cl, truncate_prompt
 from lorahive.suites.task import Example
 
@@ -34,8 +35,6 @@ __all__ = [
     "load_demo_suite",
 ]
 
-#: Task types of the shipped slice, in the order the demo presents them.
-DEMO_TASK_TYPES: tuple[str, ...] = ("agnews", "dbpedia", "yahoo", "yelp")
 #: Token budget of every shipped prompt (SmolLM2 tokenizer, special tokens counted).
 DEMO_MAX_TOKENS = 96
 

@@ -11,6 +11,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+__all__ = ["DEFAULT_TARGETS", "LevelSpec", "Scope", "StackSpec", "as_stack", "default_levels"]
+
 Scope = Literal["shared", "agent", "task"]
 
 #: Projections wrapped by default: every attention and MLP projection of Llama/Qwen/Mistral.

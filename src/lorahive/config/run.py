@@ -1,30 +1,34 @@
-"""Validated run configuration (YAML + ``key=value`` overrides) for swarm runs.
+"""The run configuration: one swarm run, its sections, and the stream and method it uses.
 
-Every field is documented; a bad value fails at load with the field's dotted name and what
-is allowed, before anything is written.
+Every field is documented; a bad value fails at validation with the field's dotted name and
+what is allowed (see :mod:`lorahive.config.load` for YAML files and ``key=value`` overrides).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal, get_args
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from lorahive.base import DEFAULT_BASE
-from lorahive.config import LevelSpec, StackSpec, as_stack
-from lorahive.mechanisms.compose import AggregationConfig
-from lorahive.runtime.attack import AttackConfig
-from lorahive.suites.demo import DEMO_TASK_TYPES
+from lorahive.config.aggregation import AggregationConfig
+from lorahive.config.attack import AttackConfig
+from lorahive.config.defaults import DEFAULT_BASE, DEMO_TASK_TYPES
+from lorahive.config.levels import LevelSpec, StackSpec, as_stack
+
+__all__ = [
+    "METHODS",
+    "AgentConfig",
+    "Method",
+    "ObserveConfig",
+    "RunConfig",
+    "StreamConfig",
+    "SuiteConfig",
+]
 
 #: How a stream run learns: the full hive, or a baseline over the same engine and data.
 Method = Literal["hive", "seq-lora", "replay", "multitask"]
-METHODS: tuple[str, ...] = ("hive", "seq-lora", "replay", "multitask")
-
-
-class ConfigError(ValueError):
-    """A configuration that cannot be used; the message names each bad field."""
+METHODS: tuple[str, ...] = get_args(Method)
 
 
 class SuiteConfig(BaseModel):
@@ -113,14 +117,14 @@ class RunConfig(BaseModel):
     agents: int = Field(default=4, ge=1, le=65536, description="number of agents")
     ticks: int = Field(default=4, ge=1, description="ticks to run")
     swarm_level: str = Field(default="swarm", description="the shared level agents improve together")
-    suite: SuiteConfig = Field(default_factory=SuiteConfig)
-    agent: AgentConfig = Field(default_factory=AgentConfig)
-    aggregation: AggregationConfig = Field(default_factory=AggregationConfig)
+    suite: SuiteConfig = Field(default_factory=SuiteConfig, description="where tasks come from and how big they are")
+    agent: AgentConfig = Field(default_factory=AgentConfig, description="how an agent solves a task")
+    aggregation: AggregationConfig = Field(default_factory=AggregationConfig, description="how proposals for the swarm level become one update")
     checkpoint_every: int = Field(default=1, ge=1, description="write a checkpoint every N ticks")
     threads: int | None = Field(default=None, ge=1, description="torch CPU threads; null = torch's default")
     attack: AttackConfig = Field(default_factory=AttackConfig, description="malicious agents, for testing defences (fraction 0 = none)")
     stream: StreamConfig | None = Field(default=None, description="a continual-learning stream of task types; null = agents keep their own task type")
-    observe: ObserveConfig = Field(default_factory=ObserveConfig)
+    observe: ObserveConfig = Field(default_factory=ObserveConfig, description="what is measured at the end of the run")
 
     @model_validator(mode="after")
     def _stream_ticks(self) -> RunConfig:
@@ -161,68 +165,3 @@ class RunConfig(BaseModel):
     def stack(self) -> StackSpec:
         return as_stack(self.levels)
 
-
-def _format(err: ValidationError) -> str:
-    lines = []
-    for e in err.errors():
-        field = ".".join(str(x) for x in e["loc"]) or "config"
-        got = f" (got {e['input']!r})" if "input" in e and not isinstance(e["input"], dict | list) else ""
-        lines.append(f"{field}: {e['msg'].removeprefix('Value error, ')}{got}")
-    return "\n".join(lines)
-
-
-def _set(tree: dict[str, Any], dotted: str, value: Any) -> None:
-    keys = dotted.split(".")
-    node = tree
-    for k in keys[:-1]:
-        child = node.setdefault(k, {})
-        if not isinstance(child, dict):
-            raise ConfigError(f"override {dotted!r}: {k!r} is not a section")
-        node = child
-    node[keys[-1]] = value
-
-
-def parse_config(data: dict[str, Any] | None, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
-    """Validate a config tree after applying ``key.sub=value`` overrides (values are YAML)."""
-    tree = dict(data or {})
-    for item in overrides:
-        key, sep, raw = item.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"override {item!r} must look like key=value (e.g. ticks=5 or agent.fast_steps=3)")
-        _set(tree, key.strip(), yaml.safe_load(raw))
-    try:
-        return RunConfig.model_validate(tree)
-    except ValidationError as e:
-        raise ConfigError(_format(e)) from None
-
-
-#: Largest config file read (a run config is a few hundred bytes).
-MAX_CONFIG_BYTES = 1 << 20
-
-
-def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
-    """Read a YAML run config; errors name the file and the field."""
-    p = Path(path)
-    try:
-        if p.stat().st_size > MAX_CONFIG_BYTES:
-            raise ConfigError(f"{p}: {p.stat().st_size} bytes is too large for a config file (limit {MAX_CONFIG_BYTES})")
-        data = yaml.safe_load(p.read_text(encoding="utf-8"))
-    except OSError as e:
-        raise ConfigError(f"{p}: cannot read: {e.strerror}") from None
-    except UnicodeDecodeError as e:
-        raise ConfigError(f"{p}: not UTF-8 text ({e.reason} at byte {e.start})") from None
-    except (yaml.YAMLError, RecursionError) as e:
-        raise ConfigError(f"{p}: invalid YAML: {e}") from None
-    if data is not None and not isinstance(data, dict):
-        raise ConfigError(f"{p}: the top level must be a mapping of fields, got {type(data).__name__}")
-    suite = (data or {}).get("suite")
-    if isinstance(suite, dict) and isinstance(suite.get("root"), str) and not Path(suite["root"]).is_absolute():
-        suite["root"] = str((p.parent / suite["root"]).resolve())  # relative to the config file
-    try:
-        return parse_config(data, overrides)
-    except ConfigError as e:
-        raise ConfigError(f"{p}: {e}") from None
-
-
-def dump_config(cfg: RunConfig) -> str:
-    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)

@@ -1,0 +1,60 @@
+"""Every validated configuration of lorahive, and nothing heavy.
+
+The level stack (:mod:`.levels`), the aggregation (:mod:`.aggregation`), simulated attacks
+(:mod:`.attack`), the run config and its sections (:mod:`.run`), loading YAML with
+overrides (:mod:`.load`), and the defaults they share (:mod:`.defaults`). This package
+imports only pydantic and PyYAML, never torch or another lorahive package, so a config can
+be read and checked in a fraction of a second (``tests/test_config_import.py`` holds it to
+that).
+"""
+
+from lorahive.config.aggregation import AggregationConfig, Strategy
+from lorahive.config.attack import AttackConfig, AttackKind
+from lorahive.config.defaults import DEFAULT_BASE, DEMO_TASK_TYPES
+from lorahive.config.errors import ConfigError, format_config_error
+from lorahive.config.levels import (
+    DEFAULT_TARGETS,
+    LevelSpec,
+    Scope,
+    StackSpec,
+    as_stack,
+    default_levels,
+)
+from lorahive.config.load import MAX_CONFIG_BYTES, dump_config, load_config, parse_config
+from lorahive.config.run import (
+    METHODS,
+    AgentConfig,
+    Method,
+    ObserveConfig,
+    RunConfig,
+    StreamConfig,
+    SuiteConfig,
+)
+
+__all__ = [
+    "DEFAULT_BASE",
+    "DEFAULT_TARGETS",
+    "DEMO_TASK_TYPES",
+    "MAX_CONFIG_BYTES",
+    "METHODS",
+    "AgentConfig",
+    "AggregationConfig",
+    "AttackConfig",
+    "AttackKind",
+    "ConfigError",
+    "LevelSpec",
+    "Method",
+    "ObserveConfig",
+    "RunConfig",
+    "Scope",
+    "StackSpec",
+    "Strategy",
+    "StreamConfig",
+    "SuiteConfig",
+    "as_stack",
+    "default_levels",
+    "dump_config",
+    "format_config_error",
+    "load_config",
+    "parse_config",
+]

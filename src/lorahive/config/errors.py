@@ -1,0 +1,30 @@
+"""The error a bad configuration raises, and the one formatter of pydantic's errors.
+
+Every message names the bad field by its dotted path (``agent.fast_steps``,
+``aggregation.trim``) so a user can find it in the YAML file or the override.
+"""
+
+from __future__ import annotations
+
+from pydantic import ValidationError
+
+__all__ = ["ConfigError", "format_config_error"]
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot be used; the message names each bad field."""
+
+
+def format_config_error(err: ValidationError, prefix: str = "") -> str:
+    """One line per bad field: ``aggregation.trim: Input should be less than 0.5 (got 0.7)``.
+
+    ``prefix`` is the dotted path of the section that was validated (empty for a whole run
+    config). Inputs that are sections themselves (dicts, lists) are not echoed.
+    """
+    lines = []
+    for e in err.errors():
+        loc = (prefix, *e["loc"]) if prefix else e["loc"]
+        field = ".".join(str(x) for x in loc) or "config"
+        got = f" (got {e['input']!r})" if "input" in e and not isinstance(e["input"], dict | list) else ""
+        lines.append(f"{field}: {e['msg'].removeprefix('Value error, ')}{got}")
+    return "\n".join(lines)
