@@ -61,3 +61,17 @@ def test_applying_the_mean_proposal_lowers_the_mean_loss(hive):
         hive.apply_update("swarm", mean)
     after = hive.loss(EXAMPLES)
     assert sum(after.values()) < sum(before.values())
+
+
+def test_fused_proposals_equal_the_reference_path(hive):
+    from lorahive.adapters.fused import use_fused
+
+    randomize_b(hive)
+    with use_fused("off"):
+        reference, ref_losses = hive.propose(EXAMPLES, "swarm")
+    with use_fused("on"):
+        fused, losses = hive.propose(EXAMPLES, "swarm")
+    for agent in EXAMPLES:
+        assert abs(losses[agent] - ref_losses[agent]) < 1e-5
+        for k in reference[agent]:
+            torch.testing.assert_close(fused[agent][k], reference[agent][k], rtol=1e-4, atol=1e-6)

@@ -41,7 +41,16 @@ def llama_8b() -> LlamaConfig:
     )
 
 
-ARCHS = {"qwen2.5-0.5b": qwen_05b, "llama-3.1-8b": llama_8b}
+def smollm2_135m() -> LlamaConfig:
+    """SmolLM2-135M's architecture (the embedded model)."""
+    return LlamaConfig(
+        vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
+        num_attention_heads=9, num_key_value_heads=3, max_position_embeddings=8192,
+        rope_theta=100_000.0, rms_norm_eps=1e-5, tie_word_embeddings=True,
+    )
+
+
+ARCHS = {"qwen2.5-0.5b": qwen_05b, "llama-3.1-8b": llama_8b, "smollm2-135m": smollm2_135m}
 
 
 def build(arch: str, seed: int = 0) -> torch.nn.Module:

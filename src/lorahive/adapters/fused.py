@@ -65,10 +65,19 @@ def wants_fused(x: torch.Tensor) -> bool:
 
 
 @dataclass(frozen=True)
+class _Weights:
+    """Weights used instead of a level's bank (``Routing.overrides``), e.g. per-agent proposal slots."""
+
+    A: torch.Tensor  # (K, r, in)
+    B: torch.Tensor  # (K, out, r)
+    rank: int
+
+
+@dataclass(frozen=True)
 class _Term:
     """One level's contribution: its bank, the slots of the rows (None: one slot), the coefficient."""
 
-    bank: LevelBank
+    bank: LevelBank | _Weights
     slots: torch.Tensor | None  # (B,) long, (1,) when every row uses that slot, or None: slot 0
     coeff: float  # mix · alpha / r
     gate: torch.Tensor | None  # (B,) float, or None
@@ -148,7 +157,9 @@ def _terms(layer: HiveLinear, routing: Routing) -> tuple[list[_Term], list[_Term
         if term is None:
             continue
         slots, coeff, gate = term
-        t = _Term(cast(LevelBank, module), slots, coeff, gate)
+        bank = cast(LevelBank, module)
+        override = routing.overrides.get(level, {}).get(layer.name)
+        t = _Term(bank if override is None else _Weights(override[0], override[1], bank.rank), slots, coeff, gate)
         (one if gate is None and (slots is None or slots.shape[0] == 1) else rows).append(t)
     return one, rows
 
@@ -205,7 +216,7 @@ def prepare(layer: HiveLinear, routing: Routing, dtype: torch.dtype) -> Prepared
 
 def prepared(layer: HiveLinear, routing: Routing, dtype: torch.dtype) -> Prepared:
     """:func:`prepare`, kept for the life of the routing when no gradient is needed."""
-    if torch.is_grad_enabled() and any(p.requires_grad for p in layer.banks.parameters()):
+    if routing.overrides or (torch.is_grad_enabled() and any(p.requires_grad for p in layer.banks.parameters())):
         return prepare(layer, routing, dtype)
     _plan(layer, routing)  # registers the routing, so the cache entry dies with it
     cache = _CACHE.setdefault(id(routing), {})

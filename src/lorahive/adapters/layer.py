@@ -51,7 +51,7 @@ class HiveLinear(nn.Module):
         routing = self.state.current
         if routing is None:
             raise RuntimeError(f"{self.name}: HiveLinear called outside a routing context; use the Hive's methods")
-        if wants_fused(x) and not routing.overrides:  # one shrink + one expand for all levels (adapters/fused.py)
+        if wants_fused(x):  # one shrink + one expand for all levels (adapters/fused.py)
             return fused_forward(self, x, y, routing)
         for level, module in self.banks.items():
             bank = cast(LevelBank, module)

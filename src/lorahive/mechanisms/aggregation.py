@@ -50,6 +50,7 @@ __all__ = [
     "global_norm",
     "key_norms",
     "proposal_record",
+    "scaled",
     "summarize",
     "trimmed_mean",
     "weighted_mean",
@@ -138,9 +139,19 @@ def clip_scale(norm: float, max_norm: float) -> float:
 
 
 def weighted_mean(deltas: Sequence[Delta], weights: Sequence[float]) -> Delta:
-    """Σ_i w_i · Δ_i / Σ_i w_i, key by key."""
+    """Σ_i w_i · Δ_i / Σ_i w_i, key by key (one multi-tensor kernel per proposal, not one per tensor)."""
     total = float(sum(weights))
-    return {k: sum(w * d[k] for w, d in zip(weights, deltas, strict=True)) / total for k in deltas[0]}  # type: ignore[misc]
+    keys = list(deltas[0])
+    acc = torch._foreach_mul([deltas[0][k] for k in keys], weights[0])
+    for w, d in zip(weights[1:], deltas[1:], strict=True):
+        torch._foreach_add_(acc, torch._foreach_mul([d[k] for k in keys], w))  # the same sums, in the same order
+    torch._foreach_div_(acc, total)
+    return dict(zip(keys, acc, strict=True))
+
+
+def scaled(delta: Delta, factor: float) -> Delta:
+    """``factor · Δ``, key by key, in one multi-tensor kernel."""
+    return dict(zip(delta, torch._foreach_mul(list(delta.values()), factor), strict=True))
 
 
 def _stacked(deltas: Sequence[Delta], key: str) -> torch.Tensor:
@@ -293,7 +304,7 @@ class Clipped:
         norms = [global_norm(p.delta) for p in proposals]
         scales = [clip_scale(n, self.bound(p)) for n, p in zip(norms, proposals, strict=True)]
         clipped = [
-            dataclasses.replace(p, delta={k: t * s for k, t in p.delta.items()}) if s < 1.0 else p
+            dataclasses.replace(p, delta=scaled(p.delta, s)) if s < 1.0 else p
             for p, s in zip(proposals, scales, strict=True)
         ]
         update, metrics = self.inner.aggregate(tick, clipped, failures)

@@ -29,6 +29,7 @@ from lorahive.mechanisms.aggregation import (
     cosine,
     flatten,
     global_norm,
+    scaled,
 )
 
 __all__ = ["Resonance", "SwarmDirection", "resonance_factor"]
@@ -97,11 +98,11 @@ class Resonance:
             raise ValueError(f"one aggregate call aggregates one level; got {sorted(levels)}")
         cosines = [self.direction.cosine(p.level, p.delta) for p in proposals]
         factors = [1.0 if c is None else resonance_factor(c, self.alpha, self.beta, self.cap) for c in cosines]
-        scaled = [
-            p if f == 1.0 else dataclasses.replace(p, delta={k: t * f for k, t in p.delta.items()})
+        weighed = [
+            p if f == 1.0 else dataclasses.replace(p, delta=scaled(p.delta, f))
             for p, f in zip(proposals, factors, strict=True)
         ]
-        update, metrics = self.inner.aggregate(tick, scaled, failures)
+        update, metrics = self.inner.aggregate(tick, weighed, failures)
         for rec, p, c, f in zip(metrics["proposals"], proposals, cosines, factors, strict=True):
             rec["norm"], rec["cosine"], rec["resonance"] = global_norm(p.delta), c, f
             rec["weight"] = None if rec["weight"] is None else rec["weight"] * f

@@ -171,12 +171,14 @@ class Hive:
         return torch.cat(out).cpu() if out else torch.zeros(0)
 
     @torch.no_grad()
-    def option_nll(self, rows: Sequence[tuple[str, str]], options: Sequence[str], levels: Sequence[str] | None = None, chunk: int = 32) -> torch.Tensor:
+    def option_nll(self, rows: Sequence[tuple[str, str]], options: Sequence[str], levels: Sequence[str] | None = None, chunk: int | None = None) -> torch.Tensor:
         """Summed NLL (N, L) of each option after each ``(agent, prompt)`` row (label scoring), on the CPU.
 
         Each prompt runs once; the options continue from its KV cache (learning/choice.py).
-        All chunks are read back together.
+        Prompts go ``chunk`` at a time (default 128 on a GPU, where a pass is host-bound and a
+        bigger batch costs little more, 32 on the CPU); all chunks are read back together.
         """
+        chunk = chunk or (128 if self.device.type == "cuda" else 32)
         active = self.core.check_levels(levels)
         out = []
         for i in range(0, len(rows), chunk):

@@ -21,6 +21,7 @@ import json
 import os
 import re
 import shutil
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -78,6 +79,14 @@ def _hive_tensors(core: HiveCore) -> dict[str, dict[str, torch.Tensor]]:
     return files
 
 
+def _write_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> str:
+    """Write one safetensors file, fsync it, and return its sha256 (one worker of :func:`save`)."""
+    save_file(tensors, str(path))
+    with path.open("rb") as f:
+        os.fsync(f.fileno())
+    return _sha256(path)
+
+
 def save(run_dir: str | Path, core: HiveCore, state: dict[str, Any], extra: dict[str, torch.Tensor]) -> Path:
     """Write ``RUN/checkpoint`` atomically; returns its path."""
     run = Path(run_dir)
@@ -88,13 +97,14 @@ def save(run_dir: str | Path, core: HiveCore, state: dict[str, Any], extra: dict
     (tmp / "optim").mkdir()
     files = _hive_tensors(core)
     files["extra.safetensors"] = {**{k: v.detach().cpu().contiguous() for k, v in extra.items()}, "rng/torch": torch.get_rng_state()}
-    for rel, tensors in files.items():
-        save_file(tensors, str(tmp / rel))
+    with ThreadPoolExecutor(max_workers=min(8, len(files))) as pool:  # serialising and hashing release the GIL
+        digests = dict(zip(files, pool.map(lambda item: _write_tensors(tmp / item[0], item[1]), files.items()), strict=True))
     full_state = {**state, "agents": core.agents, "level_states": {name: st.to_dict() for name, st in core.states.items()}}
     _write_json(tmp / "state.json", full_state)
-    manifest = {rel: {"sha256": _sha256(tmp / rel), "bytes": (tmp / rel).stat().st_size} for rel in [*files, "state.json"]}
+    digests["state.json"] = _sha256(tmp / "state.json")
+    manifest = {rel: {"sha256": digests[rel], "bytes": (tmp / rel).stat().st_size} for rel in [*files, "state.json"]}
     _write_json(tmp / "manifest.json", manifest)
-    for rel in [*files, "state.json", "manifest.json"]:
+    for rel in ["state.json", "manifest.json"]:
         with (tmp / rel).open("rb") as f:
             os.fsync(f.fileno())
     for d in (tmp / "levels", tmp / "optim", tmp):
