@@ -178,7 +178,8 @@ def resume(out: str | Path, progress: Progress | None = None, ticks: int | None 
     run = _build(out, cfg)
     loaded = checkpoint.load(out, run.hive.core)
     try:
-        run.swarm.load_state(loaded.state, loaded.extra)
+        legacy = {f"mechanism/aggregation/{k.removeprefix('agg/')}": v for k, v in loaded.extra.items() if k.startswith("agg/")}  # checkpoints before mechanisms/base.py
+        run.swarm.load_state(loaded.state, loaded.extra | legacy)
         run.before = dict(loaded.state["quality_before"])
         run.elapsed = float(loaded.state.get("elapsed", 0.0))
         run.ppl_before = loaded.state.get("ppl_before")
