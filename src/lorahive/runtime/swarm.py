@@ -18,7 +18,11 @@ Mechanisms (:class:`~lorahive.mechanisms.base.Mechanism`, built once from the co
 order, each handed a :class:`~lorahive.mechanisms.base.TickView`; every action one returns is
 recorded as a ``mechanism:<name>`` ledger event in the tick's transaction, and every
 mechanism's state (the aggregator's under ``aggregation``) is part of :meth:`Swarm.state` /
-:meth:`Swarm.tensors`. Phases with no mechanism pass. What learns in the solve phase is the run's method (:mod:`lorahive.runtime.methods`): the
+:meth:`Swarm.tensors`. Phases with no mechanism pass. The compose phase's own step is the
+aggregator (:func:`~lorahive.mechanisms.compose.build_aggregator`): it returns a typed
+:class:`~lorahive.mechanisms.base.Aggregate` that apply, attribution and the ledger read.
+
+What learns in the solve phase is the run's method (:mod:`lorahive.runtime.methods`): the
 hive, or a baseline over the same engine; in a stream run the schedule
 (:mod:`lorahive.runtime.stream`) sets each agent's task type before the tasks are drawn.
 The apply phase credits the swarm level's change to the accepted proposals
