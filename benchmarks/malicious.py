@@ -40,10 +40,10 @@ from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from lorahive import Hive
 from lorahive.config import parse_config
+from lorahive.mechanisms.attack import Attack
 from lorahive.observe.ledger import Ledger
 from lorahive.runtime import run as runs
 from lorahive.runtime.agent import score
-from lorahive.runtime.attack import install
 from lorahive.runtime.swarm import Swarm
 from lorahive.suites.task import Task
 
@@ -123,8 +123,7 @@ def run_cell(work: Path, base: Path, root: Path, setting: str, fraction: float, 
     hive = Hive.load(cfg.base, cfg.stack(), device="cpu", seed=cfg.seed)
     data = runs.load_data(cfg)
     swarm = Swarm(hive, cfg, data, Ledger(work / f"{setting}-{fraction:g}.sqlite"))
-    attack = install(swarm, cfg.attack, cfg.seed)
-    attackers = attack.attackers if attack else []
+    attackers = next((m.attackers for m in swarm.mechanisms if isinstance(m, Attack)), [])  # built from cfg.attack
     honest = next(n for n in swarm.agents if n not in attackers)
     test = data["items"]
     task = Task("items", test.train[:1], test.test, test.labels)

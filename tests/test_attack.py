@@ -1,7 +1,8 @@
-"""Malicious agents (runtime/attack.py) against validation, reputation and robust aggregation."""
+"""Malicious agents (mechanisms/attack.py) against validation, reputation and robust aggregation."""
 
 from __future__ import annotations
 
+import json
 import sqlite3
 
 import pytest
@@ -9,9 +10,9 @@ import torch
 
 from lorahive.config import ConfigError
 from lorahive.mechanisms.aggregation import Proposal, cosine, flatten, global_norm
+from lorahive.mechanisms.attack import choose_attackers, poison
 from lorahive.mechanisms.compose import build_aggregator
 from lorahive.runtime import run as runs
-from lorahive.runtime.attack import choose_attackers, poison
 from tiny_runs import tiny_config
 
 NAMES = [f"agent{i:02d}" for i in range(20)]
@@ -59,8 +60,8 @@ def _attacked(honest, attackers, kind="sign_flip"):
 
 
 def _deviation(agg_cfg, honest, attacked) -> float:
-    clean, _ = build_aggregator(agg_cfg).aggregate(1, honest)
-    bad, _ = build_aggregator(agg_cfg).aggregate(1, attacked)
+    clean = build_aggregator(agg_cfg).aggregate(1, honest).update
+    bad = build_aggregator(agg_cfg).aggregate(1, attacked).update
     assert clean is not None and bad is not None
     return float((flatten(bad) - flatten(clean)).norm())
 
@@ -82,12 +83,13 @@ def test_robust_aggregation_discards_outliers_and_keeps_the_honest_median(honest
     attackers = {honest[0].agent, honest[3].agent}
     robust = {"strategy": "median", "resonance": False, "reject_norm_ratio": 3.0}
 
-    update, metrics = build_aggregator(robust).aggregate(1, _attacked(honest, attackers))
-    alone, _ = build_aggregator({"strategy": "median", "resonance": False}).aggregate(1, [p for p in honest if p.agent not in attackers])
+    res = build_aggregator(robust).aggregate(1, _attacked(honest, attackers))
+    update = res.update
+    alone = build_aggregator({"strategy": "median", "resonance": False}).aggregate(1, [p for p in honest if p.agent not in attackers]).update
 
     assert update is not None and alone is not None
     assert all(torch.equal(update[k], alone[k]) for k in update)
-    rejected = {r["agent"]: r["reason"] for r in metrics["proposals"] if r["decision"] == "rejected"}
+    rejected = {d.agent: d.reason for d in res.decisions if not d.accepted}
     assert set(rejected) == attackers and all("reject_norm_ratio" in r for r in rejected.values())
 
 
@@ -109,7 +111,8 @@ def test_attackers_are_rejected_with_a_reason_and_lose_reputation(base_dir, tmp_
             assert decision == "rejected" and reason in why, (agent, why)
         else:
             assert decision == "accepted", (agent, why)
-    assert db.execute("SELECT COUNT(*) FROM events WHERE kind = 'attack'").fetchone()[0] == 2
+    events = db.execute("SELECT json_extract(detail, '$.attackers'), json_extract(detail, '$.kind') FROM events WHERE kind = 'mechanism:attack'").fetchall()
+    assert events == [(json.dumps(attackers, separators=(",", ":")), kind)] * 2
     rep = {n: a["reputation"] for n, a in metrics["agents"].items()}
     assert max(rep[a] for a in attackers) < min(r for n, r in rep.items() if n not in attackers)
     assert all(torch.isfinite(torch.tensor(a["quality_after"]["agnews"])) for a in metrics["agents"].values())

@@ -150,7 +150,7 @@ def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 def test_graph_sees_the_known_edges():
     # guards the parser: if it silently found nothing, the rules below would pass vacuously
     assert "lorahive.config.levels" in GRAPH["lorahive.config.run"]
-    assert "lorahive.runtime.attack" in GRAPH["lorahive.runtime.run"]  # from lorahive.runtime import attack
+    assert "lorahive.runtime.stream" in GRAPH["lorahive.runtime.run"]  # from lorahive.runtime.stream import method_stack
     assert "lorahive.runtime.hive" in GRAPH["lorahive"]  # inside the lazy __getattr__
     assert {"adapters", "base", "cli", "mechanisms", "runtime", "suites"} <= set(_part_graph())
 

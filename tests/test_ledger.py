@@ -85,8 +85,7 @@ def test_non_finite_numbers_are_stored_as_null(ledger):
 def test_record_aggregation_stores_each_proposal_and_the_update(ledger):
     delta = {"x": torch.ones(2)}
     ps = [Proposal("ann", "swarm", 1, delta), Proposal("bob", "swarm", 1, {"x": torch.full((2,), float("nan"))})]
-    _, metrics = Validated(Mean()).aggregate(1, ps)
-    ledger.record_aggregation(1, "swarm", metrics)
+    ledger.record_aggregation(1, "swarm", Validated(Mean()).aggregate(1, ps))
     assert ledger.query("SELECT agent, decision FROM proposals ORDER BY agent") == [
         {"agent": "ann", "decision": "accepted"},
         {"agent": "bob", "decision": "rejected"},

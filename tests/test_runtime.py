@@ -8,7 +8,7 @@ import sqlite3
 import pytest
 import torch
 
-from lorahive.mechanisms.aggregation import Proposal
+from lorahive.mechanisms.base import Action, Proposal, TickView
 from lorahive.runtime import run as runs
 from lorahive.store.checkpoint import CheckpointError
 from tiny_runs import checkpoint_tensors, tiny_config
@@ -71,17 +71,29 @@ def test_a_corrupted_checkpoint_is_refused_naming_the_file(base_dir, tmp_path):
     assert target.read_bytes() == data[: len(data) // 2]  # nothing overwritten
 
 
+class _NanProposal:
+    """A solve-phase mechanism that adds a NaN copy of the first proposal."""
+
+    name, phases, enabled = "nan_proposal", ("solve",), True
+
+    def run(self, view: TickView) -> Action | None:
+        honest = view.proposals[0]
+        view.proposals.append(Proposal("agent0", honest.level, view.tick, {k: torch.full_like(v, float("nan")) for k, v in honest.delta.items()}))
+        return None
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        return None
+
+
 def test_a_nan_proposal_is_rejected_and_logged_and_the_run_goes_on(base_dir, tmp_path):
     cfg = config(base_dir, ticks=1)
     runs.prepare_dir(tmp_path / "run", force=False)
     run = runs._build(tmp_path / "run", cfg)
     swarm = run.swarm
-
-    def poison(s, ctx):
-        honest = ctx.proposals[0]
-        ctx.proposals.append(Proposal("agent0", honest.level, ctx.tick, {k: torch.full_like(v, float("nan")) for k, v in honest.delta.items()}))
-
-    swarm.plug("solve", poison)
+    swarm.mechanisms.append(_NanProposal())
     before = {k: p.detach().clone() for k, p in run.hive.core.level_params("swarm").items()}
     ctx = swarm.tick()
 

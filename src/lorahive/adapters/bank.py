@@ -8,6 +8,8 @@ import zlib
 import torch
 from torch import nn
 
+from lorahive.tensors import to_device
+
 
 def _init_a(n: int, rank: int, in_features: int, seed_key: str) -> torch.Tensor:
     """Kaiming-uniform(a=√5) init, as PEFT's LoRA A, reproducible from a text key."""
@@ -61,19 +63,48 @@ class LevelBank(nn.Module):
         self.A.index_copy_(0, slots, self.A0.index_select(0, slots))
         self.B.index_fill_(0, slots, 0.0)
 
-    def delta(self, x: torch.Tensor, slots: torch.Tensor | None) -> torch.Tensor:
+    def delta(self, x: torch.Tensor, slots: torch.Tensor | None, host: tuple[int, ...] | None = None) -> torch.Tensor:
         """``B[s(row)] · A[s(row)] · x`` for each row; ``slots=None`` means slot 0 for all rows."""
-        return routed_delta(x, self.A, self.B, slots)
+        return routed_delta(x, self.A, self.B, slots, host)
 
 
-def routed_delta(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor, slots: torch.Tensor | None) -> torch.Tensor:
-    """Reference LoRA product with per-row slots: ``a (S, r, in)``, ``b (S, out, r)``."""
+def routed_delta(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor, slots: torch.Tensor | None, host: tuple[int, ...] | None = None) -> torch.Tensor:
+    """Reference LoRA product with per-row slots: ``a (S, r, in)``, ``b (S, out, r)``.
+
+    ``host`` is the same slots as a host tuple, when the caller knows them: rows are then
+    grouped by slot when that saves gathers (:func:`_grouped_delta`), without reading the device.
+    """
     a, b = a.to(x.dtype), b.to(x.dtype)
     if slots is None:
         return (x @ a[0].transpose(0, 1)) @ b[0].transpose(0, 1)
     squeeze = x.dim() == 2
     if squeeze:  # (B, in) -> (B, 1, in)
         x = x.unsqueeze(1)
-    h = torch.bmm(x, a[slots].transpose(1, 2))  # (B, T, r)
-    out = torch.bmm(h, b[slots].transpose(1, 2))  # (B, T, out)
+    if host is not None and 2 * len(set(host)) <= len(host):
+        out = _grouped_delta(x, a, b, host)
+    else:
+        h = torch.bmm(x, a[slots].transpose(1, 2))  # (B, T, r)
+        out = torch.bmm(h, b[slots].transpose(1, 2))  # (B, T, out)
     return out.squeeze(1) if squeeze else out
+
+
+def _grouped_delta(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor, ids: tuple[int, ...]) -> torch.Tensor:
+    """The per-row product with rows grouped by slot: two matmuls per distinct slot, no per-row copies.
+
+    Scoring repeats each prompt once per label option (hundreds of rows, a handful of agents);
+    gathering every row's ``A`` and ``B`` would copy the banks hundreds of times per module.
+    """
+    distinct = sorted(set(ids))
+    rows = [[i for i, s in enumerate(ids) if s == d] for d in distinct]
+    parts = []
+    for d, r in zip(distinct, rows, strict=True):
+        xs = x[r[0] : r[-1] + 1] if r[-1] - r[0] + 1 == len(r) else x[r]  # (n, T, in)
+        parts.append((xs @ a[d].t()) @ b[d].t())  # (n, T, out)
+    order = [i for r in rows for i in r]
+    out = torch.cat(parts)
+    if order == list(range(len(ids))):
+        return out
+    inverse = [0] * len(order)
+    for pos, i in enumerate(order):
+        inverse[i] = pos
+    return out.index_select(0, to_device(torch.tensor(inverse), out.device))

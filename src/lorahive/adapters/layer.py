@@ -59,7 +59,7 @@ class HiveLinear(nn.Module):
                 continue
             override = routing.overrides.get(level, {}).get(self.name)
             a, b = override if override is not None else (bank.A, bank.B)
-            delta = routed_delta(x, a, b, routing.slots.get(level))
+            delta = routed_delta(x, a, b, routing.slots.get(level), routing.host_slots.get(level))
             gate = routing.gates.get(level)
             if gate is not None:
                 delta = delta * gate.to(delta.dtype).view(-1, *([1] * (delta.dim() - 1)))

@@ -26,6 +26,8 @@ class Routing:
         with their own slot dimension; per-agent *proposal slots* of a shared level use this.
     uniform: levels of ``slots`` whose rows all use the same slot. ``None`` (unknown) makes
         the fused path find out by reading the device; the hive always says.
+    host_slots: the slots of ``slots`` as host tuples, where known; the reference path groups
+        rows by slot with them instead of gathering per-row weights.
     """
 
     slots: dict[str, torch.Tensor] = field(default_factory=dict)
@@ -34,6 +36,7 @@ class Routing:
     gates: dict[str, torch.Tensor] = field(default_factory=dict)
     overrides: dict[str, dict[str, tuple[torch.Tensor, torch.Tensor]]] = field(default_factory=dict)
     uniform: frozenset[str] | None = None
+    host_slots: dict[str, tuple[int, ...]] = field(default_factory=dict)
 
     def runs(self, level: str) -> bool:
         return (self.active is None or level in self.active) and self.mix.get(level, 1.0) != 0.0

@@ -1,7 +1,7 @@
 """Configuration of simulated malicious agents, for testing defences.
 
-:mod:`lorahive.runtime.attack` is the hook that carries the attack out; the kinds are
-described in its docstring.
+:mod:`lorahive.mechanisms.attack` is the ``solve``-phase mechanism that carries the attack
+out; the kinds are described in its docstring.
 """
 
 from __future__ import annotations

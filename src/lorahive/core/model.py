@@ -198,12 +198,13 @@ class HiveCore:
         ids = self.agent_index(agents)
         idx = self.index(ids)
         slots = {lv.name: idx for lv in self.stack.levels if lv.scope != "shared"}
+        host = tuple(ids)
         uniform = frozenset(slots) if len(set(ids)) == 1 else frozenset()
         active = self.check_levels(levels)
         skip = self.zero_levels() - set(training)
         if skip:
             active = frozenset((active if active is not None else set(self.stack.names())) - skip)
-        return Routing(slots=slots, active=active, mix=self.mix, gates=gates or {}, uniform=uniform)
+        return Routing(slots=slots, active=active, mix=self.mix, gates=gates or {}, uniform=uniform, host_slots=dict.fromkeys(slots, host))
 
     # ------------------------------------------------------------------ write primitives
     def step(self, level: str, grads: Mapping[str, torch.Tensor] | None, slots: Sequence[int], lr: float | None = None, found_inf: torch.Tensor | None = None) -> None:

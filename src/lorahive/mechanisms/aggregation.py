@@ -2,8 +2,10 @@
 
 Shaped like Flower's ``Strategy.aggregate_fit`` (``flwr/server/strategy/``): a strategy is
 a small class holding its hyper-parameters with one method,
-``aggregate(tick, proposals, failures) -> (update | None, metrics)``, and the math lives in
-pure functions beside it (Flower's ``aggregate.py``). ``None`` means "no update this tick".
+``aggregate(tick, proposals, failures) -> Aggregate``, and the math lives in pure functions
+beside it (Flower's ``aggregate.py``). An :class:`~lorahive.mechanisms.base.Aggregate` holds
+the update (``None`` means "no update this tick"), one typed
+:class:`~lorahive.mechanisms.base.Decision` per proposal and the tick's metrics.
 
 Strategies: :class:`Mean` (FedAvg with equal weights), :class:`Weighted` (weights =
 quality × reputation, DESIGN.md §3), :class:`Median` (coordinate-wise median, Yin et al.
@@ -13,12 +15,10 @@ norm first (Flower's DP clipping wrappers; McMahan et al. 2018). Validation and 
 resonance are wrappers too (:mod:`.validation`, :mod:`.resonance`).
 
 Metrics always hold ``strategy``, ``n_proposals``, ``n_accepted``, ``n_rejected``,
-``n_failures``, ``norm`` (of the update, or ``None``) and ``proposals``: one record per
-proposal received, in order, with ``agent``, ``level``, ``tick``, ``decision``
-(``accepted``/``rejected``), ``reason``, ``norm`` (of the proposal as submitted),
-``cosine`` (to the swarm's running direction; ``None`` unless a resonance wrapper tracks
-it), ``quality``, ``reputation`` and ``weight`` — the factor by which the proposal's raw delta enters the update, for the
-linear strategies (mean, weighted); for median and trimmed mean it is the nominal 1/n.
+``n_failures``, ``failures`` and ``norm`` (of the update, or ``None``). The decisions come
+one per proposal received, in order; a strategy decides ``accepted`` with ``weight`` the
+factor by which the proposal's raw delta enters the update (for median and trimmed mean the
+nominal 1/n), and wrappers refine a decision with :func:`dataclasses.replace`.
 """
 
 from __future__ import annotations
@@ -26,14 +26,17 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any, Protocol, final
 
 import torch
 
+from lorahive.mechanisms.base import Aggregate, Decision, Delta, Proposal
+
 __all__ = [
+    "Aggregate",
     "Aggregator",
     "Clipped",
+    "Decision",
     "Delta",
     "Failure",
     "Mean",
@@ -48,32 +51,18 @@ __all__ = [
     "cosine",
     "flatten",
     "global_norm",
+    "decide",
     "key_norms",
-    "proposal_record",
     "scaled",
     "summarize",
     "trimmed_mean",
     "weighted_mean",
 ]
 
-#: A delta (or gradient) per bank parameter, keyed by parameter name.
-Delta = dict[str, torch.Tensor]
-#: What a strategy reports beside its update; see the module docstring for the keys.
+#: What a strategy reports beside its update and decisions; see the module docstring for the keys.
 Metrics = dict[str, Any]
 #: A proposal that could not be produced (an exception or a message).
 Failure = BaseException | str
-
-
-@dataclass(frozen=True)
-class Proposal:
-    """One agent's proposed change to a shared level at one tick."""
-
-    agent: str
-    level: str
-    tick: int
-    delta: Delta
-    quality: float = 1.0
-    reputation: float = 1.0
 
 
 class Aggregator(Protocol):
@@ -82,7 +71,7 @@ class Aggregator(Protocol):
     #: Short description of the strategy (wrappers include their inner one's).
     name: str
 
-    def aggregate(self, tick: int, proposals: Sequence[Proposal], failures: Sequence[Failure] = ()) -> tuple[Delta | None, Metrics]: ...
+    def aggregate(self, tick: int, proposals: Sequence[Proposal], failures: Sequence[Failure] = ()) -> Aggregate: ...
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         """Tensors that must be checkpointed for an exact resume (empty when stateless)."""
@@ -181,40 +170,42 @@ def trimmed_mean(deltas: Sequence[Delta], beta: float) -> Delta:
 # --- metrics -----------------------------------------------------------------------------
 
 
-def proposal_record(p: Proposal, weight: float | None = None, norm: float | None = None) -> dict[str, Any]:
-    """The per-proposal metrics record (accepted until a wrapper says otherwise)."""
-    return {
-        "agent": p.agent,
-        "level": p.level,
-        "tick": p.tick,
-        "decision": "accepted",
-        "reason": "",
-        "norm": global_norm(p.delta) if norm is None else norm,
-        "cosine": None,
-        "weight": weight,
-        "quality": p.quality,
-        "reputation": p.reputation,
-    }
+def decide(p: Proposal, weight: float | None = None, norm: float | None = None, reason: str | None = None) -> Decision:
+    """The decision about ``p``: accepted with ``weight``, or rejected for ``reason``.
+
+    ``norm`` defaults to the proposal's global norm.
+    """
+    return Decision(
+        agent=p.agent,
+        level=p.level,
+        tick=p.tick,
+        accepted=reason is None,
+        reason=reason or "",
+        norm=global_norm(p.delta) if norm is None else norm,
+        weight=weight,
+        quality=p.quality,
+        reputation=p.reputation,
+    )
 
 
-def summarize(strategy: str, update: Delta | None, records: list[dict[str, Any]], failures: Sequence[Failure]) -> Metrics:
-    """Tick-level metrics from the per-proposal records."""
-    accepted = sum(r["decision"] == "accepted" for r in records)
-    return {
+def summarize(strategy: str, update: Delta | None, decisions: list[Decision], failures: Sequence[Failure]) -> Aggregate:
+    """The result of a tick's aggregation, with tick-level metrics counted from ``decisions``."""
+    accepted = sum(d.accepted for d in decisions)
+    metrics = {
         "strategy": strategy,
-        "n_proposals": len(records),
+        "n_proposals": len(decisions),
         "n_accepted": accepted,
-        "n_rejected": len(records) - accepted,
+        "n_rejected": len(decisions) - accepted,
         "n_failures": len(failures),
         "failures": [repr(f) if isinstance(f, BaseException) else str(f) for f in failures],
         "norm": None if update is None else global_norm(update),
-        "proposals": records,
     }
+    return Aggregate(update, decisions, metrics)
 
 
-def _no_update(strategy: str, proposals: Sequence[Proposal], failures: Sequence[Failure], reason: str) -> tuple[None, Metrics]:
-    records = [proposal_record(p, weight=0.0) | {"decision": "rejected", "reason": reason} for p in proposals]
-    return None, summarize(strategy, None, records, failures) | {"reason": reason}
+def _no_update(strategy: str, proposals: Sequence[Proposal], failures: Sequence[Failure], reason: str) -> Aggregate:
+    res = summarize(strategy, None, [decide(p, weight=0.0, reason=reason) for p in proposals], failures)
+    return dataclasses.replace(res, metrics=res.metrics | {"reason": reason})
 
 
 # --- strategies --------------------------------------------------------------------------
@@ -226,12 +217,12 @@ class Mean(Stateless):
 
     name = "mean"
 
-    def aggregate(self, tick: int, proposals: Sequence[Proposal], failures: Sequence[Failure] = ()) -> tuple[Delta | None, Metrics]:
+    def aggregate(self, tick: int, proposals: Sequence[Proposal], failures: Sequence[Failure] = ()) -> Aggregate:
         if not proposals:
             return _no_update(self.name, proposals, failures, "no proposals")
         n = len(proposals)
         update = weighted_mean([p.delta for p in proposals], [1.0] * n)
-        return update, summarize(self.name, update, [proposal_record(p, 1.0 / n) for p in proposals], failures)
+        return summarize(self.name, update, [decide(p, 1.0 / n) for p in proposals], failures)
 
 
 @final
@@ -240,14 +231,14 @@ class Weighted(Stateless):
 
     name = "weighted"
 
-    def aggregate(self, tick: int, proposals: Sequence[Proposal], failures: Sequence[Failure] = ()) -> tuple[Delta | None, Metrics]:
+    def aggregate(self, tick: int, proposals: Sequence[Proposal], failures: Sequence[Failure] = ()) -> Aggregate:
         weights = [max(p.quality, 0.0) * max(p.reputation, 0.0) for p in proposals]
         if not proposals or sum(weights) <= 0:
             return _no_update(self.name, proposals, failures, "no proposals" if not proposals else "total weight is zero")
         total = sum(weights)
         update = weighted_mean([p.delta for p in proposals], weights)
-        records = [proposal_record(p, w / total) for p, w in zip(proposals, weights, strict=True)]
-        return update, summarize(self.name, update, records, failures)
+        decisions = [decide(p, w / total) for p, w in zip(proposals, weights, strict=True)]
+        return summarize(self.name, update, decisions, failures)
 
 
 @final
@@ -256,12 +247,12 @@ class Median(Stateless):
 
     name = "median"
 
-    def aggregate(self, tick: int, proposals: Sequence[Proposal], failures: Sequence[Failure] = ()) -> tuple[Delta | None, Metrics]:
+    def aggregate(self, tick: int, proposals: Sequence[Proposal], failures: Sequence[Failure] = ()) -> Aggregate:
         if not proposals:
             return _no_update(self.name, proposals, failures, "no proposals")
         update = coordinate_median([p.delta for p in proposals])
         n = len(proposals)
-        return update, summarize(self.name, update, [proposal_record(p, 1.0 / n) for p in proposals], failures)
+        return summarize(self.name, update, [decide(p, 1.0 / n) for p in proposals], failures)
 
 
 @final
@@ -274,12 +265,12 @@ class TrimmedMean(Stateless):
         self.beta = beta
         self.name = f"trimmed_mean({beta:g})"
 
-    def aggregate(self, tick: int, proposals: Sequence[Proposal], failures: Sequence[Failure] = ()) -> tuple[Delta | None, Metrics]:
+    def aggregate(self, tick: int, proposals: Sequence[Proposal], failures: Sequence[Failure] = ()) -> Aggregate:
         if not proposals:
             return _no_update(self.name, proposals, failures, "no proposals")
         update = trimmed_mean([p.delta for p in proposals], self.beta)
         n = len(proposals)
-        return update, summarize(self.name, update, [proposal_record(p, 1.0 / n) for p in proposals], failures)
+        return summarize(self.name, update, [decide(p, 1.0 / n) for p in proposals], failures)
 
 
 @final
@@ -300,18 +291,19 @@ class Clipped:
         """The largest norm proposal ``p`` keeps."""
         return self.max_norm * min(1.0, max(0.0, p.reputation)) if self.by_reputation else self.max_norm
 
-    def aggregate(self, tick: int, proposals: Sequence[Proposal], failures: Sequence[Failure] = ()) -> tuple[Delta | None, Metrics]:
+    def aggregate(self, tick: int, proposals: Sequence[Proposal], failures: Sequence[Failure] = ()) -> Aggregate:
         norms = [global_norm(p.delta) for p in proposals]
         scales = [clip_scale(n, self.bound(p)) for n, p in zip(norms, proposals, strict=True)]
         clipped = [
             dataclasses.replace(p, delta=scaled(p.delta, s)) if s < 1.0 else p
             for p, s in zip(proposals, scales, strict=True)
         ]
-        update, metrics = self.inner.aggregate(tick, clipped, failures)
-        for rec, n, s in zip(metrics["proposals"], norms, scales, strict=True):
-            rec["norm"], rec["clip_scale"] = n, s
-            rec["weight"] = None if rec["weight"] is None else rec["weight"] * s
-        return update, metrics | {"strategy": self.name}
+        res = self.inner.aggregate(tick, clipped, failures)
+        decisions = [
+            dataclasses.replace(d, norm=n, clip_scale=s, weight=None if d.weight is None else d.weight * s)
+            for d, n, s in zip(res.decisions, norms, scales, strict=True)
+        ]
+        return dataclasses.replace(res, decisions=decisions, metrics=res.metrics | {"strategy": self.name})
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return self.inner.state_dict()

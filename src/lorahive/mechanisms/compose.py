@@ -9,6 +9,10 @@ the valid proposals; clipping last bounds what any single proposal can contribut
 included. When resonance is off, a :class:`Resonance` with ``α = β = 0`` still tracks the
 swarm direction (it changes no weight), so the ledger's cosine column means the same thing
 in every configuration.
+
+The composed aggregator is the compose phase's own step: the swarm calls it before the
+compose-phase mechanisms run (they see its typed decisions), and checkpoints its
+``state_dict`` with every mechanism's, under the name ``aggregation``.
 """
 
 from __future__ import annotations

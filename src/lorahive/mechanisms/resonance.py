@@ -10,6 +10,14 @@ an exponential moving average of the unit vectors of its applied updates.
 delegates, then folds the resulting update into the direction. With ``α = β = 0`` it
 changes nothing and only tracks the direction, which is how the ledger's "cosine to the
 swarm direction" is filled in when resonance is switched off.
+
+Why a wrapper and not a compose-phase :class:`~lorahive.mechanisms.base.Mechanism`: the
+weighting has to sit *inside* the aggregation, after validation (which must see the norms as
+submitted and keep malformed proposals away from the arithmetic) and before clipping (which
+must bound a proposal's boosted contribution). A mechanism running before or after the
+aggregator could do neither without changing the numbers. It takes part in the generic
+path all the same: the swarm checkpoints the aggregator's ``state_dict`` (this wrapper's
+direction, as tensors) with every mechanism's state, under the name ``aggregation``.
 """
 
 from __future__ import annotations
@@ -21,10 +29,10 @@ from typing import final
 import torch
 
 from lorahive.mechanisms.aggregation import (
+    Aggregate,
     Aggregator,
     Delta,
     Failure,
-    Metrics,
     Proposal,
     cosine,
     flatten,
@@ -92,7 +100,7 @@ class Resonance:
         self.direction = SwarmDirection(ema)
         self.name = f"resonance({inner.name}, α={alpha:g}, β={beta:g}, cap={cap:g})"
 
-    def aggregate(self, tick: int, proposals: Sequence[Proposal], failures: Sequence[Failure] = ()) -> tuple[Delta | None, Metrics]:
+    def aggregate(self, tick: int, proposals: Sequence[Proposal], failures: Sequence[Failure] = ()) -> Aggregate:
         levels = {p.level for p in proposals}
         if len(levels) > 1:
             raise ValueError(f"one aggregate call aggregates one level; got {sorted(levels)}")
@@ -102,13 +110,14 @@ class Resonance:
             p if f == 1.0 else dataclasses.replace(p, delta=scaled(p.delta, f))
             for p, f in zip(proposals, factors, strict=True)
         ]
-        update, metrics = self.inner.aggregate(tick, weighed, failures)
-        for rec, p, c, f in zip(metrics["proposals"], proposals, cosines, factors, strict=True):
-            rec["norm"], rec["cosine"], rec["resonance"] = global_norm(p.delta), c, f
-            rec["weight"] = None if rec["weight"] is None else rec["weight"] * f
-        if update is not None and proposals:
-            self.direction.update(proposals[0].level, update)
-        return update, metrics | {"strategy": self.name}
+        res = self.inner.aggregate(tick, weighed, failures)
+        decisions = [
+            dataclasses.replace(d, norm=global_norm(p.delta), cosine=c, resonance=f, weight=None if d.weight is None else d.weight * f)
+            for d, p, c, f in zip(res.decisions, proposals, cosines, factors, strict=True)
+        ]
+        if res.update is not None and proposals:
+            self.direction.update(proposals[0].level, res.update)
+        return dataclasses.replace(res, decisions=decisions, metrics=res.metrics | {"strategy": self.name})
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return self.direction.state_dict() | self.inner.state_dict()

@@ -13,6 +13,7 @@ proposals, so one malformed proposal cannot redefine what "well-formed" means.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections import Counter
 from collections.abc import Sequence
@@ -21,14 +22,15 @@ from typing import final
 import torch
 
 from lorahive.mechanisms.aggregation import (
+    Aggregate,
     Aggregator,
+    Decision,
     Delta,
     Failure,
-    Metrics,
     Proposal,
+    decide,
     global_norm,
     key_norms,
-    proposal_record,
     summarize,
 )
 
@@ -106,7 +108,7 @@ def validate_proposal(
 class Validated:
     """Drop invalid proposals (recording why), aggregate the rest with ``inner``.
 
-    Returns ``(None, metrics)`` when no proposal passes.
+    Returns no update when no proposal passes.
     """
 
     def __init__(
@@ -120,29 +122,26 @@ class Validated:
         self.reject_norm_ratio = reject_norm_ratio
         self.name = f"validated({inner.name})"
 
-    def aggregate(self, tick: int, proposals: Sequence[Proposal], failures: Sequence[Failure] = ()) -> tuple[Delta | None, Metrics]:
+    def aggregate(self, tick: int, proposals: Sequence[Proposal], failures: Sequence[Failure] = ()) -> Aggregate:
         shapes = self.shapes if self.shapes is not None else reference_shapes(proposals)
         level = self.level if self.level is not None else reference_level(proposals)
         median = median_norm(proposals, shapes) if self.reject_norm_ratio is not None else None
         bound = None if median is None or self.reject_norm_ratio is None else (self.reject_norm_ratio, median)
         checks = [validate_proposal(p, shapes, level, self.reject_norm, bound) for p in proposals]
         passed = [p for p, (reason, _) in zip(proposals, checks, strict=True) if reason is None]
-        if passed:
-            update, inner_metrics = self.inner.aggregate(tick, passed, failures)
-            inner_records = iter(inner_metrics["proposals"])
-        else:
-            update, inner_metrics, inner_records = None, {}, iter(())
-        records = []
+        inner = self.inner.aggregate(tick, passed, failures) if passed else None
+        inner_decisions = iter(inner.decisions if inner is not None else ())
+        decisions: list[Decision] = []
         for p, (reason, norm) in zip(proposals, checks, strict=True):
             if reason is None:
-                records.append(next(inner_records))
+                decisions.append(next(inner_decisions))
             else:
-                rec = proposal_record(p, weight=0.0, norm=0.0) | {"norm": norm}
-                records.append(rec | {"decision": "rejected", "reason": reason})
-        metrics = inner_metrics | summarize(self.name, update, records, failures)
+                decisions.append(dataclasses.replace(decide(p, weight=0.0, norm=0.0, reason=reason), norm=norm))
+        res = summarize(self.name, None if inner is None else inner.update, decisions, failures)
+        metrics = (inner.metrics if inner is not None else {}) | res.metrics
         if not passed:
             metrics["reason"] = "no proposal passed validation"
-        return update, metrics
+        return dataclasses.replace(res, metrics=metrics)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return self.inner.state_dict()

@@ -15,8 +15,9 @@ Schema (version :data:`SCHEMA_VERSION`; ``docs/ledger.md`` has example queries):
             strategy)
     scores(id, tick, agent, task_type, phase, quality, n)    phase 'before' or 'after' learning
     checkpoints(id, tick, path, sha256, created_at)          one row per checkpoint written
-    events(id, tick, kind, detail)                           anything else (migration, decay,
-                                                              split/merge, resume); detail is JSON
+    events(id, tick, kind, detail)                           anything else (resume, stage, final_eval,
+                                                              and 'mechanism:<name>' for each action
+                                                              a mechanism returned); detail is JSON
 
 Norms are global L2 norms; ``cosine`` is to the level's running swarm direction (NULL
 before it has one); ``weight`` is the factor by which the proposal entered the update.
@@ -34,7 +35,10 @@ from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from lorahive.mechanisms.base import Aggregate
 
 __all__ = ["SCHEMA_VERSION", "Ledger", "sha256_of"]
 
@@ -188,14 +192,12 @@ class Ledger:
             (tick, level, _real(norm), n_proposals, n_accepted, strategy),
         )
 
-    def record_aggregation(self, tick: int, level: str, metrics: Mapping[str, Any], applied: bool = True) -> None:
-        """Every proposal record of an aggregator's metrics, and the update when one was applied."""
+    def record_aggregation(self, tick: int, level: str, result: Aggregate, applied: bool = True) -> None:
+        """Every decision of an aggregation result, and the update when one was applied."""
+        metrics = result.metrics
         with self.transaction():
-            for r in metrics.get("proposals", []):
-                self.record_proposal(
-                    tick, r["agent"], r.get("level", level), r["decision"], r.get("reason", ""),
-                    r.get("norm"), r.get("cosine"), r.get("weight"), r.get("quality"), r.get("reputation"),
-                )
+            for d in result.decisions:
+                self.record_proposal(tick, d.agent, d.level or level, d.decision, d.reason, d.norm, d.cosine, d.weight, d.quality, d.reputation)
             if applied and metrics.get("norm") is not None:
                 self.record_update(tick, level, metrics["norm"], int(metrics["n_proposals"]), str(metrics["strategy"]), metrics.get("n_accepted"))
 

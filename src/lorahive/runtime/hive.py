@@ -252,8 +252,12 @@ class Hive:
             pb = bank.B.detach()[:1].expand(k, -1, -1).clone().requires_grad_()  # (K, out, r)
             slots[path] = (pa, pb)
         base = self.core.route(owners, training=[level])
-        row_slot = self.core.index([names.index(o) for o in owners])  # (B,)
-        routing = Routing(slots={**base.slots, level: row_slot}, active=base.active, mix=base.mix, overrides={level: slots}, uniform=base.uniform)
+        rows = tuple(names.index(o) for o in owners)
+        row_slot = self.core.index(rows)  # (B,)
+        routing = Routing(
+            slots={**base.slots, level: row_slot}, active=base.active, mix=base.mix, overrides={level: slots},
+            uniform=base.uniform, host_slots={**base.host_slots, level: rows},
+        )
         losses = self._agent_losses(batch, owners, names, routing)
         leaves = [t for pair in slots.values() for t in pair]
         grads = torch.autograd.grad(torch.stack(list(losses.values())).sum(), leaves)

@@ -26,7 +26,6 @@ from lorahive.config import RunConfig, dump_config, load_config
 from lorahive.core import persistent_levels
 from lorahive.observe.ledger import Ledger, sha256_of
 from lorahive.observe.metrics import AccuracyMatrix
-from lorahive.runtime import attack
 from lorahive.runtime.agent import evaluate
 from lorahive.runtime.hive import Hive
 from lorahive.runtime.measure import (
@@ -129,7 +128,6 @@ def _build(out: Path, cfg: RunConfig) -> Run:
     hive = Hive.load(cfg.base, method_stack(cfg), device="cpu" if not torch.cuda.is_available() else None, seed=cfg.seed)
     data = load_data(cfg)
     swarm = Swarm(hive, cfg, data, Ledger(out / "ledger.sqlite"))
-    attack.install(swarm, cfg.attack, cfg.seed)
     run = Run(out, cfg, hive, swarm, _eval_tasks(cfg, data, hive), {}, time.time())
     if cfg.stream is not None:
         run.R = AccuracyMatrix(cfg.stream.order)
@@ -180,8 +178,8 @@ def resume(out: str | Path, progress: Progress | None = None, ticks: int | None 
     run = _build(out, cfg)
     loaded = checkpoint.load(out, run.hive.core)
     try:
-        run.swarm.load_state(loaded.state)
-        run.swarm.aggregator.load_state_dict({k.removeprefix("agg/"): v for k, v in loaded.extra.items() if k.startswith("agg/")})
+        legacy = {f"mechanism/aggregation/{k.removeprefix('agg/')}": v for k, v in loaded.extra.items() if k.startswith("agg/")}  # checkpoints before mechanisms/base.py
+        run.swarm.load_state(loaded.state, loaded.extra | legacy)
         run.before = dict(loaded.state["quality_before"])
         run.elapsed = float(loaded.state.get("elapsed", 0.0))
         run.ppl_before = loaded.state.get("ppl_before")
@@ -230,8 +228,7 @@ def _save(run: Run) -> None:
     state = {**run.swarm.state(), "quality_before": run.before, "elapsed": run.elapsed + time.time() - run.started, "ppl_before": run.ppl_before}
     if run.R is not None:
         state["cl_R"] = run.R.to_dict()["R"]
-    extra = {f"agg/{k}": v for k, v in run.swarm.aggregator.state_dict().items()}
-    path = checkpoint.save(run.out, run.hive.core, state, extra)
+    path = checkpoint.save(run.out, run.hive.core, state, run.swarm.tensors())
     run.swarm.ledger.record_checkpoint(run.swarm.tick_no, path, sha256_of(path / "manifest.json"))
 
 

@@ -13,7 +13,15 @@ A tick is spelled out in :meth:`Swarm.tick`, top to bottom, one named phase each
     health   health metrics
     record   the ledger commits the tick
 
-Mechanisms plug into a phase with :meth:`Swarm.plug`; phases with nothing plugged in pass.
+Mechanisms (:class:`~lorahive.mechanisms.base.Mechanism`, built once from the config by
+:func:`~lorahive.mechanisms.registry.build_mechanisms`) run in their phase(s) in registration
+order, each handed a :class:`~lorahive.mechanisms.base.TickView`; every action one returns is
+recorded as a ``mechanism:<name>`` ledger event in the tick's transaction, and every
+mechanism's state (the aggregator's under ``aggregation``) is part of :meth:`Swarm.state` /
+:meth:`Swarm.tensors`. Phases with no mechanism pass. The compose phase's own step is the
+aggregator (:func:`~lorahive.mechanisms.compose.build_aggregator`): it returns a typed
+:class:`~lorahive.mechanisms.base.Aggregate` that apply, attribution and the ledger read.
+
 What learns in the solve phase is the run's method (:mod:`lorahive.runtime.methods`): the
 hive, or a baseline over the same engine; in a stream run the schedule
 (:mod:`lorahive.runtime.stream`) sets each agent's task type before the tasks are drawn.
@@ -24,15 +32,31 @@ The apply phase credits the swarm level's change to the accepted proposals
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
 from lorahive.config import RunConfig
-from lorahive.mechanisms.aggregation import Aggregator, Delta, Metrics, Proposal, flatten
+from lorahive.mechanisms.aggregation import Aggregator, Metrics, flatten
+from lorahive.mechanisms.base import (
+    PHASES,
+    Action,
+    Aggregate,
+    Decision,
+    Delta,
+    Mechanism,
+    Proposal,
+    TickView,
+)
 from lorahive.mechanisms.compose import build_aggregator
+from lorahive.mechanisms.registry import (
+    build_mechanisms,
+    check_mechanisms,
+    join_states,
+    split_states,
+)
 from lorahive.observe.influence import SwarmAttribution, projection_contributions
 from lorahive.observe.ledger import Ledger
 from lorahive.runtime.agent import Agent, Outcome
@@ -42,7 +66,7 @@ from lorahive.runtime.stream import Schedule, build_method
 from lorahive.suites.cl import CLData, sample_task
 from lorahive.suites.task import Task
 
-PHASES = ("solve", "budget", "compose", "apply", "detect", "migrate", "drain", "decay", "health", "record")
+__all__ = ["PHASES", "Swarm", "TickContext"]
 
 
 @dataclass
@@ -53,18 +77,38 @@ class TickContext:
     tasks: dict[str, Task] = field(default_factory=dict)
     outcomes: dict[str, Outcome] = field(default_factory=dict)
     proposals: list[Proposal] = field(default_factory=list)
-    update: Delta | None = None
-    metrics: Metrics = field(default_factory=dict)
+    aggregate: Aggregate | None = None
+    updates: dict[str, Delta] = field(default_factory=dict)  # level -> this tick's applied update
+    actions: list[tuple[str, Action]] = field(default_factory=list)  # (mechanism, what it did), in order
     notes: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def update(self) -> Delta | None:
+        """The swarm update of this tick (``None``: none)."""
+        return None if self.aggregate is None else self.aggregate.update
 
-Hook = Callable[["Swarm", TickContext], None]
+    @property
+    def decisions(self) -> list[Decision]:
+        return [] if self.aggregate is None else self.aggregate.decisions
+
+    @property
+    def metrics(self) -> Metrics:
+        return {} if self.aggregate is None else self.aggregate.metrics
 
 
 class Swarm:
     """Agents working over one hive, improving its swarm level together."""
 
-    def __init__(self, hive: Hive, cfg: RunConfig, data: dict[str, CLData], ledger: Ledger, aggregator: Aggregator | None = None, method: Method | None = None) -> None:
+    def __init__(
+        self,
+        hive: Hive,
+        cfg: RunConfig,
+        data: dict[str, CLData],
+        ledger: Ledger,
+        aggregator: Aggregator | None = None,
+        method: Method | None = None,
+        mechanisms: Sequence[Mechanism] | None = None,
+    ) -> None:
         self.hive, self.cfg, self.data, self.ledger = hive, cfg, data, ledger
         self.aggregator = aggregator or build_aggregator(cfg.aggregation)
         self.method = method or build_method(cfg)
@@ -78,13 +122,7 @@ class Swarm:
         self.tick_no = 0
         self.accepted = 0
         self.rejected = 0
-        self.hooks: dict[str, list[Hook]] = {p: [] for p in PHASES}
-
-    def plug(self, phase: str, hook: Hook) -> None:
-        """Run ``hook(swarm, ctx)`` in ``phase`` of every tick, after what is there already."""
-        if phase not in self.hooks:
-            raise ValueError(f"unknown phase {phase!r}; phases are {list(PHASES)}")
-        self.hooks[phase].append(hook)
+        self.mechanisms = check_mechanisms(build_mechanisms(cfg, names) if mechanisms is None else mechanisms)
 
     # ------------------------------------------------------------------ the tick
     def tick(self) -> TickContext:
@@ -100,8 +138,17 @@ class Swarm:
         return ctx
 
     def _run(self, phase: str, ctx: TickContext) -> None:
-        for hook in self.hooks[phase]:
-            hook(self, ctx)
+        """Run every enabled mechanism of ``phase``, in registration order; keep what each did."""
+        for m in self.mechanisms:
+            if m.enabled and phase in m.phases:
+                action = m.run(self._view(phase, ctx))
+                if action is not None:
+                    ctx.actions.append((m.name, action))
+
+    def _view(self, phase: str, ctx: TickContext) -> TickView:
+        core = self.hive.core
+        reputations = {n: a.reputation for n, a in self.agents.items()}
+        return TickView(ctx.tick, phase, ctx.proposals, tuple(ctx.decisions), reputations, core.states, core, dict(ctx.updates))
 
     # ------------------------------------------------------------------ phases
     def task_for(self, agent: Agent, tick: int) -> Task:
@@ -120,11 +167,11 @@ class Swarm:
         self._run("solve", ctx)
 
     def _compose(self, ctx: TickContext) -> None:
-        ctx.update, ctx.metrics = self.aggregator.aggregate(ctx.tick, ctx.proposals)
+        ctx.aggregate = self.aggregator.aggregate(ctx.tick, ctx.proposals)
         self._run("compose", ctx)
 
     def _apply(self, ctx: TickContext) -> None:
-        decisions = {r["agent"]: r["decision"] for r in ctx.metrics.get("proposals", [])}
+        decisions = {d.agent: d.decision for d in ctx.decisions}  # an agent's last decision counts
         self.accepted += sum(d == "accepted" for d in decisions.values())
         self.rejected += sum(d == "rejected" for d in decisions.values())
         ema = self.cfg.agent.reputation_ema
@@ -134,6 +181,7 @@ class Swarm:
         if ctx.update is not None:
             before = self._swarm_weights()
             self.hive.apply_update(self.cfg.swarm_level, ctx.update)
+            ctx.updates[self.cfg.swarm_level] = ctx.update
             moved = float(torch.linalg.vector_norm(self._swarm_weights() - before))
             self._attribute(ctx, moved)
         self._run("apply", ctx)
@@ -149,11 +197,10 @@ class Swarm:
         scaled so the tick's credits add up to the norm of the applied change. Masses decay by
         the level's own per-step weight decay, as its weights did.
         """
-        records = ctx.metrics.get("proposals", [])
         used = {
-            i: (p.agent, float(r["weight"]))
-            for i, (p, r) in enumerate(zip(ctx.proposals, records, strict=False))
-            if r["decision"] == "accepted" and r.get("weight")
+            i: (p.agent, float(d.weight))
+            for i, (p, d) in enumerate(zip(ctx.proposals, ctx.decisions, strict=False))
+            if d.accepted and d.weight
         }
         updates = {str(i): flatten(ctx.proposals[i].delta) for i in used}
         proj = projection_contributions(updates, {str(i): w for i, (_, w) in used.items()})
@@ -170,11 +217,18 @@ class Swarm:
             for name, out in ctx.outcomes.items():
                 task = ctx.tasks[name]
                 self.ledger.record_score(ctx.tick, name, task.task_type, "after", out.quality, len(task.query))
-            self.ledger.record_aggregation(ctx.tick, self.cfg.swarm_level, ctx.metrics, applied=ctx.update is not None)
+            if ctx.aggregate is not None:
+                self.ledger.record_aggregation(ctx.tick, self.cfg.swarm_level, ctx.aggregate, applied=ctx.update is not None)
             self._run("record", ctx)
+            for name, action in ctx.actions:
+                self.ledger.record_event(ctx.tick, f"mechanism:{name}", {"action": action.kind, **action.detail})
 
     # ------------------------------------------------------------------ state
+    def _mechanism_states(self) -> dict[str, dict[str, Any]]:
+        return {"aggregation": dict(self.aggregator.state_dict()), **{m.name: m.state_dict() for m in self.mechanisms}}
+
     def state(self) -> dict[str, Any]:
+        """The swarm's plain-JSON run state; the tensors beside it are :meth:`tensors`."""
         return {
             "tick": self.tick_no,
             "accepted": self.accepted,
@@ -182,9 +236,15 @@ class Swarm:
             "agents_state": {n: {"task_type": a.task_type, "reputation": a.reputation, "solved": a.solved} for n, a in self.agents.items()},
             "attribution": self.attribution.state_dict(),
             "method": self.method.state_dict(),
+            "mechanisms": split_states(self._mechanism_states())[0],
         }
 
-    def load_state(self, state: dict[str, Any]) -> None:
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """The mechanisms' tensors (the aggregator's included), keyed ``mechanism/<name>/<key>``."""
+        return split_states(self._mechanism_states())[1]
+
+    def load_state(self, state: dict[str, Any], tensors: dict[str, torch.Tensor] | None = None) -> None:
+        """Restore :meth:`state` and :meth:`tensors`; each mechanism gets its own state back."""
         self.tick_no = int(state["tick"])
         self.accepted, self.rejected = int(state["accepted"]), int(state["rejected"])
         for n, s in state["agents_state"].items():
@@ -192,3 +252,7 @@ class Swarm:
             a.task_type, a.reputation, a.solved = s["task_type"], float(s["reputation"]), int(s["solved"])
         self.attribution.load_state_dict(state.get("attribution", {}))
         self.method.load_state_dict(state.get("method", {}))
+        mech = join_states(state.get("mechanisms", {}), tensors or {})
+        self.aggregator.load_state_dict(mech.get("aggregation", {}))
+        for m in self.mechanisms:
+            m.load_state_dict(mech.get(m.name, {}))

@@ -4,8 +4,10 @@ Layout of ``RUN/checkpoint/``::
 
     levels/<level>.safetensors   "<module>/A" (S, r, in), "<module>/B" (S, out, r), "<module>/A0" init snapshot
     optim/<level>.safetensors    per-slot AdamW state "<param>:exp_avg|exp_avg_sq|step"
-    extra.safetensors            mechanism state (e.g. the swarm's running direction) + torch RNG state
-    state.json                   tick, agents, mixing coefficients, reputations, run bookkeeping
+    extra.safetensors            mechanisms' tensors "mechanism/<name>/<key>" (e.g. the aggregator's
+                                 running direction) + torch RNG state "rng/torch"
+    state.json                   tick, agents, mixing coefficients, reputations, mechanisms' plain
+                                 state ("mechanisms": {name: {...}}), run bookkeeping
     manifest.json                sha256 and size of every file above
 
 A checkpoint is written to a temporary sibling directory, each file fsynced, then renamed over

@@ -1,4 +1,4 @@
-"""Malicious agents, for testing defences: a ``solve``-phase hook that poisons proposals.
+"""Malicious agents, for testing defences: a ``solve``-phase mechanism that poisons proposals.
 
 What it does is set by :class:`~lorahive.config.AttackConfig` (the ``attack`` section of a run).
 
@@ -15,8 +15,9 @@ federated learning: Blanchard et al. 2017, Yin et al. 2018, Bagdasaryan et al. 2
 
 An attacker always submits (using the first honest proposal as its reference when it did not
 clear the quality bar itself) and always claims quality 1. Every draw depends only on
-(seed, tick, agent), so an attacked run is as reproducible as a clean one. The hook also writes
-one ``attack`` event per tick to the ledger, naming the attackers.
+(seed, tick, agent), so an attacked run is as reproducible as a clean one. Each tick with
+proposals, its :class:`~lorahive.mechanisms.base.Action` names the attackers, the kind and the
+scale; the framework records it as a ``mechanism:attack`` event in the ledger.
 """
 
 from __future__ import annotations
@@ -24,17 +25,15 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import Any, final
 
 import torch
 
 from lorahive.config import AttackConfig, AttackKind
-from lorahive.mechanisms.aggregation import Delta, Proposal, global_norm
+from lorahive.mechanisms.aggregation import global_norm
+from lorahive.mechanisms.base import Action, Delta, Proposal, TickView
 
-if TYPE_CHECKING:
-    from lorahive.runtime.swarm import Swarm, TickContext
-
-__all__ = ["Attack", "choose_attackers", "install", "poison"]
+__all__ = ["Attack", "build_attack", "choose_attackers", "poison"]
 
 
 def choose_attackers(agents: Sequence[str], fraction: float, seed: int) -> list[str]:
@@ -68,40 +67,40 @@ def poison(own: Delta, kind: AttackKind, scale: float, seed: int, tick: int, age
     return {k: torch.randn(v.shape, generator=gen).to(v.device, v.dtype) * (scale * rms) for k, v in sorted(own.items())}
 
 
+@final
 class Attack:
-    """The ``solve``-phase hook: swaps the attackers' proposals for poisoned ones."""
+    """The ``solve``-phase mechanism: swaps the attackers' proposals for poisoned ones."""
 
-    def __init__(self, cfg: AttackConfig, attackers: Sequence[str], seed: int) -> None:
-        self.cfg, self.attackers, self.seed = cfg, list(attackers), seed
+    name: str = "attack"
+    phases: tuple[str, ...] = ("solve",)
 
-    def __call__(self, swarm: Swarm, ctx: TickContext) -> None:
-        if not ctx.proposals:
-            return
-        own = {p.agent: p for p in ctx.proposals}
-        ref = next((p for p in ctx.proposals if p.agent not in self.attackers), ctx.proposals[0])
+    def __init__(self, cfg: AttackConfig, attackers: Sequence[str], seed: int, enabled: bool = True) -> None:
+        self.cfg, self.attackers, self.seed, self.enabled = cfg, list(attackers), seed, enabled
+
+    def run(self, view: TickView) -> Action | None:
+        if not view.proposals:
+            return None
+        own = {p.agent: p for p in view.proposals}
+        ref = next((p for p in view.proposals if p.agent not in self.attackers), view.proposals[0])
         out = []
-        for name in swarm.agents:
+        for name, reputation in view.reputations.items():
             if name in self.attackers:
                 base = own.get(name, ref)
-                delta = poison(base.delta, self.cfg.kind, self.cfg.scale, self.seed, ctx.tick, name)
-                out.append(Proposal(name, base.level, ctx.tick, delta, 1.0, swarm.agents[name].reputation))
+                delta = poison(base.delta, self.cfg.kind, self.cfg.scale, self.seed, view.tick, name)
+                out.append(Proposal(name, base.level, view.tick, delta, 1.0, reputation))
             elif name in own:
                 out.append(own[name])
-        ctx.proposals[:] = out
-        ctx.notes["attackers"] = list(self.attackers)
+        view.proposals[:] = out
+        return Action("poisoned", {"attackers": list(self.attackers), "kind": self.cfg.kind, "scale": self.cfg.scale})
 
-    def record(self, swarm: Swarm, ctx: TickContext) -> None:
-        """The ``record``-phase hook: one ledger event naming this tick's attackers."""
-        if "attackers" in ctx.notes:
-            swarm.ledger.record_event(ctx.tick, "attack", {"attackers": ctx.notes["attackers"], "kind": self.cfg.kind, "scale": self.cfg.scale})
+    def state_dict(self) -> dict[str, Any]:
+        return {}  # the attackers and every draw follow from the seed
 
-
-def install(swarm: Swarm, cfg: AttackConfig, seed: int) -> Attack | None:
-    """Plug an attack into ``swarm`` when ``cfg.fraction`` names at least one attacker."""
-    attackers = choose_attackers(list(swarm.agents), cfg.fraction, seed)
-    if not attackers:
+    def load_state_dict(self, state: dict[str, Any]) -> None:
         return None
-    attack = Attack(cfg, attackers, seed)
-    swarm.plug("solve", attack)
-    swarm.plug("record", attack.record)
-    return attack
+
+
+def build_attack(cfg: AttackConfig, agents: Sequence[str], seed: int) -> Attack | None:
+    """The attack ``cfg`` describes, or ``None`` when ``cfg.fraction`` names no attacker."""
+    attackers = choose_attackers(list(agents), cfg.fraction, seed)
+    return Attack(cfg, attackers, seed) if attackers else None

@@ -1,0 +1,139 @@
+"""The mechanism protocol (DESIGN.md §7): what a mechanism is handed, what it returns.
+
+A tick is a fixed sequence of named :data:`PHASES`. A :class:`Mechanism` names the phase(s)
+it runs in and gets one :class:`TickView` per phase it runs in: the tick's proposals, one
+typed :class:`Decision` per proposal once aggregation has run, the level states, the model
+core (for its write primitives only) and this tick's applied updates. It returns an
+:class:`Action` (what it did, recorded by the framework as a ledger ``events`` row of kind
+``mechanism:<name>``) or ``None``. Its :meth:`Mechanism.state_dict` is checkpointed and
+restored by the framework: plain JSON values go to the run state, tensors to the checkpoint's
+extra tensors. Mechanisms never import :mod:`lorahive.runtime`.
+
+The shared value types of aggregation (:data:`Delta`, :class:`Proposal`, :class:`Decision`,
+:class:`Aggregate`) live here too, so that a mechanism needs this module and nothing above it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
+
+import torch
+
+if TYPE_CHECKING:
+    from lorahive.core import HiveCore, LevelState
+
+__all__ = ["PHASES", "Action", "Aggregate", "Decision", "Delta", "Mechanism", "Proposal", "TickView"]
+
+#: The tick's phases, in order (DESIGN.md §2; spelled out in ``Swarm.tick``).
+PHASES = ("solve", "budget", "compose", "apply", "detect", "migrate", "drain", "decay", "health", "record")
+
+#: A delta (or gradient) per bank parameter, keyed by parameter name.
+Delta = dict[str, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Proposal:
+    """One agent's proposed change to a shared level at one tick."""
+
+    agent: str
+    level: str
+    tick: int
+    delta: Delta
+    quality: float = 1.0
+    reputation: float = 1.0
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What aggregation decided about one proposal (one ``proposals`` row of the ledger).
+
+    ``norm`` is the proposal's global L2 norm as submitted (``None`` when not finite);
+    ``cosine`` its cosine to the swarm's running direction (``None`` before there is one);
+    ``weight`` the factor by which its raw delta entered the update (the nominal 1/n for
+    median and trimmed mean); ``clip_scale`` and ``resonance`` the factors the clipping and
+    resonance wrappers applied (``None`` where no such wrapper ran).
+    """
+
+    agent: str
+    level: str
+    tick: int
+    accepted: bool
+    reason: str = ""
+    norm: float | None = None
+    cosine: float | None = None
+    weight: float | None = None
+    quality: float | None = None
+    reputation: float | None = None
+    clip_scale: float | None = None
+    resonance: float | None = None
+
+    @property
+    def decision(self) -> str:
+        """``'accepted'`` or ``'rejected'``, as the ledger spells it."""
+        return "accepted" if self.accepted else "rejected"
+
+
+@dataclass(frozen=True)
+class Aggregate:
+    """An aggregator's result: the update (``None``: no update this tick), one decision per proposal, in order, and metrics.
+
+    ``metrics`` holds ``strategy``, ``n_proposals``, ``n_accepted``, ``n_rejected``,
+    ``n_failures``, ``failures``, ``norm`` (of the update, or ``None``) and, when there is no
+    update, ``reason``.
+    """
+
+    update: Delta | None
+    decisions: list[Decision]
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Action:
+    """What a mechanism did in one phase: a short ``kind`` and a JSON-able ``detail``."""
+
+    kind: str
+    detail: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class TickView:
+    """One phase of one tick as a mechanism sees it.
+
+    Read-only but for ``proposals``: a ``solve``-phase mechanism may edit that list in place
+    (before aggregation sees it). Levels are written through ``core``'s primitives only
+    (``step``, ``add_delta``, ``decay_toward_init``, ``reset``) and ``states``' fields.
+    ``decisions`` is empty until the compose phase's aggregation has run; ``updates`` holds
+    this tick's applied update per level, empty until the apply phase.
+    """
+
+    tick: int
+    phase: str
+    proposals: list[Proposal]
+    decisions: Sequence[Decision]
+    reputations: Mapping[str, float]  # agent -> reputation, in the swarm's agent order
+    states: Mapping[str, LevelState]
+    core: HiveCore
+    updates: Mapping[str, Delta] = field(default_factory=dict)
+
+
+class Mechanism(Protocol):
+    """A small, replaceable component run by the tick in its phase(s) (DESIGN.md §7)."""
+
+    #: Unique among a swarm's mechanisms; names its ledger events (``mechanism:<name>``) and its state.
+    name: str
+    #: The phases it runs in, each one of :data:`PHASES`.
+    phases: tuple[str, ...]
+    #: A disabled mechanism is not run (its state is still checkpointed).
+    enabled: bool
+
+    def run(self, view: TickView) -> Action | None:
+        """Do this phase's work; say what was done, or ``None`` when nothing was."""
+        ...
+
+    def state_dict(self) -> dict[str, Any]:
+        """What an exact resume needs: plain JSON values and/or tensors (empty when stateless)."""
+        ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...

@@ -1,0 +1,73 @@
+"""Which mechanisms a run has: one factory per mechanism, applied to the run's config in order.
+
+A factory reads the :class:`~lorahive.config.RunConfig` and the swarm's agent names and
+returns its mechanism, or ``None`` when the config leaves it out. The swarm registers what
+:func:`build_mechanisms` returns once, and runs each enabled mechanism in its phase(s) in this
+order. Aggregation is not among them: it is the compose phase's own step
+(:func:`~lorahive.mechanisms.compose.build_aggregator`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import torch
+
+from lorahive.config import RunConfig
+from lorahive.mechanisms.attack import build_attack
+from lorahive.mechanisms.base import PHASES, Mechanism
+
+__all__ = ["DEFAULT_FACTORIES", "TENSOR_PREFIX", "Factory", "build_mechanisms", "check_mechanisms", "join_states", "split_states"]
+
+#: Where a mechanism's tensors go among a checkpoint's extra tensors: ``mechanism/<name>/<key>``.
+TENSOR_PREFIX = "mechanism/"
+
+#: Builds one mechanism from a run's config and its agents' names, or ``None``.
+Factory = Callable[[RunConfig, Sequence[str]], Mechanism | None]
+
+
+def _attack(cfg: RunConfig, agents: Sequence[str]) -> Mechanism | None:
+    return build_attack(cfg.attack, agents, cfg.seed)
+
+
+#: The mechanisms of every run, in registration (= run) order.
+DEFAULT_FACTORIES: tuple[Factory, ...] = (_attack,)
+
+
+def check_mechanisms(mechanisms: Sequence[Mechanism]) -> list[Mechanism]:
+    """``mechanisms`` as a list, after checking that names are unique and phases known."""
+    names = [m.name for m in mechanisms]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes or "aggregation" in names or any(not n or "/" in n for n in names):
+        raise ValueError(f"mechanism names must be unique, non-empty, without '/' and not 'aggregation'; got {names}")
+    for m in mechanisms:
+        unknown = [p for p in m.phases if p not in PHASES]
+        if unknown:
+            raise ValueError(f"mechanism {m.name!r}: unknown phases {unknown}; phases are {list(PHASES)}")
+    return list(mechanisms)
+
+
+def build_mechanisms(cfg: RunConfig, agents: Sequence[str], factories: Sequence[Factory] = DEFAULT_FACTORIES) -> list[Mechanism]:
+    """The mechanisms ``cfg`` asks for, in the order of ``factories``."""
+    return check_mechanisms([m for m in (f(cfg, agents) for f in factories) if m is not None])
+
+
+def split_states(states: Mapping[str, Mapping[str, Any]]) -> tuple[dict[str, dict[str, Any]], dict[str, torch.Tensor]]:
+    """Per-mechanism states as (plain JSON per name, tensors keyed ``mechanism/<name>/<key>``)."""
+    plain: dict[str, dict[str, Any]] = {}
+    tensors: dict[str, torch.Tensor] = {}
+    for name, state in states.items():
+        plain[name] = {k: v for k, v in state.items() if not isinstance(v, torch.Tensor)}
+        tensors.update({f"{TENSOR_PREFIX}{name}/{k}": v.detach().cpu() for k, v in state.items() if isinstance(v, torch.Tensor)})
+    return plain, tensors
+
+
+def join_states(plain: Mapping[str, Mapping[str, Any]], tensors: Mapping[str, torch.Tensor]) -> dict[str, dict[str, Any]]:
+    """The inverse of :func:`split_states`: each mechanism's state, its JSON and tensors together."""
+    out: dict[str, dict[str, Any]] = {name: dict(state) for name, state in plain.items()}
+    for key, t in tensors.items():
+        if key.startswith(TENSOR_PREFIX):
+            name, _, rest = key.removeprefix(TENSOR_PREFIX).partition("/")
+            out.setdefault(name, {})[rest] = t
+    return out
