@@ -10,6 +10,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from lorahive.config import ConfigError, RunConfig, load_config, parse_config
@@ -17,6 +18,7 @@ from lorahive.observe.report import write_report
 from lorahive.runtime import run as runs
 from lorahive.runtime.swarm import TickContext
 from lorahive.store.checkpoint import CheckpointError
+from lorahive.store.lock import RunLockedError
 
 console = Console(stderr=True)
 
@@ -38,7 +40,7 @@ def _progress(title: str) -> Iterator[Callable[[int, int, TickContext | None], N
 
 def fail(msg: str, code: int = 2) -> None:
     """Print ``msg`` as an error and exit with ``code`` (2: bad input, nothing done)."""
-    console.print(f"[red]error:[/red] {msg}")
+    console.print(f"[red]error:[/red] {escape(msg)}", soft_wrap=True, highlight=False)
     raise typer.Exit(code)
 
 
@@ -64,7 +66,7 @@ def _start(cfg: RunConfig, out: Path, force: bool) -> None:
     try:
         with _progress("ticks") as update:
             result = runs.start(cfg, out, force=force, progress=update)
-    except (runs.RunDirError, ConfigError, CheckpointError) as e:
+    except (runs.RunDirError, ConfigError, CheckpointError, RunLockedError) as e:
         fail(str(e))
         return
     _summary(out, result, time.time() - t)
@@ -108,7 +110,7 @@ def resume(
     try:
         with _progress("ticks") as update:
             result = runs.resume(out, progress=update, ticks=ticks)
-    except (runs.RunDirError, ConfigError, CheckpointError) as e:
+    except (runs.RunDirError, ConfigError, CheckpointError, RunLockedError) as e:
         fail(str(e))
         return
     _summary(out, result, time.time() - t)

@@ -18,6 +18,7 @@ from lorahive.config import load_config
 from lorahive.observe.ledger import Ledger, sha256_of
 from lorahive.runtime.hive import Hive
 from lorahive.store import checkpoint
+from lorahive.store.lock import run_lock
 from lorahive.store.peft import ImportReport, export_peft, import_peft
 
 __all__ = ["Restored", "export_run", "import_into_run", "parse_levels", "restore_hive"]
@@ -79,6 +80,13 @@ def import_into_run(run_dir: str | Path, adapter_dir: str | Path, level: str, ag
     is replaced atomically, so a failure at any point leaves the old one in place.
     """
     run = Path(run_dir)
+    if not (run / "config.yaml").is_file():
+        raise ValueError(f"{run} holds no run (no config.yaml)")
+    with run_lock(run):
+        return _import_locked(run, adapter_dir, level, agent)
+
+
+def _import_locked(run: Path, adapter_dir: str | Path, level: str, agent: str | None) -> ImportReport:
     restored = restore_hive(run)
     hive, loaded = restored.hive, restored.loaded
     if level not in hive.stack.names():

@@ -39,6 +39,7 @@ from lorahive.runtime.measure import (
 from lorahive.runtime.stream import method_stack
 from lorahive.runtime.swarm import Swarm, TickContext
 from lorahive.store import checkpoint
+from lorahive.store.lock import run_lock
 from lorahive.suites.cl import CLData, load_cl_suite, sample_task
 from lorahive.suites.demo import load_demo_suite
 from lorahive.suites.task import Task
@@ -153,16 +154,18 @@ def prepare_dir(out: Path, force: bool) -> None:
 def start(cfg: RunConfig, out: str | Path, force: bool = False, progress: Progress | None = None) -> dict[str, Any]:
     """Run ``cfg`` from scratch into ``out``; returns the metrics written to ``metrics.json``."""
     out = Path(out)
-    prepare_dir(out, force)
-    write_atomic(out / "config.yaml", dump_config(cfg))
-    run = _build(out, cfg)
-    run.before = evaluate_run(run)
-    _record_eval(run, 0, "before", run.before)
-    if run.R is not None:
-        _r_row(run, 0, run.before)
-    if cfg.observe.retention_tokens:
-        run.ppl_before = retention_ppl(run.hive, list(run.swarm.agents), cfg.observe, retention_text(cfg.observe))
-    return _loop(run, progress)
+    out.mkdir(parents=True, exist_ok=True)
+    with run_lock(out):
+        prepare_dir(out, force)
+        write_atomic(out / "config.yaml", dump_config(cfg))
+        run = _build(out, cfg)
+        run.before = evaluate_run(run)
+        _record_eval(run, 0, "before", run.before)
+        if run.R is not None:
+            _r_row(run, 0, run.before)
+        if cfg.observe.retention_tokens:
+            run.ppl_before = retention_ppl(run.hive, list(run.swarm.agents), cfg.observe, retention_text(cfg.observe))
+        return _loop(run, progress)
 
 
 def resume(out: str | Path, progress: Progress | None = None, ticks: int | None = None) -> dict[str, Any]:
@@ -173,6 +176,11 @@ def resume(out: str | Path, progress: Progress | None = None, ticks: int | None 
     out = Path(out)
     if not (out / "config.yaml").is_file():
         raise RunDirError(f"{out} holds no run (no config.yaml)")
+    with run_lock(out):
+        return _resume_locked(out, progress, ticks)
+
+
+def _resume_locked(out: Path, progress: Progress | None, ticks: int | None) -> dict[str, Any]:
     cfg = load_config(out / "config.yaml", [f"ticks={ticks}"] if ticks is not None else [])
     checkpoint.locate(out)  # fail before loading the model when there is nothing to resume
     if ticks is not None:
