@@ -101,3 +101,106 @@ def test_a_killed_lock_holder_does_not_block_a_later_resume(run_dir):
     res = runner.invoke(app, ["resume", str(run_dir), "--ticks", "3"])
     assert res.exit_code == 0, res.output
     assert json.loads((run_dir / "metrics.json").read_text())["ticks"] == 3
+
+
+def _refused(res, *words: str) -> str:
+    """Exit code 2, no traceback, one ``error:`` line holding ``words``; returns that line."""
+    assert res.exit_code == 2, (res.exit_code, res.output, res.exception)
+    assert isinstance(res.exception, SystemExit) and "Traceback" not in res.output, res.output
+    lines = [ln for ln in res.output.splitlines() if ln.startswith("error:")]
+    assert len(lines) == 1 and not res.output.split(lines[0], 1)[1].strip(), res.output
+    for w in words:
+        assert w in lines[0], (w, lines[0])
+    return lines[0]
+
+
+# ---------------------------------------------------------------------- 2. never delete what the run does not own
+@pytest.mark.parametrize("force", [[], ["--force"]])
+def test_run_into_a_folder_with_foreign_files_removes_nothing(base_dir, tmp_path, force):
+    cfg = _config_file(base_dir, tmp_path / "c.yaml")
+    out = tmp_path / "mine"
+    (out / "checkpoint.prev").mkdir(parents=True)
+    (out / "checkpoint.prev" / "notes.txt").write_text("keep me")
+    (out / "report.html").write_text("<p>my report</p>")
+    before = _listing(out)
+    res = runner.invoke(app, ["run", str(cfg), "--out", str(out), *force])
+    _refused(res, "holds no lorahive run", "report.html")
+    assert _listing(out) == before
+
+
+def test_force_over_a_symlinked_checkpoint_is_refused_and_the_target_kept(base_dir, run_dir, tmp_path):
+    cfg = _config_file(base_dir, tmp_path / "c.yaml")
+    elsewhere = tmp_path / "precious"
+    shutil.move(run_dir / "checkpoint", elsewhere)
+    (run_dir / "checkpoint").symlink_to(elsewhere)
+    before = _listing(elsewhere)
+    res = runner.invoke(app, ["run", str(cfg), "--out", str(run_dir), "--force"])
+    _refused(res, "symbolic link")
+    assert _listing(elsewhere) == before and (run_dir / "checkpoint").is_symlink()
+
+
+# ---------------------------------------------------------------------- 3. exit code 2, nothing written
+@pytest.mark.parametrize(
+    ("override", "field"),
+    [
+        ("base=/nonexistent", "base"),
+        ("suite.task_types=[no_such_type]", "suite"),
+        ("suite.support=1000000000", "suite.support"),
+        ("threads=100000", "threads"),
+    ],
+)
+def test_values_that_fail_after_validation_exit_2_and_write_nothing(base_dir, tmp_path, override, field):
+    cfg = _config_file(base_dir, tmp_path / "c.yaml")
+    out = tmp_path / "new" / "run"
+    res = runner.invoke(app, ["run", str(cfg), "--out", str(out), override])
+    _refused(res, field)
+    assert not (tmp_path / "new").exists()
+
+
+def test_agents_beyond_memory_are_refused_before_anything_is_written(base_dir, tmp_path, monkeypatch):
+    monkeypatch.setattr(runs, "available_memory", lambda device: 1 << 20)
+    cfg = _config_file(base_dir, tmp_path / "c.yaml")
+    out = tmp_path / "run"
+    res = runner.invoke(app, ["run", str(cfg), "--out", str(out), "agents=60000"])
+    _refused(res, "agents", "GiB")
+    assert not out.exists()
+
+
+def test_a_failure_before_the_first_checkpoint_leaves_the_folder_as_it_was(base_dir, tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "mine.txt").write_text("mine")
+
+    def boom(run):
+        raise RuntimeError("simulated failure in the first evaluation")
+
+    monkeypatch.setattr(runs, "evaluate_run", boom)
+    with pytest.raises(RuntimeError, match="simulated"):
+        runs.start(tiny_config(base_dir), out)
+    assert sorted(p.name for p in out.iterdir()) == ["mine.txt"]
+
+
+# ---------------------------------------------------------------------- 7. clean errors
+def test_out_that_is_a_file_is_one_clean_error(base_dir, tmp_path):
+    cfg = _config_file(base_dir, tmp_path / "c.yaml")
+    (tmp_path / "afile").write_text("x")
+    _refused(runner.invoke(app, ["run", str(cfg), "--out", str(tmp_path / "afile")]), "not a directory")
+    assert (tmp_path / "afile").read_text() == "x"
+
+
+@pytest.mark.parametrize(("code", "word"), [(28, "no space left"), (30, "cannot write")])
+def test_full_disk_or_read_only_out_is_one_clean_error_and_leaves_nothing(base_dir, tmp_path, monkeypatch, code, word):
+    def full(path, text):
+        raise OSError(code, os.strerror(code), str(path))
+
+    monkeypatch.setattr(runs, "write_atomic", full)
+    cfg = _config_file(base_dir, tmp_path / "c.yaml")
+    out = tmp_path / "run"
+    _refused(runner.invoke(app, ["run", str(cfg), "--out", str(out)]), word)
+    assert not out.exists()
+
+
+def test_bad_yaml_in_an_override_is_one_clean_error(base_dir, tmp_path):
+    cfg = _config_file(base_dir, tmp_path / "c.yaml")
+    _refused(runner.invoke(app, ["run", str(cfg), "--out", str(tmp_path / "run"), "ticks=[unclosed"]), "ticks=[unclosed")
+    assert not (tmp_path / "run").exists()

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from lorahive.cli.run_cmd import console, fail
+from lorahive.cli.run_cmd import console, fail, os_error
 
 
 def export(
@@ -23,6 +23,9 @@ def export(
         path = interop.export_run(run_dir, agent, out, levels)
     except ValueError as e:
         fail(str(e))
+        return
+    except OSError as e:
+        fail(os_error(e, out))
         return
     console.print(f"[green]exported[/green] {agent!r} to {path} (load it with PeftModel.from_pretrained)")
 
@@ -40,5 +43,8 @@ def import_peft(
         report = interop.import_into_run(run_dir, adapter_dir, level, agent)
     except ValueError as e:
         fail(str(e))
+        return
+    except OSError as e:
+        fail(os_error(e, run_dir))
         return
     console.print(f"[green]imported[/green] into {level!r} slot {report.slot}: {len(report.ranks)} modules, max relative error {report.max_error:.3g}")

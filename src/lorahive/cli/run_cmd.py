@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -44,6 +45,16 @@ def fail(msg: str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
+def os_error(e: OSError, where: Path) -> str:
+    """One line for an OSError: the path and the reason (full disk, read-only, not a folder)."""
+    reason = e.strerror or str(e)
+    if e.errno == errno.ENOSPC:
+        reason = "no space left on the device; free some space and run again (nothing was left half-written)"
+    elif e.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        reason = f"{reason}: cannot write there"
+    return f"{e.filename or where}: {reason}"
+
+
 def _summary(out: Path, result: dict[str, Any], seconds: float) -> None:
     console.print(f"[green]done[/green] in {seconds:.0f} s: {result['ticks']} ticks, swarm accepted {result['swarm']['accepted']}, rejected {result['swarm']['rejected']}")
     for name, a in result["agents"].items():
@@ -68,6 +79,9 @@ def _start(cfg: RunConfig, out: Path, force: bool) -> None:
             result = runs.start(cfg, out, force=force, progress=update)
     except (runs.RunDirError, ConfigError, CheckpointError, RunLockedError) as e:
         fail(str(e))
+        return
+    except OSError as e:
+        fail(os_error(e, out))
         return
     _summary(out, result, time.time() - t)
 
@@ -112,5 +126,8 @@ def resume(
             result = runs.resume(out, progress=update, ticks=ticks)
     except (runs.RunDirError, ConfigError, CheckpointError, RunLockedError) as e:
         fail(str(e))
+        return
+    except OSError as e:
+        fail(os_error(e, out))
         return
     _summary(out, result, time.time() - t)

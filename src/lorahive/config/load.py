@@ -37,7 +37,11 @@ def parse_config(data: dict[str, Any] | None, overrides: list[str] | tuple[str, 
         key, sep, raw = item.partition("=")
         if not sep or not key:
             raise ConfigError(f"override {item!r} must look like key=value (e.g. ticks=5 or agent.fast_steps=3)")
-        _set(tree, key.strip(), yaml.safe_load(raw))
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError as e:
+            raise ConfigError(f"override {item[:200]!r}: the value is not valid YAML ({str(e).splitlines()[0]})") from None
+        _set(tree, key.strip(), value)
     try:
         return RunConfig.model_validate(tree)
     except ValidationError as e:
