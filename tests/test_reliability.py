@@ -204,3 +204,60 @@ def test_bad_yaml_in_an_override_is_one_clean_error(base_dir, tmp_path):
     cfg = _config_file(base_dir, tmp_path / "c.yaml")
     _refused(runner.invoke(app, ["run", str(cfg), "--out", str(tmp_path / "run"), "ticks=[unclosed"]), "ticks=[unclosed")
     assert not (tmp_path / "run").exists()
+
+
+# ---------------------------------------------------------------------- 4. checkpoint state validated in full
+def _reseal_state(run: Path, edit) -> None:
+    """Edit state.json and recompute the manifest's hashes, as an attacker would."""
+    import hashlib
+
+    ckpt = run / "checkpoint"
+    state = json.loads((ckpt / "state.json").read_text())
+    edit(state)
+    (ckpt / "state.json").write_text(json.dumps(state))
+    manifest = json.loads((ckpt / "manifest.json").read_text())
+    data = (ckpt / "state.json").read_bytes()
+    manifest["state.json"] = {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
+    (ckpt / "manifest.json").write_text(json.dumps(manifest))
+
+
+def _set(path: str, value):
+    def edit(state):
+        *head, last = path.split(".")
+        node = state
+        for k in head:
+            node = node[k]
+        node[last] = value
+
+    return edit
+
+
+def _phantom(state):
+    state["agents"].append("ghost")
+    state["agents_state"]["ghost"] = {"task_type": "agnews", "reputation": 0.5, "solved": 0}
+
+
+@pytest.mark.parametrize(
+    ("edit", "field"),
+    [
+        (_set("agents_state.agent0.reputation", "nan"), "agents_state.agent0.reputation"),
+        (_set("agents_state.agent0.reputation", float("nan")), "agents_state.agent0.reputation"),
+        (_set("agents_state.agent1.task_type", "no_such_type"), "agents_state.agent1.task_type"),
+        (_set("ppl_before", [1, 2]), "ppl_before"),
+        (_set("quality_before.agent0.agnews", 5), "quality_before.agent0.agnews"),
+        (_set("tick", 10**9), "tick"),
+        (_phantom, "agents"),
+    ],
+)
+def test_a_resealed_state_with_bad_values_is_refused_naming_the_field(run_dir, edit, field):
+    _reseal_state(run_dir, edit)
+    before = _listing(run_dir)
+    res = runner.invoke(app, ["resume", str(run_dir)])
+    _refused(res, "state.json", field)
+    assert _listing(run_dir) == before
+
+
+def test_resume_with_ticks_below_the_tick_reached_is_refused_and_keeps_config(run_dir):
+    before = _listing(run_dir)
+    _refused(runner.invoke(app, ["resume", str(run_dir), "--ticks", "1"]), "--ticks 1", "tick 2")
+    assert _listing(run_dir) == before

@@ -40,7 +40,9 @@ def restore_hive(run_dir: str | Path) -> Restored:
     cfg = load_config(run / "config.yaml")
     checkpoint.locate(run)  # fail before loading the model when there is no checkpoint
     hive = Hive.load(cfg.base, cfg.stack(), device="cpu", seed=cfg.seed)
-    return Restored(hive, checkpoint.load(run, hive.core))
+    from lorahive.runtime.run import state_validator
+
+    return Restored(hive, checkpoint.load(run, hive.core, state_validator(cfg, cfg.task_types())))
 
 
 def parse_levels(text: str | None, hive: Hive) -> list[str]:

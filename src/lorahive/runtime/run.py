@@ -40,6 +40,7 @@ from lorahive.runtime.stream import method_stack
 from lorahive.runtime.swarm import Swarm, TickContext
 from lorahive.store import checkpoint
 from lorahive.store.lock import LOCK_NAME, run_lock
+from lorahive.store.run_state import validate_run_state
 from lorahive.suites.cl import CLData, load_cl_suite, sample_task
 from lorahive.suites.demo import load_demo_suite
 from lorahive.suites.task import Task
@@ -316,13 +317,36 @@ def resume(out: str | Path, progress: Progress | None = None, ticks: int | None 
         return _resume_locked(out, progress, ticks)
 
 
+def agent_names(cfg: RunConfig) -> list[str]:
+    """The agents a run of ``cfg`` has (the names :class:`Swarm` gives them)."""
+    return [f"agent{i:0{len(str(cfg.agents - 1))}d}" for i in range(cfg.agents)]
+
+
+def state_validator(cfg: RunConfig, task_types: list[str] | None, ticks_override: int | None = None) -> Callable[[dict[str, Any], Path], object]:
+    """The check :func:`checkpoint.load` runs on state.json for a run of ``cfg``."""
+
+    def check(state: dict[str, Any], file: Path) -> object:
+        tick = state.get("tick")
+        if ticks_override is not None and isinstance(tick, int) and not isinstance(tick, bool) and ticks_override < tick:
+            raise RunDirError(f"--ticks {ticks_override} is below tick {tick} the run has already reached; nothing was changed")
+        order = list(cfg.stream.order) if cfg.stream is not None else None
+        return validate_run_state(state, file, agent_names(cfg), task_types, cfg.ticks, order)
+
+    return check
+
+
 def _resume_locked(out: Path, progress: Progress | None, ticks: int | None) -> dict[str, Any]:
     cfg = load_config(out / "config.yaml", [f"ticks={ticks}"] if ticks is not None else [])
     checkpoint.locate(out)  # fail before loading the model when there is nothing to resume
-    if ticks is not None:
-        write_atomic(out / "config.yaml", dump_config(cfg))
     run = _build(out, cfg)
-    loaded = checkpoint.load(out, run.hive.core)
+    try:
+        return _continue(run, out, cfg, ticks, progress)
+    finally:
+        run.swarm.ledger.close()
+
+
+def _continue(run: Run, out: Path, cfg: RunConfig, ticks: int | None, progress: Progress | None) -> dict[str, Any]:
+    loaded = checkpoint.load(out, run.hive.core, state_validator(cfg, sorted(run.swarm.data), ticks))
     try:
         run.swarm.load_state(loaded.state)
         run.swarm.aggregator.load_state_dict({k.removeprefix("agg/"): v for k, v in loaded.extra.items() if k.startswith("agg/")})
@@ -336,6 +360,8 @@ def _resume_locked(out: Path, progress: Progress | None, ticks: int | None) -> d
                         run.R.record(stage, task_type, v)
     except (KeyError, TypeError, ValueError, AttributeError, RuntimeError) as e:
         raise checkpoint.CheckpointError(f"{checkpoint.locate(out)}: its run state cannot be restored: {e!r}") from None
+    if ticks is not None:
+        write_atomic(out / "config.yaml", dump_config(cfg))
     run.swarm.ledger.rollback_to(run.swarm.tick_no)
     _record_missing_checkpoint(run)
     return _loop(run, progress)

@@ -21,6 +21,7 @@ import json
 import os
 import re
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -271,15 +272,18 @@ def _check_state(core: HiveCore, file: Path) -> dict[str, Any]:
     return state
 
 
-def load(run_dir: str | Path, core: HiveCore) -> Loaded:
+def load(run_dir: str | Path, core: HiveCore, validate: Callable[[dict[str, Any], Path], object] | None = None) -> Loaded:
     """Verify the checkpoint, then restore levels, optimizer state, agents and level states into ``core``.
 
     Every file is hash-checked, and every tensor's name, shape, dtype and values checked,
     before anything is written into the core: a refused checkpoint leaves the core as it was.
+    ``validate(state, file)`` checks the run's own bookkeeping in state.json (it raises to refuse).
     """
     ckpt = locate(run_dir)
     manifest = _verify(ckpt)
     state = _check_state(core, ckpt / "state.json")
+    if validate is not None:
+        validate(state, ckpt / "state.json")
     agents: list[str] = state["agents"]
     levels, optim = {}, {}
     for lv in core.levels:
