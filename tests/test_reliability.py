@@ -22,7 +22,6 @@ import yaml
 from typer.testing import CliRunner
 
 from lorahive.cli.main import app
-from lorahive.config import dump_config
 from lorahive.runtime import run as runs
 from tiny_runs import config_tree, tiny_config
 
@@ -261,3 +260,47 @@ def test_resume_with_ticks_below_the_tick_reached_is_refused_and_keeps_config(ru
     before = _listing(run_dir)
     _refused(runner.invoke(app, ["resume", str(run_dir), "--ticks", "1"]), "--ticks 1", "tick 2")
     assert _listing(run_dir) == before
+
+
+# ---------------------------------------------------------------------- 5. no unbounded work from input
+def test_a_backtracking_rank_pattern_is_refused_at_once(tmp_path):
+    from lorahive.store.peft import _number
+
+    t = time.time()
+    with pytest.raises(ValueError, match="module-name suffixes only"):
+        _number({"rank_pattern": {"(.|.)*Z": 4}, "r": 2}, "rank_pattern", "r", "model.layers.0.self_attn." + "q" * 40)
+    assert time.time() - t < 1.0
+    assert _number({"rank_pattern": {"self_attn.q_proj": 4}, "r": 2}, "rank_pattern", "r", "model.layers.0.self_attn.q_proj") == 4.0
+    assert _number({"rank_pattern": {"q_proj": 4}, "r": 2}, "rank_pattern", "r", "model.layers.0.self_attn.k_proj") == 2.0
+
+
+def test_a_config_symlinked_to_dev_zero_is_refused_by_bytes_read(tmp_path):
+    (tmp_path / "c.yaml").symlink_to("/dev/zero")
+    _refused(runner.invoke(app, ["run", str(tmp_path / "c.yaml"), "--out", str(tmp_path / "run")]), "too large")
+
+
+def test_a_huge_stream_order_is_checked_in_linear_time_and_echoed_short(base_dir, tmp_path):
+    from lorahive.config import ConfigError, parse_config
+
+    order = [f"t{i}" for i in range(170_000)] + ["t1"]
+    t = time.time()
+    with pytest.raises(ConfigError, match="stream.order") as e:
+        parse_config({"stream": {"order": order}})
+    assert time.time() - t < 10.0 and len(str(e.value)) < 2000
+
+
+# ---------------------------------------------------------------------- 8. smaller holes (config)
+@pytest.mark.parametrize(
+    ("text", "words"),
+    [
+        ("agents: true\n", ["agents"]),
+        ("ticks: 2\nticks: 3\n", ["duplicate key", "ticks"]),
+        ("", ["empty"]),
+        ("levels:\n- {name: swarm, rank: true, alpha: 4, scope: shared, inertia: 0.5, lr: 0.01}\n", ["levels.0.rank"]),
+    ],
+)
+def test_loose_configs_are_refused(tmp_path, text, words):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(text, encoding="utf-8")
+    _refused(runner.invoke(app, ["run", str(cfg), "--out", str(tmp_path / "run")]), *words)
+    assert not (tmp_path / "run").exists()

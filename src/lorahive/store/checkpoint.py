@@ -31,6 +31,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from lorahive.core import HiveCore, LevelState, LevelStateError
+from lorahive.store.files import TooLarge, read_bounded
 
 NAME, PREV = "checkpoint", "checkpoint.prev"
 
@@ -129,9 +130,9 @@ _MAX_JSON_BYTES = 64 << 20
 
 def _read_json(path: Path) -> Any:
     try:
-        if path.stat().st_size > _MAX_JSON_BYTES:
-            raise CheckpointError(f"{path}: {path.stat().st_size} bytes is too large for a checkpoint JSON file")
-        return json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(read_bounded(path, _MAX_JSON_BYTES).decode("utf-8"))
+    except TooLarge:
+        raise CheckpointError(f"{path}: more than {_MAX_JSON_BYTES} bytes is too large for a checkpoint JSON file") from None
     except (OSError, json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
         raise CheckpointError(f"{path}: unreadable: {e}") from None
 
