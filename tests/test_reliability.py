@@ -304,3 +304,33 @@ def test_loose_configs_are_refused(tmp_path, text, words):
     cfg.write_text(text, encoding="utf-8")
     _refused(runner.invoke(app, ["run", str(cfg), "--out", str(tmp_path / "run")]), *words)
     assert not (tmp_path / "run").exists()
+
+
+# ---------------------------------------------------------------------- 6. the ledger is part of the run
+def test_resume_without_the_ledger_is_refused(run_dir):
+    (run_dir / "ledger.sqlite").unlink()
+    before = _listing(run_dir)
+    _refused(runner.invoke(app, ["resume", str(run_dir), "--ticks", "3"]), "ledger.sqlite", "missing")
+    assert _listing(run_dir) == before
+
+
+def test_resume_with_a_truncated_ledger_is_one_clean_error(run_dir):
+    data = (run_dir / "ledger.sqlite").read_bytes()
+    (run_dir / "ledger.sqlite").write_bytes(data[:200])
+    _refused(runner.invoke(app, ["resume", str(run_dir), "--ticks", "3"]), "ledger")
+
+
+def test_resume_with_a_ledger_behind_the_checkpoint_is_refused(run_dir):
+    with sqlite3.connect(run_dir / "ledger.sqlite") as db:
+        db.execute("DELETE FROM proposals WHERE tick = 2")
+    rows = _ledger_rows(run_dir)
+    _refused(runner.invoke(app, ["resume", str(run_dir), "--ticks", "3"]), "do not match the checkpoint")
+    assert _ledger_rows(run_dir) == rows
+
+
+# ---------------------------------------------------------------------- 8. smaller holes (resume)
+def test_a_changed_seed_in_config_yaml_is_refused_on_resume(run_dir):
+    tree = yaml.safe_load((run_dir / "config.yaml").read_text())
+    tree["seed"] = 5
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(tree))
+    _refused(runner.invoke(app, ["resume", str(run_dir), "--ticks", "3"]), "seed", "changed since the checkpoint")

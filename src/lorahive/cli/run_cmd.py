@@ -15,6 +15,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from lorahive.config import ConfigError, RunConfig, load_config, parse_config
+from lorahive.observe.ledger import LedgerError
 from lorahive.observe.report import write_report
 from lorahive.runtime import run as runs
 from lorahive.runtime.swarm import TickContext
@@ -77,7 +78,7 @@ def _start(cfg: RunConfig, out: Path, force: bool) -> None:
     try:
         with _progress("ticks") as update:
             result = runs.start(cfg, out, force=force, progress=update)
-    except (runs.RunDirError, ConfigError, CheckpointError, RunLockedError) as e:
+    except (runs.RunDirError, ConfigError, CheckpointError, RunLockedError, LedgerError) as e:
         fail(str(e))
         return
     except OSError as e:
@@ -124,7 +125,7 @@ def resume(
     try:
         with _progress("ticks") as update:
             result = runs.resume(out, progress=update, ticks=ticks)
-    except (runs.RunDirError, ConfigError, CheckpointError, RunLockedError) as e:
+    except (runs.RunDirError, ConfigError, CheckpointError, RunLockedError, LedgerError) as e:
         fail(str(e))
         return
     except OSError as e:

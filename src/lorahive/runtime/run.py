@@ -330,7 +330,17 @@ def state_validator(cfg: RunConfig, task_types: list[str] | None, ticks_override
         if ticks_override is not None and isinstance(tick, int) and not isinstance(tick, bool) and ticks_override < tick:
             raise RunDirError(f"--ticks {ticks_override} is below tick {tick} the run has already reached; nothing was changed")
         order = list(cfg.stream.order) if cfg.stream is not None else None
-        return validate_run_state(state, file, agent_names(cfg), task_types, cfg.ticks, order)
+        st = validate_run_state(state, file, agent_names(cfg), task_types, cfg.ticks, order)
+        if st.config is not None:
+            was, now = _flat(st.config), _flat(_config_record(cfg))
+            changed = sorted(k for k in was.keys() | now.keys() if was.get(k) != now.get(k))
+            if changed:
+                k = changed[0]
+                raise RunDirError(
+                    f"config.yaml: {', '.join(changed[:5])} changed since the checkpoint ({k}: {str(was.get(k))[:60]} → {str(now.get(k))[:60]});"
+                    " a run resumes with the config it started with (only --ticks may change)"
+                )
+        return st
 
     return check
 
@@ -338,6 +348,8 @@ def state_validator(cfg: RunConfig, task_types: list[str] | None, ticks_override
 def _resume_locked(out: Path, progress: Progress | None, ticks: int | None) -> dict[str, Any]:
     cfg = load_config(out / "config.yaml", [f"ticks={ticks}"] if ticks is not None else [])
     checkpoint.locate(out)  # fail before loading the model when there is nothing to resume
+    if not (out / "ledger.sqlite").is_file():
+        raise RunDirError(f"{out / 'ledger.sqlite'} is missing: the run's history is part of the run; restore it (a resume never starts a new ledger)")
     run = _build(out, cfg)
     try:
         return _continue(run, out, cfg, ticks, progress)
@@ -360,6 +372,9 @@ def _continue(run: Run, out: Path, cfg: RunConfig, ticks: int | None, progress: 
                         run.R.record(stage, task_type, v)
     except (KeyError, TypeError, ValueError, AttributeError, RuntimeError) as e:
         raise checkpoint.CheckpointError(f"{checkpoint.locate(out)}: its run state cannot be restored: {e!r}") from None
+    mark = loaded.state.get("ledger")
+    if mark is not None:
+        run.swarm.ledger.verify_mark(mark)
     if ticks is not None:
         write_atomic(out / "config.yaml", dump_config(cfg))
     run.swarm.ledger.rollback_to(run.swarm.tick_no)
@@ -396,8 +411,28 @@ def _record_final_eval(run: Run, after: dict[str, dict[str, float]]) -> None:
         run.swarm.ledger.record_event(tick, "final_eval")
 
 
+def _config_record(cfg: RunConfig) -> dict[str, Any]:
+    """The config a checkpoint records: everything but ``ticks`` (``resume --ticks`` may change it)."""
+    tree = cfg.model_dump(mode="json")
+    tree.pop("ticks")
+    return tree
+
+
+def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(tree, dict):
+        return {k: v for key, sub in tree.items() for k, v in _flat(sub, f"{prefix}{key}.").items()}
+    return {prefix.rstrip("."): tree}
+
+
 def _save(run: Run) -> None:
-    state = {**run.swarm.state(), "quality_before": run.before, "elapsed": run.elapsed + time.time() - run.started, "ppl_before": run.ppl_before}
+    state = {
+        **run.swarm.state(),
+        "quality_before": run.before,
+        "elapsed": run.elapsed + time.time() - run.started,
+        "ppl_before": run.ppl_before,
+        "ledger": run.swarm.ledger.mark(),
+        "config": _config_record(run.cfg),
+    }
     if run.R is not None:
         state["cl_R"] = run.R.to_dict()["R"]
     extra = {f"agg/{k}": v for k, v in run.swarm.aggregator.state_dict().items()}
