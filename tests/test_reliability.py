@@ -334,3 +334,30 @@ def test_a_changed_seed_in_config_yaml_is_refused_on_resume(run_dir):
     tree["seed"] = 5
     (run_dir / "config.yaml").write_text(yaml.safe_dump(tree))
     _refused(runner.invoke(app, ["resume", str(run_dir), "--ticks", "3"]), "seed", "changed since the checkpoint")
+
+
+# ---------------------------------------------------------------------- 8. export
+def test_export_refuses_to_overwrite_an_adapter_without_force(run_dir, tmp_path):
+    out = tmp_path / "adapter"
+    assert runner.invoke(app, ["export", str(run_dir), "--agent", "agent0", "--out", str(out)]).exit_code == 0
+    (out / "adapter_config.json").write_text('{"mine": 1}')
+    _refused(runner.invoke(app, ["export", str(run_dir), "--agent", "agent0", "--out", str(out)]), "--force")
+    assert (out / "adapter_config.json").read_text() == '{"mine": 1}'
+    assert runner.invoke(app, ["export", str(run_dir), "--agent", "agent0", "--out", str(out), "--force"]).exit_code == 0
+
+
+def test_export_into_the_runs_own_checkpoint_is_refused(run_dir):
+    before = _listing(run_dir)
+    _refused(runner.invoke(app, ["export", str(run_dir), "--agent", "agent0", "--out", str(run_dir / "checkpoint" / "levels")]), "checkpoint")
+    assert _listing(run_dir) == before
+    assert runner.invoke(app, ["resume", str(run_dir), "--ticks", "3"]).exit_code == 0
+
+
+def test_export_to_a_read_only_target_is_one_clean_error(run_dir, tmp_path, monkeypatch):
+    import lorahive.store.peft as peft
+
+    def read_only(*a, **k):
+        raise OSError(30, os.strerror(30), str(tmp_path / "ro"))
+
+    monkeypatch.setattr(peft.tempfile, "mkdtemp", read_only)
+    _refused(runner.invoke(app, ["export", str(run_dir), "--agent", "agent0", "--out", str(tmp_path / "ro")]), "cannot write")

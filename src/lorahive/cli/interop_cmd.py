@@ -15,12 +15,13 @@ def export(
     agent: Annotated[str, typer.Option("--agent", help="whose view to export")],
     out: Annotated[Path, typer.Option("--out", help="PEFT adapter directory to write")],
     levels: Annotated[str | None, typer.Option("--levels", help="comma-separated levels (default: all but task-scoped ones)")] = None,
+    force: Annotated[bool, typer.Option("--force", help="overwrite an adapter already in --out")] = False,
 ) -> None:
     """Write an agent's view of a run's checkpoint as a standard PEFT LoRA adapter."""
     from lorahive.runtime import interop  # peft loads only for these commands
 
     try:
-        path = interop.export_run(run_dir, agent, out, levels)
+        path = interop.export_run(run_dir, agent, out, levels, force)
     except ValueError as e:
         fail(str(e))
         return
