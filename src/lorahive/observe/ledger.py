@@ -36,6 +36,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from lorahive.store.files import sha256_file
+
 __all__ = ["SCHEMA_VERSION", "Ledger", "LedgerError", "sha256_of"]
 
 SCHEMA_VERSION = 1
@@ -80,6 +82,8 @@ def _real(x: float | None) -> float | None:
 def sha256_of(path: str | Path) -> str:
     """SHA-256 of a file, or of a directory (every file's relative path and bytes, sorted)."""
     path = Path(path)
+    if path.is_file():
+        return sha256_file(path)
     h = hashlib.sha256()
     files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
     for f in files:

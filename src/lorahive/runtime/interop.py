@@ -19,7 +19,13 @@ from lorahive.observe.ledger import Ledger, sha256_of
 from lorahive.runtime.hive import Hive
 from lorahive.store import checkpoint
 from lorahive.store.lock import run_lock
-from lorahive.store.peft import ADAPTER_CONFIG, ADAPTER_WEIGHTS, ImportReport, export_peft, import_peft
+from lorahive.store.peft import (
+    ADAPTER_CONFIG,
+    ADAPTER_WEIGHTS,
+    ImportReport,
+    export_peft,
+    import_peft,
+)
 
 __all__ = ["Restored", "export_run", "import_into_run", "parse_levels", "restore_hive"]
 

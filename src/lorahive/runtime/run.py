@@ -39,6 +39,7 @@ from lorahive.runtime.measure import (
 from lorahive.runtime.stream import method_stack
 from lorahive.runtime.swarm import Swarm, TickContext
 from lorahive.store import checkpoint
+from lorahive.store.files import atomic_write_text
 from lorahive.store.lock import LOCK_NAME, run_lock
 from lorahive.store.run_state import validate_run_state
 from lorahive.suites.cl import CLData, load_cl_suite, sample_task
@@ -71,12 +72,8 @@ class Run:
 
 
 def write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    """Every file of a run directory is written through :func:`lorahive.store.files.atomic_write_text`."""
+    atomic_write_text(path, text)
 
 
 def load_data(cfg: RunConfig) -> dict[str, CLData]:

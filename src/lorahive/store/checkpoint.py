@@ -16,9 +16,7 @@ checkpoint is refused naming the file, and the core is left untouched.
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 import re
 import shutil
 from collections.abc import Callable
@@ -31,7 +29,14 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from lorahive.core import HiveCore, LevelState, LevelStateError
-from lorahive.store.files import TooLarge, read_bounded
+from lorahive.store.files import (
+    TooLarge,
+    fsync_dir,
+    fsync_file,
+    move_into_place,
+    read_bounded,
+    sha256_file,
+)
 
 NAME, PREV = "checkpoint", "checkpoint.prev"
 
@@ -46,20 +51,7 @@ class Loaded:
     extra: dict[str, torch.Tensor]
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+_sha256 = sha256_file  # the one SHA-256 of a file (lorahive.store.files)
 
 
 def _write_json(path: Path, obj: Any) -> None:
@@ -97,17 +89,15 @@ def save(run_dir: str | Path, core: HiveCore, state: dict[str, Any], extra: dict
     manifest = {rel: {"sha256": _sha256(tmp / rel), "bytes": (tmp / rel).stat().st_size} for rel in [*files, "state.json"]}
     _write_json(tmp / "manifest.json", manifest)
     for rel in [*files, "state.json", "manifest.json"]:
-        with (tmp / rel).open("rb") as f:
-            os.fsync(f.fileno())
+        fsync_file(tmp / rel)
     for d in (tmp / "levels", tmp / "optim", tmp):
-        _fsync_dir(d)
+        fsync_dir(d)
     final, prev = run / NAME, run / PREV
     if final.exists():
         if prev.exists():
             shutil.rmtree(prev)
-        os.replace(final, prev)
-    os.replace(tmp, final)
-    _fsync_dir(run)
+        move_into_place(final, prev)
+    move_into_place(tmp, final)
     if prev.exists():
         shutil.rmtree(prev)
     return final

@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-__all__ = ["TooLarge", "atomic_write_bytes", "atomic_write_json", "atomic_write_text", "fsync_dir", "fsync_file", "read_bounded", "sha256_file"]
+__all__ = ["TooLarge", "atomic_write_bytes", "move_into_place", "atomic_write_json", "atomic_write_text", "fsync_dir", "fsync_file", "read_bounded", "sha256_file"]
 
 
 class TooLarge(ValueError):
@@ -34,6 +34,12 @@ def fsync_file(path: str | Path) -> None:
         os.fsync(f.fileno())
 
 
+def move_into_place(src: str | Path, dst: str | Path) -> None:
+    """Rename ``src`` (a file or folder, already fsynced) over ``dst`` atomically; fsync the folder."""
+    os.replace(src, dst)
+    fsync_dir(Path(dst).parent)
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     """Write ``data`` to ``path`` atomically (temporary sibling, fsync, rename, fsync folder)."""
     path = Path(path)
@@ -43,11 +49,10 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
+        move_into_place(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    fsync_dir(path.parent)
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:

@@ -33,7 +33,7 @@ from safetensors.torch import save_file
 
 from lorahive.adapters.bank import LevelBank
 from lorahive.core import HiveCore
-from lorahive.store.files import TooLarge, read_bounded
+from lorahive.store.files import TooLarge, fsync_file, move_into_place, read_bounded
 
 __all__ = ["ADAPTER_CONFIG", "ADAPTER_WEIGHTS", "ImportReport", "export_peft", "import_peft"]
 
@@ -115,7 +115,8 @@ def _write(out: Path, config: LoraConfig, tensors: dict[str, torch.Tensor]) -> P
         config.save_pretrained(str(tmp))
         save_file(tensors, str(tmp / ADAPTER_WEIGHTS), metadata={"format": "pt"})
         for name in (ADAPTER_WEIGHTS, ADAPTER_CONFIG):
-            os.replace(tmp / name, out / name)
+            fsync_file(tmp / name)
+            move_into_place(tmp / name, out / name)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out
