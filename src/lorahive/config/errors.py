@@ -6,6 +6,8 @@ Every message names the bad field by its dotted path (``agent.fast_steps``,
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from pydantic import ValidationError
 
 __all__ = ["ConfigError", "clip", "format_config_error"]
@@ -14,7 +16,7 @@ __all__ = ["ConfigError", "clip", "format_config_error"]
 MAX_ECHO_ITEMS, MAX_ECHO_CHARS = 5, 200
 
 
-def clip(values: list[object] | tuple[object, ...]) -> str:
+def clip(values: Sequence[object]) -> str:
     """``a, b, c, … (N more)``: at most a few values, each cut short, of a list from the input."""
     shown = ", ".join(str(v)[:40] for v in values[:MAX_ECHO_ITEMS])
     more = len(values) - MAX_ECHO_ITEMS
