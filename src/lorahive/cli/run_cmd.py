@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -10,13 +11,16 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from lorahive.config import ConfigError, RunConfig, load_config, parse_config
+from lorahive.observe.ledger import LedgerError
 from lorahive.observe.report import write_report
 from lorahive.runtime import run as runs
 from lorahive.runtime.swarm import TickContext
 from lorahive.store.checkpoint import CheckpointError
+from lorahive.store.lock import RunLockedError
 
 console = Console(stderr=True)
 
@@ -38,8 +42,18 @@ def _progress(title: str) -> Iterator[Callable[[int, int, TickContext | None], N
 
 def fail(msg: str, code: int = 2) -> None:
     """Print ``msg`` as an error and exit with ``code`` (2: bad input, nothing done)."""
-    console.print(f"[red]error:[/red] {msg}")
+    console.print(f"[red]error:[/red] {escape(msg)}", soft_wrap=True, highlight=False)
     raise typer.Exit(code)
+
+
+def os_error(e: OSError, where: Path) -> str:
+    """One line for an OSError: the path and the reason (full disk, read-only, not a folder)."""
+    reason = e.strerror or str(e)
+    if e.errno == errno.ENOSPC:
+        reason = "no space left on the device; free some space and run again (nothing was left half-written)"
+    elif e.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        reason = f"{reason}: cannot write there"
+    return f"{e.filename or where}: {reason}"
 
 
 def _summary(out: Path, result: dict[str, Any], seconds: float) -> None:
@@ -64,8 +78,11 @@ def _start(cfg: RunConfig, out: Path, force: bool) -> None:
     try:
         with _progress("ticks") as update:
             result = runs.start(cfg, out, force=force, progress=update)
-    except (runs.RunDirError, ConfigError, CheckpointError) as e:
+    except (runs.RunDirError, ConfigError, CheckpointError, RunLockedError, LedgerError) as e:
         fail(str(e))
+        return
+    except OSError as e:
+        fail(os_error(e, out))
         return
     _summary(out, result, time.time() - t)
 
@@ -108,7 +125,10 @@ def resume(
     try:
         with _progress("ticks") as update:
             result = runs.resume(out, progress=update, ticks=ticks)
-    except (runs.RunDirError, ConfigError, CheckpointError) as e:
+    except (runs.RunDirError, ConfigError, CheckpointError, RunLockedError, LedgerError) as e:
         fail(str(e))
+        return
+    except OSError as e:
+        fail(os_error(e, out))
         return
     _summary(out, result, time.time() - t)

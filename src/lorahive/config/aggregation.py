@@ -19,7 +19,7 @@ Strategy = Literal["mean", "weighted", "median", "trimmed_mean"]
 class AggregationConfig(BaseModel):
     """How proposals for a shared level become one update."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
     strategy: Strategy = Field(default="weighted", description="mean | weighted (quality × reputation) | median (coordinate-wise) | trimmed_mean")
     trim: float = Field(default=0.2, ge=0.0, lt=0.5, description="trimmed_mean: fraction β dropped at each end, in [0, 0.5)")

@@ -18,7 +18,7 @@ AttackKind = Literal["sign_flip", "noise", "nan", "inf", "backdoor"]
 class AttackConfig(BaseModel):
     """Which agents attack, and how (a fraction of 0 means no attack)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
     fraction: float = Field(default=0.0, ge=0.0, le=1.0, description="fraction of agents that attack, in [0, 1]; rounded to the nearest count")
     kind: AttackKind = Field(default="sign_flip", description="sign_flip | noise | nan | inf | backdoor")

@@ -6,9 +6,21 @@ Every message names the bad field by its dotted path (``agent.fast_steps``,
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from pydantic import ValidationError
 
-__all__ = ["ConfigError", "format_config_error"]
+__all__ = ["ConfigError", "clip", "format_config_error"]
+
+#: Most values and characters an error message echoes back from the input.
+MAX_ECHO_ITEMS, MAX_ECHO_CHARS = 5, 200
+
+
+def clip(values: Sequence[object]) -> str:
+    """``a, b, c, … (N more)``: at most a few values, each cut short, of a list from the input."""
+    shown = ", ".join(str(v)[:40] for v in values[:MAX_ECHO_ITEMS])
+    more = len(values) - MAX_ECHO_ITEMS
+    return shown + (f", … ({more} more)" if more > 0 else "")
 
 
 class ConfigError(ValueError):
@@ -25,6 +37,6 @@ def format_config_error(err: ValidationError, prefix: str = "") -> str:
     for e in err.errors():
         loc = (prefix, *e["loc"]) if prefix else e["loc"]
         field = ".".join(str(x) for x in loc) or "config"
-        got = f" (got {e['input']!r})" if "input" in e and not isinstance(e["input"], dict | list) else ""
-        lines.append(f"{field}: {e['msg'].removeprefix('Value error, ')}{got}")
+        got = f" (got {repr(e['input'])[:MAX_ECHO_CHARS]})" if "input" in e and not isinstance(e["input"], dict | list) else ""
+        lines.append(f"{field[:MAX_ECHO_CHARS]}: {e['msg'].removeprefix('Value error, ')[: 4 * MAX_ECHO_CHARS]}{got}")
     return "\n".join(lines)

@@ -33,14 +33,14 @@ class LevelSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     name: str = Field(min_length=1, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", description="unique level name")
-    rank: int = Field(gt=0, le=4096, description="LoRA rank r_l")
-    alpha: float = Field(gt=0, description="LoRA alpha a_l; the scale is alpha / rank")
+    rank: int = Field(strict=True, gt=0, le=4096, description="LoRA rank r_l")
+    alpha: float = Field(strict=True, gt=0, description="LoRA alpha a_l; the scale is alpha / rank")
     scope: Scope = Field(description="shared (one slot), agent (one per agent) or task (one per running task)")
-    inertia: float = Field(ge=0.0, le=1.0, description="base inertia β_l; step size is lr·(1−inertia)")
-    lr: float = Field(gt=0, description="learning rate η_l")
-    trainable: bool = Field(default=True, description="whether learn() updates this level")
-    mix: float = Field(default=1.0, description="mixing coefficient α_l(t) at start")
-    weight_decay: float = Field(default=0.0, ge=0.0, description="AdamW weight decay of this level")
+    inertia: float = Field(strict=True, ge=0.0, le=1.0, description="base inertia β_l; step size is lr·(1−inertia)")
+    lr: float = Field(strict=True, gt=0, description="learning rate η_l")
+    trainable: bool = Field(strict=True, default=True, description="whether learn() updates this level")
+    mix: float = Field(strict=True, default=1.0, description="mixing coefficient α_l(t) at start")
+    weight_decay: float = Field(strict=True, default=0.0, ge=0.0, description="AdamW weight decay of this level")
     targets: tuple[str, ...] = Field(default=DEFAULT_TARGETS, min_length=1, description="names of the Linear modules to wrap")
 
     @property

@@ -18,6 +18,33 @@ from lorahive.config.run import RunConfig
 __all__ = ["MAX_CONFIG_BYTES", "dump_config", "load_config", "parse_config"]
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that refuses a mapping with the same key twice (the last one would win silently)."""
+
+
+def _no_duplicates(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+    seen: set[Any] = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if not isinstance(key, str | int | float | bool):
+            continue
+        if key in seen:
+            raise yaml.constructor.ConstructorError(None, None, f"duplicate key {str(key)[:80]!r}", key_node.start_mark)
+        seen.add(key)
+    return loader.construct_mapping(node, deep=deep)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _no_duplicates)
+
+
+def _yaml_problem(e: BaseException) -> str:
+    """A YAML error on one line: the problem and where it is."""
+    if isinstance(e, yaml.MarkedYAMLError) and e.problem:
+        mark = e.problem_mark
+        return f"{e.problem}" + (f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else "")
+    return " ".join(str(e).split())[:300]
+
+
 def _set(tree: dict[str, Any], dotted: str, value: Any) -> None:
     """Put ``value`` at ``a.b.c`` in ``tree``, creating the sections on the way."""
     keys = dotted.split(".")
@@ -37,7 +64,11 @@ def parse_config(data: dict[str, Any] | None, overrides: list[str] | tuple[str, 
         key, sep, raw = item.partition("=")
         if not sep or not key:
             raise ConfigError(f"override {item!r} must look like key=value (e.g. ticks=5 or agent.fast_steps=3)")
-        _set(tree, key.strip(), yaml.safe_load(raw))
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError as e:
+            raise ConfigError(f"override {item[:200]!r}: the value is not valid YAML ({_yaml_problem(e)})") from None
+        _set(tree, key.strip(), value)
     try:
         return RunConfig.model_validate(tree)
     except ValidationError as e:
@@ -52,16 +83,20 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
     """Read a YAML run config; errors name the file and the field."""
     p = Path(path)
     try:
-        if p.stat().st_size > MAX_CONFIG_BYTES:
-            raise ConfigError(f"{p}: {p.stat().st_size} bytes is too large for a config file (limit {MAX_CONFIG_BYTES})")
-        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+        with p.open("rb") as f:
+            raw = f.read(MAX_CONFIG_BYTES + 1)  # bounded by bytes actually read: /dev/zero reports size 0
+        if len(raw) > MAX_CONFIG_BYTES:
+            raise ConfigError(f"{p}: more than {MAX_CONFIG_BYTES} bytes is too large for a config file")
+        data = yaml.load(raw.decode("utf-8"), Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
     except OSError as e:
         raise ConfigError(f"{p}: cannot read: {e.strerror}") from None
     except UnicodeDecodeError as e:
         raise ConfigError(f"{p}: not UTF-8 text ({e.reason} at byte {e.start})") from None
     except (yaml.YAMLError, RecursionError) as e:
-        raise ConfigError(f"{p}: invalid YAML: {e}") from None
-    if data is not None and not isinstance(data, dict):
+        raise ConfigError(f"{p}: invalid YAML: {_yaml_problem(e)}") from None
+    if data is None or data == {}:
+        raise ConfigError(f"{p}: the config file is empty; write at least one field (e.g. `ticks: 4`), or use `lorahive demo` for the demo")
+    if not isinstance(data, dict):
         raise ConfigError(f"{p}: the top level must be a mapping of fields, got {type(data).__name__}")
     suite = (data or {}).get("suite")
     if isinstance(suite, dict) and isinstance(suite.get("root"), str) and not Path(suite["root"]).is_absolute():

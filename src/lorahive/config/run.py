@@ -6,6 +6,7 @@ what is allowed (see :mod:`lorahive.config.load` for YAML files and ``key=value`
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 from typing import Literal, get_args
 
@@ -14,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from lorahive.config.aggregation import AggregationConfig
 from lorahive.config.attack import AttackConfig
 from lorahive.config.defaults import DEFAULT_BASE, DEMO_TASK_TYPES
+from lorahive.config.errors import clip
 from lorahive.config.levels import LevelSpec, StackSpec, as_stack
 
 __all__ = [
@@ -34,7 +36,7 @@ METHODS: tuple[str, ...] = get_args(Method)
 class SuiteConfig(BaseModel):
     """Where tasks come from and how big they are."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     source: Literal["demo", "cl"] = Field(default="demo", description="demo (shipped slice) | cl (a CL-benchmark folder)")
     root: str | None = Field(default=None, description="cl: folder holding one sub-folder per task type")
@@ -56,7 +58,7 @@ class SuiteConfig(BaseModel):
 class AgentConfig(BaseModel):
     """How an agent solves a task (DESIGN.md §2)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     fast_steps: int = Field(default=3, ge=0, description="learning steps on the support part per task")
     fast_levels: list[str] = Field(default=["agent", "context"], description="levels the fast steps train")
@@ -76,7 +78,7 @@ class StreamConfig(BaseModel):
     each batch; ``multitask`` one level trained on all task types mixed (an upper bound).
     """
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     order: list[str] = Field(min_length=1, description="task types in learning order, e.g. [agnews, amazon, dbpedia, yahoo, yelp]")
     ticks_per_stage: int = Field(default=2, ge=1, description="ticks spent on each task type")
@@ -89,16 +91,16 @@ class StreamConfig(BaseModel):
     @field_validator("order")
     @classmethod
     def _distinct(cls, order: list[str]) -> list[str]:
-        dupes = sorted({t for t in order if order.count(t) > 1})
+        dupes = sorted(t for t, n in Counter(order).items() if n > 1)  # linear: an order may be long
         if dupes:
-            raise ValueError(f"task types must be distinct; repeated: {', '.join(dupes)}")
+            raise ValueError(f"task types must be distinct; repeated: {clip(dupes)}")
         return order
 
 
 class ObserveConfig(BaseModel):
     """What is measured at the end of a run (DESIGN.md §4)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     influence_examples: int = Field(default=4, ge=0, description="held-out examples per task type for level Shapley values; 0 = off")
     retention_tokens: int = Field(default=1024, ge=0, description="tokens of held-out text for perplexity before/after; 0 = off")
@@ -109,7 +111,7 @@ class ObserveConfig(BaseModel):
 class RunConfig(BaseModel):
     """One swarm run. The defaults are the demo: embedded model, 4 agents, shipped tasks."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     base: str = Field(default=DEFAULT_BASE, description="embedded:NAME or a local Hugging Face model directory")
     seed: int = Field(default=0, ge=0, description="seed of adapter init and task sampling")
@@ -137,12 +139,12 @@ class RunConfig(BaseModel):
         if self.suite.source == "demo":
             unknown = [t for t in self.stream.order if t not in DEMO_TASK_TYPES]
             if unknown:
-                raise ValueError(f"stream.order: {unknown} are not task types of the demo slice; allowed: {list(DEMO_TASK_TYPES)}")
+                raise ValueError(f"stream.order: {clip(unknown)} are not task types of the demo slice; allowed: {list(DEMO_TASK_TYPES)}")
         elif self.suite.root and Path(self.suite.root).is_dir():
             have = sorted(p.name for p in Path(self.suite.root).iterdir() if (p / "labels.json").is_file())
             unknown = [t for t in self.stream.order if t not in have]
             if unknown:
-                raise ValueError(f"stream.order: {unknown} are not task types under suite.root {self.suite.root}; allowed: {have}")
+                raise ValueError(f"stream.order: {clip(unknown)} are not task types under suite.root {self.suite.root}; allowed: {clip(have)}")
         return self
 
     def task_types(self) -> list[str] | None:

@@ -40,7 +40,9 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from lorahive.mechanisms.base import Aggregate
 
-__all__ = ["SCHEMA_VERSION", "Ledger", "sha256_of"]
+from lorahive.store.files import sha256_file
+
+__all__ = ["SCHEMA_VERSION", "Ledger", "LedgerError", "sha256_of"]
 
 SCHEMA_VERSION = 1
 
@@ -84,6 +86,8 @@ def _real(x: float | None) -> float | None:
 def sha256_of(path: str | Path) -> str:
     """SHA-256 of a file, or of a directory (every file's relative path and bytes, sorted)."""
     path = Path(path)
+    if path.is_file():
+        return sha256_file(path)
     h = hashlib.sha256()
     files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
     for f in files:
@@ -93,6 +97,10 @@ def sha256_of(path: str | Path) -> str:
             for chunk in iter(lambda: fh.read(1 << 20), b""):
                 h.update(chunk)
     return h.hexdigest()
+
+
+class LedgerError(ValueError):
+    """A ledger that cannot be read, or that does not match the checkpoint resumed from."""
 
 
 class Ledger:
@@ -105,9 +113,14 @@ class Ledger:
         self._db.row_factory = sqlite3.Row
         self._depth = 0
         self._closed = False
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._init_schema()
+        try:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._init_schema()
+        except sqlite3.DatabaseError as e:
+            self._closed = True
+            self._db.close()
+            raise LedgerError(f"{self.path}: not a readable ledger database ({e}); restore it from a backup or start a new run") from None
 
     # --- lifecycle ---------------------------------------------------------------------
 
@@ -232,6 +245,34 @@ class Ledger:
             deleted = sum(self._db.execute(f"DELETE FROM {t} WHERE tick > ?", (tick,)).rowcount for t in _TICK_TABLES)
             self.record_event(tick, "resume", {"rows_deleted": deleted})
         return deleted
+
+    # --- the checkpoint's mark ------------------------------------------------------------
+
+    def _digest(self, max_ids: Mapping[str, int]) -> str:
+        h = hashlib.sha256()
+        for t in _TICK_TABLES:
+            h.update(f"{t}\0".encode())
+            for row in self._db.execute(f"SELECT * FROM {t} WHERE id <= ? ORDER BY id", (int(max_ids.get(t, 0)),)):
+                h.update(json.dumps(list(row), default=str).encode() + b"\n")
+        return h.hexdigest()
+
+    def mark(self) -> dict[str, Any]:
+        """Where the ledger stands now (for a checkpoint): last tick, last row id per table, digest of the rows."""
+        max_ids = {t: int(self._db.execute(f"SELECT COALESCE(MAX(id), 0) FROM {t}").fetchone()[0]) for t in _TICK_TABLES}
+        return {"tick": self.last_tick(), "max_ids": max_ids, "digest": self._digest(max_ids)}
+
+    def verify_mark(self, mark: Mapping[str, Any]) -> None:
+        """Refuse a ledger whose rows up to a checkpoint's :meth:`mark` are missing or differ."""
+        try:
+            digest = self._digest(mark["max_ids"])
+        except sqlite3.DatabaseError as e:
+            raise LedgerError(f"{self.path}: not a readable ledger database ({e})") from None
+        if digest != mark["digest"]:
+            last = self.last_tick()
+            raise LedgerError(
+                f"{self.path}: its rows up to tick {mark['tick']} do not match the checkpoint (the ledger is at tick {last}):"
+                " it is behind, truncated or edited; restore the ledger that belongs to this checkpoint"
+            )
 
     # --- reading -----------------------------------------------------------------------
 

@@ -18,7 +18,14 @@ from lorahive.config import load_config
 from lorahive.observe.ledger import Ledger, sha256_of
 from lorahive.runtime.hive import Hive
 from lorahive.store import checkpoint
-from lorahive.store.peft import ImportReport, export_peft, import_peft
+from lorahive.store.lock import run_lock
+from lorahive.store.peft import (
+    ADAPTER_CONFIG,
+    ADAPTER_WEIGHTS,
+    ImportReport,
+    export_peft,
+    import_peft,
+)
 
 __all__ = ["Restored", "export_run", "import_into_run", "parse_levels", "restore_hive"]
 
@@ -39,7 +46,9 @@ def restore_hive(run_dir: str | Path) -> Restored:
     cfg = load_config(run / "config.yaml")
     checkpoint.locate(run)  # fail before loading the model when there is no checkpoint
     hive = Hive.load(cfg.base, cfg.stack(), device="cpu", seed=cfg.seed)
-    return Restored(hive, checkpoint.load(run, hive.core))
+    from lorahive.runtime.run import state_validator
+
+    return Restored(hive, checkpoint.load(run, hive.core, state_validator(cfg, cfg.task_types())))
 
 
 def parse_levels(text: str | None, hive: Hive) -> list[str]:
@@ -64,8 +73,25 @@ def _check_agent(hive: Hive, agent: str) -> None:
         raise ValueError(f"unknown agent {agent!r}; agents are {hive.agents}")
 
 
-def export_run(run_dir: str | Path, agent: str, out: str | Path, levels: str | None = None) -> Path:
+def check_export_target(run_dir: str | Path, out: str | Path, force: bool = False) -> None:
+    """Refuse an export into the run's own checkpoint folders, or over an adapter without ``force``."""
+    run, target = Path(run_dir).resolve(), Path(out).resolve()
+    for name in (checkpoint.NAME, checkpoint.PREV, f".{checkpoint.NAME}.tmp"):
+        inside = run / name
+        if target == inside or inside in target.parents:
+            raise ValueError(f"--out {out} is inside the run's {name}/; export to a folder of its own")
+    if target == run:
+        raise ValueError(f"--out {out} is the run directory itself; export to a folder of its own")
+    if Path(out).exists() and not Path(out).is_dir():
+        raise ValueError(f"--out {out} exists and is not a directory")
+    present = [n for n in (ADAPTER_CONFIG, ADAPTER_WEIGHTS) if (Path(out) / n).exists()]
+    if present and not force:
+        raise ValueError(f"--out {out} already holds an adapter ({', '.join(present)}); use --force to overwrite it")
+
+
+def export_run(run_dir: str | Path, agent: str, out: str | Path, levels: str | None = None, force: bool = False) -> Path:
     """Write ``agent``'s view of the run's checkpointed hive as a PEFT LoRA directory ``out``."""
+    check_export_target(run_dir, out, force)
     restored = restore_hive(run_dir)
     hive = restored.hive
     _check_agent(hive, agent)
@@ -79,6 +105,13 @@ def import_into_run(run_dir: str | Path, adapter_dir: str | Path, level: str, ag
     is replaced atomically, so a failure at any point leaves the old one in place.
     """
     run = Path(run_dir)
+    if not (run / "config.yaml").is_file():
+        raise ValueError(f"{run} holds no run (no config.yaml)")
+    with run_lock(run):
+        return _import_locked(run, adapter_dir, level, agent)
+
+
+def _import_locked(run: Path, adapter_dir: str | Path, level: str, agent: str | None) -> ImportReport:
     restored = restore_hive(run)
     hive, loaded = restored.hive, restored.loaded
     if level not in hive.stack.names():

@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from lorahive.config import RunConfig, dump_config, load_config
+from lorahive.config import ConfigError, RunConfig, dump_config, load_config
 from lorahive.core import persistent_levels
 from lorahive.observe.ledger import Ledger, sha256_of
 from lorahive.observe.metrics import AccuracyMatrix
@@ -38,6 +38,9 @@ from lorahive.runtime.measure import (
 from lorahive.runtime.stream import method_stack
 from lorahive.runtime.swarm import Swarm, TickContext
 from lorahive.store import checkpoint
+from lorahive.store.files import atomic_write_text
+from lorahive.store.lock import LOCK_NAME, run_lock
+from lorahive.store.run_state import validate_run_state
 from lorahive.suites.cl import CLData, load_cl_suite, sample_task
 from lorahive.suites.demo import load_demo_suite
 from lorahive.suites.task import Task
@@ -68,12 +71,8 @@ class Run:
 
 
 def write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    """Every file of a run directory is written through :func:`lorahive.store.files.atomic_write_text`."""
+    atomic_write_text(path, text)
 
 
 def load_data(cfg: RunConfig) -> dict[str, CLData]:
@@ -122,11 +121,84 @@ def _r_row(run: Run, stage: int, quality: dict[str, dict[str, float]]) -> None:
     run.swarm.ledger.record_event(run.swarm.tick_no, "stage", {"stage": stage, "R": run.R.to_dict()["R"][stage]})
 
 
-def _build(out: Path, cfg: RunConfig) -> Run:
+#: Every name a run writes in its directory: the only names ``--force`` may remove.
+OWNED = (*RUN_FILES, "checkpoint.prev", ".checkpoint.tmp", "ledger.sqlite-wal", "ledger.sqlite-shm", "ledger.sqlite-journal", "report.html", ".config.yaml.tmp", ".metrics.json.tmp")
+#: Most torch threads a config may ask for, per CPU core.
+THREADS_PER_CPU = 4
+
+
+def precheck(cfg: RunConfig) -> None:
+    """Everything about ``cfg`` that can be checked without loading the model; writes nothing."""
+    if not cfg.base.startswith("embedded:") and not Path(cfg.base).is_dir():
+        raise ConfigError(f"base: no model directory at {cfg.base} (pass embedded:NAME or a local Hugging Face model directory)")
+    cpus = os.cpu_count() or 1
+    if cfg.threads is not None and cfg.threads > THREADS_PER_CPU * cpus:
+        raise ConfigError(f"threads: {cfg.threads} is more than {THREADS_PER_CPU} × the {cpus} CPU cores of this machine")
+    if cfg.suite.source == "cl":
+        assert cfg.suite.root is not None
+        if not Path(cfg.suite.root).is_dir():
+            raise ConfigError(f"suite.root: no folder at {cfg.suite.root}")
+
+
+def _check_data(cfg: RunConfig, data: dict[str, CLData]) -> None:
+    s = cfg.suite
+    for t, d in data.items():
+        if s.support > len(d.train) or s.query > len(d.test):
+            raise ConfigError(f"suite.support / suite.query: {t} has {len(d.train)} train / {len(d.test)} test examples; asked for {s.support} / {s.query}")
+
+
+def available_memory(device: torch.device) -> int | None:
+    """Bytes free for new tensors on ``device`` (None when unknown)."""
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def slot_bytes(hive: Hive, n_agents: int) -> int:
+    """Rough bytes of the per-agent slots ``n_agents`` agents need: A, B, A0 and two AdamW moments."""
+    total = 0
+    for lv in hive.levels:
+        if lv.scope == "shared":
+            continue
+        for _, bank in hive.core.named_banks(lv.name):
+            per_slot = bank.A[0].numel() + bank.B[0].numel()
+            total += n_agents * per_slot * bank.A.element_size() * 5
+    return total
+
+
+def _check_memory(hive: Hive, cfg: RunConfig) -> None:
+    need = slot_bytes(hive, cfg.agents)
+    free = available_memory(next(hive.core.model.parameters()).device)
+    if free is not None and need > free // 2:
+        raise ConfigError(f"agents: {cfg.agents} agents need about {need / 2**30:.1f} GiB for their adapter slots; {free / 2**30:.1f} GiB is free (at most half is used)")
+
+
+def _prepare(cfg: RunConfig) -> tuple[Hive, dict[str, CLData]]:
+    """Check ``cfg``, load the data and the base model, check sizes and memory; writes nothing."""
+    precheck(cfg)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    hive = Hive.load(cfg.base, method_stack(cfg), device="cpu" if not torch.cuda.is_available() else None, seed=cfg.seed)
-    data = load_data(cfg)
+    try:
+        data = load_data(cfg)
+    except (ValueError, OSError) as e:
+        raise ConfigError(f"suite: {e}") from None
+    _check_data(cfg, data)
+    try:
+        hive = Hive.load(cfg.base, method_stack(cfg), device="cpu" if not torch.cuda.is_available() else None, seed=cfg.seed)
+    except (ValueError, OSError) as e:
+        raise ConfigError(f"base: {e}") from None
+    _check_memory(hive, cfg)
+    return hive, data
+
+
+def _build(out: Path, cfg: RunConfig, prepared: tuple[Hive, dict[str, CLData]] | None = None) -> Run:
+    hive, data = prepared or _prepare(cfg)
     swarm = Swarm(hive, cfg, data, Ledger(out / "ledger.sqlite"))
     run = Run(out, cfg, hive, swarm, _eval_tasks(cfg, data, hive), {}, time.time())
     if cfg.stream is not None:
@@ -134,33 +206,98 @@ def _build(out: Path, cfg: RunConfig) -> Run:
     return run
 
 
+def _holds_run(out: Path) -> bool:
+    try:
+        load_config(out / "config.yaml")
+    except ConfigError:
+        return False
+    return True
+
+
+def check_dir(out: Path, force: bool) -> None:
+    """Refuse ``out`` unless it is new, free of run files, or (with ``force``) holds a run; writes nothing."""
+    if out.is_symlink() or (out.exists() and not out.is_dir()):
+        raise RunDirError(f"--out {out} exists and is not a directory")
+    if not out.exists():
+        return
+    present = [f for f in OWNED if (out / f).exists() or (out / f).is_symlink()]
+    if not present:
+        return
+    if not _holds_run(out):
+        raise RunDirError(f"{out} holds no lorahive run but has {', '.join(present)}; lorahive removes only files a run created — pick another --out")
+    if not force:
+        raise RunDirError(f"{out} already holds a run ({', '.join(f for f in present if f in RUN_FILES)}); use --force to overwrite or `lorahive resume {out}`")
+    links = [f for f in present if (out / f).is_symlink()]
+    if links:
+        raise RunDirError(f"{out}: {', '.join(links)} is a symbolic link; --force removes only files a run created, not what a link points to")
+
+
+def _remove_owned(out: Path) -> None:
+    for f in OWNED:
+        p = out / f
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p)
+        elif p.exists() or p.is_symlink():
+            p.unlink(missing_ok=True)
+
+
 def prepare_dir(out: Path, force: bool) -> None:
     """Refuse to overwrite a run unless ``force``; with ``force`` remove the old run's files only."""
-    present = [f for f in RUN_FILES if (out / f).exists()]
-    if present and not force:
-        raise RunDirError(f"{out} already holds a run ({', '.join(present)}); use --force to overwrite or `lorahive resume {out}`")
-    for f in (*RUN_FILES, "checkpoint.prev", ".checkpoint.tmp", "ledger.sqlite-wal", "ledger.sqlite-shm", "report.html"):
-        p = out / f
-        if p.is_dir():
-            shutil.rmtree(p)
-        elif p.exists():
-            p.unlink()
+    check_dir(out, force)
+    _remove_owned(out)
     out.mkdir(parents=True, exist_ok=True)
 
 
+def _mkdirs(out: Path) -> list[Path]:
+    """Create ``out`` and missing parents; returns those created, deepest first."""
+    missing = [p for p in (out, *out.parents) if not p.exists()]
+    out.mkdir(parents=True, exist_ok=True)
+    return missing
+
+
 def start(cfg: RunConfig, out: str | Path, force: bool = False, progress: Progress | None = None) -> dict[str, Any]:
-    """Run ``cfg`` from scratch into ``out``; returns the metrics written to ``metrics.json``."""
+    """Run ``cfg`` from scratch into ``out``; returns the metrics written to ``metrics.json``.
+
+    Nothing is written before the config, the data, the base model and the folder have been
+    checked; a failure before the first checkpoint removes what this call created.
+    """
     out = Path(out)
-    prepare_dir(out, force)
-    write_atomic(out / "config.yaml", dump_config(cfg))
-    run = _build(out, cfg)
-    run.before = evaluate_run(run)
-    _record_eval(run, 0, "before", run.before)
-    if run.R is not None:
-        _r_row(run, 0, run.before)
-    if cfg.observe.retention_tokens:
-        run.ppl_before = retention_ppl(run.hive, list(run.swarm.agents), cfg.observe, retention_text(cfg.observe))
-    return _loop(run, progress)
+    check_dir(out, force)
+    prepared = _prepare(cfg)
+    created = _mkdirs(out)
+    had_lock = (out / LOCK_NAME).exists()
+    locked = False
+    try:
+        with run_lock(out):
+            locked = True
+            run: Run | None = None
+            try:
+                prepare_dir(out, force)
+                write_atomic(out / "config.yaml", dump_config(cfg))
+                run = _build(out, cfg, prepared)
+                run.before = evaluate_run(run)
+                _record_eval(run, 0, "before", run.before)
+                if run.R is not None:
+                    _r_row(run, 0, run.before)
+                if cfg.observe.retention_tokens:
+                    run.ppl_before = retention_ppl(run.hive, list(run.swarm.agents), cfg.observe, retention_text(cfg.observe))
+                return _loop(run, progress)
+            except BaseException:
+                if not any((out / n / "manifest.json").is_file() for n in (checkpoint.NAME, checkpoint.PREV)):
+                    if run is not None:
+                        run.swarm.ledger.close()
+                    _remove_owned(out)
+                raise
+    except BaseException:
+        if locked and not (out / "config.yaml").exists():
+            if not had_lock:
+                (out / LOCK_NAME).unlink(missing_ok=True)
+            for d in created:
+                try:
+                    d.rmdir()
+                except OSError:
+                    break
+        raise
 
 
 def resume(out: str | Path, progress: Progress | None = None, ticks: int | None = None) -> dict[str, Any]:
@@ -171,12 +308,52 @@ def resume(out: str | Path, progress: Progress | None = None, ticks: int | None 
     out = Path(out)
     if not (out / "config.yaml").is_file():
         raise RunDirError(f"{out} holds no run (no config.yaml)")
+    with run_lock(out):
+        return _resume_locked(out, progress, ticks)
+
+
+def agent_names(cfg: RunConfig) -> list[str]:
+    """The agents a run of ``cfg`` has (the names :class:`Swarm` gives them)."""
+    return [f"agent{i:0{len(str(cfg.agents - 1))}d}" for i in range(cfg.agents)]
+
+
+def state_validator(cfg: RunConfig, task_types: list[str] | None, ticks_override: int | None = None) -> Callable[[dict[str, Any], Path], object]:
+    """The check :func:`checkpoint.load` runs on state.json for a run of ``cfg``."""
+
+    def check(state: dict[str, Any], file: Path) -> object:
+        tick = state.get("tick")
+        if ticks_override is not None and isinstance(tick, int) and not isinstance(tick, bool) and ticks_override < tick:
+            raise RunDirError(f"--ticks {ticks_override} is below tick {tick} the run has already reached; nothing was changed")
+        order = list(cfg.stream.order) if cfg.stream is not None else None
+        st = validate_run_state(state, file, agent_names(cfg), task_types, cfg.ticks, order)
+        if st.config is not None:
+            was, now = _flat(st.config), _flat(_config_record(cfg))
+            changed = sorted(k for k in was.keys() | now.keys() if was.get(k) != now.get(k))
+            if changed:
+                k = changed[0]
+                raise RunDirError(
+                    f"config.yaml: {', '.join(changed[:5])} changed since the checkpoint ({k}: {str(was.get(k))[:60]} → {str(now.get(k))[:60]});"
+                    " a run resumes with the config it started with (only --ticks may change)"
+                )
+        return st
+
+    return check
+
+
+def _resume_locked(out: Path, progress: Progress | None, ticks: int | None) -> dict[str, Any]:
     cfg = load_config(out / "config.yaml", [f"ticks={ticks}"] if ticks is not None else [])
     checkpoint.locate(out)  # fail before loading the model when there is nothing to resume
-    if ticks is not None:
-        write_atomic(out / "config.yaml", dump_config(cfg))
+    if not (out / "ledger.sqlite").is_file():
+        raise RunDirError(f"{out / 'ledger.sqlite'} is missing: the run's history is part of the run; restore it (a resume never starts a new ledger)")
     run = _build(out, cfg)
-    loaded = checkpoint.load(out, run.hive.core)
+    try:
+        return _continue(run, out, cfg, ticks, progress)
+    finally:
+        run.swarm.ledger.close()
+
+
+def _continue(run: Run, out: Path, cfg: RunConfig, ticks: int | None, progress: Progress | None) -> dict[str, Any]:
+    loaded = checkpoint.load(out, run.hive.core, state_validator(cfg, sorted(run.swarm.data), ticks))
     try:
         legacy = {f"mechanism/aggregation/{k.removeprefix('agg/')}": v for k, v in loaded.extra.items() if k.startswith("agg/")}  # checkpoints before mechanisms/base.py
         run.swarm.load_state(loaded.state, loaded.extra | legacy)
@@ -190,6 +367,11 @@ def resume(out: str | Path, progress: Progress | None = None, ticks: int | None 
                         run.R.record(stage, task_type, v)
     except (KeyError, TypeError, ValueError, AttributeError, RuntimeError) as e:
         raise checkpoint.CheckpointError(f"{checkpoint.locate(out)}: its run state cannot be restored: {e!r}") from None
+    mark = loaded.state.get("ledger")
+    if mark is not None:
+        run.swarm.ledger.verify_mark(mark)
+    if ticks is not None:
+        write_atomic(out / "config.yaml", dump_config(cfg))
     run.swarm.ledger.rollback_to(run.swarm.tick_no)
     _record_missing_checkpoint(run)
     return _loop(run, progress)
@@ -224,8 +406,28 @@ def _record_final_eval(run: Run, after: dict[str, dict[str, float]]) -> None:
         run.swarm.ledger.record_event(tick, "final_eval")
 
 
+def _config_record(cfg: RunConfig) -> dict[str, Any]:
+    """The config a checkpoint records: everything but ``ticks`` (``resume --ticks`` may change it)."""
+    tree = cfg.model_dump(mode="json")
+    tree.pop("ticks")
+    return tree
+
+
+def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(tree, dict):
+        return {k: v for key, sub in tree.items() for k, v in _flat(sub, f"{prefix}{key}.").items()}
+    return {prefix.rstrip("."): tree}
+
+
 def _save(run: Run) -> None:
-    state = {**run.swarm.state(), "quality_before": run.before, "elapsed": run.elapsed + time.time() - run.started, "ppl_before": run.ppl_before}
+    state = {
+        **run.swarm.state(),
+        "quality_before": run.before,
+        "elapsed": run.elapsed + time.time() - run.started,
+        "ppl_before": run.ppl_before,
+        "ledger": run.swarm.ledger.mark(),
+        "config": _config_record(run.cfg),
+    }
     if run.R is not None:
         state["cl_R"] = run.R.to_dict()["R"]
     path = checkpoint.save(run.out, run.hive.core, state, run.swarm.tensors())

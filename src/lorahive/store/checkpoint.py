@@ -18,11 +18,10 @@ checkpoint is refused naming the file, and the core is left untouched.
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 import re
 import shutil
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +32,14 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from lorahive.core import HiveCore, LevelState, LevelStateError
+from lorahive.store.files import (
+    TooLarge,
+    fsync_dir,
+    fsync_file,
+    move_into_place,
+    read_bounded,
+    sha256_file,
+)
 
 NAME, PREV = "checkpoint", "checkpoint.prev"
 
@@ -47,20 +54,7 @@ class Loaded:
     extra: dict[str, torch.Tensor]
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+_sha256 = sha256_file  # the one SHA-256 of a file (lorahive.store.files)
 
 
 def _write_json(path: Path, obj: Any) -> None:
@@ -84,8 +78,7 @@ def _hive_tensors(core: HiveCore) -> dict[str, dict[str, torch.Tensor]]:
 def _write_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> str:
     """Write one safetensors file, fsync it, and return its sha256 (one worker of :func:`save`)."""
     save_file(tensors, str(path))
-    with path.open("rb") as f:
-        os.fsync(f.fileno())
+    fsync_file(path)
     return _sha256(path)
 
 
@@ -107,17 +100,15 @@ def save(run_dir: str | Path, core: HiveCore, state: dict[str, Any], extra: dict
     manifest = {rel: {"sha256": digests[rel], "bytes": (tmp / rel).stat().st_size} for rel in [*files, "state.json"]}
     _write_json(tmp / "manifest.json", manifest)
     for rel in ["state.json", "manifest.json"]:
-        with (tmp / rel).open("rb") as f:
-            os.fsync(f.fileno())
+        fsync_file(tmp / rel)
     for d in (tmp / "levels", tmp / "optim", tmp):
-        _fsync_dir(d)
+        fsync_dir(d)
     final, prev = run / NAME, run / PREV
     if final.exists():
         if prev.exists():
             shutil.rmtree(prev)
-        os.replace(final, prev)
-    os.replace(tmp, final)
-    _fsync_dir(run)
+        move_into_place(final, prev)
+    move_into_place(tmp, final)
     if prev.exists():
         shutil.rmtree(prev)
     return final
@@ -140,9 +131,9 @@ _MAX_JSON_BYTES = 64 << 20
 
 def _read_json(path: Path) -> Any:
     try:
-        if path.stat().st_size > _MAX_JSON_BYTES:
-            raise CheckpointError(f"{path}: {path.stat().st_size} bytes is too large for a checkpoint JSON file")
-        return json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(read_bounded(path, _MAX_JSON_BYTES).decode("utf-8"))
+    except TooLarge:
+        raise CheckpointError(f"{path}: more than {_MAX_JSON_BYTES} bytes is too large for a checkpoint JSON file") from None
     except (OSError, json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
         raise CheckpointError(f"{path}: unreadable: {e}") from None
 
@@ -283,15 +274,18 @@ def _check_state(core: HiveCore, file: Path) -> dict[str, Any]:
     return state
 
 
-def load(run_dir: str | Path, core: HiveCore) -> Loaded:
+def load(run_dir: str | Path, core: HiveCore, validate: Callable[[dict[str, Any], Path], object] | None = None) -> Loaded:
     """Verify the checkpoint, then restore levels, optimizer state, agents and level states into ``core``.
 
     Every file is hash-checked, and every tensor's name, shape, dtype and values checked,
     before anything is written into the core: a refused checkpoint leaves the core as it was.
+    ``validate(state, file)`` checks the run's own bookkeeping in state.json (it raises to refuse).
     """
     ckpt = locate(run_dir)
     manifest = _verify(ckpt)
     state = _check_state(core, ckpt / "state.json")
+    if validate is not None:
+        validate(state, ckpt / "state.json")
     agents: list[str] = state["agents"]
     levels, optim = {}, {}
     for lv in core.levels:

@@ -33,6 +33,7 @@ from safetensors.torch import save_file
 
 from lorahive.adapters.bank import LevelBank
 from lorahive.core import HiveCore
+from lorahive.store.files import TooLarge, fsync_file, move_into_place, read_bounded
 
 __all__ = ["ADAPTER_CONFIG", "ADAPTER_WEIGHTS", "ImportReport", "export_peft", "import_peft"]
 
@@ -41,6 +42,10 @@ ADAPTER_WEIGHTS = "adapter_model.safetensors"
 _PREFIX = "base_model.model."
 _KEY = re.compile(r"^base_model\.model\.(?P<path>.+)\.lora_(?P<which>[AB])\.weight$")
 _FLOAT_DTYPES = {"F16", "BF16", "F32", "F64"}
+#: rank_pattern / alpha_pattern keys: plain dotted module-name suffixes (no regex: no backtracking).
+_SUFFIX = re.compile(r"^[A-Za-z0-9_]+(\.[A-Za-z0-9_]+)*$")
+_MAX_PATTERNS = 4096
+_MAX_CONFIG_BYTES = 16 << 20
 
 
 # ---------------------------------------------------------------------- export
@@ -110,7 +115,8 @@ def _write(out: Path, config: LoraConfig, tensors: dict[str, torch.Tensor]) -> P
         config.save_pretrained(str(tmp))
         save_file(tensors, str(tmp / ADAPTER_WEIGHTS), metadata={"format": "pt"})
         for name in (ADAPTER_WEIGHTS, ADAPTER_CONFIG):
-            os.replace(tmp / name, out / name)
+            fsync_file(tmp / name)
+            move_into_place(tmp / name, out / name)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out
@@ -147,9 +153,9 @@ def _read_config(directory: Path) -> dict[str, Any]:
     if not (directory / ADAPTER_CONFIG).is_file():
         raise ValueError(f"{directory}: missing {ADAPTER_CONFIG}")
     try:
-        if (directory / ADAPTER_CONFIG).stat().st_size > 16 << 20:
-            raise ValueError(f"{directory / ADAPTER_CONFIG}: too large for an adapter config")
-        cfg = json.loads((directory / ADAPTER_CONFIG).read_text(encoding="utf-8"))
+        cfg = json.loads(read_bounded(directory / ADAPTER_CONFIG, _MAX_CONFIG_BYTES).decode("utf-8"))
+    except TooLarge:
+        raise ValueError(f"{directory / ADAPTER_CONFIG}: too large for an adapter config (limit {_MAX_CONFIG_BYTES} bytes)") from None
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
         raise ValueError(f"{directory / ADAPTER_CONFIG}: not valid JSON ({e})") from None
     if not isinstance(cfg, dict) or cfg.get("peft_type") != "LORA":
@@ -167,12 +173,15 @@ def _number(cfg: dict[str, Any], pattern_key: str, default_key: str, path: str) 
     patterns = cfg.get(pattern_key) or {}
     if not isinstance(patterns, dict):
         raise ValueError(f"{ADAPTER_CONFIG}: {pattern_key} must be a mapping, got {type(patterns).__name__}")
+    if len(patterns) > _MAX_PATTERNS:
+        raise ValueError(f"{ADAPTER_CONFIG}: {pattern_key} has {len(patterns)} keys; at most {_MAX_PATTERNS}")
     for key, value in patterns.items():
-        try:
-            hit = re.match(rf"(.*\.)?({key})$", path)
-        except re.error as e:
-            raise ValueError(f"{ADAPTER_CONFIG}: {pattern_key} key {key!r} is not a valid pattern ({e})") from None
-        if hit:
+        if not isinstance(key, str) or len(key) > 512 or not _SUFFIX.match(key):
+            raise ValueError(
+                f"{ADAPTER_CONFIG}: {pattern_key} key {str(key)[:80]!r} is not supported: lorahive matches module-name"
+                " suffixes only (dotted names such as 'q_proj' or 'layers.0.self_attn.q_proj'), never regular expressions"
+            )
+        if path == key or path.endswith("." + key):
             return _positive(value, f"{pattern_key}[{key!r}]")
     return _positive(cfg.get(default_key), default_key)
 

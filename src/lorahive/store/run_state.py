@@ -1,0 +1,120 @@
+"""The schema of a run's ``checkpoint/state.json`` bookkeeping, checked in full before use.
+
+A checkpoint's hashes prove only that its files are the ones its manifest names; a re-sealed
+state.json (hashes recomputed) can hold anything. :func:`validate_run_state` checks every
+field's type and range, and that the agents, task types and ticks agree with the run's
+config, and raises :class:`~lorahive.store.checkpoint.CheckpointError` naming the field.
+Level states are checked separately by :meth:`lorahive.core.LevelState.from_dict`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+    ValidationError,
+)
+
+from lorahive.store.checkpoint import CheckpointError
+
+__all__ = ["RunState", "validate_run_state"]
+
+_STRICT = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
+Unit = Field(ge=0.0, le=1.0)
+
+
+class AgentState(BaseModel):
+    model_config = _STRICT
+
+    task_type: StrictStr
+    reputation: float = Field(ge=0.0, le=1.0)
+    solved: StrictInt = Field(ge=0)
+
+
+class LedgerMark(BaseModel):
+    """Where the ledger stood when the checkpoint was written (see :mod:`lorahive.observe.ledger`)."""
+
+    model_config = _STRICT
+
+    tick: StrictInt | None = Field(ge=0)
+    max_ids: dict[str, StrictInt]
+    digest: StrictStr = Field(pattern=r"^[0-9a-f]{64}$")
+
+
+class RunState(BaseModel):
+    """state.json as a run writes it (agents and level_states are the checkpoint's own fields)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
+
+    tick: StrictInt = Field(ge=0)
+    accepted: StrictInt = Field(ge=0)
+    rejected: StrictInt = Field(ge=0)
+    agents: list[StrictStr]
+    level_states: dict[str, Any]
+    agents_state: dict[str, AgentState]
+    attribution: dict[str, StrictFloat | StrictInt] = Field(default_factory=dict)
+    method: dict[str, Any] = Field(default_factory=dict)
+    mechanisms: dict[str, dict[str, Any]] = Field(default_factory=dict)  # each mechanism's plain-JSON state, by name
+    quality_before: dict[str, dict[str, float]]
+    elapsed: float = Field(default=0.0, ge=0.0)
+    ppl_before: dict[str, float] | None = None
+    cl_R: list[list[float | None]] | None = None
+    ledger: LedgerMark | None = None
+    config: dict[str, Any] | None = None
+
+
+def _field(loc: Sequence[Any]) -> str:
+    return ".".join(str(x) for x in loc) or "state"
+
+
+def validate_run_state(state: dict[str, Any], file: Path, agents: list[str], task_types: list[str] | None, ticks: int, order: list[str] | None = None) -> RunState:
+    """Check ``state`` against the schema and the run: raise CheckpointError naming the field."""
+    try:
+        st = RunState.model_validate(state)
+    except ValidationError as e:
+        err = e.errors()[0]
+        got = err.get("input")
+        shown = "" if isinstance(got, dict | list) else f" (got {str(got)[:60]!r})"
+        raise CheckpointError(f"{file}: {_field(err['loc'])}: {err['msg']}{shown}") from None
+
+    def bad(field: str, msg: str) -> CheckpointError:
+        return CheckpointError(f"{file}: {field}: {msg}")
+
+    if st.agents != agents:
+        raise bad("agents", f"{st.agents[:5]} are not this run's agents {agents[:5]}")
+    if sorted(st.agents_state) != sorted(agents):
+        raise bad("agents_state", f"names {sorted(st.agents_state)[:5]} are not this run's agents {agents[:5]}")
+    for name, a in st.agents_state.items():
+        if task_types is not None and a.task_type not in task_types:
+            raise bad(f"agents_state.{name}.task_type", f"{a.task_type[:60]!r} is not a task type of this run ({task_types})")
+    if st.tick > ticks:
+        raise bad("tick", f"{st.tick} is beyond the run's {ticks} ticks")
+    for name, per_type in st.quality_before.items():
+        if name not in agents:
+            raise bad("quality_before", f"{name[:60]!r} is not an agent of this run")
+        for t, q in per_type.items():
+            if (task_types is not None and t not in task_types) or not 0.0 <= q <= 1.0:
+                raise bad(f"quality_before.{name}.{t[:60]}", f"must be a task type of this run with a quality in [0, 1] (got {q})")
+    for name in st.attribution:
+        if name not in agents:
+            raise bad("attribution", f"{name[:60]!r} is not an agent of this run")
+    if st.ppl_before is not None:
+        for name, v in st.ppl_before.items():
+            if name not in agents or not v > 0.0:
+                raise bad(f"ppl_before.{name[:60]}", f"must be an agent of this run with a positive perplexity (got {v})")
+    if order is not None:
+        if st.cl_R is None or len(st.cl_R) != len(order) + 1 or any(len(row) != len(order) for row in st.cl_R):
+            raise bad("cl_R", f"must be a {len(order) + 1} × {len(order)} accuracy matrix")
+        if any(v is not None and not 0.0 <= v <= 1.0 for row in st.cl_R for v in row):
+            raise bad("cl_R", "accuracies must lie in [0, 1]")
+    elif st.cl_R is not None:
+        raise bad("cl_R", "present, but the run has no stream")
+    return st
