@@ -102,12 +102,15 @@ def evaluate_run(run: Run) -> dict[str, dict[str, float]]:
         groups = view_groups(run.hive, names)
         scored = evaluate(run.hive, sorted(set(groups.values()), key=names.index), run.eval_tasks, levels)
         out = {n: dict(scored[groups[n]]) for n in names}
-    else:
+    else:  # each agent on its own type; agents with identical views are scored once
+        groups = view_groups(run.hive, names)
         out = {}
         for task_type, task in run.eval_tasks.items():
             agents = [n for n, a in run.swarm.agents.items() if a.task_type == task_type]
             if agents:
-                out.update(evaluate(run.hive, agents, {task_type: task}, levels))
+                reps = sorted({groups[n] for n in agents}, key=names.index)
+                scored = evaluate(run.hive, reps, {task_type: task}, levels)
+                out.update({n: dict(scored[groups[n]]) for n in agents})
     run.last_eval = (run.swarm.tick_no, out)
     return out
 
