@@ -103,7 +103,7 @@ class ObserveConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
     influence_examples: int = Field(default=4, ge=0, description="held-out examples per task type for level Shapley values; 0 = off")
-    retention_tokens: int = Field(default=1024, ge=0, description="tokens of held-out text for perplexity before/after; 0 = off")
+    retention_tokens: int = Field(default=512, ge=0, description="tokens of held-out text for perplexity before/after; 0 = off")
     retention_text: str | None = Field(default=None, description="held-out text file; null = the WikiText-2 slice shipped in the package")
     retention_window: int = Field(default=128, ge=2, description="perplexity window in tokens")
 
@@ -117,7 +117,7 @@ class RunConfig(BaseModel):
     seed: int = Field(default=0, ge=0, description="seed of adapter init and task sampling")
     levels: list[LevelSpec] | None = Field(default=None, description="the level stack; null = the default five levels")
     agents: int = Field(default=4, ge=1, le=65536, description="number of agents")
-    ticks: int = Field(default=4, ge=1, description="ticks to run")
+    ticks: int = Field(default=3, ge=1, description="ticks to run")
     swarm_level: str = Field(default="swarm", description="the shared level agents improve together")
     suite: SuiteConfig = Field(default_factory=SuiteConfig, description="where tasks come from and how big they are")
     agent: AgentConfig = Field(default_factory=AgentConfig, description="how an agent solves a task")
@@ -127,6 +127,11 @@ class RunConfig(BaseModel):
     attack: AttackConfig = Field(default_factory=AttackConfig, description="malicious agents, for testing defences (fraction 0 = none)")
     stream: StreamConfig | None = Field(default=None, description="a continual-learning stream of task types; null = agents keep their own task type")
     observe: ObserveConfig = Field(default_factory=ObserveConfig, description="what is measured at the end of the run")
+
+
+    def agent_names(self) -> list[str]:
+        """The agents a run of this config has: ``agent0 … agentN-1``, zero-padded to one width."""
+        return [f"agent{i:0{len(str(self.agents - 1))}d}" for i in range(self.agents)]
 
     @model_validator(mode="after")
     def _stream_ticks(self) -> RunConfig:

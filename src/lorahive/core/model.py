@@ -93,15 +93,21 @@ class HiveCore:
         start = len(self._agents)
         need = start + len(names)
         for lv in self.stack.levels:
-            if lv.scope != "shared":
-                capacity = max(1, self.n_slots(lv.name))
-                while capacity < need:
-                    capacity *= 2
-                for bank in self.banks(lv.name):
-                    bank.grow(capacity)
+            capacity = self.capacity_for(lv.name, need)
+            for bank in self.banks(lv.name):
+                bank.grow(capacity)
         self._agents.extend(names)
         self._index.update({n: start + i for i, n in enumerate(names)})
         return list(range(start, need))
+
+    def capacity_for(self, level: str, n_agents: int) -> int:
+        """Slots ``level``'s banks hold once ``n_agents`` agents are registered: 1 if shared, else doubling."""
+        if self.stack.get(level).scope == "shared":
+            return 1
+        capacity = max(1, self.n_slots(level))
+        while capacity < n_agents:
+            capacity *= 2
+        return capacity
 
     def agent_index(self, agents: Sequence[str]) -> list[int]:
         try:

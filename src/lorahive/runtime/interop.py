@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from lorahive.config import load_config
+from lorahive.core import persistent_levels
 from lorahive.observe.ledger import Ledger, sha256_of
 from lorahive.runtime.hive import Hive
 from lorahive.store import checkpoint
@@ -58,7 +59,7 @@ def parse_levels(text: str | None, hive: Hive) -> list[str]:
     agent's last task left there, which is not part of the agent's lasting view.
     """
     if text is None:
-        return [lv.name for lv in hive.levels if lv.scope != "task"]
+        return persistent_levels(hive.stack)
     names = [t.strip() for t in text.split(",") if t.strip()]
     if not names:
         raise ValueError(f"--levels {text!r} names no level; levels are {hive.stack.names()}")

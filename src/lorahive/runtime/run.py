@@ -315,11 +315,6 @@ def resume(out: str | Path, progress: Progress | None = None, ticks: int | None 
         return _resume_locked(out, progress, ticks)
 
 
-def agent_names(cfg: RunConfig) -> list[str]:
-    """The agents a run of ``cfg`` has (the names :class:`Swarm` gives them)."""
-    return [f"agent{i:0{len(str(cfg.agents - 1))}d}" for i in range(cfg.agents)]
-
-
 def state_validator(cfg: RunConfig, task_types: list[str] | None, ticks_override: int | None = None) -> Callable[[dict[str, Any], Path], object]:
     """The check :func:`checkpoint.load` runs on state.json for a run of ``cfg``."""
 
@@ -328,7 +323,7 @@ def state_validator(cfg: RunConfig, task_types: list[str] | None, ticks_override
         if ticks_override is not None and isinstance(tick, int) and not isinstance(tick, bool) and ticks_override < tick:
             raise RunDirError(f"--ticks {ticks_override} is below tick {tick} the run has already reached; nothing was changed")
         order = list(cfg.stream.order) if cfg.stream is not None else None
-        st = validate_run_state(state, file, agent_names(cfg), task_types, cfg.ticks, order)
+        st = validate_run_state(state, file, cfg.agent_names(), task_types, cfg.ticks, order)
         if st.config is not None:
             was, now = _flat(st.config), _flat(_config_record(cfg))
             changed = sorted(k for k in was.keys() | now.keys() if was.get(k) != now.get(k))

@@ -115,7 +115,7 @@ class Swarm:
         self.schedule = Schedule(cfg.stream) if cfg.stream is not None else None
         self.attribution = SwarmAttribution()
         types = sorted(data)
-        names = [f"agent{i:0{len(str(cfg.agents - 1))}d}" for i in range(cfg.agents)]
+        names = cfg.agent_names()
         self.agents = {n: Agent(n, self.schedule.task_type(1, i) if self.schedule else types[i % len(types)]) for i, n in enumerate(names)}
         new = [n for n in names if n not in hive.agents]
         hive.add_agents(new)

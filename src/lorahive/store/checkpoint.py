@@ -190,13 +190,8 @@ def _expect(file: Path, header: dict[str, tuple[tuple[int, ...], str]], want: di
 
 
 def _slots(core: HiveCore, level: str, n_agents: int) -> int:
-    """How many slots ``level``'s banks hold once ``n_agents`` agents are registered (bank growth rule)."""
-    if core.stack.get(level).scope == "shared":
-        return 1
-    capacity = max(1, core.n_slots(level))
-    while capacity < n_agents:
-        capacity *= 2
-    return capacity
+    """How many slots ``level``'s banks hold once ``n_agents`` agents are registered (the core's growth rule)."""
+    return core.capacity_for(level, n_agents)
 
 
 def _check_level(core: HiveCore, level: str, n_agents: int, file: Path) -> dict[str, torch.Tensor]:
