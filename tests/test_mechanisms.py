@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,7 @@ from lorahive.runtime import run as runs
 from lorahive.runtime.stream import method_stack
 from lorahive.runtime.swarm import Swarm
 from lorahive.store import checkpoint
-from tiny_runs import tiny_config
+from tiny_runs import checkpoint_tensors, tiny_config
 
 
 class Counter:
@@ -131,3 +132,19 @@ def test_split_and_join_states_round_trip():
     assert plain == {"a": {"n": 1}, "b": {}} and set(tensors) == {"mechanism/a/v"}
     joined = join_states(plain, tensors)
     assert joined["a"]["n"] == 1 and torch.equal(joined["a"]["v"], torch.ones(2)) and joined["b"] == {}
+
+
+def test_resonance_keeps_its_direction_as_a_mechanism_and_records_it(base_dir, tmp_path):
+    """Horizontal resonance's direction is the `resonance` mechanism's state; its actions are ledger events."""
+    cfg = tiny_config(base_dir, ticks=3)
+    runs.start(cfg, tmp_path / "run")
+    with Ledger(tmp_path / "run" / "ledger.sqlite") as ledger:
+        events = ledger.events("mechanism:resonance")
+    assert [e["tick"] for e in events] == [1, 2, 3]
+    detail = events[-1]["detail"]
+    detail = json.loads(detail) if isinstance(detail, str) else detail
+    assert detail["levels"] == ["swarm"] and len(detail["cosines"]) == len(detail["agents"]) > 0
+    assert all(c is not None for c in detail["cosines"])  # from tick 2 on there is a direction to compare with
+    tensors = checkpoint_tensors(tmp_path / "run")
+    direction = tensors["extra.safetensors:mechanism/resonance/direction/swarm"]
+    assert torch.isclose(direction.norm(), torch.tensor(1.0), atol=0.2) and not any("agg/" in k for k in tensors)

@@ -23,7 +23,7 @@ from pydantic import ValidationError
 
 from lorahive.config import AggregationConfig, format_config_error
 from lorahive.mechanisms.aggregation import Aggregator, Clipped, Mean, Median, TrimmedMean, Weighted
-from lorahive.mechanisms.resonance import Resonance
+from lorahive.mechanisms.resonance import Resonance, SwarmDirection
 from lorahive.mechanisms.validation import Validated
 
 __all__ = ["build_aggregator"]
@@ -39,8 +39,12 @@ def _strategy(cfg: AggregationConfig) -> Aggregator:
     return TrimmedMean(cfg.trim)
 
 
-def build_aggregator(cfg: AggregationConfig | dict[str, Any] | None = None) -> Aggregator:
+def build_aggregator(cfg: AggregationConfig | dict[str, Any] | None = None, direction: SwarmDirection | None = None) -> Aggregator:
     """The composed aggregator of ``cfg`` (a config, a plain dict, or None for the defaults).
+
+    ``direction`` is the swarm direction resonance weighs by, when a run's
+    :class:`~lorahive.mechanisms.resonance.DirectionTracker` keeps it; without one the
+    resonance wrapper keeps its own.
 
     A dict with bad values raises ``ValueError`` naming each bad field and its allowed range.
     """
@@ -53,7 +57,7 @@ def build_aggregator(cfg: AggregationConfig | dict[str, Any] | None = None) -> A
     if cfg.max_norm is not None:
         agg = Clipped(agg, cfg.max_norm, cfg.clip_by_reputation)
     if cfg.resonance:
-        agg = Resonance(agg, cfg.alpha, cfg.beta, cfg.cap, cfg.ema)
+        agg = Resonance(agg, cfg.alpha, cfg.beta, cfg.cap, cfg.ema, direction)
     else:
-        agg = Resonance(agg, 0.0, 0.0, 1.0, cfg.ema)
+        agg = Resonance(agg, 0.0, 0.0, 1.0, cfg.ema, direction)
     return Validated(agg, cfg.reject_norm, reject_norm_ratio=cfg.reject_norm_ratio)

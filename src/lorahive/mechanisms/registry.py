@@ -17,6 +17,7 @@ import torch
 from lorahive.config import RunConfig
 from lorahive.mechanisms.attack import build_attack
 from lorahive.mechanisms.base import PHASES, Mechanism
+from lorahive.mechanisms.resonance import DirectionTracker, SwarmDirection
 
 __all__ = ["DEFAULT_FACTORIES", "TENSOR_PREFIX", "Factory", "build_mechanisms", "check_mechanisms", "join_states", "split_states"]
 
@@ -31,8 +32,12 @@ def _attack(cfg: RunConfig, agents: Sequence[str]) -> Mechanism | None:
     return build_attack(cfg.attack, agents, cfg.seed)
 
 
+def _resonance(cfg: RunConfig, agents: Sequence[str]) -> Mechanism | None:
+    return DirectionTracker(SwarmDirection(cfg.aggregation.ema))
+
+
 #: The mechanisms of every run, in registration (= run) order.
-DEFAULT_FACTORIES: tuple[Factory, ...] = (_attack,)
+DEFAULT_FACTORIES: tuple[Factory, ...] = (_attack, _resonance)
 
 
 def check_mechanisms(mechanisms: Sequence[Mechanism]) -> list[Mechanism]:

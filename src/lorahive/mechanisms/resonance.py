@@ -23,8 +23,8 @@ direction, as tensors) with every mechanism's state, under the name ``aggregatio
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
-from typing import final
+from collections.abc import Mapping, Sequence
+from typing import Any, final
 
 import torch
 
@@ -39,8 +39,9 @@ from lorahive.mechanisms.aggregation import (
     global_norm,
     scaled,
 )
+from lorahive.mechanisms.base import Action, TickView
 
-__all__ = ["Resonance", "SwarmDirection", "resonance_factor"]
+__all__ = ["DirectionTracker", "Resonance", "SwarmDirection", "resonance_factor"]
 
 
 def resonance_factor(cos: float, alpha: float, beta: float, cap: float) -> float:
@@ -91,13 +92,16 @@ class SwarmDirection:
 class Resonance:
     """Scale each proposal by its resonance factor, delegate, then update the direction."""
 
-    def __init__(self, inner: Aggregator, alpha: float = 0.5, beta: float = 0.5, cap: float = 2.0, ema: float = 0.9) -> None:
+    def __init__(self, inner: Aggregator, alpha: float = 0.5, beta: float = 0.5, cap: float = 2.0, ema: float = 0.9, direction: SwarmDirection | None = None) -> None:
+        """``direction``: a swarm direction kept by someone else (the :class:`DirectionTracker`
+        mechanism of a run); without one the wrapper keeps and updates its own."""
         if alpha < 0 or beta < 0:
             raise ValueError(f"alpha and beta must be >= 0, got alpha={alpha}, beta={beta}")
         if cap < 1:
             raise ValueError(f"cap must be >= 1, got {cap}")
         self.inner, self.alpha, self.beta, self.cap = inner, alpha, beta, cap
-        self.direction = SwarmDirection(ema)
+        self.tracks = direction is None
+        self.direction = SwarmDirection(ema) if direction is None else direction
         self.name = f"resonance({inner.name}, α={alpha:g}, β={beta:g}, cap={cap:g})"
 
     def aggregate(self, tick: int, proposals: Sequence[Proposal], failures: Sequence[Failure] = ()) -> Aggregate:
@@ -115,13 +119,48 @@ class Resonance:
             dataclasses.replace(d, norm=global_norm(p.delta), cosine=c, resonance=f, weight=None if d.weight is None else d.weight * f)
             for d, p, c, f in zip(res.decisions, proposals, cosines, factors, strict=True)
         ]
-        if res.update is not None and proposals:
+        if self.tracks and res.update is not None and proposals:
             self.direction.update(proposals[0].level, res.update)
         return dataclasses.replace(res, decisions=decisions, metrics=res.metrics | {"strategy": self.name})
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        return self.direction.state_dict() | self.inner.state_dict()
+        return (self.direction.state_dict() if self.tracks else {}) | self.inner.state_dict()
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        self.direction.load_state_dict(state)
+        if self.tracks:
+            self.direction.load_state_dict(state)
         self.inner.load_state_dict(state)
+
+
+@final
+class DirectionTracker:
+    """The learning half of horizontal resonance, as a mechanism of the ``apply`` phase.
+
+    It folds every applied update into its level's running direction (:class:`SwarmDirection`),
+    which the :class:`Resonance` wrapper of the run's aggregator reads to weigh the next tick's
+    proposals; the direction is this mechanism's checkpointed state, and each tick's cosines and
+    factors are its ledger action. The weighting itself stays in the aggregation chain, because
+    it must sit between validation (which judges proposals as submitted) and clipping (which
+    bounds the boosted contribution); the order of DESIGN.md §2, step 2.
+    """
+
+    name: str = "resonance"
+    phases: tuple[str, ...] = ("apply",)
+
+    def __init__(self, direction: SwarmDirection, enabled: bool = True) -> None:
+        self.direction, self.enabled = direction, enabled
+
+    def run(self, view: TickView) -> Action | None:
+        if not view.updates:
+            return None
+        for level, update in view.updates.items():
+            self.direction.update(level, update)
+        cosines = [d.cosine for d in view.decisions]
+        factors = [d.resonance for d in view.decisions]
+        return Action("direction", {"levels": sorted(view.updates), "agents": [d.agent for d in view.decisions], "cosines": cosines, "factors": factors})
+
+    def state_dict(self) -> dict[str, Any]:
+        return dict(self.direction.state_dict())
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.direction.load_state_dict({k: v for k, v in state.items() if isinstance(v, torch.Tensor)})

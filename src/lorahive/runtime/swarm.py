@@ -57,6 +57,7 @@ from lorahive.mechanisms.registry import (
     join_states,
     split_states,
 )
+from lorahive.mechanisms.resonance import DirectionTracker
 from lorahive.observe.influence import SwarmAttribution, projection_contributions
 from lorahive.observe.ledger import Ledger
 from lorahive.runtime.agent import Agent, Outcome
@@ -110,19 +111,20 @@ class Swarm:
         mechanisms: Sequence[Mechanism] | None = None,
     ) -> None:
         self.hive, self.cfg, self.data, self.ledger = hive, cfg, data, ledger
-        self.aggregator = aggregator or build_aggregator(cfg.aggregation)
+        names = cfg.agent_names()
+        self.mechanisms = check_mechanisms(build_mechanisms(cfg, names) if mechanisms is None else mechanisms)
+        trackers = [m for m in self.mechanisms if isinstance(m, DirectionTracker)]  # keeps resonance's direction
+        self.aggregator = aggregator or build_aggregator(cfg.aggregation, trackers[0].direction if trackers else None)
         self.method = method or build_method(cfg)
         self.schedule = Schedule(cfg.stream) if cfg.stream is not None else None
         self.attribution = SwarmAttribution()
         types = sorted(data)
-        names = cfg.agent_names()
         self.agents = {n: Agent(n, self.schedule.task_type(1, i) if self.schedule else types[i % len(types)]) for i, n in enumerate(names)}
         new = [n for n in names if n not in hive.agents]
         hive.add_agents(new)
         self.tick_no = 0
         self.accepted = 0
         self.rejected = 0
-        self.mechanisms = check_mechanisms(build_mechanisms(cfg, names) if mechanisms is None else mechanisms)
 
     # ------------------------------------------------------------------ the tick
     def tick(self) -> TickContext:
