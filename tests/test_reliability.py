@@ -22,6 +22,7 @@ import yaml
 from typer.testing import CliRunner
 
 from lorahive.cli.main import app
+from lorahive.runtime import precheck
 from lorahive.runtime import run as runs
 from tiny_runs import config_tree, tiny_config
 
@@ -157,7 +158,7 @@ def test_values_that_fail_after_validation_exit_2_and_write_nothing(base_dir, tm
 
 
 def test_agents_beyond_memory_are_refused_before_anything_is_written(base_dir, tmp_path, monkeypatch):
-    monkeypatch.setattr(runs, "available_memory", lambda device: 1 << 20)
+    monkeypatch.setattr(precheck, "available_memory", lambda device: 1 << 20)
     cfg = _config_file(base_dir, tmp_path / "c.yaml")
     out = tmp_path / "run"
     res = runner.invoke(app, ["run", str(cfg), "--out", str(out), "agents=60000"])
@@ -192,7 +193,7 @@ def test_full_disk_or_read_only_out_is_one_clean_error_and_leaves_nothing(base_d
     def full(path, text):
         raise OSError(code, os.strerror(code), str(path))
 
-    monkeypatch.setattr(runs, "write_atomic", full)
+    monkeypatch.setattr(runs, "atomic_write_text", full)
     cfg = _config_file(base_dir, tmp_path / "c.yaml")
     out = tmp_path / "run"
     _refused(runner.invoke(app, ["run", str(cfg), "--out", str(out)]), word)

@@ -14,7 +14,7 @@ import torch
 
 from lorahive.config import AgentConfig
 from lorahive.mechanisms.aggregation import Delta
-from lorahive.runtime.hive import Hive
+from lorahive.runtime.hive import Hive, read_losses
 from lorahive.suites.task import Task
 
 
@@ -81,7 +81,7 @@ def solve_all(hive: Hive, tasks: Mapping[str, Task], cfg: AgentConfig, swarm_lev
     for _ in range(cfg.fast_steps):  # the first step's loss is measured before any update
         step_losses = hive.learn_async(support, steps=1, levels=cfg.fast_levels)
         first = first or step_losses
-    losses = hive.loss(support) if first is None else Hive._read(first)
+    losses = hive.loss(support) if first is None else read_losses(first)
     quality = score(hive, tasks)
     good = {a: ex for a, ex in support.items() if quality[a] >= cfg.quality_bar}
     proposals: dict[str, Delta] = {}

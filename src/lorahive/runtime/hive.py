@@ -28,6 +28,13 @@ from lorahive.learning.choice import option_pass, prompt_pass
 Examples = Mapping[str, Sequence[tuple[str, str]]]
 
 
+def read_losses(losses: Mapping[str, torch.Tensor]) -> dict[str, float]:
+    """Device losses (as :meth:`Hive.learn_async` returns them) as floats, in one read-back."""
+    if not losses:
+        return {}
+    return dict(zip(losses, torch.stack([v.detach() for v in losses.values()]).tolist(), strict=True))
+
+
 class Hive:
     """A frozen base model with a stack of routed LoRA levels shared by many agents."""
 
@@ -144,19 +151,12 @@ class Hive:
         means = sums / counts
         return {n: means[i] for i, n in enumerate(names)}
 
-    @staticmethod
-    def _read(losses: Mapping[str, torch.Tensor]) -> dict[str, float]:
-        """Device losses as floats, in one read-back."""
-        if not losses:
-            return {}
-        return dict(zip(losses, torch.stack([v.detach() for v in losses.values()]).tolist(), strict=True))
-
     @torch.no_grad()
     def loss(self, examples: Examples, levels: Sequence[str] | None = None) -> dict[str, float]:
         """Mean answer-token NLL per agent, without learning."""
         batch, owners, names = self._pack(examples)
         routing = self.core.route(owners, self.core.check_levels(levels))
-        return self._read(self._agent_losses(batch, owners, names, routing))
+        return read_losses(self._agent_losses(batch, owners, names, routing))
 
     @torch.no_grad()
     def row_nll(self, rows: Sequence[tuple[str, str, str]], levels: Sequence[str] | None = None, chunk: int = 64) -> torch.Tensor:
@@ -199,7 +199,7 @@ class Hive:
         agent's loss at the last step, measured before that step's update. A step whose loss
         is not finite is skipped (nothing moves) and reported as NaN.
         """
-        return self._read(self.learn_async(examples, steps, levels))
+        return read_losses(self.learn_async(examples, steps, levels))
 
     def learn_async(self, examples: Examples, steps: int = 1, levels: Sequence[str] | None = None) -> dict[str, torch.Tensor]:
         """:meth:`learn` without reading anything back: each agent's last loss as a device scalar.
@@ -265,7 +265,7 @@ class Hive:
         for (path, _), g_a, g_b in zip(slots.items(), grads[0::2], grads[1::2], strict=True):
             for i, n in enumerate(names):
                 out[n][f"{path}.A"], out[n][f"{path}.B"] = g_a[i], g_b[i]
-        return out, self._read(losses)
+        return out, read_losses(losses)
 
     def apply_update(self, level: str, update: Mapping[str, torch.Tensor]) -> None:
         """Step shared ``level``'s optimizer with ``update`` as its gradient (the level's current step size)."""

@@ -12,8 +12,6 @@ evaluate after learning · influence and retention · ``metrics.json``.
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -35,6 +33,8 @@ from lorahive.runtime.measure import (
     retention_text,
     view_groups,
 )
+from lorahive.runtime.precheck import check_data, check_memory, precheck
+from lorahive.runtime.rundir import RunDirError, check_dir, make_dirs, prepare_dir, remove_owned
 from lorahive.runtime.stream import method_stack
 from lorahive.runtime.swarm import Swarm, TickContext
 from lorahive.store import checkpoint
@@ -45,12 +45,7 @@ from lorahive.suites.cl import CLData, load_cl_suite, sample_task
 from lorahive.suites.demo import load_demo_suite
 from lorahive.suites.task import Task
 
-RUN_FILES = ("config.yaml", "checkpoint", "ledger.sqlite", "metrics.json")
 Progress = Callable[[int, int, TickContext | None], None]
-
-
-class RunDirError(ValueError):
-    """A run directory that cannot be used as asked."""
 
 
 @dataclass
@@ -68,11 +63,6 @@ class Run:
     R: AccuracyMatrix | None = None
     ppl_before: dict[str, float] | None = None
     last_eval: tuple[int, dict[str, dict[str, float]]] | None = None
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Every file of a run directory is written through :func:`lorahive.store.files.atomic_write_text`."""
-    atomic_write_text(path, text)
 
 
 def load_data(cfg: RunConfig) -> dict[str, CLData]:
@@ -125,63 +115,8 @@ def _r_row(run: Run, stage: int, quality: dict[str, dict[str, float]]) -> None:
 
 
 #: Every name a run writes in its directory: the only names ``--force`` may remove.
-OWNED = (*RUN_FILES, "checkpoint.prev", ".checkpoint.tmp", "ledger.sqlite-wal", "ledger.sqlite-shm", "ledger.sqlite-journal", "report.html", ".config.yaml.tmp", ".metrics.json.tmp")
+
 #: Most torch threads a config may ask for, per CPU core.
-THREADS_PER_CPU = 4
-
-
-def precheck(cfg: RunConfig) -> None:
-    """Everything about ``cfg`` that can be checked without loading the model; writes nothing."""
-    if not cfg.base.startswith("embedded:") and not Path(cfg.base).is_dir():
-        raise ConfigError(f"base: no model directory at {cfg.base} (pass embedded:NAME or a local Hugging Face model directory)")
-    cpus = os.cpu_count() or 1
-    if cfg.threads is not None and cfg.threads > THREADS_PER_CPU * cpus:
-        raise ConfigError(f"threads: {cfg.threads} is more than {THREADS_PER_CPU} × the {cpus} CPU cores of this machine")
-    if cfg.suite.source == "cl":
-        assert cfg.suite.root is not None
-        if not Path(cfg.suite.root).is_dir():
-            raise ConfigError(f"suite.root: no folder at {cfg.suite.root}")
-
-
-def _check_data(cfg: RunConfig, data: dict[str, CLData]) -> None:
-    s = cfg.suite
-    for t, d in data.items():
-        if s.support > len(d.train) or s.query > len(d.test):
-            raise ConfigError(f"suite.support / suite.query: {t} has {len(d.train)} train / {len(d.test)} test examples; asked for {s.support} / {s.query}")
-
-
-def available_memory(device: torch.device) -> int | None:
-    """Bytes free for new tensors on ``device`` (None when unknown)."""
-    if device.type == "cuda":
-        return int(torch.cuda.mem_get_info(device)[0])
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
-
-
-def slot_bytes(hive: Hive, n_agents: int) -> int:
-    """Rough bytes of the per-agent slots ``n_agents`` agents need: A, B, A0 and two AdamW moments."""
-    total = 0
-    for lv in hive.levels:
-        if lv.scope == "shared":
-            continue
-        for _, bank in hive.core.named_banks(lv.name):
-            per_slot = bank.A[0].numel() + bank.B[0].numel()
-            total += n_agents * per_slot * bank.A.element_size() * 5
-    return total
-
-
-def _check_memory(hive: Hive, cfg: RunConfig) -> None:
-    need = slot_bytes(hive, cfg.agents)
-    free = available_memory(next(hive.core.model.parameters()).device)
-    if free is not None and need > free // 2:
-        raise ConfigError(f"agents: {cfg.agents} agents need about {need / 2**30:.1f} GiB for their adapter slots; {free / 2**30:.1f} GiB is free (at most half is used)")
-
-
 def _prepare(cfg: RunConfig) -> tuple[Hive, dict[str, CLData]]:
     """Check ``cfg``, load the data and the base model, check sizes and memory; writes nothing."""
     precheck(cfg)
@@ -191,12 +126,12 @@ def _prepare(cfg: RunConfig) -> tuple[Hive, dict[str, CLData]]:
         data = load_data(cfg)
     except (ValueError, OSError) as e:
         raise ConfigError(f"suite: {e}") from None
-    _check_data(cfg, data)
+    check_data(cfg, data)
     try:
         hive = Hive.load(cfg.base, method_stack(cfg), device="cpu" if not torch.cuda.is_available() else None, seed=cfg.seed)
     except (ValueError, OSError) as e:
         raise ConfigError(f"base: {e}") from None
-    _check_memory(hive, cfg)
+    check_memory(hive, cfg)
     return hive, data
 
 
@@ -209,55 +144,6 @@ def _build(out: Path, cfg: RunConfig, prepared: tuple[Hive, dict[str, CLData]] |
     return run
 
 
-def _holds_run(out: Path) -> bool:
-    try:
-        load_config(out / "config.yaml")
-    except ConfigError:
-        return False
-    return True
-
-
-def check_dir(out: Path, force: bool) -> None:
-    """Refuse ``out`` unless it is new, free of run files, or (with ``force``) holds a run; writes nothing."""
-    if out.is_symlink() or (out.exists() and not out.is_dir()):
-        raise RunDirError(f"--out {out} exists and is not a directory")
-    if not out.exists():
-        return
-    present = [f for f in OWNED if (out / f).exists() or (out / f).is_symlink()]
-    if not present:
-        return
-    if not _holds_run(out):
-        raise RunDirError(f"{out} holds no lorahive run but has {', '.join(present)}; lorahive removes only files a run created — pick another --out")
-    if not force:
-        raise RunDirError(f"{out} already holds a run ({', '.join(f for f in present if f in RUN_FILES)}); use --force to overwrite or `lorahive resume {out}`")
-    links = [f for f in present if (out / f).is_symlink()]
-    if links:
-        raise RunDirError(f"{out}: {', '.join(links)} is a symbolic link; --force removes only files a run created, not what a link points to")
-
-
-def _remove_owned(out: Path) -> None:
-    for f in OWNED:
-        p = out / f
-        if p.is_dir() and not p.is_symlink():
-            shutil.rmtree(p)
-        elif p.exists() or p.is_symlink():
-            p.unlink(missing_ok=True)
-
-
-def prepare_dir(out: Path, force: bool) -> None:
-    """Refuse to overwrite a run unless ``force``; with ``force`` remove the old run's files only."""
-    check_dir(out, force)
-    _remove_owned(out)
-    out.mkdir(parents=True, exist_ok=True)
-
-
-def _mkdirs(out: Path) -> list[Path]:
-    """Create ``out`` and missing parents; returns those created, deepest first."""
-    missing = [p for p in (out, *out.parents) if not p.exists()]
-    out.mkdir(parents=True, exist_ok=True)
-    return missing
-
-
 def start(cfg: RunConfig, out: str | Path, force: bool = False, progress: Progress | None = None) -> dict[str, Any]:
     """Run ``cfg`` from scratch into ``out``; returns the metrics written to ``metrics.json``.
 
@@ -267,7 +153,7 @@ def start(cfg: RunConfig, out: str | Path, force: bool = False, progress: Progre
     out = Path(out)
     check_dir(out, force)
     prepared = _prepare(cfg)
-    created = _mkdirs(out)
+    created = make_dirs(out)
     had_lock = (out / LOCK_NAME).exists()
     locked = False
     try:
@@ -276,7 +162,7 @@ def start(cfg: RunConfig, out: str | Path, force: bool = False, progress: Progre
             run: Run | None = None
             try:
                 prepare_dir(out, force)
-                write_atomic(out / "config.yaml", dump_config(cfg))
+                atomic_write_text(out / "config.yaml", dump_config(cfg))
                 run = _build(out, cfg, prepared)
                 run.before = evaluate_run(run)
                 _record_eval(run, 0, "before", run.before)
@@ -289,7 +175,7 @@ def start(cfg: RunConfig, out: str | Path, force: bool = False, progress: Progre
                 if not any((out / n / "manifest.json").is_file() for n in (checkpoint.NAME, checkpoint.PREV)):
                     if run is not None:
                         run.swarm.ledger.close()
-                    _remove_owned(out)
+                    remove_owned(out)
                 raise
     except BaseException:
         if locked and not (out / "config.yaml").exists():
@@ -369,7 +255,7 @@ def _continue(run: Run, out: Path, cfg: RunConfig, ticks: int | None, progress: 
     if mark is not None:
         run.swarm.ledger.verify_mark(mark)
     if ticks is not None:
-        write_atomic(out / "config.yaml", dump_config(cfg))
+        atomic_write_text(out / "config.yaml", dump_config(cfg))
     run.swarm.ledger.rollback_to(run.swarm.tick_no)
     _record_missing_checkpoint(run)
     return _loop(run, progress)
@@ -443,13 +329,13 @@ def _loop(run: Run, progress: Progress | None) -> dict[str, Any]:
             _r_row(run, swarm.schedule.stage_of(swarm.tick_no), evaluate_run(run))
         if swarm.tick_no % cfg.checkpoint_every == 0 or swarm.tick_no == cfg.ticks or stage_end:
             _save(run)
-        write_atomic(run.out / "metrics.json", json.dumps(metrics(run, None), indent=1))
+        atomic_write_text(run.out / "metrics.json", json.dumps(metrics(run, None), indent=1))
         if progress:
             progress(swarm.tick_no, cfg.ticks, ctx)
     after = evaluate_run(run)
     _record_final_eval(run, after)
     result = metrics(run, after, _final(run))
-    write_atomic(run.out / "metrics.json", json.dumps(result, indent=1))
+    atomic_write_text(run.out / "metrics.json", json.dumps(result, indent=1))
     swarm.ledger.close()
     return result
 

@@ -189,14 +189,9 @@ def _expect(file: Path, header: dict[str, tuple[tuple[int, ...], str]], want: di
             raise CheckpointError(f"{file}: {key} has shape {list(header[key][0])} and dtype {header[key][1]}; expected {list(shape)} and {dtype}")
 
 
-def _slots(core: HiveCore, level: str, n_agents: int) -> int:
-    """How many slots ``level``'s banks hold once ``n_agents`` agents are registered (the core's growth rule)."""
-    return core.capacity_for(level, n_agents)
-
-
 def _check_level(core: HiveCore, level: str, n_agents: int, file: Path) -> dict[str, torch.Tensor]:
     """Check shapes and dtypes from the header, then load and check the values are finite."""
-    n = _slots(core, level, n_agents)
+    n = core.capacity_for(level, n_agents)
     want: dict[str, tuple[tuple[int, ...], str]] = {}
     for path, bank in core.named_banks(level):
         dtype = _DTYPES.get(bank.A.dtype, str(bank.A.dtype))
@@ -215,7 +210,7 @@ def _check_optim(core: HiveCore, level: str, n_agents: int, file: Path) -> dict[
 
     A state may cover fewer slots than the bank (slots added since the last step have none yet).
     """
-    n = _slots(core, level, n_agents)
+    n = core.capacity_for(level, n_agents)
     header = _header(file)
     params = core.level_params(level)
     for key, (shape, dtype) in header.items():

@@ -1,0 +1,71 @@
+"""Run directories: what a run owns in its folder, and when a folder may be used or cleared.
+
+A folder is used for a new run only when it is new, holds none of the files a run writes, or
+(with ``--force``) holds a run whose ``config.yaml`` loads; only the files a run creates
+(:data:`OWNED`) are ever removed.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from lorahive.config import ConfigError, load_config
+
+__all__ = ["OWNED", "RUN_FILES", "RunDirError", "check_dir", "make_dirs", "prepare_dir", "remove_owned"]
+
+RUN_FILES = ("config.yaml", "checkpoint", "ledger.sqlite", "metrics.json")
+OWNED = (*RUN_FILES, "checkpoint.prev", ".checkpoint.tmp", "ledger.sqlite-wal", "ledger.sqlite-shm", "ledger.sqlite-journal", "report.html", ".config.yaml.tmp", ".metrics.json.tmp")
+
+
+class RunDirError(ValueError):
+    """A run directory that cannot be used as asked."""
+
+
+def _holds_run(out: Path) -> bool:
+    try:
+        load_config(out / "config.yaml")
+    except ConfigError:
+        return False
+    return True
+
+
+def check_dir(out: Path, force: bool) -> None:
+    """Refuse ``out`` unless it is new, free of run files, or (with ``force``) holds a run; writes nothing."""
+    if out.is_symlink() or (out.exists() and not out.is_dir()):
+        raise RunDirError(f"--out {out} exists and is not a directory")
+    if not out.exists():
+        return
+    present = [f for f in OWNED if (out / f).exists() or (out / f).is_symlink()]
+    if not present:
+        return
+    if not _holds_run(out):
+        raise RunDirError(f"{out} holds no lorahive run but has {', '.join(present)}; lorahive removes only files a run created — pick another --out")
+    if not force:
+        raise RunDirError(f"{out} already holds a run ({', '.join(f for f in present if f in RUN_FILES)}); use --force to overwrite or `lorahive resume {out}`")
+    links = [f for f in present if (out / f).is_symlink()]
+    if links:
+        raise RunDirError(f"{out}: {', '.join(links)} is a symbolic link; --force removes only files a run created, not what a link points to")
+
+
+def remove_owned(out: Path) -> None:
+    for f in OWNED:
+        p = out / f
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p)
+        elif p.exists() or p.is_symlink():
+            p.unlink(missing_ok=True)
+
+
+def prepare_dir(out: Path, force: bool) -> None:
+    """Refuse to overwrite a run unless ``force``; with ``force`` remove the old run's files only."""
+    check_dir(out, force)
+    remove_owned(out)
+    out.mkdir(parents=True, exist_ok=True)
+
+
+def make_dirs(out: Path) -> list[Path]:
+    """Create ``out`` and missing parents; returns those created, deepest first."""
+    missing = [p for p in (out, *out.parents) if not p.exists()]
+    out.mkdir(parents=True, exist_ok=True)
+    return missing
