@@ -94,7 +94,8 @@ def test_metrics_hold_retention_and_influence(hive_run):
 
 
 def test_swarm_attribution_credits_exactly_the_change_of_the_swarm_level(base_dir, tmp_path):
-    run = runs._build(tmp_path, config(base_dir))
+    # screening's decay also moves the swarm level each tick; what is credited is the applied update
+    run = runs._build(tmp_path, config(base_dir, **{"mechanisms.screening.enabled": "false"}))
     before = run.swarm._swarm_weights()
 
     ctx = run.swarm.tick()

@@ -12,7 +12,7 @@ from torch import nn
 
 from lorahive.adapters.bank import LevelBank, routed_delta
 from lorahive.adapters.fused import fused_forward, wants_fused
-from lorahive.adapters.routing import RoutingState
+from lorahive.adapters.routing import Routing, RoutingState
 from lorahive.config import LevelSpec
 
 
@@ -46,11 +46,21 @@ class HiveLinear(nn.Module):
     def weight(self) -> torch.Tensor:
         return self.base.weight
 
+    def _report(self, x: torch.Tensor, routing: Routing) -> None:
+        probe = self.state.probe
+        assert probe is not None
+        for level in probe.levels:
+            if level in self.banks and routing.runs(level):
+                bank = cast(LevelBank, self.banks[level])
+                probe.observe(level, x, bank.A, bank.B, routing.slots.get(level), routing.mix.get(level, 1.0) * self.scales[level])
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.base(x)
         routing = self.state.current
         if routing is None:
             raise RuntimeError(f"{self.name}: HiveLinear called outside a routing context; use the Hive's methods")
+        if self.state.probe is not None:
+            self._report(x, routing)
         if wants_fused(x):  # one shrink + one expand for all levels (adapters/fused.py)
             return fused_forward(self, x, y, routing)
         for level, module in self.banks.items():

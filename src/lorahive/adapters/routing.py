@@ -9,8 +9,12 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:
+    from lorahive.adapters.probe import ActivityProbe
 
 
 @dataclass(frozen=True)
@@ -47,6 +51,16 @@ class RoutingState:
 
     def __init__(self) -> None:
         self.current: Routing | None = None
+        self.probe: ActivityProbe | None = None
+
+    @contextmanager
+    def probing(self, probe: ActivityProbe) -> Iterator[ActivityProbe]:
+        """Report every wrapped layer's input to ``probe`` while the block runs."""
+        previous, self.probe = self.probe, probe
+        try:
+            yield probe
+        finally:
+            self.probe = previous
 
     @contextmanager
     def use(self, routing: Routing) -> Iterator[Routing]:

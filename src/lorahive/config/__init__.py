@@ -21,6 +21,15 @@ from lorahive.config.levels import (
     default_levels,
 )
 from lorahive.config.load import MAX_CONFIG_BYTES, dump_config, load_config, parse_config
+from lorahive.config.mechanisms import (
+    BandwidthConfig,
+    ConsolidationConfig,
+    HealthConfig,
+    InertiaConfig,
+    MechanismsConfig,
+    ReplayConfig,
+    ScreeningConfig,
+)
 from lorahive.config.run import (
     METHODS,
     AgentConfig,
@@ -41,6 +50,13 @@ __all__ = [
     "AggregationConfig",
     "AttackConfig",
     "AttackKind",
+    "BandwidthConfig",
+    "ConsolidationConfig",
+    "HealthConfig",
+    "InertiaConfig",
+    "MechanismsConfig",
+    "ReplayConfig",
+    "ScreeningConfig",
     "ConfigError",
     "LevelSpec",
     "Method",

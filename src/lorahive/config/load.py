@@ -6,6 +6,7 @@ bad field's dotted name.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,9 @@ def _no_duplicates(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bool =
 
 
 _UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _no_duplicates)
+# YAML 1.1 reads ``1e-4`` (no dot) as a string; people (and JSON) write it that way for a number.
+_FLOAT = re.compile(r"^[-+]?(?:\d+\.?\d*|\.\d+)[eE][-+]?\d+$")
+_UniqueKeyLoader.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT, list("-+0123456789."))
 
 
 def _yaml_problem(e: BaseException) -> str:
@@ -65,7 +69,7 @@ def parse_config(data: dict[str, Any] | None, overrides: list[str] | tuple[str, 
         if not sep or not key:
             raise ConfigError(f"override {item!r} must look like key=value (e.g. ticks=5 or agent.fast_steps=3)")
         try:
-            value = yaml.safe_load(raw)
+            value = yaml.load(raw, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
         except yaml.YAMLError as e:
             raise ConfigError(f"override {item[:200]!r}: the value is not valid YAML ({_yaml_problem(e)})") from None
         _set(tree, key.strip(), value)

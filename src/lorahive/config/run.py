@@ -17,6 +17,7 @@ from lorahive.config.attack import AttackConfig
 from lorahive.config.defaults import DEFAULT_BASE, DEMO_TASK_TYPES
 from lorahive.config.errors import clip
 from lorahive.config.levels import LevelSpec, StackSpec, as_stack
+from lorahive.config.mechanisms import HealthConfig, MechanismsConfig
 
 __all__ = [
     "METHODS",
@@ -106,6 +107,7 @@ class ObserveConfig(BaseModel):
     retention_tokens: int = Field(default=512, ge=0, description="tokens of held-out text for perplexity before/after; 0 = off")
     retention_text: str | None = Field(default=None, description="held-out text file; null = the WikiText-2 slice shipped in the package")
     retention_window: int = Field(default=128, ge=2, description="perplexity window in tokens")
+    health: HealthConfig = Field(default_factory=HealthConfig, description="health metrics per tick (seed 004 § Health Metrics)")
 
 
 class RunConfig(BaseModel):
@@ -127,6 +129,7 @@ class RunConfig(BaseModel):
     attack: AttackConfig = Field(default_factory=AttackConfig, description="malicious agents, for testing defences (fraction 0 = none)")
     stream: StreamConfig | None = Field(default=None, description="a continual-learning stream of task types; null = agents keep their own task type")
     observe: ObserveConfig = Field(default_factory=ObserveConfig, description="what is measured at the end of the run")
+    mechanisms: MechanismsConfig = Field(default_factory=MechanismsConfig, description="the tick's mechanisms, each switchable (docs/mechanisms.md)")
 
 
     def agent_names(self) -> list[str]:
@@ -167,8 +170,27 @@ class RunConfig(BaseModel):
             raise ValueError(f"agent.fast_levels {unknown} are not levels of {names}")
         if self.agent.context_level is not None and self.agent.context_level not in names:
             raise ValueError(f"agent.context_level {self.agent.context_level!r} is not a level of {names}")
+        m = self.mechanisms
+        for field_name, chosen in (("screening.levels", m.screening.levels), ("inertia.levels", m.inertia.levels)):
+            unknown = [lv for lv in chosen or [] if lv not in names]
+            if unknown:
+                raise ValueError(f"mechanisms.{field_name}: {unknown} are not levels of {names}")
+        order = {n: i for i, n in enumerate(names)}
+        for ch in m.consolidation.channels or []:
+            src, _, dst = ch.partition(">")
+            if src not in order or dst not in order:
+                raise ValueError(f"mechanisms.consolidation.channels: {ch!r} names a level that is not in {names}")
+            if order[dst] >= order[src]:
+                raise ValueError(f"mechanisms.consolidation.channels: {ch!r} must go to a slower level (earlier in the stack {names})")
         return self
 
     def stack(self) -> StackSpec:
         return as_stack(self.levels)
+
+    def channels(self) -> list[tuple[str, str]]:
+        """Migration channels (source, target): configured, or each level to the next slower trainable one."""
+        if self.mechanisms.consolidation.channels is not None:
+            return [tuple(ch.split(">", 1)) for ch in self.mechanisms.consolidation.channels]  # type: ignore[misc]
+        levels = self.stack().levels
+        return [(levels[i + 1].name, levels[i].name) for i in range(len(levels) - 1) if levels[i].trainable]
 

@@ -267,19 +267,41 @@ class HiveCore:
         return spec.scale * err2**0.5
 
     @torch.no_grad()
-    def decay_toward_init(self, level: str, slots: Sequence[int], rate: float) -> None:
-        """Pull ``slots`` of ``level`` a fraction ``rate`` ∈ [0, 1] of the way back to their init snapshot."""
-        if not 0.0 <= rate <= 1.0:
+    def decay_toward_init(self, level: str, slots: Sequence[int], rate: float | torch.Tensor) -> None:
+        """Pull ``slots`` of ``level`` a fraction ``rate`` ∈ [0, 1] of the way back to their init snapshot.
+
+        ``rate`` is one number for whole slots, or a ``(len(slots), r)`` tensor of one rate per
+        pattern (the ``i``-th rank-1 component ``B[s][:, i]·A[s][i, :]``, the granularity
+        screening works at): ``B[s][:, i]`` shrinks by ``1 − rate`` and ``A[s][i, :]`` moves
+        that fraction toward ``A0[s][i, :]``. A tensor rate is not checked on the host.
+        """
+        per_pattern = isinstance(rate, torch.Tensor)
+        if not per_pattern and not 0.0 <= rate <= 1.0:
             raise ValueError(f"decay rate must be in [0, 1], got {rate}")
-        if not slots or rate == 0.0:
+        if not slots or (not per_pattern and rate == 0.0):
             return
-        idx = self.index(sorted(set(slots)))
+        ids = sorted(set(slots))
+        if per_pattern and ids != list(slots):
+            raise ValueError("decay_toward_init: with per-pattern rates, slots must be sorted and distinct")
+        idx = self.index(ids)
+        r = rate.to(self.device, torch.float32) if isinstance(rate, torch.Tensor) else None
         for bank in self.banks(level):
             a = bank.A.index_select(0, idx)
-            bank.A.index_copy_(0, idx, a.lerp_(bank.A0.index_select(0, idx), rate))
-            bank.B.index_copy_(0, idx, bank.B.index_select(0, idx).mul_(1.0 - rate))
-        if rate == 1.0:
+            b = bank.B.index_select(0, idx)
+            if r is None:
+                a.lerp_(bank.A0.index_select(0, idx), float(rate))
+                b.mul_(1.0 - float(rate))
+            else:
+                a.lerp_(bank.A0.index_select(0, idx), r[:, :, None].to(a.dtype))
+                b.mul_((1.0 - r)[:, None, :].to(b.dtype))
+            bank.A.index_copy_(0, idx, a)
+            bank.B.index_copy_(0, idx, b)
+        if not per_pattern and rate == 1.0:
             self.written[level].difference_update(slots)
+
+    def forget_moments(self, level: str, slots: Sequence[int]) -> None:
+        """Clear the optimizer moments and step counts of ``slots`` of ``level`` (their factors were re-based)."""
+        self.optimizers[level].reset(sorted(set(slots)))
 
     @torch.no_grad()
     def reset(self, level: str, slots: Sequence[int]) -> None:

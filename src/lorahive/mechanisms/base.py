@@ -15,7 +15,7 @@ The shared value types of aggregation (:data:`Delta`, :class:`Proposal`, :class:
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -24,13 +24,19 @@ import torch
 if TYPE_CHECKING:
     from lorahive.core import HiveCore, LevelState
 
-__all__ = ["PHASES", "Action", "Aggregate", "Decision", "Delta", "Mechanism", "Proposal", "TickView"]
+__all__ = ["PHASES", "Action", "Activity", "Example", "Aggregate", "Decision", "Delta", "Mechanism", "Proposal", "TickView"]
 
 #: The tick's phases, in order (DESIGN.md §2; spelled out in ``Swarm.tick``).
-PHASES = ("solve", "budget", "compose", "apply", "detect", "migrate", "drain", "decay", "health", "record")
+PHASES = ("draw", "solve", "budget", "compose", "apply", "detect", "migrate", "drain", "decay", "health", "record")
 
 #: A delta (or gradient) per bank parameter, keyed by parameter name.
 Delta = dict[str, torch.Tensor]
+
+#: A (prompt, answer) example.
+Example = tuple[str, str]
+
+#: Per level: each slot's pattern activity (S, r) and which slots had rows (S,) (``Hive.activity``).
+Activity = dict[str, tuple[torch.Tensor, torch.Tensor]]
 
 
 @dataclass(frozen=True)
@@ -101,11 +107,15 @@ class Action:
 class TickView:
     """One phase of one tick as a mechanism sees it.
 
-    Read-only but for ``proposals``: a ``solve``-phase mechanism may edit that list in place
-    (before aggregation sees it). Levels are written through ``core``'s primitives only
-    (``step``, ``add_delta``, ``decay_toward_init``, ``reset``) and ``states``' fields.
-    ``decisions`` is empty until the compose phase's aggregation has run; ``updates`` holds
-    this tick's applied update per level, empty until the apply phase.
+    Read-only but for ``proposals`` and ``support``: a ``solve``-phase mechanism may edit the
+    proposals list in place (before aggregation sees it), a ``draw``-phase mechanism each
+    agent's support examples (before the agents learn from them). Levels are written through
+    ``core``'s primitives only (``step``, ``add_delta``, ``decay_toward_init``, ``reset``) and
+    ``states``' fields. ``decisions`` is empty until the compose phase's aggregation has run;
+    ``updates`` holds this tick's applied update per level, empty until the apply phase;
+    ``quality`` each agent's query quality, empty until the solve phase has run.
+    ``activity(levels)`` measures pattern activity on this tick's support examples (one
+    forward pass, cached per tick; ``None`` outside a swarm).
     """
 
     tick: int
@@ -116,6 +126,13 @@ class TickView:
     states: Mapping[str, LevelState]
     core: HiveCore
     updates: Mapping[str, Delta] = field(default_factory=dict)
+    support: dict[str, list[Example]] = field(default_factory=dict)  # agent -> this tick's support examples
+    task_types: Mapping[str, str] = field(default_factory=dict)  # agent -> its task type this tick
+    quality: Mapping[str, float] = field(default_factory=dict)  # agent -> query quality this tick
+    quality_bar: float = 0.0
+    activity: Callable[[Sequence[str]], Activity] | None = None
+    seed: int = 0
+    shared: dict[str, Any] = field(default_factory=dict)  # the tick's notes between mechanisms (e.g. conflicts)
 
 
 class Mechanism(Protocol):

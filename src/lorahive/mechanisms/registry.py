@@ -16,16 +16,21 @@ import torch
 
 from lorahive.config import RunConfig
 from lorahive.mechanisms.attack import build_attack
+from lorahive.mechanisms.bandwidth import Bandwidth
 from lorahive.mechanisms.base import PHASES, Mechanism
+from lorahive.mechanisms.consolidation import Consolidation
+from lorahive.mechanisms.inertia import EmergentInertia
+from lorahive.mechanisms.replay import SuccessReplay
 from lorahive.mechanisms.resonance import DirectionTracker, SwarmDirection
+from lorahive.mechanisms.screening import Screening
 
-__all__ = ["DEFAULT_FACTORIES", "TENSOR_PREFIX", "Factory", "build_mechanisms", "check_mechanisms", "join_states", "split_states"]
+__all__ = ["DEFAULT_FACTORIES", "TENSOR_PREFIX", "Factory", "build_mechanisms", "check_mechanisms", "is_hive", "join_states", "split_states"]
 
 #: Where a mechanism's tensors go among a checkpoint's extra tensors: ``mechanism/<name>/<key>``.
 TENSOR_PREFIX = "mechanism/"
 
-#: Builds one mechanism from a run's config and its agents' names, or ``None``.
-Factory = Callable[[RunConfig, Sequence[str]], Mechanism | None]
+#: Builds a run's mechanism(s) from its config and its agents' names, or ``None``.
+Factory = Callable[[RunConfig, Sequence[str]], Mechanism | Sequence[Mechanism] | None]
 
 
 def _attack(cfg: RunConfig, agents: Sequence[str]) -> Mechanism | None:
@@ -36,8 +41,48 @@ def _resonance(cfg: RunConfig, agents: Sequence[str]) -> Mechanism | None:
     return DirectionTracker(SwarmDirection(cfg.aggregation.ema))
 
 
-#: The mechanisms of every run, in registration (= run) order.
-DEFAULT_FACTORIES: tuple[Factory, ...] = (_attack, _resonance)
+def is_hive(cfg: RunConfig) -> bool:
+    """The spec's mechanisms belong to the hive; a baseline of a stream runs without them."""
+    return cfg.stream is None or cfg.stream.method == "hive"
+
+
+def _inertia(cfg: RunConfig, agents: Sequence[str]) -> Mechanism | None:
+    if not is_hive(cfg):
+        return None
+    stack = cfg.stack()
+    levels = cfg.mechanisms.inertia.levels or [lv.name for lv in stack.levels if lv.trainable]
+    return EmergentInertia(cfg.mechanisms.inertia, levels, {lv.name: lv.inertia for lv in stack.levels})
+
+
+def _replay(cfg: RunConfig, agents: Sequence[str]) -> Mechanism | None:
+    return SuccessReplay(cfg.mechanisms.replay, list(agents)) if is_hive(cfg) else None
+
+
+def _migration(cfg: RunConfig, agents: Sequence[str]) -> list[Mechanism] | None:
+    """Consolidation (detect) and the bandwidth queues that carry out its migrations (migrate, drain).
+
+    The queues run whenever consolidation does; ``mechanisms.bandwidth.enabled: false`` lifts
+    their budget (everything ready moves at once) instead of stopping migrations.
+    """
+    if not is_hive(cfg) or not cfg.channels():
+        return None
+    m = cfg.mechanisms
+    cons = Consolidation(m.consolidation, cfg.channels())
+    bw = Bandwidth(m.bandwidth, cons, m.consolidation.signature_rank, limited=m.bandwidth.enabled, reject_norm_ratio=cfg.aggregation.reject_norm_ratio)
+    return [cons, bw]
+
+
+def _screening(cfg: RunConfig, agents: Sequence[str]) -> Mechanism | None:
+    if not is_hive(cfg):
+        return None
+    levels = cfg.mechanisms.screening.levels or [lv.name for lv in cfg.stack().levels if lv.trainable and lv.scope != "task"]
+    return Screening(cfg.mechanisms.screening, levels)
+
+
+#: The mechanisms of every run, in registration (= run) order within each phase.
+#: Health (:mod:`lorahive.observe.health`) is observation, not a mechanism of this package: the
+#: swarm appends its factory (``observe`` builds on ``mechanisms``, not the other way round).
+DEFAULT_FACTORIES: tuple[Factory, ...] = (_inertia, _replay, _attack, _resonance, _migration, _screening)
 
 
 def check_mechanisms(mechanisms: Sequence[Mechanism]) -> list[Mechanism]:
@@ -55,7 +100,12 @@ def check_mechanisms(mechanisms: Sequence[Mechanism]) -> list[Mechanism]:
 
 def build_mechanisms(cfg: RunConfig, agents: Sequence[str], factories: Sequence[Factory] = DEFAULT_FACTORIES) -> list[Mechanism]:
     """The mechanisms ``cfg`` asks for, in the order of ``factories``."""
-    return check_mechanisms([m for m in (f(cfg, agents) for f in factories) if m is not None])
+    out: list[Mechanism] = []
+    for f in factories:
+        made = f(cfg, agents)
+        if made is not None:
+            out.extend([made] if not isinstance(made, Sequence) else made)
+    return check_mechanisms(out)
 
 
 def split_states(states: Mapping[str, Mapping[str, Any]]) -> tuple[dict[str, dict[str, Any]], dict[str, torch.Tensor]]:

@@ -17,13 +17,14 @@ from collections.abc import Mapping, Sequence
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from lorahive.adapters import Routing
+from lorahive.adapters import ActivityProbe, Routing
 from lorahive.base import load_base
 from lorahive.config import DEFAULT_BASE, LevelSpec, StackSpec
 from lorahive.core import HiveCore
 from lorahive.learning import answer_nll, last_logits, pack_examples, pack_prompts
 from lorahive.learning.batching import Batch
 from lorahive.learning.choice import option_pass, prompt_pass
+from lorahive.learning.objective import hidden_states
 
 Examples = Mapping[str, Sequence[tuple[str, str]]]
 
@@ -150,6 +151,20 @@ class Hive:
         counts = torch.zeros(len(names), device=total.device).index_add(0, row_agent, count)
         means = sums / counts
         return {n: means[i] for i, n in enumerate(names)}
+
+    @torch.no_grad()
+    def activity(self, examples: Examples, levels: Sequence[str]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """Per level of ``levels``: each slot's pattern activity ``(S, r)`` on these examples, and which slots had rows ``(S,)``.
+
+        One forward pass of the decoder (no LM head) over the examples, every level running,
+        with an :class:`~lorahive.adapters.ActivityProbe` listening (its docstring defines
+        activity). Levels that did not run (exactly zero and skipped) are absent.
+        """
+        batch, owners, _ = self._pack(examples)
+        probe = ActivityProbe(sorted(self.core.check_levels(levels) or ()), batch.attention_mask)
+        with self.core.routing.use(self.core.route(owners)), self.core.routing.probing(probe):
+            hidden_states(self.model, batch)
+        return probe.result()
 
     @torch.no_grad()
     def loss(self, examples: Examples, levels: Sequence[str] | None = None) -> dict[str, float]:

@@ -2,6 +2,7 @@
 
 A tick is spelled out in :meth:`Swarm.tick`, top to bottom, one named phase each:
 
+    draw     tasks are drawn; emergent inertia sets step sizes, replay mixes past successes in
     solve    agents solve their tasks (fast steps, scoring, proposals), batched
     budget   entropy budget adjusts thresholds
     compose  proposals become one swarm update (validation, resonance, clipping, reputation)
@@ -33,7 +34,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -43,6 +44,7 @@ from lorahive.mechanisms.aggregation import Aggregator, Metrics, flatten
 from lorahive.mechanisms.base import (
     PHASES,
     Action,
+    Activity,
     Aggregate,
     Decision,
     Delta,
@@ -52,15 +54,17 @@ from lorahive.mechanisms.base import (
 )
 from lorahive.mechanisms.compose import build_aggregator
 from lorahive.mechanisms.registry import (
+    DEFAULT_FACTORIES,
     build_mechanisms,
     check_mechanisms,
     join_states,
     split_states,
 )
 from lorahive.mechanisms.resonance import DirectionTracker
+from lorahive.observe.health import health_factory
 from lorahive.observe.influence import SwarmAttribution, projection_contributions
 from lorahive.observe.ledger import Ledger
-from lorahive.runtime.agent import Agent, Outcome
+from lorahive.runtime.agent import Agent, Outcome, as_answer
 from lorahive.runtime.hive import Hive
 from lorahive.runtime.methods import Method
 from lorahive.runtime.stream import Schedule, build_method
@@ -82,6 +86,8 @@ class TickContext:
     updates: dict[str, Delta] = field(default_factory=dict)  # level -> this tick's applied update
     actions: list[tuple[str, Action]] = field(default_factory=list)  # (mechanism, what it did), in order
     notes: dict[str, Any] = field(default_factory=dict)
+    support: dict[str, list[tuple[str, str]]] = field(default_factory=dict)  # agent -> support examples (draw may edit)
+    activity: Activity | None = None  # pattern activity on this tick's support, measured on demand
 
     @property
     def update(self) -> Delta | None:
@@ -112,7 +118,7 @@ class Swarm:
     ) -> None:
         self.hive, self.cfg, self.data, self.ledger = hive, cfg, data, ledger
         names = cfg.agent_names()
-        self.mechanisms = check_mechanisms(build_mechanisms(cfg, names) if mechanisms is None else mechanisms)
+        self.mechanisms = check_mechanisms(build_mechanisms(cfg, names, (*DEFAULT_FACTORIES, health_factory)) if mechanisms is None else mechanisms)
         trackers = [m for m in self.mechanisms if isinstance(m, DirectionTracker)]  # keeps resonance's direction
         self.aggregator = aggregator or build_aggregator(cfg.aggregation, trackers[0].direction if trackers else None)
         self.method = method or build_method(cfg)
@@ -129,6 +135,7 @@ class Swarm:
     # ------------------------------------------------------------------ the tick
     def tick(self) -> TickContext:
         ctx = TickContext(tick=self.tick_no + 1)
+        self._draw(ctx)
         self._solve(ctx)
         self._run("budget", ctx)
         self._compose(ctx)
@@ -150,7 +157,20 @@ class Swarm:
     def _view(self, phase: str, ctx: TickContext) -> TickView:
         core = self.hive.core
         reputations = {n: a.reputation for n, a in self.agents.items()}
-        return TickView(ctx.tick, phase, ctx.proposals, tuple(ctx.decisions), reputations, core.states, core, dict(ctx.updates))
+        return TickView(
+            ctx.tick, phase, ctx.proposals, tuple(ctx.decisions), reputations, core.states, core, dict(ctx.updates),
+            support=ctx.support, task_types={n: t.task_type for n, t in ctx.tasks.items()},
+            quality={n: o.quality for n, o in ctx.outcomes.items()}, quality_bar=self.cfg.agent.quality_bar,
+            activity=lambda levels: self._activity(ctx, levels), seed=self.cfg.seed, shared=ctx.notes,
+        )  # fmt: skip
+
+    def _activity(self, ctx: TickContext, levels: Sequence[str]) -> Activity:
+        """Pattern activity of ``levels`` on this tick's support examples, one forward pass per tick."""
+        if ctx.activity is None:
+            support = {a: [(p, as_answer(ans)) for p, ans in exs] for a, exs in ctx.support.items() if exs}
+            every = [lv.name for lv in self.hive.levels]
+            ctx.activity = self.hive.activity(support, every) if support else {}
+        return {lv: ctx.activity[lv] for lv in levels if lv in ctx.activity}
 
     # ------------------------------------------------------------------ phases
     def task_for(self, agent: Agent, tick: int) -> Task:
@@ -160,11 +180,19 @@ class Swarm:
         s = self.cfg.suite
         return sample_task(self.data[agent.task_type], s.support, s.query, seed, self.hive.tokenizer, s.max_prompt_tokens, balanced=s.balanced_support)
 
-    def _solve(self, ctx: TickContext) -> None:
+    def _draw(self, ctx: TickContext) -> None:
+        """Draw every agent's task; ``draw``-phase mechanisms may then edit the support examples."""
         if self.schedule is not None:
             for i, a in enumerate(self.agents.values()):
                 a.task_type = self.schedule.task_type(ctx.tick, i)
         ctx.tasks = {n: self.task_for(a, ctx.tick) for n, a in self.agents.items()}
+        ctx.support = {n: list(t.support) for n, t in ctx.tasks.items()}
+        self._run("draw", ctx)
+        for n, t in ctx.tasks.items():
+            if ctx.support[n] != list(t.support):
+                ctx.tasks[n] = replace(t, support=list(ctx.support[n]))
+
+    def _solve(self, ctx: TickContext) -> None:
         self.method.solve(self, ctx)
         self._run("solve", ctx)
 

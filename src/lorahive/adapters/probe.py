@@ -1,0 +1,58 @@
+"""Pattern activity: how strongly each rank-1 component of a level slot fires on its rows.
+
+While an :class:`ActivityProbe` is set on the routing state (:meth:`RoutingState.probing`),
+every wrapped layer reports its input to it. For row ``b`` routed to slot ``s`` of level
+``l``, pattern ``i`` (the ``i``-th rank-1 component ``B[s][:, i] · A[s][i, :]``) contributes
+``mix_l · (a_l/r_l) · ‖B[s][:, i]‖ · |A[s][i, :] · x_bt|`` at token ``t``; its *activity* on the
+row is that magnitude averaged over the row's real tokens, relative to the mean ``‖x_bt‖``
+(a gain, so the scale of hidden states does not matter), and averaged over modules. The
+probe sums activities and row counts per slot on the device; nothing is read back until
+:meth:`ActivityProbe.result`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+__all__ = ["ActivityProbe"]
+
+
+class ActivityProbe:
+    """Accumulates per-slot, per-pattern activity of ``levels`` over one forward pass."""
+
+    def __init__(self, levels: Sequence[str], mask: torch.Tensor) -> None:
+        self.levels = frozenset(levels)
+        self.mask = mask.float()  # (B, T): 1 on real tokens
+        self.sums: dict[str, torch.Tensor] = {}  # level -> (S, r)
+        self.rows: dict[str, torch.Tensor] = {}  # level -> (S,): row-module observations
+
+    @torch.no_grad()
+    def observe(self, level: str, x: torch.Tensor, a: torch.Tensor, b: torch.Tensor, slots: torch.Tensor | None, gain: float) -> None:
+        """Fold one module's input ``x (B, T, in)`` for ``level``'s bank ``a (S, r, in)``, ``b (S, out, r)``."""
+        if x.dim() != 3 or x.shape[:2] != self.mask.shape:
+            return  # not the probed batch (e.g. a cached decode step)
+        n = a.shape[0]
+        idx = torch.zeros(x.shape[0], dtype=torch.long, device=x.device) if slots is None else slots
+        xf = x.float()
+        h = torch.einsum("bti,bri->btr", xf, a.float()[idx])  # (B, T, r)
+        m = self.mask.to(x.device)
+        tokens = m.sum(1).clamp_min(1.0)  # (B,)
+        fire = (h.abs() * m[..., None]).sum(1) / tokens[:, None]  # (B, r)
+        xnorm = (xf.norm(dim=-1) * m).sum(1) / tokens  # (B,)
+        bnorm = b.float().norm(dim=1)[idx]  # (B, r)
+        act = gain * bnorm * fire / xnorm.clamp_min(1e-12)[:, None]
+        if level not in self.sums:
+            self.sums[level] = torch.zeros(n, a.shape[1], device=x.device)
+            self.rows[level] = torch.zeros(n, device=x.device)
+        self.sums[level].index_add_(0, idx, act)
+        self.rows[level].index_add_(0, idx, torch.ones_like(idx, dtype=torch.float32))
+
+    def result(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """Per level: mean activity ``(S, r)`` (0 where no row) and whether each slot had rows ``(S,)``."""
+        out = {}
+        for level, s in self.sums.items():
+            rows = self.rows[level]
+            out[level] = (s / rows.clamp_min(1.0)[:, None], rows > 0)
+        return out

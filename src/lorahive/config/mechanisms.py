@@ -1,0 +1,144 @@
+"""Configuration of the tick's mechanisms (DESIGN.md §3, seed 004): one section per mechanism.
+
+Every section has ``enabled``; a disabled mechanism is not run (an ablation compares a run
+against the same run with one switched off). The rules these numbers feed are documented in
+``docs/mechanisms.md`` and in each mechanism's module under ``lorahive.mechanisms``.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+__all__ = [
+    "BandwidthConfig",
+    "ConsolidationConfig",
+    "HealthConfig",
+    "InertiaConfig",
+    "MechanismsConfig",
+    "ReplayConfig",
+    "ScreeningConfig",
+]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    enabled: bool = Field(default=True, description="run this mechanism")
+
+
+class ScreeningConfig(_Section):
+    """Screening / free dispersion (seed 004 §1, §A): per pattern, an activity EMA with hysteresis.
+
+    A pattern is a rank-1 component of a level slot. Its activity is how strongly it fires
+    on the rows that use the slot, relative to the strongest pattern of its level; it is
+    *screened* once its activity EMA rises above ``up`` and *free* once it falls below
+    ``down`` (between the two it keeps its mode). Screened patterns decay by
+    ``screened_decay`` per tick toward their init snapshot, free ones by ``free_decay``.
+    """
+
+    levels: list[str] | None = Field(default=None, description="levels screened; null = every trainable level that is not task-scoped")
+    ema: float = Field(default=0.8, ge=0.0, lt=1.0, description="activity EMA: a ← ema·a + (1−ema)·activity")
+    up: float = Field(default=0.1, gt=0.0, le=1.0, description="relative activity above which a free pattern becomes screened")
+    down: float = Field(default=0.03, ge=0.0, lt=1.0, description="relative activity below which a screened pattern becomes free (< up)")
+    screened_decay: float = Field(default=1e-4, ge=0.0, le=1.0, description="decay per tick of a screened pattern toward its init")
+    free_decay: float = Field(default=1e-2, ge=0.0, le=1.0, description="decay per tick of a free pattern toward its init")
+
+    @model_validator(mode="after")
+    def _order(self) -> ScreeningConfig:
+        if self.down >= self.up:
+            raise ValueError(f"mechanisms.screening: down ({self.down}) must be below up ({self.up}) — the gap is the hysteresis")
+        if self.screened_decay > self.free_decay:
+            raise ValueError(f"mechanisms.screening: screened_decay ({self.screened_decay}) must not exceed free_decay ({self.free_decay})")
+        return self
+
+
+class InertiaConfig(_Section):
+    """Emergent inertia (seed 004 §2): ``inertia_l = β_l + (1−β_l)·tanh(density_l / k)``.
+
+    density = agents sharing the level's weights × activation frequency (EMA of the ticks the
+    level was used and non-zero) × gradient magnitude (its optimizer's RMS gradient over
+    the largest seen so far, in [0, 1]). β_l is the level's configured inertia.
+    """
+
+    k: float = Field(default=16.0, gt=0.0, description="density at which inertia has moved tanh(1) ≈ 76 % of the way from β_l to 1")
+    ema: float = Field(default=0.8, ge=0.0, lt=1.0, description="EMA of the activation frequency")
+    levels: list[str] | None = Field(default=None, description="levels whose inertia emerges; null = every trainable level")
+
+
+class ReplayConfig(_Section):
+    """Replay of past successes (seed 004 §B) into the fast steps and the proposals.
+
+    After every tick the support examples of each agent that cleared ``agent.quality_bar``
+    join its own buffer and the swarm's (reservoir sampling, bounded). With probability
+    ``probability`` per agent and tick, ``fraction`` of the agent's support examples are
+    replaced by past examples of other task types: a share ``swarm_share`` from the swarm's
+    buffer (what any agent succeeded at), the rest from the agent's own.
+    """
+
+    probability: float = Field(default=1.0, ge=0.0, le=1.0, description="chance an agent replays at a tick")
+    fraction: float = Field(default=0.25, ge=0.0, le=1.0, description="share of the support examples replaced by replayed ones")
+    swarm_share: float = Field(default=0.5, ge=0.0, le=1.0, description="share of replayed examples drawn from the swarm's buffer")
+    agent_capacity: int = Field(default=64, ge=1, description="examples kept per agent")
+    swarm_capacity: int = Field(default=256, ge=1, description="examples kept for the swarm")
+
+
+class ConsolidationConfig(_Section):
+    """Consolidation (seed 004 §3): stable patterns migrate to the next slower level.
+
+    Every ``every`` ticks each slot of a source level gets a signature: the dominant
+    ``signature_rank``-dimensional left singular subspace of its ΔW per module (through QR of
+    the factors). Its autocorrelation is the mean subspace overlap with the previous
+    signature; above ``threshold`` for ``checks`` checks in a row, that dominant part
+    migrates along its channel (context → agent → swarm → domain) through the bandwidth queue.
+    """
+
+    every: int = Field(default=5, ge=1, description="ticks between signature checks (τ)")
+    threshold: float = Field(default=0.8, gt=0.0, le=1.0, description="autocorrelation above which a check counts as stable")
+    checks: int = Field(default=2, ge=1, description="consecutive stable checks before a pattern migrates (N)")
+    signature_rank: int = Field(default=2, ge=1, description="rank of the signature and of the part that migrates")
+    channels: list[str] | None = Field(default=None, description="migration channels as source>target level names; null = each level to the next slower trainable one (context>agent, agent>swarm, swarm>domain in the default stack)")
+    min_norm: float = Field(default=1e-6, ge=0.0, description="slots whose ΔW is smaller than this (Frobenius, all modules) have no pattern")
+
+    @model_validator(mode="after")
+    def _channels(self) -> ConsolidationConfig:
+        for ch in self.channels or []:
+            src, sep, dst = ch.partition(">")
+            if not sep or not src or not dst or src == dst:
+                raise ValueError(f"mechanisms.consolidation.channels: {ch!r} must read source>target with two different level names")
+        return self
+
+
+class BandwidthConfig(_Section):
+    """Bandwidth-limited migration (seed 004 §F): per channel a queue and a transfer budget.
+
+    A channel may move ``fraction / inertia_target`` of its target level's parameters per tick
+    (narrower toward slower levels); what moved is remembered as load that recovers by
+    ``recovery`` per tick; patterns wait in a queue ordered by autocorrelation, and a pattern
+    whose autocorrelation is at least ``critical`` bypasses the budget at once.
+    """
+
+    fraction: float = Field(default=0.05, gt=0.0, le=1.0, description="share of the target level's parameters a channel moves per tick, times 1/inertia of the target")
+    recovery: float = Field(default=0.1, gt=0.0, le=1.0, description="share of a channel's load that recovers each tick")
+    critical: float = Field(default=0.98, gt=0.0, le=1.0, description="autocorrelation at which a pattern bypasses the queue")
+    max_wait: int = Field(default=20, ge=1, description="ticks a pattern may wait before it is dropped as stale (counted as rejected)")
+
+
+class MechanismsConfig(BaseModel):
+    """The mechanisms of a run, one section each (``mechanisms.<name>.enabled: false`` switches one off)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    screening: ScreeningConfig = Field(default_factory=ScreeningConfig, description="screening / free dispersion of patterns")
+    inertia: InertiaConfig = Field(default_factory=InertiaConfig, description="emergent inertia of levels")
+    replay: ReplayConfig = Field(default_factory=ReplayConfig, description="replay of past successes")
+    consolidation: ConsolidationConfig = Field(default_factory=ConsolidationConfig, description="stable patterns migrate to slower levels")
+    bandwidth: BandwidthConfig = Field(default_factory=BandwidthConfig, description="bandwidth-limited migration queues")
+
+
+class HealthConfig(BaseModel):
+    """Health metrics of the seed (§ Health Metrics), per tick in the ledger and in ``metrics.json``."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    enabled: bool = Field(default=True, description="compute health metrics every tick")
+    free_target: float = Field(default=0.5, ge=0.0, le=1.0, description="share of free patterns at which a level's dispersion entropy is 'optimal' (entropy ratio 1)")

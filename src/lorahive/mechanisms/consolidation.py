@@ -1,0 +1,158 @@
+"""Consolidation (seed 004 §3, "reflection"; DESIGN.md §3): stable patterns are recognised and sent to slower levels.
+
+Every ``every`` ticks (``detect`` phase) each written slot of a channel's source level gets a
+*signature*: per module, the dominant ``k``-dimensional left singular subspace of its term
+``ΔW = (a/r)·B·A``, found through thin QRs of the factors and an SVD of the small r×r core
+(:func:`dominant`; never an SVD of an out×in matrix). Its *autocorrelation* is the overlap
+with the previous check's signature,
+
+    autocorr = Σ_m w_m · ‖U_m,prevᵀ U_m,now‖²_F / k  /  Σ_m w_m,     w_m = Σ_i σ_m,i²  (this check),
+
+1 when the dominant directions stayed put, ≈ k/out for unrelated ones. Above ``threshold``
+for ``checks`` checks in a row the slot's dominant part is *ready*: it is handed to the
+bandwidth queues (:mod:`lorahive.mechanisms.bandwidth`) through ``view.shared["ready"]``,
+which move it to the channel's target level within their budget. After a slot's pattern has
+migrated, its count and signature start over.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, final
+
+import torch
+
+from lorahive.config import ConsolidationConfig
+from lorahive.mechanisms.base import Action, TickView
+
+__all__ = ["Consolidation", "Pattern", "Ready", "dominant", "overlap"]
+
+
+@dataclass(frozen=True)
+class Pattern:
+    """The dominant rank-k part of slots' ΔW, per module: ``ΔW ≈ U·diag(S)·V`` (S includes the level's scale)."""
+
+    U: dict[str, torch.Tensor]  # path -> (n, out, k), orthonormal columns
+    S: dict[str, torch.Tensor]  # path -> (n, k)
+    V: dict[str, torch.Tensor]  # path -> (n, k, in), orthonormal rows
+
+    def energy(self) -> torch.Tensor:
+        """``Σ_m Σ_i σ²`` per slot ``(n,)``: the squared Frobenius norm of the part."""
+        return torch.stack([s.square().sum(1) for s in self.S.values()]).sum(0)
+
+
+@dataclass(frozen=True)
+class Ready:
+    """A slot's pattern found stable: what the bandwidth queue of its channel is handed."""
+
+    source: str
+    target: str
+    slot: int
+    autocorr: float
+    tick: int
+
+
+@torch.no_grad()
+def dominant(core: Any, level: str, slots: Sequence[int], k: int) -> Pattern:
+    """The top-``k`` singular part of ``slots`` of ``level`` in every module, batched over slots."""
+    scale = core.stack.get(level).scale
+    idx = core.index(list(slots))
+    U, S, V = {}, {}, {}
+    for path, bank in core.named_banks(level):
+        b = bank.B.index_select(0, idx).float()  # (n, out, r)
+        a = bank.A.index_select(0, idx).float()  # (n, r, in)
+        qb, rb = torch.linalg.qr(b)  # (n, out, r), (n, r, r)
+        qa, ra = torch.linalg.qr(a.transpose(1, 2))  # (n, in, r), (n, r, r)
+        u, s, vh = torch.linalg.svd(rb @ ra.transpose(1, 2))  # (n, r, r) ×3
+        kk = min(k, s.shape[1])
+        U[path] = qb @ u[..., :kk]
+        S[path] = s[:, :kk] * scale
+        V[path] = vh[:, :kk] @ qa.transpose(1, 2)
+    return Pattern(U, S, V)
+
+
+def overlap(prev: dict[str, torch.Tensor], now: Pattern) -> torch.Tensor:
+    """Energy-weighted mean subspace overlap per slot ``(n,)`` between two signatures (in [0, 1])."""
+    num, den = [], []
+    for path, u in now.U.items():
+        w = now.S[path].square().sum(1)  # (n,)
+        p = prev[path].to(u.device)
+        o = (p.transpose(1, 2) @ u).square().sum((1, 2)) / u.shape[2]
+        num.append(w * o)
+        den.append(w)
+    return torch.stack(num).sum(0) / torch.stack(den).sum(0).clamp_min(1e-30)
+
+
+@final
+class Consolidation:
+    """Signatures and autocorrelation per source slot; ready patterns go to the bandwidth queues."""
+
+    name = "consolidation"
+    phases: tuple[str, ...] = ("detect",)
+
+    def __init__(self, cfg: ConsolidationConfig, channels: Sequence[tuple[str, str]]) -> None:
+        self.cfg = cfg
+        self.enabled = cfg.enabled
+        self.channels = list(channels)
+        self.signatures: dict[str, dict[int, dict[str, torch.Tensor]]] = {}  # source -> slot -> path -> (out, k)
+        self.stable: dict[str, dict[int, int]] = {}  # source -> slot -> consecutive stable checks
+
+    def forget(self, level: str, slots: Sequence[int]) -> None:
+        """Start ``slots`` of ``level`` over (their pattern has migrated, or they were reset)."""
+        for s in slots:
+            self.signatures.get(level, {}).pop(s, None)
+            self.stable.get(level, {}).pop(s, None)
+
+    def run(self, view: TickView) -> Action | None:
+        if view.tick % self.cfg.every:
+            return None
+        core = view.core
+        ready: list[Ready] = view.shared.setdefault("ready", [])
+        report: dict[str, Any] = {}
+        for src, dst in self.channels:
+            slots = sorted(core.written[src])
+            if not slots:
+                continue
+            pat = dominant(core, src, slots, self.cfg.signature_rank)
+            big = (pat.energy().sqrt() >= self.cfg.min_norm).tolist()
+            sigs = self.signatures.setdefault(src, {})
+            stable = self.stable.setdefault(src, {})
+            have = [i for i, s in enumerate(slots) if s in sigs and big[i]]
+            auto: dict[int, float] = {}
+            if have:
+                sub = core.index(have)
+                prev = {p: torch.stack([sigs[slots[i]][p] for i in have]) for p in pat.U}
+                now = Pattern({p: u.index_select(0, sub) for p, u in pat.U.items()}, {p: s.index_select(0, sub) for p, s in pat.S.items()}, {})
+                auto = dict(zip([slots[i] for i in have], overlap(prev, now).tolist(), strict=True))
+            for i, s in enumerate(slots):
+                if not big[i]:
+                    self.forget(src, [s])
+                    continue
+                a = auto.get(s)
+                stable[s] = stable.get(s, 0) + 1 if a is not None and a > self.cfg.threshold else 0
+                sigs[s] = {p: u[i].detach().clone() for p, u in pat.U.items()}
+                if a is not None and stable[s] >= self.cfg.checks:
+                    ready.append(Ready(src, dst, s, a, view.tick))
+            report[f"{src}→{dst}"] = {
+                "checked": len(slots),
+                "autocorr": {str(s): round(a, 4) for s, a in auto.items()},
+                "ready": sum(r.source == src for r in ready),
+            }
+        return Action("detect", {"channels": report}) if report else None
+
+    def state_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"stable": {lv: {str(s): n for s, n in d.items()} for lv, d in self.stable.items()}}
+        for lv, by_slot in self.signatures.items():
+            for s, paths in by_slot.items():
+                for p, u in paths.items():
+                    out[f"sig/{lv}/{s}/{p}"] = u
+        return out
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.stable = {lv: {int(s): int(n) for s, n in d.items()} for lv, d in state.get("stable", {}).items()}
+        self.signatures = {}
+        for key, u in state.items():
+            if key.startswith("sig/"):
+                _, lv, s, p = key.split("/", 3)
+                self.signatures.setdefault(lv, {}).setdefault(int(s), {})[p] = u

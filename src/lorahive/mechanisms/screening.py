@@ -1,0 +1,127 @@
+"""Screening and free dispersion (seed 004 §1 and §A; DESIGN.md §3): patterns in use hold, unused ones fade.
+
+A *pattern* is a rank-1 component of a level slot, ``B[s][:, i] · A[s][i, :]`` in every
+module. Each tick (``decay`` phase) its activity on the rows that use the slot is measured
+(:class:`~lorahive.adapters.ActivityProbe`: how strongly it fires, as a gain) and divided by
+the strongest pattern's activity in the level, so thresholds are scale-free; a slot with no
+rows this tick has activity 0. An EMA of that relative activity decides the mode, with
+hysteresis:
+
+    free → screened  when  ema > up
+    screened → free  when  ema < down        (down < up; in between a pattern keeps its mode)
+
+and every pattern of a written slot decays toward its init snapshot (``B`` toward 0, ``A``
+toward ``A0``) by ``screened_decay`` or ``free_decay``: not a penalty in the loss but a
+process, as the seed puts it. Slots rewritten by a migration this tick
+(``view.shared["rewritten"]``) are re-factored, so their component order changed: their EMA
+restarts from this tick's activity, and a rewritten slot whose strongest component is freed
+at once counts as a conflict (decay undoing a migration, seed 004 §G).
+
+What the health metrics need — each level's decay rate and energy per pattern — is left in
+``view.shared["patterns"]``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, final
+
+import torch
+
+from lorahive.config import ScreeningConfig
+from lorahive.mechanisms.base import Action, TickView
+
+__all__ = ["Screening", "hysteresis"]
+
+
+def hysteresis(ema: torch.Tensor, screened: torch.Tensor, up: float, down: float) -> torch.Tensor:
+    """The new modes: screened above ``up``, free below ``down``, unchanged in between."""
+    return torch.where(ema > up, True, torch.where(ema < down, False, screened))
+
+
+@final
+class Screening:
+    """Per-pattern activity EMA, modes with hysteresis, and decay toward init (``decay`` phase)."""
+
+    name = "screening"
+    phases: tuple[str, ...] = ("decay",)
+
+    def __init__(self, cfg: ScreeningConfig, levels: Sequence[str]) -> None:
+        self.cfg = cfg
+        self.enabled = cfg.enabled
+        self.levels = list(levels)
+        self.ema: dict[str, torch.Tensor] = {}  # level -> (S, r) relative activity EMA
+        self.screened: dict[str, torch.Tensor] = {}  # level -> (S, r) bool
+
+    def _grown(self, level: str, shape: tuple[int, int], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        ema, scr = self.ema.get(level), self.screened.get(level)
+        if ema is None or scr is None:
+            ema, scr = torch.zeros(shape, device=device), torch.zeros(shape, dtype=torch.bool, device=device)
+        ema, scr = ema.to(device), scr.to(device)
+        if ema.shape[0] < shape[0]:  # the level grew (agents joined): new slots start free, inactive
+            extra = shape[0] - ema.shape[0]
+            ema = torch.cat([ema, ema.new_zeros(extra, shape[1])])
+            scr = torch.cat([scr, scr.new_zeros(extra, shape[1])])
+        return ema, scr
+
+    def run(self, view: TickView) -> Action | None:
+        core = view.core
+        levels = [lv for lv in self.levels if not core.is_zero(lv)]
+        if not levels or view.activity is None:
+            return None
+        activity = view.activity(levels)
+        rewritten: dict[str, set[int]] = view.shared.get("rewritten", {})
+        patterns = view.shared.setdefault("patterns", {})
+        report: dict[str, Any] = {}
+        conflicts = 0
+        for lv in levels:
+            if lv not in activity:
+                continue
+            act, _ = activity[lv]  # (S, r)
+            rel = act / act.max().clamp_min(1e-12)
+            ema, scr = self._grown(lv, tuple(act.shape), act.device)  # type: ignore[arg-type]
+            ema = self.cfg.ema * ema + (1.0 - self.cfg.ema) * rel
+            fresh = sorted(rewritten.get(lv, ()))
+            if fresh:
+                idx = core.index(fresh)
+                ema.index_copy_(0, idx, rel.index_select(0, idx))
+            scr = hysteresis(ema, scr, self.cfg.up, self.cfg.down)
+            self.ema[lv], self.screened[lv] = ema, scr
+            rate = torch.where(scr, self.cfg.screened_decay, self.cfg.free_decay)  # (S, r)
+            slots = sorted(core.written[lv])
+            energy = _energy(core, lv, slots)  # (len(slots), r)
+            if slots:
+                sel = core.index(slots)
+                r_sel = rate.index_select(0, sel)
+                core.decay_toward_init(lv, slots, r_sel)
+                moved = float((r_sel.square() * energy).sum().sqrt())
+                n_scr = int(scr.index_select(0, sel).sum())
+                patterns[lv] = {"rate": r_sel, "energy": energy}
+            else:
+                moved, n_scr = 0.0, 0
+            if fresh:  # re-factored slots are ordered by singular value: component 0 is the migrated pattern's strongest
+                conflicts += int((~scr.index_select(0, core.index(fresh))[:, 0]).sum())
+            report[lv] = {"screened": n_scr, "free": len(slots) * act.shape[1] - n_scr, "moved": moved}
+        counts = view.shared.setdefault("ops", {})
+        counts["decay"] = counts.get("decay", 0) + sum(v["screened"] + v["free"] for v in report.values())
+        view.shared["conflicts"] = view.shared.get("conflicts", 0) + conflicts
+        return Action("decay", {"levels": report}) if report else None
+
+    def state_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {f"ema.{lv}": t for lv, t in self.ema.items()}
+        out.update({f"screened.{lv}": t.to(torch.uint8) for lv, t in self.screened.items()})
+        return out
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.ema = {k.removeprefix("ema."): v.float() for k, v in state.items() if k.startswith("ema.")}
+        self.screened = {k.removeprefix("screened."): v.bool() for k, v in state.items() if k.startswith("screened.")}
+
+
+@torch.no_grad()
+def _energy(core: Any, level: str, slots: Sequence[int]) -> torch.Tensor:
+    """``Σ_modules ‖B[s][:, i]‖²`` per pattern of ``slots``: its share of the slot's weight (``(len(slots), r)``)."""
+    if not slots:
+        return torch.zeros(0, 1)
+    idx = core.index(list(slots))
+    cols = [bank.B.index_select(0, idx).float().square().sum(1) for bank in core.banks(level)]  # each (n, r)
+    return torch.stack(cols).sum(0)
