@@ -99,7 +99,9 @@ def test_compare_prints_each_runs_method_and_metrics(two_runs):
     assert result.exit_code == 0, result.output
     lines = result.output.strip().splitlines()
     assert lines[0].startswith("| run | method | ticks | ACC | BWT | FWT | ppl before | ppl after")
-    rows = {line.split("|")[2].strip(): [c.strip() for c in line.split("|")[1:-1]] for line in lines[2:]}
+    rows = {
+        line.split("|")[2].strip(): [c.strip() for c in line.split("|")[1:-1]] for line in lines[2:]
+    }
     assert set(rows) == {"hive", "seq-lora"}
     for r in rows.values():
         assert r[2] == "2" and all(c != "–" for c in r[3:8])
@@ -127,7 +129,10 @@ def test_lorahive_run_writes_the_report_at_the_end(two_runs, tmp_path):
     config = tmp_path / "run.yaml"
     config.write_text((hive / "config.yaml").read_text())
 
-    result = CliRunner().invoke(app, ["run", str(config), "--out", str(tmp_path / "out"), "stream.order=[agnews]", "ticks=1"])
+    result = CliRunner().invoke(
+        app,
+        ["run", str(config), "--out", str(tmp_path / "out"), "stream.order=[agnews]", "ticks=1"],
+    )
 
     assert result.exit_code == 0, result.output
     page = Page()

@@ -39,10 +39,17 @@ def inspect(out: Annotated[Path, typer.Argument(help="run directory")]) -> None:
         console.print(f"[red]error:[/red] {e}")
         raise typer.Exit(2) from None
     state = json.loads((ckpt / "state.json").read_text(encoding="utf-8"))
-    console.print(f"[bold]{out}[/bold]: tick {state['tick']}, swarm accepted {state['accepted']}, rejected {state['rejected']}")
+    console.print(
+        f"[bold]{out}[/bold]: tick {state['tick']}, swarm accepted {state['accepted']}, rejected {state['rejected']}"
+    )
     levels = Table("level", "slots", "‖B‖ (all slots)", "mix", title="levels")
     for name, slots, norm in _level_norms(ckpt):
-        levels.add_row(name, str(slots), f"{norm:.4g}", f"{state.get('level_states', {}).get(name, {}).get('mix', 1.0):g}")
+        levels.add_row(
+            name,
+            str(slots),
+            f"{norm:.4g}",
+            f"{state.get('level_states', {}).get(name, {}).get('mix', 1.0):g}",
+        )
     console.print(levels)
     agents = Table("agent", "task type", "reputation", "tasks solved", title="agents")
     for name, a in state["agents_state"].items():
@@ -52,4 +59,9 @@ def inspect(out: Annotated[Path, typer.Argument(help="run directory")]) -> None:
         with Ledger(out / "ledger.sqlite") as ledger:
             last = ledger.last_tick()
             acc = ledger.acceptance_by_tick()
-        console.print(f"ledger: last tick {last}; acceptance by tick: " + ", ".join(f"{r['tick']}: {r['accepted']} accepted / {r['rejected']} rejected" for r in acc))
+        console.print(
+            f"ledger: last tick {last}; acceptance by tick: "
+            + ", ".join(
+                f"{r['tick']}: {r['accepted']} accepted / {r['rejected']} rejected" for r in acc
+            )
+        )

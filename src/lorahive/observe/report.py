@@ -37,7 +37,15 @@ from lorahive.observe.ledger import Ledger  # noqa: E402
 
 __all__ = ["SECTIONS", "render_report", "write_report"]
 
-SECTIONS = ("summary", "quality", "accuracy-matrix", "cl-metrics", "level-influence", "agent-influence", "acceptance")
+SECTIONS = (
+    "summary",
+    "quality",
+    "accuracy-matrix",
+    "cl-metrics",
+    "level-influence",
+    "agent-influence",
+    "acceptance",
+)
 
 
 def _png(fig: Figure) -> str:
@@ -57,7 +65,12 @@ def quality_plot(rows: Sequence[dict[str, Any]]) -> str:
     for agent, ticks in sorted(by_agent.items()):
         xs = sorted(ticks)
         ax.plot(xs, [sum(ticks[t]) / len(ticks[t]) for t in xs], marker="o", ms=3, label=agent)
-    ax.set(xlabel="tick", ylabel="query quality", ylim=(-0.05, 1.05), title="quality per agent over ticks")
+    ax.set(
+        xlabel="tick",
+        ylabel="query quality",
+        ylim=(-0.05, 1.05),
+        title="quality per agent over ticks",
+    )
     ax.legend(fontsize=7, ncol=4)
     return _png(fig)
 
@@ -70,7 +83,15 @@ def matrix_plot(r: Sequence[Sequence[float | None]], tasks: Sequence[str]) -> st
     for i, row in enumerate(vals):
         for j, v in enumerate(row):
             if not math.isnan(v):
-                ax.text(j, i, f"{v:.2f}", ha="center", va="center", color="w" if v < 0.6 else "k", fontsize=8)
+                ax.text(
+                    j,
+                    i,
+                    f"{v:.2f}",
+                    ha="center",
+                    va="center",
+                    color="w" if v < 0.6 else "k",
+                    fontsize=8,
+                )
     ax.set_xticks(range(len(tasks)), list(tasks), rotation=30)
     ax.set_yticks(range(len(vals)), ["before"] + [f"after {t}" for t in tasks[: len(vals) - 1]])
     ax.set_title("accuracy matrix R (task j after stage i)")
@@ -101,7 +122,12 @@ def shapley_plot(levels: dict[str, dict[str, float]]) -> str:
     fig, ax = plt.subplots(figsize=(7, 3.2))
     width = 0.8 / max(1, len(names))
     for k, lv in enumerate(names):
-        ax.bar([i + k * width for i in range(len(types))], [levels[t][lv] for t in types], width, label=lv)
+        ax.bar(
+            [i + k * width for i in range(len(types))],
+            [levels[t][lv] for t in types],
+            width,
+            label=lv,
+        )
     ax.axhline(0, color="k", lw=0.6)
     ax.set_xticks([i + width * (len(names) - 1) / 2 for i in range(len(types))], types)
     ax.set(ylabel="Shapley share", title="level influence on held-out answers")
@@ -152,7 +178,17 @@ def _fmt(v: Any) -> str:
 def _summary_table(runs: Sequence[Summary]) -> str:
     head = ["run", "method", "ticks", "ACC", "BWT", "FWT", "ppl before", "ppl after", "wall s"]
     rows = [
-        [s.label, s.method, s.ticks, s.cl.get("ACC"), s.cl.get("BWT"), s.cl.get("FWT"), s.ppl_before, s.ppl_after, s.wall_time_s]
+        [
+            s.label,
+            s.method,
+            s.ticks,
+            s.cl.get("ACC"),
+            s.cl.get("BWT"),
+            s.cl.get("FWT"),
+            s.ppl_before,
+            s.ppl_after,
+            s.wall_time_s,
+        ]
         for s in runs
     ]
     th = "".join(f"<th>{h}</th>" for h in head)
@@ -160,13 +196,18 @@ def _summary_table(runs: Sequence[Summary]) -> str:
     return f"<table><tr>{th}</tr>{body}</table>"
 
 
-def _ledger_rows(run_dir: Path, query: int | None) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def _ledger_rows(
+    run_dir: Path, query: int | None
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     path = run_dir / "ledger.sqlite"
     if not path.is_file():
         return [], []
     with Ledger(path) as ledger:
         where = "phase = 'after' AND tick > 0" + (" AND n = ?" if query else "")
-        quality = ledger.query(f"SELECT tick, agent, quality FROM scores WHERE {where} AND quality IS NOT NULL ORDER BY tick", (query,) if query else ())
+        quality = ledger.query(
+            f"SELECT tick, agent, quality FROM scores WHERE {where} AND quality IS NOT NULL ORDER BY tick",
+            (query,) if query else (),
+        )
         acceptance = ledger.acceptance_by_tick()
     return quality, acceptance
 
@@ -182,16 +223,58 @@ def render_report(run_dir: str | Path, others: Sequence[str | Path] = ()) -> str
     influence = m.get("influence") or {}
     parts = [
         _section("summary", "summary", _summary_table(runs)),
-        _section("quality", "quality per agent over ticks", _img(quality_plot(quality), "quality") if quality else _none("no per-tick scores in the ledger")),
-        _section("accuracy-matrix", "accuracy matrix R", _img(matrix_plot(cl["R"], cl["tasks"]), "R") if cl.get("R") else _none("not a stream run: no accuracy matrix")),
-        _section("cl-metrics", "ACC / BWT / FWT", _img(cl_plot([s for s in runs if s.cl]), "cl metrics") if any(s.cl.get("ACC") is not None for s in runs) else _none("no complete accuracy matrix in these runs")),
-        _section("level-influence", "level influence (Shapley shares) per task type", _img(shapley_plot(influence["levels"]), "levels") if influence.get("levels") else _none("level influence not measured")),
-        _section("agent-influence", "per-agent share of the swarm level", _img(agents_plot(influence["agents"]), "agents") if influence.get("agents") else _none("no accepted swarm proposals to attribute (a baseline, or nothing accepted)")),
-        _section("acceptance", "proposal acceptance over time", _img(acceptance_plot(acceptance), "acceptance") if acceptance else _none("no proposals in the ledger")),
+        _section(
+            "quality",
+            "quality per agent over ticks",
+            _img(quality_plot(quality), "quality")
+            if quality
+            else _none("no per-tick scores in the ledger"),
+        ),
+        _section(
+            "accuracy-matrix",
+            "accuracy matrix R",
+            _img(matrix_plot(cl["R"], cl["tasks"]), "R")
+            if cl.get("R")
+            else _none("not a stream run: no accuracy matrix"),
+        ),
+        _section(
+            "cl-metrics",
+            "ACC / BWT / FWT",
+            _img(cl_plot([s for s in runs if s.cl]), "cl metrics")
+            if any(s.cl.get("ACC") is not None for s in runs)
+            else _none("no complete accuracy matrix in these runs"),
+        ),
+        _section(
+            "level-influence",
+            "level influence (Shapley shares) per task type",
+            _img(shapley_plot(influence["levels"]), "levels")
+            if influence.get("levels")
+            else _none("level influence not measured"),
+        ),
+        _section(
+            "agent-influence",
+            "per-agent share of the swarm level",
+            _img(agents_plot(influence["agents"]), "agents")
+            if influence.get("agents")
+            else _none(
+                "no accepted swarm proposals to attribute (a baseline, or nothing accepted)"
+            ),
+        ),
+        _section(
+            "acceptance",
+            "proposal acceptance over time",
+            _img(acceptance_plot(acceptance), "acceptance")
+            if acceptance
+            else _none("no proposals in the ledger"),
+        ),
     ]
     style = "body{font-family:sans-serif;max-width:60em;margin:auto}table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:2px 6px;text-align:right}.empty{color:#777}"
     title = f"lorahive report: {html.escape(str(run_dir))}"
-    return f"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>{title}</title><style>{style}</style></head>\n<body>\n<h1>{title}</h1>\n" + "\n".join(parts) + "\n</body></html>\n"
+    return (
+        f'<!DOCTYPE html>\n<html><head><meta charset="utf-8"><title>{title}</title><style>{style}</style></head>\n<body>\n<h1>{title}</h1>\n'
+        + "\n".join(parts)
+        + "\n</body></html>\n"
+    )
 
 
 def write_report(run_dir: str | Path, others: Sequence[str | Path] = ()) -> Path:
