@@ -1,17 +1,25 @@
-"""``lorahive inspect DIR``: levels, norms, agents, reputation, last tick."""
+"""``lorahive inspect DIR``: levels, norms, agents, reputation, last tick.
+
+With the mechanisms' events in the ledger, also: the last tick's health metrics and their
+statuses, the migrations per channel, and the latest screening counts per level.
+"""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 from safetensors import safe_open
 
+from lorahive.observe.health_bands import BANDS, status
 from lorahive.observe.ledger import Ledger
+from lorahive.observe.report_mechanisms import latest, mechanism_events, migration_totals
 from lorahive.store.checkpoint import CheckpointError, locate
 
 console = Console()
@@ -31,6 +39,63 @@ def _level_norms(ckpt: Path) -> list[tuple[str, int, float]]:
     return rows
 
 
+_STYLE = {"healthy": "green", "warning": "yellow", "critical": "red"}
+
+
+def _status(s: Any) -> str:
+    s = escape(str(s))
+    return f"[{_STYLE[s]}]{s}[/{_STYLE[s]}]" if s in _STYLE else f"[dim]{s}[/dim]"
+
+
+def _mark(metric: str, v: Any) -> str:
+    """`` (warning)`` / `` (critical)`` after a per-level or per-channel entry that is one."""
+    if metric not in BANDS or not isinstance(v, (int, float)):
+        return ""
+    s = status(metric, float(v))
+    return f" ({_status(s)})" if s in ("warning", "critical") else ""
+
+
+def _value(metric: str, v: Any) -> str:
+    if isinstance(v, Mapping):
+        lines = [f"{escape(str(k))} {_value(metric, x)}{_mark(metric, x)}" for k, x in v.items()]
+        return "\n".join(lines) or "–"
+    if v is None:
+        return "–"
+    if isinstance(v, float):
+        return f"{v:.1%}" if metric.endswith("_rate") else f"{v:.3g}"
+    return escape(str(v))
+
+
+def print_mechanisms(events: Sequence[Mapping[str, Any]], out: Console) -> None:
+    """The last tick's health table, the migrations per channel, the latest screening counts."""
+    health = latest(events, "health")
+    if health is not None:
+        d = health["detail"]
+        metrics, statuses = d.get("metrics") or {}, d.get("status") or {}
+        names = [m for m in BANDS if m in metrics or m in statuses]
+        names += sorted((set(metrics) | set(statuses)) - set(BANDS))
+        title = f"health at tick {health['tick']}: overall {_status(d.get('overall', 'n/a'))}"
+        table = Table("metric", "value", "status", title=title)
+        for m in names:
+            table.add_row(m, _value(m, metrics.get(m)), _status(statuses.get(m, "n/a")))
+        out.print(table)
+    totals = migration_totals(events)
+    if totals:
+        per = ", ".join(f"{escape(ch)} {int(t['migrations'])}" for ch, t in totals.items())
+        bypass = int(sum(t["bypass"] for t in totals.values()))
+        out.print(f"migrations: {per}; {bypass} bypass (fast track)")
+    screening = latest(events, "decay")
+    if screening is not None:
+        levels = screening["detail"].get("levels") or {}
+        per = ", ".join(
+            f"{escape(str(lv))} {c.get('screened', '–')} / {c.get('free', '–')}"
+            for lv, c in levels.items()
+        )
+        out.print(
+            f"screening at tick {screening['tick']} (screened / free patterns): {per or 'no levels'}"
+        )
+
+
 def inspect(out: Annotated[Path, typer.Argument(help="run directory")]) -> None:
     """Show a run's levels, agents, reputations and last tick."""
     try:
@@ -39,10 +104,17 @@ def inspect(out: Annotated[Path, typer.Argument(help="run directory")]) -> None:
         console.print(f"[red]error:[/red] {e}")
         raise typer.Exit(2) from None
     state = json.loads((ckpt / "state.json").read_text(encoding="utf-8"))
-    console.print(f"[bold]{out}[/bold]: tick {state['tick']}, swarm accepted {state['accepted']}, rejected {state['rejected']}")
+    console.print(
+        f"[bold]{out}[/bold]: tick {state['tick']}, swarm accepted {state['accepted']}, rejected {state['rejected']}"
+    )
     levels = Table("level", "slots", "‖B‖ (all slots)", "mix", title="levels")
     for name, slots, norm in _level_norms(ckpt):
-        levels.add_row(name, str(slots), f"{norm:.4g}", f"{state.get('level_states', {}).get(name, {}).get('mix', 1.0):g}")
+        levels.add_row(
+            name,
+            str(slots),
+            f"{norm:.4g}",
+            f"{state.get('level_states', {}).get(name, {}).get('mix', 1.0):g}",
+        )
     console.print(levels)
     agents = Table("agent", "task type", "reputation", "tasks solved", title="agents")
     for name, a in state["agents_state"].items():
@@ -52,4 +124,11 @@ def inspect(out: Annotated[Path, typer.Argument(help="run directory")]) -> None:
         with Ledger(out / "ledger.sqlite") as ledger:
             last = ledger.last_tick()
             acc = ledger.acceptance_by_tick()
-        console.print(f"ledger: last tick {last}; acceptance by tick: " + ", ".join(f"{r['tick']}: {r['accepted']} accepted / {r['rejected']} rejected" for r in acc))
+            events = mechanism_events(ledger)
+        console.print(
+            f"ledger: last tick {last}; acceptance by tick: "
+            + ", ".join(
+                f"{r['tick']}: {r['accepted']} accepted / {r['rejected']} rejected" for r in acc
+            )
+        )
+        print_mechanisms(events, console)

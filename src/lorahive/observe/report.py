@@ -11,9 +11,17 @@ and writes ``run_dir/report.html`` with one section each:
     level-influence    per task type, each level's Shapley share
     agent-influence    each agent's share of the swarm level's change
     acceptance         proposals accepted / rejected per tick (ledger)
+    health             each health metric over ticks in its healthy / warning / critical
+                       bands, and the last tick's overall status (ledger, mechanism:health)
+    migrations         migrations per tick per channel, bypass ones hatched, and totals per
+                       channel (ledger, mechanism:bandwidth)
+    decay              screened vs free patterns per level, and the norm decay removed per
+                       tick (ledger, mechanism:screening)
+    inertia            each level's inertia and step size over ticks (ledger, mechanism:inertia)
 
-A section whose data the run does not have (R without a stream, say) says so instead of
-showing a plot. Plots use matplotlib's Agg backend: no display is needed.
+A section whose data the run does not have (R without a stream, say, or no health events)
+says so instead of showing a plot. The last four are drawn by ``report_mechanisms.py``.
+Plots use matplotlib's Agg backend: no display is needed.
 """
 
 from __future__ import annotations
@@ -32,12 +40,22 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
+from lorahive.observe import report_mechanisms as rm  # noqa: E402
 from lorahive.observe.compare import Summary, load_summary  # noqa: E402
 from lorahive.observe.ledger import Ledger  # noqa: E402
 
 __all__ = ["SECTIONS", "render_report", "write_report"]
 
-SECTIONS = ("summary", "quality", "accuracy-matrix", "cl-metrics", "level-influence", "agent-influence", "acceptance")
+SECTIONS = (
+    "summary",
+    "quality",
+    "accuracy-matrix",
+    "cl-metrics",
+    "level-influence",
+    "agent-influence",
+    "acceptance",
+    *rm.MECHANISM_SECTIONS,
+)
 
 
 def _png(fig: Figure) -> str:
@@ -57,7 +75,12 @@ def quality_plot(rows: Sequence[dict[str, Any]]) -> str:
     for agent, ticks in sorted(by_agent.items()):
         xs = sorted(ticks)
         ax.plot(xs, [sum(ticks[t]) / len(ticks[t]) for t in xs], marker="o", ms=3, label=agent)
-    ax.set(xlabel="tick", ylabel="query quality", ylim=(-0.05, 1.05), title="quality per agent over ticks")
+    ax.set(
+        xlabel="tick",
+        ylabel="query quality",
+        ylim=(-0.05, 1.05),
+        title="quality per agent over ticks",
+    )
     ax.legend(fontsize=7, ncol=4)
     return _png(fig)
 
@@ -70,7 +93,15 @@ def matrix_plot(r: Sequence[Sequence[float | None]], tasks: Sequence[str]) -> st
     for i, row in enumerate(vals):
         for j, v in enumerate(row):
             if not math.isnan(v):
-                ax.text(j, i, f"{v:.2f}", ha="center", va="center", color="w" if v < 0.6 else "k", fontsize=8)
+                ax.text(
+                    j,
+                    i,
+                    f"{v:.2f}",
+                    ha="center",
+                    va="center",
+                    color="w" if v < 0.6 else "k",
+                    fontsize=8,
+                )
     ax.set_xticks(range(len(tasks)), list(tasks), rotation=30)
     ax.set_yticks(range(len(vals)), ["before"] + [f"after {t}" for t in tasks[: len(vals) - 1]])
     ax.set_title("accuracy matrix R (task j after stage i)")
@@ -101,7 +132,12 @@ def shapley_plot(levels: dict[str, dict[str, float]]) -> str:
     fig, ax = plt.subplots(figsize=(7, 3.2))
     width = 0.8 / max(1, len(names))
     for k, lv in enumerate(names):
-        ax.bar([i + k * width for i in range(len(types))], [levels[t][lv] for t in types], width, label=lv)
+        ax.bar(
+            [i + k * width for i in range(len(types))],
+            [levels[t][lv] for t in types],
+            width,
+            label=lv,
+        )
     ax.axhline(0, color="k", lw=0.6)
     ax.set_xticks([i + width * (len(names) - 1) / 2 for i in range(len(types))], types)
     ax.set(ylabel="Shapley share", title="level influence on held-out answers")
@@ -149,26 +185,84 @@ def _fmt(v: Any) -> str:
     return f"{v:.4g}" if isinstance(v, float) else html.escape(str(v))
 
 
-def _summary_table(runs: Sequence[Summary]) -> str:
-    head = ["run", "method", "ticks", "ACC", "BWT", "FWT", "ppl before", "ppl after", "wall s"]
-    rows = [
-        [s.label, s.method, s.ticks, s.cl.get("ACC"), s.cl.get("BWT"), s.cl.get("FWT"), s.ppl_before, s.ppl_after, s.wall_time_s]
-        for s in runs
-    ]
-    th = "".join(f"<th>{h}</th>" for h in head)
+def _table(head: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    th = "".join(f"<th>{html.escape(h)}</th>" for h in head)
     body = "".join("<tr>" + "".join(f"<td>{_fmt(v)}</td>" for v in r) + "</tr>" for r in rows)
     return f"<table><tr>{th}</tr>{body}</table>"
 
 
-def _ledger_rows(run_dir: Path, query: int | None) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def _summary_table(runs: Sequence[Summary]) -> str:
+    head = ["run", "method", "ticks", "ACC", "BWT", "FWT", "ppl before", "ppl after", "wall s"]
+    rows = [
+        [
+            s.label,
+            s.method,
+            s.ticks,
+            s.cl.get("ACC"),
+            s.cl.get("BWT"),
+            s.cl.get("FWT"),
+            s.ppl_before,
+            s.ppl_after,
+            s.wall_time_s,
+        ]
+        for s in runs
+    ]
+    return _table(head, rows)
+
+
+_EMPTY = {
+    "health": "no health events in the ledger (no health mechanism in this run)",
+    "migrations": "no migrations in the ledger (no bandwidth mechanism, or nothing migrated)",
+    "decay": "no screening events in the ledger (no screening mechanism in this run)",
+    "inertia": "no inertia events in the ledger (no inertia mechanism in this run)",
+}
+_MIGRATION_HEAD = ["channel", "migrations", "bypass", "params moved", "mean wait", "truncation"]
+
+
+def _mechanism_parts(events: list[dict[str, Any]]) -> list[str]:
+    """The health, migrations, decay and inertia sections (``report_mechanisms`` draws them)."""
+    last = rm.latest(events, "health")
+    if last is None:
+        health = _none(_EMPTY["health"])
+    else:
+        overall = str(last["detail"].get("overall"))
+        cls = overall if overall in ("healthy", "warning", "critical") else "empty"
+        line = f'<p class="{cls}">{html.escape(rm.health_line(events))}</p>'
+        health = _img(_png(rm.health_figure(events)), "health") + "\n" + line
+    if rm.latest(events, "migrations") is None:
+        migrations = _none(_EMPTY["migrations"])
+    else:
+        rows = [[ch, *t.values()] for ch, t in rm.migration_totals(events).items()]
+        table = _table(_MIGRATION_HEAD, rows)
+        migrations = _img(_png(rm.migrations_figure(events)), "migrations") + "\n" + table
+    decay = _img(_png(rm.decay_figure(events)), "decay") if rm.latest(events, "decay") else None
+    inertia = (
+        _img(_png(rm.inertia_figure(events)), "inertia") if rm.latest(events, "inertia") else None
+    )
+    return [
+        _section("health", "swarm health over ticks", health),
+        _section("migrations", "migrations between levels", migrations),
+        _section("decay", "screening and decay per level", decay or _none(_EMPTY["decay"])),
+        _section("inertia", "inertia and step size per level", inertia or _none(_EMPTY["inertia"])),
+    ]
+
+
+Rows = list[dict[str, Any]]
+
+
+def _ledger_rows(run_dir: Path, query: int | None) -> tuple[Rows, Rows, Rows]:
     path = run_dir / "ledger.sqlite"
     if not path.is_file():
-        return [], []
+        return [], [], []
     with Ledger(path) as ledger:
         where = "phase = 'after' AND tick > 0" + (" AND n = ?" if query else "")
-        quality = ledger.query(f"SELECT tick, agent, quality FROM scores WHERE {where} AND quality IS NOT NULL ORDER BY tick", (query,) if query else ())
+        quality = ledger.query(
+            f"SELECT tick, agent, quality FROM scores WHERE {where} AND quality IS NOT NULL ORDER BY tick",
+            (query,) if query else (),
+        )
         acceptance = ledger.acceptance_by_tick()
-    return quality, acceptance
+        events = rm.mechanism_events(ledger)
+    return quality, acceptance, events
 
 
 def render_report(run_dir: str | Path, others: Sequence[str | Path] = ()) -> str:
@@ -177,21 +271,64 @@ def render_report(run_dir: str | Path, others: Sequence[str | Path] = ()) -> str
     main = load_summary(run_dir)
     runs = [main, *(load_summary(o) for o in others)]
     m = main.metrics
-    quality, acceptance = _ledger_rows(run_dir, main.query_size)
+    quality, acceptance, events = _ledger_rows(run_dir, main.query_size)
     cl = m.get("cl") or {}
     influence = m.get("influence") or {}
     parts = [
         _section("summary", "summary", _summary_table(runs)),
-        _section("quality", "quality per agent over ticks", _img(quality_plot(quality), "quality") if quality else _none("no per-tick scores in the ledger")),
-        _section("accuracy-matrix", "accuracy matrix R", _img(matrix_plot(cl["R"], cl["tasks"]), "R") if cl.get("R") else _none("not a stream run: no accuracy matrix")),
-        _section("cl-metrics", "ACC / BWT / FWT", _img(cl_plot([s for s in runs if s.cl]), "cl metrics") if any(s.cl.get("ACC") is not None for s in runs) else _none("no complete accuracy matrix in these runs")),
-        _section("level-influence", "level influence (Shapley shares) per task type", _img(shapley_plot(influence["levels"]), "levels") if influence.get("levels") else _none("level influence not measured")),
-        _section("agent-influence", "per-agent share of the swarm level", _img(agents_plot(influence["agents"]), "agents") if influence.get("agents") else _none("no accepted swarm proposals to attribute (a baseline, or nothing accepted)")),
-        _section("acceptance", "proposal acceptance over time", _img(acceptance_plot(acceptance), "acceptance") if acceptance else _none("no proposals in the ledger")),
+        _section(
+            "quality",
+            "quality per agent over ticks",
+            _img(quality_plot(quality), "quality")
+            if quality
+            else _none("no per-tick scores in the ledger"),
+        ),
+        _section(
+            "accuracy-matrix",
+            "accuracy matrix R",
+            _img(matrix_plot(cl["R"], cl["tasks"]), "R")
+            if cl.get("R")
+            else _none("not a stream run: no accuracy matrix"),
+        ),
+        _section(
+            "cl-metrics",
+            "ACC / BWT / FWT",
+            _img(cl_plot([s for s in runs if s.cl]), "cl metrics")
+            if any(s.cl.get("ACC") is not None for s in runs)
+            else _none("no complete accuracy matrix in these runs"),
+        ),
+        _section(
+            "level-influence",
+            "level influence (Shapley shares) per task type",
+            _img(shapley_plot(influence["levels"]), "levels")
+            if influence.get("levels")
+            else _none("level influence not measured"),
+        ),
+        _section(
+            "agent-influence",
+            "per-agent share of the swarm level",
+            _img(agents_plot(influence["agents"]), "agents")
+            if influence.get("agents")
+            else _none(
+                "no accepted swarm proposals to attribute (a baseline, or nothing accepted)"
+            ),
+        ),
+        _section(
+            "acceptance",
+            "proposal acceptance over time",
+            _img(acceptance_plot(acceptance), "acceptance")
+            if acceptance
+            else _none("no proposals in the ledger"),
+        ),
+        *_mechanism_parts(events),
     ]
-    style = "body{font-family:sans-serif;max-width:60em;margin:auto}table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:2px 6px;text-align:right}.empty{color:#777}"
+    style = "body{font-family:sans-serif;max-width:60em;margin:auto}table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:2px 6px;text-align:right}.empty{color:#777}.healthy{color:#2a2}.warning{color:#c70}.critical{color:#c00}"
     title = f"lorahive report: {html.escape(str(run_dir))}"
-    return f"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>{title}</title><style>{style}</style></head>\n<body>\n<h1>{title}</h1>\n" + "\n".join(parts) + "\n</body></html>\n"
+    return (
+        f'<!DOCTYPE html>\n<html><head><meta charset="utf-8"><title>{title}</title><style>{style}</style></head>\n<body>\n<h1>{title}</h1>\n'
+        + "\n".join(parts)
+        + "\n</body></html>\n"
+    )
 
 
 def write_report(run_dir: str | Path, others: Sequence[str | Path] = ()) -> Path:
