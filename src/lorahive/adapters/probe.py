@@ -34,14 +34,19 @@ class ActivityProbe:
         if x.dim() != 3 or x.shape[:2] != self.mask.shape:
             return  # not the probed batch (e.g. a cached decode step)
         n = a.shape[0]
-        idx = torch.zeros(x.shape[0], dtype=torch.long, device=x.device) if slots is None else slots
         xf = x.float()
-        h = torch.einsum("bti,bri->btr", xf, a.float()[idx])  # (B, T, r)
+        if slots is None:  # a shared level: every row uses slot 0
+            idx = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
+            h = xf @ a[0].float().t()  # (B, T, r)
+            bnorm = b[0].float().norm(dim=0).expand(x.shape[0], -1)  # (B, r)
+        else:
+            idx = slots
+            h = torch.einsum("bti,bri->btr", xf, a.float()[idx])  # (B, T, r)
+            bnorm = b.float().norm(dim=1)[idx]  # (B, r)
         m = self.mask.to(x.device)
         tokens = m.sum(1).clamp_min(1.0)  # (B,)
         fire = (h.abs() * m[..., None]).sum(1) / tokens[:, None]  # (B, r)
         xnorm = (xf.norm(dim=-1) * m).sum(1) / tokens  # (B,)
-        bnorm = b.float().norm(dim=1)[idx]  # (B, r)
         act = gain * bnorm * fire / xnorm.clamp_min(1e-12)[:, None]
         if level not in self.sums:
             self.sums[level] = torch.zeros(n, a.shape[1], device=x.device)

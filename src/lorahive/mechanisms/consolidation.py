@@ -53,22 +53,37 @@ class Ready:
     tick: int
 
 
+def by_shape(core: Any, level: str) -> dict[tuple[int, int], list[tuple[str, Any]]]:
+    """``level``'s banks grouped by module shape (out, in): a model has a handful, each repeated per layer."""
+    groups: dict[tuple[int, int], list[tuple[str, Any]]] = {}
+    for path, bank in core.named_banks(level):
+        groups.setdefault((bank.out_features, bank.in_features), []).append((path, bank))
+    return groups
+
+
 @torch.no_grad()
 def dominant(core: Any, level: str, slots: Sequence[int], k: int) -> Pattern:
-    """The top-``k`` singular part of ``slots`` of ``level`` in every module, batched over slots."""
+    """The top-``k`` singular part of ``slots`` of ``level`` in every module.
+
+    Batched over slots and over the modules of one shape: a few QR and SVD calls per shape
+    instead of a few per module (the decompositions are small; their launches are not).
+    """
     scale = core.stack.get(level).scale
     idx = core.index(list(slots))
+    n = len(slots)
     U, S, V = {}, {}, {}
-    for path, bank in core.named_banks(level):
-        b = bank.B.index_select(0, idx).float()  # (n, out, r)
-        a = bank.A.index_select(0, idx).float()  # (n, r, in)
-        qb, rb = torch.linalg.qr(b)  # (n, out, r), (n, r, r)
-        qa, ra = torch.linalg.qr(a.transpose(1, 2))  # (n, in, r), (n, r, r)
-        u, s, vh = torch.linalg.svd(rb @ ra.transpose(1, 2))  # (n, r, r) ×3
+    for group in by_shape(core, level).values():
+        b = torch.stack([bank.B.index_select(0, idx) for _, bank in group]).float().flatten(0, 1)  # (m·n, out, r)
+        a = torch.stack([bank.A.index_select(0, idx) for _, bank in group]).float().flatten(0, 1)  # (m·n, r, in)
+        qb, rb = torch.linalg.qr(b)  # (m·n, out, r), (m·n, r, r)
+        qa, ra = torch.linalg.qr(a.transpose(1, 2))  # (m·n, in, r), (m·n, r, r)
+        u, s, vh = torch.linalg.svd(rb @ ra.transpose(1, 2))  # (m·n, r, r) ×3
         kk = min(k, s.shape[1])
-        U[path] = qb @ u[..., :kk]
-        S[path] = s[:, :kk] * scale
-        V[path] = vh[:, :kk] @ qa.transpose(1, 2)
+        us = (qb @ u[..., :kk]).unflatten(0, (len(group), n))
+        ss = (s[:, :kk] * scale).unflatten(0, (len(group), n))
+        vs = (vh[:, :kk] @ qa.transpose(1, 2)).unflatten(0, (len(group), n))
+        for j, (path, _) in enumerate(group):
+            U[path], S[path], V[path] = us[j], ss[j], vs[j]
     return Pattern(U, S, V)
 
 

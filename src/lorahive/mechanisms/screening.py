@@ -119,9 +119,15 @@ class Screening:
 
 @torch.no_grad()
 def _energy(core: Any, level: str, slots: Sequence[int]) -> torch.Tensor:
-    """``Σ_modules ‖B[s][:, i]‖²`` per pattern of ``slots``: its share of the slot's weight (``(len(slots), r)``)."""
+    """``Σ_modules ‖B[s][:, i]‖²`` per pattern of ``slots``: its share of the slot's weight (``(len(slots), r)``).
+
+    Modules of one output size are stacked, so it costs a few kernels per shape, not per module.
+    """
     if not slots:
         return torch.zeros(0, 1)
     idx = core.index(list(slots))
-    cols = [bank.B.index_select(0, idx).float().square().sum(1) for bank in core.banks(level)]  # each (n, r)
-    return torch.stack(cols).sum(0)
+    groups: dict[int, list[torch.Tensor]] = {}
+    for bank in core.banks(level):
+        groups.setdefault(bank.out_features, []).append(bank.B)
+    parts = [torch.stack([b.index_select(0, idx) for b in bs]).float().square().sum((0, 2)) for bs in groups.values()]
+    return torch.stack(parts).sum(0)

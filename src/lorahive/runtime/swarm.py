@@ -165,12 +165,18 @@ class Swarm:
         )  # fmt: skip
 
     def _activity(self, ctx: TickContext, levels: Sequence[str]) -> Activity:
-        """Pattern activity of ``levels`` on this tick's support examples, one forward pass per tick."""
-        if ctx.activity is None:
-            support = {a: [(p, as_answer(ans)) for p, ans in exs] for a, exs in ctx.support.items() if exs}
-            every = [lv.name for lv in self.hive.levels]
-            ctx.activity = self.hive.activity(support, every) if support else {}
-        return {lv: ctx.activity[lv] for lv in levels if lv in ctx.activity}
+        """Pattern activity of ``levels`` on this tick's support examples: one forward pass per tick.
+
+        The first call of a tick measures the levels it asks for; a later call for others
+        measures those in one more pass.
+        """
+        have = ctx.activity if ctx.activity is not None else {}
+        missing = [lv for lv in levels if lv not in have and not self.hive.core.is_zero(lv)]
+        support = {a: [(p, as_answer(ans)) for p, ans in exs] for a, exs in ctx.support.items() if exs}
+        if missing and support:
+            have = {**have, **self.hive.activity(support, missing)}
+        ctx.activity = have
+        return {lv: have[lv] for lv in levels if lv in have}
 
     # ------------------------------------------------------------------ phases
     def task_for(self, agent: Agent, tick: int) -> Task:
