@@ -33,7 +33,8 @@ class ScreeningConfig(_Section):
     on the rows that use the slot, relative to the strongest pattern of its level; it is
     *screened* once its activity EMA rises above ``up`` and *free* once it falls below
     ``down`` (between the two it keeps its mode). Screened patterns decay by
-    ``screened_decay`` per tick toward their init snapshot, free ones by ``free_decay``.
+    ``screened_decay`` per tick toward their init snapshot, free ones by ``free_decay``
+    (times ``1 − inertia`` of the level with ``by_inertia``).
     """
 
     levels: list[str] | None = Field(default=None, description="levels screened; null = every trainable level that is not task-scoped")
@@ -42,6 +43,7 @@ class ScreeningConfig(_Section):
     down: float = Field(default=0.03, ge=0.0, lt=1.0, description="relative activity below which a screened pattern becomes free (< up)")
     screened_decay: float = Field(default=1e-4, ge=0.0, le=1.0, description="decay per tick of a screened pattern toward its init")
     free_decay: float = Field(default=1e-2, ge=0.0, le=1.0, description="decay per tick of a free pattern toward its init")
+    by_inertia: bool = Field(default=True, description="scale both decay rates by 1 − the level's current inertia: heavier levels forget slower, as they learn slower")
 
     @model_validator(mode="after")
     def _order(self) -> ScreeningConfig:
@@ -117,9 +119,9 @@ class BandwidthConfig(_Section):
     whose autocorrelation is at least ``critical`` bypasses the budget at once.
     """
 
-    fraction: float = Field(default=0.05, gt=0.0, le=1.0, description="share of the target level's parameters a channel moves per tick, times 1/inertia of the target")
-    recovery: float = Field(default=0.1, gt=0.0, le=1.0, description="share of a channel's load that recovers each tick")
-    critical: float = Field(default=0.98, gt=0.0, le=1.0, description="autocorrelation at which a pattern bypasses the queue")
+    fraction: float = Field(default=0.25, gt=0.0, le=1.0, description="share of the target level's parameters a channel moves per tick, times 1/inertia of the target")
+    recovery: float = Field(default=0.25, gt=0.0, le=1.0, description="share of a channel's load that recovers each tick")
+    critical: float = Field(default=0.995, gt=0.0, le=1.0, description="autocorrelation at which a pattern bypasses the queue")
     max_wait: int = Field(default=20, ge=1, description="ticks a pattern may wait before it is dropped as stale (counted as rejected)")
 
 

@@ -11,14 +11,16 @@ hysteresis:
     screened → free  when  ema < down        (down < up; in between a pattern keeps its mode)
 
 and every pattern of a written slot decays toward its init snapshot (``B`` toward 0, ``A``
-toward ``A0``) by ``screened_decay`` or ``free_decay``: not a penalty in the loss but a
-process, as the seed puts it. Slots rewritten by a migration this tick
+toward ``A0``) by ``screened_decay`` or ``free_decay``, times ``1 − inertia`` of the level
+(``by_inertia``; a heavy level forgets as slowly as it learns — measured on the full stream,
+unscaled decay took consolidated patterns out of the domain level at 1 %/tick): not a
+penalty in the loss but a process, as the seed puts it. Slots rewritten by a migration this tick
 (``view.shared["rewritten"]``) are re-factored, so their component order changed: their EMA
 restarts from this tick's activity, and a rewritten slot whose strongest component is freed
 at once counts as a conflict (decay undoing a migration, seed 004 §G).
 
-What the health metrics need — each level's decay rate and energy per pattern — is left in
-``view.shared["patterns"]``.
+What the health metrics need — each level's decay rate and energy per pattern, and the
+inertia factor the rates carry — is left in ``view.shared["patterns"]``.
 """
 
 from __future__ import annotations
@@ -87,7 +89,8 @@ class Screening:
                 ema.index_copy_(0, idx, rel.index_select(0, idx))
             scr = hysteresis(ema, scr, self.cfg.up, self.cfg.down)
             self.ema[lv], self.screened[lv] = ema, scr
-            rate = torch.where(scr, self.cfg.screened_decay, self.cfg.free_decay)  # (S, r)
+            keep = 1.0 - view.states[lv].inertia if self.cfg.by_inertia else 1.0
+            rate = torch.where(scr, self.cfg.screened_decay * keep, self.cfg.free_decay * keep)  # (S, r)
             slots = sorted(core.written[lv])
             energy = _energy(core, lv, slots)  # (len(slots), r)
             if slots:
@@ -96,7 +99,7 @@ class Screening:
                 core.decay_toward_init(lv, slots, r_sel)
                 moved = float((r_sel.square() * energy).sum().sqrt())
                 n_scr = int(scr.index_select(0, sel).sum())
-                patterns[lv] = {"rate": r_sel, "energy": energy}
+                patterns[lv] = {"rate": r_sel, "energy": energy, "scale": keep}
             else:
                 moved, n_scr = 0.0, 0
             if fresh:  # re-factored slots are ordered by singular value: component 0 is the migrated pattern's strongest

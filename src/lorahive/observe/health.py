@@ -2,7 +2,7 @@
 
 | metric | what it is here |
 |---|---|
-| ``entropy_ratio`` (per level) | dispersion entropy ``Σ_i rate_i · energy_i`` over the level's patterns (decay rate × ``Σ_m ‖B[:, i]‖²``, from screening) over the "optimal" entropy, the same sum at the rates of ``observe.health.free_target`` free patterns: 1 is balanced, → 0 crystallised (all screened), ≥ 2 amnesic |
+| ``entropy_ratio`` (per level) | dispersion entropy ``Σ_i rate_i · energy_i`` over the level's patterns (decay rate × ``Σ_m ‖B[:, i]‖²``, from screening) over the "optimal" entropy, the same sum at the rates (with the level's inertia factor) of ``observe.health.free_target`` free patterns: 1 is balanced, → 0 crystallised (all screened), ≥ 2 amnesic |
 | ``queue_depth`` (per channel) | patterns waiting in a migration queue |
 | ``wait_time`` (per channel) | mean age in ticks of the waiting patterns (of this tick's migrations when none waits) |
 | ``rejection_rate`` | migration requests dropped or rejected so far / requests so far |
@@ -61,7 +61,7 @@ class Health:
         self.conflicts += int(view.shared.get("conflicts", 0))
         patterns = view.shared.get("patterns", {})
         entropy = {
-            lv: entropy_ratio(p["rate"], p["energy"], self.screening.screened_decay, self.screening.free_decay, self.cfg.free_target)
+            lv: entropy_ratio(p["rate"], p["energy"], self.screening.screened_decay * p.get("scale", 1.0), self.screening.free_decay * p.get("scale", 1.0), self.cfg.free_target)
             for lv, p in patterns.items()
         }
         bw = view.shared.get("bandwidth", {})
