@@ -21,12 +21,14 @@ class Batch:
     position_ids: torch.Tensor  # (B, T)
     labels: torch.Tensor | None = None  # (B, T)
     answer_at: torch.Tensor | None = None  # (2, N): row and position predicting each answer token
+    anchor_at: torch.Tensor | None = None  # (2, M): row and position predicting a prompt token (the anchor's positions)
 
     def to(self, device: torch.device | str) -> Batch:
         """The batch on ``device``, copied without a host synchronisation (:func:`to_device`)."""
         labels = None if self.labels is None else to_device(self.labels, device)
         at = None if self.answer_at is None else to_device(self.answer_at, device)
-        return Batch(to_device(self.input_ids, device), to_device(self.attention_mask, device), to_device(self.position_ids, device), labels, at)
+        anchor = None if self.anchor_at is None else to_device(self.anchor_at, device)
+        return Batch(to_device(self.input_ids, device), to_device(self.attention_mask, device), to_device(self.position_ids, device), labels, at, anchor)
 
 
 def _pad_id(tok: PreTrainedTokenizerBase) -> int:
@@ -67,8 +69,12 @@ def pack_prompts(tok: PreTrainedTokenizerBase, prompts: list[str], max_length: i
     return Batch(ids, mask, _positions(mask))
 
 
-def pack_examples(tok: PreTrainedTokenizerBase, examples: list[tuple[str, str]], max_length: int) -> Batch:
-    """Right-pad prompt+answer rows; loss is taken on answer tokens only."""
+def pack_examples(tok: PreTrainedTokenizerBase, examples: list[tuple[str, str]], max_length: int, anchor_positions: int = 0) -> Batch:
+    """Right-pad prompt+answer rows; loss is taken on answer tokens only.
+
+    With ``anchor_positions`` > 0, up to that many positions per row that predict a *prompt*
+    token, evenly spaced, are listed in ``anchor_at`` (the foundation anchor's positions).
+    """
     rows: list[tuple[list[int], list[int]]] = []
     for i, (prompt, answer) in enumerate(examples):
         p, a = encode_prompt(tok, prompt), encode_answer(tok, answer)
@@ -90,4 +96,17 @@ def pack_examples(tok: PreTrainedTokenizerBase, examples: list[tuple[str, str]],
     m = torch.tensor(mask)
     lab = torch.tensor(labels)
     at = (lab[:, 1:] != IGNORE).nonzero().t().contiguous()  # (2, N), found on the host
-    return Batch(torch.tensor(ids), m, _positions(m), lab, at)
+    anchor = None
+    if anchor_positions > 0:
+        picks = [(i, t) for i, (p, _) in enumerate(rows) for t in _spaced(len(p) - 1, anchor_positions)]
+        anchor = torch.tensor(picks, dtype=torch.long).t().contiguous() if picks else None  # (2, M)
+    return Batch(torch.tensor(ids), m, _positions(m), lab, at, anchor)
+
+
+def _spaced(n: int, k: int) -> list[int]:
+    """Up to ``k`` evenly spaced positions of ``range(n)`` (position t predicts prompt token t + 1)."""
+    if n <= 0:
+        return []
+    if n <= k:
+        return list(range(n))
+    return sorted({round(j * (n - 1) / (k - 1)) for j in range(k)}) if k > 1 else [n - 1]

@@ -48,3 +48,42 @@ def answer_nll(model: PreTrainedModel, batch: Batch) -> tuple[torch.Tensor, torc
     total = torch.zeros(n_rows, device=nll.device, dtype=nll.dtype).index_add(0, rows, nll)
     count = torch.zeros(n_rows, device=nll.device, dtype=nll.dtype).index_add(0, rows, torch.ones_like(nll))
     return total, count
+
+
+def anchor_logp(model: PreTrainedModel, batch: Batch) -> torch.Tensor:
+    """Log-probabilities (M, V) of the next token at ``batch.anchor_at``, no gradient.
+
+    Called with every level switched off, these are the foundation's own predictions on the
+    prompts' text: what the anchor keeps the hive close to.
+    """
+    assert batch.anchor_at is not None
+    with torch.no_grad():
+        h = hidden_states(model, batch)
+        return F.log_softmax(_head(model)(h[batch.anchor_at[0], batch.anchor_at[1]]).float(), dim=-1)
+
+
+def anchored_nll(model: PreTrainedModel, batch: Batch, base: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`answer_nll` plus, per row, the mean ``KL(base ‖ model)`` at ``batch.anchor_at`` ((B,), zeros without ``base``).
+
+    One forward: the answer positions and the anchor positions share the hidden states.
+    """
+    assert batch.labels is not None
+    h = hidden_states(model, batch)
+    target = batch.labels[:, 1:]
+    if batch.answer_at is not None:
+        rows, pos = batch.answer_at[0], batch.answer_at[1]
+    else:
+        rows, pos = (target != IGNORE).nonzero().unbind(1)
+    head = _head(model)
+    nll = F.cross_entropy(head(h[rows, pos]).float(), target[rows, pos], reduction="none")
+    n_rows = batch.input_ids.shape[0]
+    total = torch.zeros(n_rows, device=nll.device, dtype=nll.dtype).index_add(0, rows, nll)
+    count = torch.zeros(n_rows, device=nll.device, dtype=nll.dtype).index_add(0, rows, torch.ones_like(nll))
+    kl = torch.zeros(n_rows, device=nll.device, dtype=nll.dtype)
+    if base is not None and batch.anchor_at is not None:
+        ar, ap = batch.anchor_at[0], batch.anchor_at[1]
+        logp = F.log_softmax(head(h[ar, ap]).float(), dim=-1)  # (M, V)
+        per = (base.exp() * (base - logp)).sum(-1)  # (M,)
+        n = torch.zeros_like(kl).index_add(0, ar, torch.ones_like(per))
+        kl = kl.index_add(0, ar, per) / n.clamp_min(1.0)
+    return total, count, kl

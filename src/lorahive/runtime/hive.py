@@ -24,7 +24,7 @@ from lorahive.core import HiveCore
 from lorahive.learning import answer_nll, last_logits, pack_examples, pack_prompts
 from lorahive.learning.batching import Batch
 from lorahive.learning.choice import option_pass, prompt_pass
-from lorahive.learning.objective import hidden_states
+from lorahive.learning.objective import anchor_logp, anchored_nll, hidden_states
 
 Examples = Mapping[str, Sequence[tuple[str, str]]]
 
@@ -126,7 +126,7 @@ class Hive:
         return [str(self.tokenizer.decode(row, skip_special_tokens=True)) for row in new]
 
     # ------------------------------------------------------------------ learning
-    def _pack(self, examples: Examples) -> tuple[Batch, list[str], list[str]]:
+    def _pack(self, examples: Examples, anchor_positions: int = 0) -> tuple[Batch, list[str], list[str]]:
         if not isinstance(examples, Mapping) or not examples:
             raise ValueError("examples must be a non-empty mapping {agent: [(prompt, answer), ...]}")
         self.core.agent_index(list(examples))
@@ -140,17 +140,33 @@ class Hive:
                     raise ValueError(f"agent {agent!r}: each example must be a (prompt, answer) pair of strings, got {ex!r}")
                 rows.append((ex[0], ex[1]))
                 owners.append(agent)
-        batch = pack_examples(self.tokenizer, rows, self.core.max_length).to(self.device)
+        batch = pack_examples(self.tokenizer, rows, self.core.max_length, anchor_positions).to(self.device)
         return batch, owners, list(examples)
 
     def _agent_losses(self, batch: Batch, owners: list[str], names: list[str], routing: Routing) -> dict[str, torch.Tensor]:
+        return self._objective(batch, owners, names, routing)[0]
+
+    def _objective(
+        self, batch: Batch, owners: list[str], names: list[str], routing: Routing, base: torch.Tensor | None = None, anchor: float = 0.0
+    ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """Each agent's mean answer NLL, and the sum over agents of NLL + ``anchor`` × mean anchor KL (what is minimised)."""
         with self.core.routing.use(routing):
-            total, count = answer_nll(self.model, batch)
+            total, count, kl = anchored_nll(self.model, batch, base)
         row_agent = self.core.index([names.index(o) for o in owners])  # (B,)
-        sums = torch.zeros(len(names), device=total.device).index_add(0, row_agent, total)
-        counts = torch.zeros(len(names), device=total.device).index_add(0, row_agent, count)
-        means = sums / counts
-        return {n: means[i] for i, n in enumerate(names)}
+        zeros = torch.zeros(len(names), device=total.device)
+        means = zeros.index_add(0, row_agent, total) / zeros.index_add(0, row_agent, count)
+        objective = means.sum()
+        if base is not None and anchor > 0:
+            rows = zeros.index_add(0, row_agent, torch.ones_like(kl))
+            objective = objective + anchor * (zeros.index_add(0, row_agent, kl) / rows.clamp_min(1.0)).sum()
+        return {n: means[i] for i, n in enumerate(names)}, objective
+
+    def _anchor_base(self, batch: Batch, owners: list[str], anchor: float) -> torch.Tensor | None:
+        """The foundation's log-probabilities at the anchor positions (every level off), or ``None`` without an anchor."""
+        if anchor <= 0 or batch.anchor_at is None:
+            return None
+        with self.core.routing.use(self.core.route(owners, levels=[])):
+            return anchor_logp(self.model, batch)
 
     @torch.no_grad()
     def activity(self, examples: Examples, levels: Sequence[str]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
@@ -205,26 +221,33 @@ class Hive:
                 out.append(option_pass(self.model, self.tokenizer, batch, first, cache, list(options)))
         return torch.cat(out).cpu() if out else torch.zeros(0, len(options))
 
-    def learn(self, examples: Examples, steps: int = 1, levels: Sequence[str] | None = None) -> dict[str, float]:
+    def learn(self, examples: Examples, steps: int = 1, levels: Sequence[str] | None = None, anchor: float = 0.0, anchor_positions: int = 16) -> dict[str, float]:
         """Learn from many agents' (prompt, answer) examples in one batched pass per step.
 
         Each agent's loss is its mean answer-token NLL; per-agent and per-task slots get the
         gradient of their own agent's loss, shared levels the mean over agents. ``levels``
         restricts which trainable levels move (default: every trainable level). Returns each
         agent's loss at the last step, measured before that step's update. A step whose loss
-        is not finite is skipped (nothing moves) and reported as NaN.
+        is not finite is skipped (nothing moves) and reported as NaN. ``anchor``: see :meth:`learn_async`.
         """
-        return read_losses(self.learn_async(examples, steps, levels))
+        return read_losses(self.learn_async(examples, steps, levels, anchor, anchor_positions))
 
-    def learn_async(self, examples: Examples, steps: int = 1, levels: Sequence[str] | None = None) -> dict[str, torch.Tensor]:
+    def learn_async(
+        self, examples: Examples, steps: int = 1, levels: Sequence[str] | None = None, anchor: float = 0.0, anchor_positions: int = 16
+    ) -> dict[str, torch.Tensor]:
         """:meth:`learn` without reading anything back: each agent's last loss as a device scalar.
 
         A non-finite step is skipped on the device (the optimizer's ``found_inf``: weights and
-        moments stay as they were); its agents' losses come back NaN.
+        moments stay as they were); its agents' losses come back NaN. ``anchor`` > 0 adds the
+        foundation anchor to what is minimised: ``anchor`` × the mean ``KL(base ‖ hive)`` of the
+        next-token distribution at up to ``anchor_positions`` prompt positions per row, the
+        base model's own predictions on the prompts' text (one extra forward with every level
+        off); the returned losses stay the answer NLL.
         """
         if steps < 1:
             raise ValueError(f"steps must be ≥ 1, got {steps}")
-        batch, owners, names = self._pack(examples)
+        batch, owners, names = self._pack(examples, anchor_positions if anchor > 0 else 0)
+        base = self._anchor_base(batch, owners, anchor)
         update = [lv for lv in self.stack.levels if lv.trainable and (levels is None or lv.name in levels)]
         self.core.check_levels(levels)
         own_slots = sorted(set(self.core.agent_index(names)))
@@ -233,8 +256,7 @@ class Hive:
         bad = torch.zeros(1, device=self.device)
         for _ in range(steps):
             self.model.zero_grad(set_to_none=True)
-            losses = self._agent_losses(batch, owners, names, routing)
-            total = torch.stack(list(losses.values())).sum()
+            losses, total = self._objective(batch, owners, names, routing, base, anchor)
             bad = (~torch.isfinite(total)).float().reshape(1)  # (1,): 1 skips the step, on the device
             total.backward()
             for lv in update:
@@ -249,17 +271,21 @@ class Hive:
         return {n: torch.where(bad[0] > 0, nan, v.detach()) for n, v in losses.items()}
 
     # ------------------------------------------------------------------ shared-level proposals
-    def propose(self, examples: Examples, level: str = "swarm") -> tuple[dict[str, dict[str, torch.Tensor]], dict[str, float]]:
+    def propose(
+        self, examples: Examples, level: str = "swarm", anchor: float = 0.0, anchor_positions: int = 16
+    ) -> tuple[dict[str, dict[str, torch.Tensor]], dict[str, float]]:
         """Each agent's exact gradient on shared ``level``, from one batched backward.
 
         The level gets one *proposal slot* per agent, all holding the level's current weights;
         row i is routed to its agent's slot, so the gradient that lands in slot k is agent k's
         own gradient (DESIGN.md §2). Returns ``{agent: {param name: grad}}`` with slot-shaped
-        tensors keyed like :meth:`level_params`, and each agent's loss.
+        tensors keyed like :meth:`level_params`, and each agent's loss. ``anchor`` adds the
+        foundation anchor to each agent's objective, as in :meth:`learn_async`.
         """
         if self.stack.get(level).scope != "shared":
             raise ValueError(f"proposals are for shared levels; {level!r} is scoped {self.stack.get(level).scope!r}")
-        batch, owners, names = self._pack(examples)
+        batch, owners, names = self._pack(examples, anchor_positions if anchor > 0 else 0)
+        anchor_base = self._anchor_base(batch, owners, anchor)
         k = len(names)
         slots: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         for path, bank in self.core.named_banks(level):
@@ -273,9 +299,9 @@ class Hive:
             slots={**base.slots, level: row_slot}, active=base.active, mix=base.mix, overrides={level: slots},
             uniform=base.uniform, host_slots={**base.host_slots, level: rows},
         )
-        losses = self._agent_losses(batch, owners, names, routing)
+        losses, objective = self._objective(batch, owners, names, routing, anchor_base, anchor)
         leaves = [t for pair in slots.values() for t in pair]
-        grads = torch.autograd.grad(torch.stack(list(losses.values())).sum(), leaves)
+        grads = torch.autograd.grad(objective, leaves)
         out: dict[str, dict[str, torch.Tensor]] = {n: {} for n in names}
         for (path, _), g_a, g_b in zip(slots.items(), grads[0::2], grads[1::2], strict=True):
             for i, n in enumerate(names):
