@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# The mechanisms' ablation on the full-size standard stream (docs/mechanisms.md): all on, each one off, all off,
+# and the baselines it is judged against, for one seed, side by side on one GPU.
+#
+#   bash benchmarks/gpu/mechanisms_ablation.sh SETUP OUT SEED [EXTRA_OVERRIDE,...]
+#
+# Runs OUT/seed$SEED/{on,off,no-screening,no-inertia,no-replay,no-consolidation,no-bandwidth,replay,multitask}
+# through benchmarks/gpu/cl_variants.sh (SETUP as there). EXTRA_OVERRIDE (comma-separated key=value) is added to
+# every hive variant, e.g. agent.anchor=1.0. Nine processes share the GPU: about 12 min on one H200.
+set -euo pipefail
+setup=$1; out=$2; seed=$3; extra=${4:-}
+s="seed=$seed"; [ -n "$extra" ] && s="$s,$extra"
+m=mechanisms
+off="$m.screening.enabled=false,$m.inertia.enabled=false,$m.replay.enabled=false,$m.consolidation.enabled=false,$m.bandwidth.enabled=false"
+exec bash "$(dirname "$0")/cl_variants.sh" "$setup" "$out/seed$seed" \
+  "on:$s" "off:$s,$off" \
+  "no-screening:$s,$m.screening.enabled=false" "no-inertia:$s,$m.inertia.enabled=false" \
+  "no-replay:$s,$m.replay.enabled=false" "no-consolidation:$s,$m.consolidation.enabled=false" \
+  "no-bandwidth:$s,$m.bandwidth.enabled=false" \
+  "replay:seed=$seed,stream.method=replay" "multitask:seed=$seed,stream.method=multitask"
