@@ -99,6 +99,9 @@ class Bandwidth:
 
     def _migrate(self, view: TickView) -> Action | None:
         ready: list[Ready] = view.shared.pop("ready", [])
+        self.waits = {c: [] for c in self.queues}  # this tick's: the bypass's and the drain's migrations
+        ops = view.shared.setdefault("ops", {})
+        ops["migrate"] = ops.get("migrate", 0) + len(ready)  # health counts migrations requested
         now: list[Queued] = []
         for r in ready:
             self.counts["requests"] += 1
@@ -169,15 +172,12 @@ class Bandwidth:
 
     # ------------------------------------------------------------------ migrations
     def _execute_all(self, view: TickView, items: Sequence[Queued], bypass: bool) -> list[dict[str, Any]]:
-        self.waits = {c: [] for c in self.queues}
         done: list[dict[str, Any]] = []
         by_channel: dict[tuple[str, str], list[Queued]] = {}
         for q in items:
             by_channel.setdefault((q.ready.source, q.ready.target), []).append(q)
         for (src, dst), group in by_channel.items():
             done += self.execute(view, src, dst, group, bypass)
-        ops = view.shared.setdefault("ops", {})
-        ops["migrate"] = ops.get("migrate", 0) + len(items)
         return done
 
     @torch.no_grad()
