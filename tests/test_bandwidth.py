@@ -245,6 +245,11 @@ def test_a_slot_ready_again_keeps_its_place_and_gets_its_new_autocorrelation(hiv
     q = {x.ready.slot: x for x in bw.queues[CH]}
     assert sorted(q) == [1, 2] and q[2].ready.autocorr == 0.95 and q[2].enqueued == 1
     assert bw.counts["requests"] == 4
+    # ready again and now critical: it leaves the queue and bypasses it at once, its wait counted from tick 1
+    tick(bw, hive.core, 3, ready({1: 0.9995}, 3))
+    assert 1 not in {x.ready.slot for x in bw.queues[CH]}
+    assert (3, "migrate", 1, True) in log, log
+    assert bw.waits[CH] == [2]
 
 
 def test_state_round_trip_keeps_queues_loads_and_counts(hive, monkeypatch):

@@ -109,9 +109,12 @@ class Bandwidth:
             queue = self.queues.setdefault(ch, [])
             item = Queued(r, self.size(view, r.target), view.tick)
             same = next((q for q in queue if q.ready.slot == r.slot), None)
-            if same is not None:  # already waiting: keep its place in time, refresh its autocorrelation
-                same.ready = r
+            if same is not None and not (self.limited and r.autocorr >= self.cfg.critical):
+                same.ready = r  # already waiting: keep its place in time, refresh its autocorrelation
             elif not self.limited or r.autocorr >= self.cfg.critical:
+                if same is not None:  # waiting, and now critical: it leaves the queue and moves at once
+                    queue.remove(same)
+                    item.enqueued = same.enqueued
                 now.append(item)
             else:
                 queue.append(item)
