@@ -8,7 +8,7 @@ seed and the tick, so a resumed run draws the same). Bounded: at most
 the ledger's ``bytes`` field says how much text that is.
 
 ``draw`` phase: with probability ``probability`` per agent and tick, the last
-``round(fraction × support)`` support examples are replaced by past examples of *other*
+``round(fraction × support)`` support examples are replaced by distinct past examples of *other*
 task types — a share ``swarm_share`` from the swarm's buffer (what any agent succeeded at),
 the rest from the agent's own, each falling back on the other when it runs short. The
 agents then learn from, score and propose on the mixed support as usual, so replay reaches
@@ -20,6 +20,7 @@ the bar joins the buffers.
 from __future__ import annotations
 
 import random
+from collections.abc import Collection
 from typing import Any, final
 
 from lorahive.config import ReplayConfig
@@ -49,8 +50,9 @@ class Reservoir:
             if j < self.capacity:
                 self.items[j] = item
 
-    def sample(self, k: int, exclude: str, rng: random.Random) -> list[Example]:
-        pool = [(p, a) for t, p, a in self.items if t != exclude]
+    def sample(self, k: int, exclude: str, rng: random.Random, skip: Collection[Example] = ()) -> list[Example]:
+        """Up to ``k`` distinct examples of task types other than ``exclude``, none of them in ``skip``."""
+        pool = [x for x in dict.fromkeys((p, a) for t, p, a in self.items if t != exclude) if x not in skip]
         return rng.sample(pool, min(k, len(pool)))
 
     def nbytes(self) -> int:
@@ -101,7 +103,7 @@ class SuccessReplay:
         k_swarm = round(self.cfg.swarm_share * k)
         got = self.swarm.sample(k_swarm, current, rng)
         if own is not None:
-            got += own.sample(k - len(got), current, rng)
+            got += own.sample(k - len(got), current, rng, skip=got)  # the agent's successes are in both buffers
         if len(got) < k:  # the agent's own buffer ran short: fill from the swarm's, without repeats
             more = [x for x in self.swarm.sample(k, current, rng) if x not in got]
             got += more[: k - len(got)]
