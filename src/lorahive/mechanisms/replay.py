@@ -87,8 +87,8 @@ class SuccessReplay:
     def _draw(self, view: TickView) -> Action | None:
         self._own = {a: list(exs) for a, exs in view.support.items()}
         self._replayed = 0
-        for i, (agent, exs) in enumerate(view.support.items()):
-            rng = random.Random(f"{view.seed}/replay/{view.tick}/{i}")
+        for agent, exs in view.support.items():
+            rng = random.Random(f"{view.seed}/replay/{view.tick}/{agent}")
             k = round(self.cfg.fraction * len(exs))
             if not k or rng.random() >= self.cfg.probability:
                 continue
