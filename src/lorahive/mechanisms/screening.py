@@ -1,8 +1,10 @@
 """Screening and free dispersion (seed 004 §1 and §A; DESIGN.md §3): patterns in use hold, unused ones fade.
 
 A *pattern* is a rank-1 component of a level slot, ``B[s][:, i] · A[s][i, :]`` in every
-module. Each tick (``decay`` phase) its activity on the rows that use the slot is measured
-(:class:`~lorahive.adapters.ActivityProbe`: how strongly it fires, as a gain) and divided by
+module. Each tick its activity on the rows that use the slot is measured
+(:class:`~lorahive.adapters.ActivityProbe`: how strongly it fires, as a gain) — during the
+tick's first learning forward (``activity_levels`` asks the swarm for it; no extra pass),
+or in one extra forward over the support when no learning ran — and, in the ``decay`` phase, divided by
 the strongest pattern's activity in the level, so thresholds are scale-free; a slot with no
 rows this tick has activity 0. An EMA of that relative activity decides the mode, with
 hysteresis:
@@ -52,6 +54,7 @@ class Screening:
         self.cfg = cfg
         self.enabled = cfg.enabled
         self.levels = list(levels)
+        self.activity_levels = tuple(self.levels)  # what the swarm measures during the tick's first learning forward
         self.ema: dict[str, torch.Tensor] = {}  # level -> (S, r) relative activity EMA
         self.screened: dict[str, torch.Tensor] = {}  # level -> (S, r) bool
 

@@ -41,6 +41,8 @@ class Hive:
 
     def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, levels: StackSpec | list | None = None, seed: int = 0, max_length: int | None = None) -> None:
         self.core = HiveCore(model, tokenizer, levels, seed=seed, max_length=max_length)
+        self._watch: tuple[list[str], Examples | None] | None = None  # armed activity measurement
+        self._watched: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None
 
     @classmethod
     def load(cls, base: str = DEFAULT_BASE, levels: StackSpec | list | None = None, device: str | torch.device | None = None, dtype: torch.dtype | None = None, seed: int = 0) -> Hive:
@@ -168,6 +170,19 @@ class Hive:
         with self.core.routing.use(self.core.route(owners, levels=[])):
             return anchor_logp(self.model, batch)
 
+    def watch_activity(self, levels: Sequence[str]) -> None:
+        """Measure the pattern activity of ``levels`` during the next learning forward (no extra pass).
+
+        The next :meth:`learn_async` step's forward reports to an
+        :class:`~lorahive.adapters.ActivityProbe`; :meth:`watched_activity` returns what it saw.
+        """
+        self._watch, self._watched = (list(self.core.check_levels(levels) or ()), None), None
+
+    def watched_activity(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]] | None:
+        """What the armed measurement saw (``None`` if no learning forward ran since it was armed); disarms it."""
+        out, self._watch, self._watched = self._watched, None, None
+        return out
+
     @torch.no_grad()
     def activity(self, examples: Examples, levels: Sequence[str]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         """Per level of ``levels``: each slot's pattern activity ``(S, r)`` on these examples, and which slots had rows ``(S,)``.
@@ -256,7 +271,13 @@ class Hive:
         bad = torch.zeros(1, device=self.device)
         for _ in range(steps):
             self.model.zero_grad(set_to_none=True)
-            losses, total = self._objective(batch, owners, names, routing, base, anchor)
+            if self._watch is not None and self._watched is None:  # an armed measurement rides on this forward
+                probe = ActivityProbe(self._watch[0], batch.attention_mask)
+                with self.core.routing.probing(probe):
+                    losses, total = self._objective(batch, owners, names, routing, base, anchor)
+                self._watched = probe.result()
+            else:
+                losses, total = self._objective(batch, owners, names, routing, base, anchor)
             bad = (~torch.isfinite(total)).float().reshape(1)  # (1,): 1 skips the step, on the device
             total.backward()
             for lv in update:

@@ -199,8 +199,20 @@ class Swarm:
                 ctx.tasks[n] = replace(t, support=list(ctx.support[n]))
 
     def _solve(self, ctx: TickContext) -> None:
+        watched = self._watched_levels()
+        if watched:  # pattern activity rides on the first learning forward of the tick
+            self.hive.watch_activity(watched)
         self.method.solve(self, ctx)
+        if watched:
+            seen = self.hive.watched_activity()
+            if seen is not None:
+                ctx.activity = seen
         self._run("solve", ctx)
+
+    def _watched_levels(self) -> list[str]:
+        """Levels an enabled mechanism measures pattern activity of (``activity_levels``), non-zero now."""
+        levels = {lv for m in self.mechanisms if m.enabled for lv in getattr(m, "activity_levels", ())}
+        return sorted(lv for lv in levels if not self.hive.core.is_zero(lv))
 
     def _compose(self, ctx: TickContext) -> None:
         ctx.aggregate = self.aggregator.aggregate(ctx.tick, ctx.proposals)
