@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from lorahive.cli import compare_cmd, inspect_cmd, interop_cmd, report_cmd, run_cmd
+from lorahive.cli import compare_cmd, inspect_cmd, interop_cmd, report_cmd, run_cmd, serve_cmd
 
 app = typer.Typer(help="lorahive: a multi-level LoRA memory for a fleet of LLM agents.", no_args_is_help=True, add_completion=False)
 app.command("run")(run_cmd.run)
@@ -15,6 +15,7 @@ app.command("export")(interop_cmd.export)
 app.command("import-peft")(interop_cmd.import_peft)
 app.command("report")(report_cmd.report)
 app.command("compare")(compare_cmd.compare)
+app.command("serve")(serve_cmd.serve)
 
 
 if __name__ == "__main__":

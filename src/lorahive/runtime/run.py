@@ -237,6 +237,32 @@ def _resume_locked(out: Path, progress: Progress | None, ticks: int | None) -> d
         run.swarm.ledger.close()
 
 
+def open_run(out: str | Path) -> Run:
+    """The run in ``out`` with its last good checkpoint loaded, no tick run (what ``lorahive serve`` serves).
+
+    The caller holds the run's lock and closes ``run.swarm.ledger``.
+    """
+    out = Path(out)
+    if not (out / "config.yaml").is_file():
+        raise RunDirError(f"{out} holds no run (no config.yaml)")
+    cfg = load_config(out / "config.yaml", [])
+    checkpoint.locate(out)
+    if not (out / "ledger.sqlite").is_file():
+        raise RunDirError(f"{out / 'ledger.sqlite'} is missing: the run's history is part of the run; restore it")
+    run = _build(out, cfg)
+    try:
+        loaded = checkpoint.load(out, run.hive.core, state_validator(cfg, sorted(run.swarm.data)))
+        try:
+            legacy = {f"mechanism/aggregation/{k.removeprefix('agg/')}": v for k, v in loaded.extra.items() if k.startswith("agg/")}
+            run.swarm.load_state(loaded.state, loaded.extra | legacy)
+        except (KeyError, TypeError, ValueError, AttributeError, RuntimeError) as e:
+            raise checkpoint.CheckpointError(f"{checkpoint.locate(out)}: its run state cannot be restored: {e!r}") from None
+    except BaseException:
+        run.swarm.ledger.close()
+        raise
+    return run
+
+
 def _continue(run: Run, out: Path, cfg: RunConfig, ticks: int | None, progress: Progress | None) -> dict[str, Any]:
     loaded = checkpoint.load(out, run.hive.core, state_validator(cfg, sorted(run.swarm.data), ticks))
     try:

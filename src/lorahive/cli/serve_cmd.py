@@ -1,0 +1,51 @@
+"""``lorahive serve``: an OpenAI-compatible HTTP service over a run directory (docs/serving.md)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from lorahive.cli.run_cmd import console, fail, os_error
+from lorahive.config import ConfigError
+from lorahive.observe.ledger import LedgerError
+from lorahive.runtime.rundir import RunDirError
+from lorahive.store.checkpoint import CheckpointError
+from lorahive.store.lock import RunLockedError, run_lock
+
+
+def serve(
+    run_dir: Annotated[Path, typer.Argument(help="run directory to serve (its config, base model and last checkpoint)")],
+    host: Annotated[str, typer.Option("--host", help="address to listen on")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", min=0, max=65535, help="port to listen on")] = 8000,
+    max_tokens: Annotated[int, typer.Option("--max-tokens", min=1, help="the most tokens one request may ask for")] = 256,
+    max_batch: Annotated[int, typer.Option("--max-batch", min=1, help="rows decoded together")] = 16,
+    feedback_steps: Annotated[int, typer.Option("--feedback-steps", min=1, help="learning steps per correction")] = 1,
+) -> None:
+    """Serve a run's agents over an OpenAI-compatible API; corrections sent as feedback become learning."""
+    import uvicorn
+
+    from lorahive.serve import Settings, create_app
+    from lorahive.serve.load import engine_for_run
+
+    if not run_dir.is_dir():
+        fail(f"{run_dir} is not a run directory")
+        return
+    settings = Settings(max_tokens=max_tokens, default_max_tokens=min(16, max_tokens), max_batch=max_batch, feedback_steps=feedback_steps)
+    try:
+        with run_lock(run_dir):
+            try:
+                engine = engine_for_run(run_dir, settings).start()
+            except (RunDirError, ConfigError, CheckpointError, LedgerError) as e:
+                fail(str(e))
+                return
+            try:
+                console.print(f"serving {len(engine.agents)} agents of {run_dir} on http://{host}:{port}/v1 ({', '.join(engine.agents)})")
+                uvicorn.run(create_app(engine), host=host, port=port, log_level="info")
+            finally:
+                engine.stop()
+    except RunLockedError as e:
+        fail(str(e))
+    except OSError as e:
+        fail(os_error(e, run_dir))

@@ -1,0 +1,303 @@
+"""The decode worker: one thread owns the model; requests of many agents decode together.
+
+Every model call (decoding, learning) runs on this one thread, so the routing in force is
+never raced on; a batch's routing is per row (each row its own agent's levels). Between two
+decode steps the worker takes new requests in (continuous batching: a request joins at the
+next step and leaves when it is done), writes feedback to the ledger and acknowledges it,
+then turns queued corrections into learning on the agent's own levels.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+import uuid
+from collections import OrderedDict, deque
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lorahive.learning.batching import encode_prompt
+from lorahive.observe.ledger import Ledger
+from lorahive.runtime.hive import Hive
+from lorahive.serve.decode import next_tokens
+
+log = logging.getLogger("lorahive.serve")
+
+#: What a sequence reports: ("delta", text) while decoding, then ("done", finish_reason) or ("error", message).
+Event = tuple[str, str]
+
+
+class ServeError(Exception):
+    """A request the service refuses: an HTTP status, an OpenAI error type and a message."""
+
+    def __init__(self, status: int, message: str, type_: str = "invalid_request_error", param: str | None = None, code: str | None = None) -> None:
+        super().__init__(message)
+        self.status, self.message, self.type, self.param, self.code = status, message, type_, param, code
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Limits and learning of the service (``lorahive serve`` options)."""
+
+    max_tokens: int = 256  # the most tokens one request may ask for
+    default_max_tokens: int = 16  # when a request gives none
+    max_batch: int = 16  # rows decoded together
+    feedback_steps: int = 1  # learning steps per correction
+    feedback_levels: tuple[str, ...] | None = None  # None: the trainable per-agent levels
+    max_completions: int = 10_000  # completions remembered for feedback
+
+
+@dataclass(eq=False)
+class Sequence_:
+    """One request being decoded."""
+
+    id: str
+    agent: str
+    prompt: str
+    ids: list[int]
+    max_tokens: int
+    emit: Callable[[Event], None]
+    stop: tuple[str, ...] = ()
+    out: list[int] = field(default_factory=list)
+    sent: str = ""
+    cancelled: bool = False
+
+    @property
+    def prompt_tokens(self) -> int:
+        return len(self.ids)
+
+
+@dataclass(frozen=True)
+class Feedback:
+    completion_id: str
+    reward: float | None
+    correction: str | None
+
+
+_STOP = object()
+
+
+class Engine:
+    """The decode worker over ``hive``; feedback goes to the ledger at ``ledger_path`` (if any)."""
+
+    def __init__(self, hive: Hive, ledger_path: str | Path | None = None, settings: Settings | None = None, tick: int = 0) -> None:
+        self.hive = hive
+        self.settings = settings or Settings()
+        self.tick = tick
+        self.ledger_path = Path(ledger_path) if ledger_path is not None else None
+        self._jobs: queue.Queue[Any] = queue.Queue()
+        self._thread: threading.Thread | None = None
+        self._ready = threading.Event()
+        self.gate = threading.Lock()  # held by the worker while it takes jobs and steps; a test holds it to line requests up
+        self._failed: BaseException | None = None
+        self._completions: OrderedDict[str, tuple[str, str, str]] = OrderedDict()  # id → (agent, prompt, answer); worker only
+        self.learn_levels = self._learn_levels()
+        self.stats = {"requests": 0, "steps": 0, "tokens": 0, "max_batch_seen": 0, "feedback": 0, "learned": 0}
+
+    def _learn_levels(self) -> list[str]:
+        if self.settings.feedback_levels is not None:
+            self.hive.core.check_levels(self.settings.feedback_levels)
+            return list(self.settings.feedback_levels)
+        return [lv.name for lv in self.hive.levels if lv.scope == "agent" and lv.trainable]
+
+    # ------------------------------------------------------------------ lifecycle
+    def start(self) -> Engine:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="lorahive-decode", daemon=True)
+            self._thread.start()
+            self._ready.wait()
+            if self._failed is not None:
+                raise self._failed
+        return self
+
+    def stop(self, timeout: float = 30.0) -> None:
+        if self._thread is not None:
+            self._jobs.put(_STOP)
+            self._thread.join(timeout)
+            self._thread = None
+
+    # ------------------------------------------------------------------ what the routes call
+    @property
+    def agents(self) -> list[str]:
+        return list(self.hive.agents)
+
+    def check_agent(self, agent: str) -> None:
+        if agent not in self.hive.agents:
+            known = ", ".join(self.hive.agents)
+            raise ServeError(404, f"The model {agent!r} does not exist; the models (agents) are: {known}", "invalid_request_error", "model", "model_not_found")
+
+    def make_sequence(self, agent: str, prompt: str, max_tokens: int | None, emit: Callable[[Event], None], stop: Sequence[str] = ()) -> Sequence_:
+        """Check a request and tokenize its prompt (on the caller's thread); nothing is queued."""
+        self.check_agent(agent)
+        s = self.settings
+        n = s.default_max_tokens if max_tokens is None else max_tokens
+        if n < 1:
+            raise ServeError(400, f"max_tokens must be at least 1, got {n}", param="max_tokens")
+        if n > s.max_tokens:
+            raise ServeError(400, f"max_tokens is {n}; this server allows at most {s.max_tokens}", param="max_tokens", code="max_tokens_too_large")
+        limit = self.hive.core.max_length
+        if len(prompt) > 16 * limit:
+            raise ServeError(400, f"the prompt has {len(prompt)} characters; the model's context holds {limit} tokens", param="messages", code="context_length_exceeded")
+        ids = encode_prompt(self.hive.tokenizer, prompt)
+        if not ids:
+            raise ServeError(400, "the prompt is empty", param="prompt")
+        if len(ids) + n > limit:
+            raise ServeError(
+                400, f"the prompt has {len(ids)} tokens and max_tokens is {n}: {len(ids) + n} > the model's context of {limit} tokens",
+                param="messages", code="context_length_exceeded",
+            )
+        return Sequence_(f"cmpl-{uuid.uuid4().hex}", agent, prompt, ids, n, emit, tuple(x for x in stop if x))
+
+    def submit(self, seq: Sequence_) -> None:
+        self._alive()
+        self.stats["requests"] += 1
+        self._jobs.put(("gen", seq))
+
+    def feedback(self, fb: Feedback) -> Future[dict[str, Any]]:
+        """Queue feedback; the future resolves once it is in the ledger (or fails with a :class:`ServeError`)."""
+        self._alive()
+        fut: Future[dict[str, Any]] = Future()
+        self._jobs.put(("fb", fb, fut))
+        return fut
+
+    def _alive(self) -> None:
+        if self._thread is None or not self._thread.is_alive():
+            raise ServeError(503, "the decode worker is not running", "server_error")
+
+    # ------------------------------------------------------------------ the worker
+    def _run(self) -> None:
+        try:
+            ledger = Ledger(self.ledger_path) if self.ledger_path is not None else None
+        except BaseException as e:
+            self._failed = e
+            self._ready.set()
+            return
+        self._ready.set()
+        waiting: deque[Sequence_] = deque()
+        active: list[Sequence_] = []
+        learn: list[tuple[str, str, str, str]] = []
+        try:
+            while True:
+                jobs = [] if (active or waiting or learn) else [self._jobs.get()]
+                with self.gate:
+                    running = self._iteration(ledger, jobs, waiting, active, learn)
+                if running is None:
+                    return
+                active = running
+        finally:
+            if ledger is not None:
+                ledger.close()
+
+    def _iteration(self, ledger: Ledger | None, jobs: list[Any], waiting: deque[Sequence_], active: list[Sequence_], learn: list[tuple[str, str, str, str]]) -> list[Sequence_] | None:
+        """Take the queued jobs in, learn from corrections, admit waiting requests, one decode step; ``None``: stop."""
+        while True:
+            try:
+                jobs.append(self._jobs.get_nowait())
+            except queue.Empty:
+                break
+        for job in jobs:
+            if job is _STOP:
+                for seq in [*active, *waiting]:
+                    seq.emit(("error", "the server is shutting down"))
+                return None
+            if job[0] == "gen":
+                waiting.append(job[1])
+            else:
+                self._take_feedback(ledger, job[1], job[2], learn)
+        for item in learn:
+            self._learn(ledger, *item)
+        learn.clear()
+        while waiting and len(active) < self.settings.max_batch:
+            active.append(waiting.popleft())
+        active = [s for s in active if not s.cancelled]
+        if active:
+            active = self._step(active)
+        return active
+
+    def _take_feedback(self, ledger: Ledger | None, fb: Feedback, fut: Future[dict[str, Any]], learn: list[tuple[str, str, str, str]]) -> None:
+        try:
+            done = self._completions.get(fb.completion_id)
+            if done is None:
+                raise ServeError(404, f"no completion {fb.completion_id!r} is known to this server (it keeps the last {self.settings.max_completions})", param="completion_id", code="completion_not_found")
+            agent, prompt, answer = done
+            fid = f"fb-{uuid.uuid4().hex}"
+            learns = fb.correction is not None and bool(self.learn_levels)
+            if ledger is not None:
+                ledger.record_event(self.tick, "serve_feedback", {
+                    "feedback_id": fid, "completion_id": fb.completion_id, "agent": agent, "reward": fb.reward,
+                    "correction": fb.correction, "prompt": prompt, "answer": answer, "learning": learns,
+                })
+            self.stats["feedback"] += 1
+            if learns:
+                assert fb.correction is not None
+                learn.append((fid, agent, prompt, fb.correction))
+            fut.set_result({"id": fid, "object": "feedback", "completion_id": fb.completion_id, "model": agent, "recorded": True, "learning": "queued" if learns else "none"})
+        except ServeError as e:
+            fut.set_exception(e)
+        except Exception as e:  # the ledger could not be written: not acknowledged
+            log.exception("feedback failed")
+            fut.set_exception(ServeError(500, f"the feedback could not be recorded: {e}", "server_error"))
+
+    def _learn(self, ledger: Ledger | None, fid: str, agent: str, prompt: str, correction: str) -> None:
+        t = time.perf_counter()
+        try:
+            losses = self.hive.learn({agent: [(prompt, correction)]}, steps=self.settings.feedback_steps, levels=self.learn_levels)
+            detail: dict[str, Any] = {"feedback_id": fid, "agent": agent, "levels": self.learn_levels, "steps": self.settings.feedback_steps, "loss": losses.get(agent)}
+            self.stats["learned"] += 1
+        except Exception as e:
+            log.exception("learning from feedback failed")
+            detail = {"feedback_id": fid, "agent": agent, "error": str(e)}
+        detail["seconds"] = round(time.perf_counter() - t, 4)
+        if ledger is not None:
+            try:
+                ledger.record_event(self.tick, "serve_learn", detail)
+            except Exception:
+                log.exception("could not record learning")
+
+    def _step(self, active: list[Sequence_]) -> list[Sequence_]:
+        """One decode step for every active sequence; returns those still running."""
+        try:
+            toks = next_tokens(self.hive, [s.ids + s.out for s in active], [s.agent for s in active])
+        except Exception as e:
+            log.exception("decode step failed")
+            for s in active:
+                s.emit(("error", f"decoding failed: {e}"))
+            return []
+        self.stats["steps"] += 1
+        self.stats["tokens"] += len(active)
+        self.stats["max_batch_seen"] = max(self.stats["max_batch_seen"], len(active))
+        eos = self.hive.tokenizer.eos_token_id
+        running = []
+        for s, tok in zip(active, toks, strict=True):
+            finish = None
+            if eos is not None and tok == eos:
+                finish = "stop"
+            else:
+                s.out.append(tok)
+                if len(s.out) >= s.max_tokens:
+                    finish = "length"
+            text = str(self.hive.tokenizer.decode(s.out, skip_special_tokens=True))
+            for stop in s.stop:
+                at = text.find(stop)
+                if at >= 0:
+                    text, finish = text[:at], "stop"
+            partial = finish is None and text.endswith("\ufffd")  # half a character: wait for the rest
+            if not partial and text.startswith(s.sent) and len(text) > len(s.sent):
+                s.emit(("delta", text[len(s.sent) :]))
+                s.sent = text
+            if finish is None:
+                running.append(s)
+            else:
+                self._remember(s.id, (s.agent, s.prompt, s.sent))
+                s.emit(("done", finish))
+        return running
+
+    def _remember(self, cid: str, record: tuple[str, str, str]) -> None:
+        self._completions[cid] = record
+        while len(self._completions) > self.settings.max_completions:
+            self._completions.popitem(last=False)
