@@ -21,7 +21,7 @@ PACKAGE = SRC / "lorahive"
 #: Generous for a cold start on a slow machine; the import takes about 0.3 s.
 IMPORT_SECONDS = 1.0
 
-#: Besides lorahive.runtime itself, only the CLI (``cli``) and the facade may import it.
+#: Besides lorahive.runtime itself, only the CLI (``cli``), the service (``serve``, a floor above runtime) and the facade may import it.
 RUNTIME_USERS = ("lorahive",)
 
 PROBE = """
@@ -164,6 +164,11 @@ def test_config_imports_nothing_else_from_lorahive():
     assert outside == set()
 
 
-def test_only_the_cli_and_the_facade_import_runtime():
+def test_only_the_cli_the_service_and_the_facade_import_runtime():
     users = {m for m, ts in GRAPH.items() if _part(m) != "runtime" and any(_part(t) == "runtime" for t in ts)}
-    assert users <= {m for m in MODULES if m in RUNTIME_USERS or _part(m) == "cli"}, sorted(users)
+    assert users <= {m for m in MODULES if m in RUNTIME_USERS or _part(m) in ("cli", "serve")}, sorted(users)
+
+
+def test_nothing_below_the_service_imports_it():
+    users = {m for m, ts in GRAPH.items() if _part(m) not in ("serve", "cli") and any(_part(t) == "serve" for t in ts)}
+    assert users == set(), sorted(users)

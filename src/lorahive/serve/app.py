@@ -76,7 +76,7 @@ def create_app(engine: Engine) -> FastAPI:
         engine.check_agent(model)
         return p.models_response([model], created)["data"][0]
 
-    def _start(agent: str, prompt: str, max_tokens: int | None, stop: list[str]) -> tuple[Sequence_, asyncio.Queue[Event]]:
+    def _start(agent: str, prompt: str, max_tokens: int | None, stop: list[str], kind: str) -> tuple[Sequence_, asyncio.Queue[Event]]:
         loop = asyncio.get_running_loop()
         events: asyncio.Queue[Event] = asyncio.Queue()
 
@@ -84,7 +84,7 @@ def create_app(engine: Engine) -> FastAPI:
             with contextlib.suppress(RuntimeError):  # the client's loop is gone
                 loop.call_soon_threadsafe(events.put_nowait, ev)
 
-        seq = engine.make_sequence(agent, prompt, max_tokens, emit, stop)
+        seq = engine.make_sequence(agent, prompt, max_tokens, emit, stop, kind)
         engine.submit(seq)
         return seq, events
 
@@ -124,8 +124,8 @@ def create_app(engine: Engine) -> FastAPI:
     @app.post("/v1/chat/completions", response_model=None)
     async def chat(body: p.ChatRequest) -> dict[str, Any] | StreamingResponse:
         engine.check_agent(body.model)
-        prompt = p.chat_prompt(engine.hive.tokenizer, body.messages)
-        seq, events = _start(body.model, prompt, body.limit(), body.stops())
+        prompt = engine.chat_prompt(body.messages)
+        seq, events = _start(body.model, prompt, body.limit(), body.stops(), "chatcmpl")
         if body.stream:
             now = int(time.time())
 
@@ -144,7 +144,7 @@ def create_app(engine: Engine) -> FastAPI:
             prompt = body.text()
         except ValueError as e:
             raise ServeError(400, str(e), param="prompt") from None
-        seq, events = _start(body.model, prompt, body.max_tokens, body.stops())
+        seq, events = _start(body.model, prompt, body.max_tokens, body.stops(), "cmpl")
         if body.stream:
             now = int(time.time())
 
@@ -161,6 +161,8 @@ def create_app(engine: Engine) -> FastAPI:
     async def feedback(body: p.FeedbackRequest) -> dict[str, Any]:
         if body.reward is None and body.correction is None:
             raise ServeError(400, "give a reward, a correction, or both", param="reward")
+        if body.correction is not None and len(body.correction) > 16 * engine.hive.core.max_length:
+            raise ServeError(400, f"the correction has {len(body.correction)} characters; the model's context holds {engine.hive.core.max_length} tokens", param="correction", code="context_length_exceeded")
         fut = engine.feedback(Feedback(body.completion_id, body.reward, body.correction))
         return await asyncio.wrap_future(fut)
 

@@ -9,6 +9,7 @@ then turns queued corrections into learning on the agent's own levels.
 
 from __future__ import annotations
 
+import copy
 import logging
 import queue
 import threading
@@ -21,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lorahive.learning.batching import encode_prompt
+from lorahive.learning.batching import encode_answer, encode_prompt
 from lorahive.observe.ledger import Ledger
 from lorahive.runtime.hive import Hive
 from lorahive.serve.decode import next_tokens
@@ -87,6 +88,9 @@ class Engine:
 
     def __init__(self, hive: Hive, ledger_path: str | Path | None = None, settings: Settings | None = None, tick: int = 0) -> None:
         self.hive = hive
+        # the request side's own tokenizer: a Rust tokenizer is not to be shared across threads
+        self._request_tok = copy.deepcopy(hive.tokenizer)
+        self._request_lock = threading.Lock()
         self.settings = settings or Settings()
         self.tick = tick
         self.ledger_path = Path(ledger_path) if ledger_path is not None else None
@@ -97,6 +101,7 @@ class Engine:
         self._failed: BaseException | None = None
         self._completions: OrderedDict[str, tuple[str, str, str]] = OrderedDict()  # id → (agent, prompt, answer); worker only
         self.learn_levels = self._learn_levels()
+        self.recent: deque[tuple[str, ...]] = deque(maxlen=1000)  # the request ids of each recent decode step
         self.stats = {"requests": 0, "steps": 0, "tokens": 0, "max_batch_seen": 0, "feedback": 0, "learned": 0}
 
     def _learn_levels(self) -> list[str]:
@@ -131,7 +136,7 @@ class Engine:
             known = ", ".join(self.hive.agents)
             raise ServeError(404, f"The model {agent!r} does not exist; the models (agents) are: {known}", "invalid_request_error", "model", "model_not_found")
 
-    def make_sequence(self, agent: str, prompt: str, max_tokens: int | None, emit: Callable[[Event], None], stop: Sequence[str] = ()) -> Sequence_:
+    def make_sequence(self, agent: str, prompt: str, max_tokens: int | None, emit: Callable[[Event], None], stop: Sequence[str] = (), kind: str = "cmpl") -> Sequence_:
         """Check a request and tokenize its prompt (on the caller's thread); nothing is queued."""
         self.check_agent(agent)
         s = self.settings
@@ -143,7 +148,8 @@ class Engine:
         limit = self.hive.core.max_length
         if len(prompt) > 16 * limit:
             raise ServeError(400, f"the prompt has {len(prompt)} characters; the model's context holds {limit} tokens", param="messages", code="context_length_exceeded")
-        ids = encode_prompt(self.hive.tokenizer, prompt)
+        with self._request_lock:
+            ids = encode_prompt(self._request_tok, prompt)
         if not ids:
             raise ServeError(400, "the prompt is empty", param="prompt")
         if len(ids) + n > limit:
@@ -151,7 +157,14 @@ class Engine:
                 400, f"the prompt has {len(ids)} tokens and max_tokens is {n}: {len(ids) + n} > the model's context of {limit} tokens",
                 param="messages", code="context_length_exceeded",
             )
-        return Sequence_(f"cmpl-{uuid.uuid4().hex}", agent, prompt, ids, n, emit, tuple(x for x in stop if x))
+        return Sequence_(f"{kind}-{uuid.uuid4().hex}", agent, prompt, ids, n, emit, tuple(x for x in stop if x))
+
+    def chat_prompt(self, messages: list[Any]) -> str:
+        """The prompt text of a chat (:func:`~lorahive.serve.protocol.chat_prompt`), on the request side's tokenizer."""
+        from lorahive.serve.protocol import chat_prompt
+
+        with self._request_lock:
+            return chat_prompt(self._request_tok, messages)
 
     def submit(self, seq: Sequence_) -> None:
         self._alive()
@@ -225,6 +238,10 @@ class Engine:
             if done is None:
                 raise ServeError(404, f"no completion {fb.completion_id!r} is known to this server (it keeps the last {self.settings.max_completions})", param="completion_id", code="completion_not_found")
             agent, prompt, answer = done
+            if fb.correction is not None:
+                size = len(encode_prompt(self.hive.tokenizer, prompt)) + len(encode_answer(self.hive.tokenizer, fb.correction))
+                if size > self.hive.core.max_length:
+                    raise ServeError(400, f"prompt + correction is {size} tokens; the model's context holds {self.hive.core.max_length}", param="correction", code="context_length_exceeded")
             fid = f"fb-{uuid.uuid4().hex}"
             learns = fb.correction is not None and bool(self.learn_levels)
             if ledger is not None:
@@ -269,6 +286,7 @@ class Engine:
                 s.emit(("error", f"decoding failed: {e}"))
             return []
         self.stats["steps"] += 1
+        self.recent.append(tuple(s.id for s in active))
         self.stats["tokens"] += len(active)
         self.stats["max_batch_seen"] = max(self.stats["max_batch_seen"], len(active))
         eos = self.hive.tokenizer.eos_token_id
