@@ -21,6 +21,8 @@ import openai
 import pytest
 import uvicorn
 from fastapi.testclient import TestClient
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from conftest import make_model, make_tokenizer, randomize_b, small_stack
@@ -283,6 +285,47 @@ def test_nothing_above_crashes_the_server(http, served):
     assert http.get("/health").json()["status"] == "ok"
     r = http.post("/v1/completions", json={"model": "ann", "prompt": PROMPT, "max_tokens": 3})
     assert r.status_code == 200 and r.json()["choices"][0]["text"] == alone(served[0], PROMPT, "ann", 3)
+
+
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner, max_size=4),
+    max_leaves=12,
+)
+FIELDS = {
+    "model": st.sampled_from(["ann", "bob", "zed", ""]) | JSON,
+    "prompt": st.text(max_size=30) | JSON,
+    "messages": st.lists(st.fixed_dictionaries({"role": st.sampled_from(["user", "system", ""]) | JSON, "content": st.text(max_size=20) | JSON}), max_size=3) | JSON,
+    "max_tokens": st.integers(-3, 8) | st.integers(10**6, 10**20) | JSON,
+    "stream": st.booleans() | JSON,
+    "stop": st.text(max_size=3) | JSON,
+    "completion_id": st.text(max_size=10) | JSON,
+    "reward": st.floats(allow_nan=False, allow_infinity=False) | JSON,
+    "correction": st.text(max_size=10) | JSON,
+}
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
+@given(
+    path=st.sampled_from(["/v1/completions", "/v1/chat/completions", "/v1/feedback"]),
+    body=st.dictionaries(st.sampled_from(sorted(FIELDS)), st.none(), max_size=6).flatmap(
+        lambda keys: st.fixed_dictionaries({k: FIELDS[k] for k in keys})
+    ) | JSON,
+)
+def test_no_request_body_crashes_the_server(http, path, body):
+    r = http.post(path, json=body)
+    assert r.status_code in (200, 400, 404), (r.status_code, r.text)
+    if r.status_code != 200:
+        _error(r, r.status_code)
+
+
+def test_metrics_are_prometheus_text(http):
+    http.post("/v1/completions", json={"model": "ann", "prompt": PROMPT, "max_tokens": 2})
+    r = http.get("/metrics")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
+    values = {line.split()[0]: float(line.split()[1]) for line in r.text.splitlines() if line and not line.startswith("#")}
+    assert values["lorahive_requests_total"] >= 1 and values["lorahive_generated_tokens_total"] >= 2
+    assert values["lorahive_batch_rows_max"] >= 1 and values["lorahive_queue_depth"] >= 0
 
 
 # ---------------------------------------------------------------------- a run directory

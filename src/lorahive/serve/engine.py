@@ -102,7 +102,10 @@ class Engine:
         self._completions: OrderedDict[str, tuple[str, str, str]] = OrderedDict()  # id → (agent, prompt, answer); worker only
         self.learn_levels = self._learn_levels()
         self.recent: deque[tuple[str, ...]] = deque(maxlen=1000)  # the request ids of each recent decode step
-        self.stats = {"requests": 0, "steps": 0, "tokens": 0, "max_batch_seen": 0, "feedback": 0, "learned": 0}
+        self.stats: dict[str, float] = {
+            "requests": 0, "steps": 0, "tokens": 0, "max_batch_seen": 0, "rows": 0, "feedback": 0, "learned": 0,
+            "decode_seconds": 0.0, "learn_seconds": 0.0,
+        }
 
     def _learn_levels(self) -> list[str]:
         if self.settings.feedback_levels is not None:
@@ -177,6 +180,11 @@ class Engine:
         fut: Future[dict[str, Any]] = Future()
         self._jobs.put(("fb", fb, fut))
         return fut
+
+    @property
+    def queued(self) -> int:
+        """Jobs (requests, feedback) not yet taken in by the worker."""
+        return self._jobs.qsize()
 
     def _alive(self) -> None:
         if self._thread is None or not self._thread.is_alive():
@@ -270,6 +278,7 @@ class Engine:
             log.exception("learning from feedback failed")
             detail = {"feedback_id": fid, "agent": agent, "error": str(e)}
         detail["seconds"] = round(time.perf_counter() - t, 4)
+        self.stats["learn_seconds"] += detail["seconds"]
         if ledger is not None:
             try:
                 ledger.record_event(self.tick, "serve_learn", detail)
@@ -278,6 +287,7 @@ class Engine:
 
     def _step(self, active: list[Sequence_]) -> list[Sequence_]:
         """One decode step for every active sequence; returns those still running."""
+        t = time.perf_counter()
         try:
             toks = next_tokens(self.hive, [s.ids + s.out for s in active], [s.agent for s in active])
         except Exception as e:
@@ -286,6 +296,7 @@ class Engine:
                 s.emit(("error", f"decoding failed: {e}"))
             return []
         self.stats["steps"] += 1
+        self.stats["decode_seconds"] += time.perf_counter() - t
         self.recent.append(tuple(s.id for s in active))
         self.stats["tokens"] += len(active)
         self.stats["max_batch_seen"] = max(self.stats["max_batch_seen"], len(active))
@@ -313,6 +324,7 @@ class Engine:
             else:
                 self._remember(s.id, (s.agent, s.prompt, s.sent))
                 s.emit(("done", finish))
+        self.stats["rows"] = len(running)
         return running
 
     def _remember(self, cid: str, record: tuple[str, str, str]) -> None:

@@ -127,3 +127,25 @@ def completion_response(cid: str, model: str, text: str, finish: str | None, pro
 
 def models_response(agents: list[str], created: int) -> dict[str, Any]:
     return {"object": "list", "data": [{"id": a, "object": "model", "created": created, "owned_by": "lorahive"} for a in agents]}
+
+
+#: ``/metrics``: (name, type, help, stats key) in the Prometheus text format.
+METRICS = (
+    ("lorahive_requests_total", "counter", "Completion requests taken", "requests"),
+    ("lorahive_generated_tokens_total", "counter", "Tokens decoded", "tokens"),
+    ("lorahive_decode_steps_total", "counter", "Decode steps (one forward over the running rows)", "steps"),
+    ("lorahive_decode_seconds_total", "counter", "Seconds spent in decode steps", "decode_seconds"),
+    ("lorahive_batch_rows", "gauge", "Rows running after the last decode step", "rows"),
+    ("lorahive_batch_rows_max", "gauge", "Most rows decoded together so far", "max_batch_seen"),
+    ("lorahive_feedback_total", "counter", "Feedback events recorded in the ledger", "feedback"),
+    ("lorahive_feedback_learned_total", "counter", "Corrections learned", "learned"),
+    ("lorahive_learn_seconds_total", "counter", "Seconds spent learning from corrections", "learn_seconds"),
+)
+
+
+def metrics_text(stats: dict[str, float], queued: int) -> str:
+    lines = []
+    for name, kind, doc, key in METRICS:
+        lines += [f"# HELP {name} {doc}", f"# TYPE {name} {kind}", f"{name} {float(stats.get(key, 0)):g}"]
+    lines += ["# HELP lorahive_queue_depth Jobs waiting for the decode worker", "# TYPE lorahive_queue_depth gauge", f"lorahive_queue_depth {queued}"]
+    return "\n".join(lines) + "\n"
