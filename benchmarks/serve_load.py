@@ -1,0 +1,120 @@
+"""Load on ``lorahive serve``: N concurrent ``openai`` clients over M agents on the loopback interface.
+
+    .venv/bin/python benchmarks/serve_load.py                         # embedded SmolLM2-135M, CPU
+    .venv/bin/python benchmarks/serve_load.py --base PATH --clients 16 --agents 8
+
+Each client sends ``--requests`` completions (round-robin over the agents, greedy,
+``--max-tokens`` each) and, every ``--feedback-every`` requests, a correction for its last
+completion. Prints p50/p99 latency, tokens/s and feedback learned per second, then the same
+requests served by plain ``transformers`` generation one request at a time (``Hive.generate``
+of one row: ``model.generate`` with its KV cache). Bounded: ``--seconds`` stops the clients.
+"""
+
+from __future__ import annotations
+
+import argparse
+import socket
+import statistics
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import openai
+import torch
+import uvicorn
+
+from lorahive import Hive
+from lorahive.config import DEFAULT_BASE
+from lorahive.serve import Engine, Settings, create_app
+
+PROMPTS = [
+    "Ticket: my screen is black. Team:",
+    "Ticket: I was charged twice this month. Team:",
+    "Question: what is the capital of France? Answer:",
+    "Review: the food was cold and the waiter rude. Sentiment:",
+]
+
+
+def pct(xs: list[float], q: float) -> float:
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, round(q * (len(xs) - 1)))] if xs else float("nan")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--base", default=DEFAULT_BASE)
+    ap.add_argument("--agents", type=int, default=4)
+    ap.add_argument("--clients", type=int, default=8)
+    ap.add_argument("--requests", type=int, default=4, help="requests per client")
+    ap.add_argument("--max-tokens", type=int, default=16)
+    ap.add_argument("--feedback-every", type=int, default=2)
+    ap.add_argument("--seconds", type=float, default=300.0)
+    ap.add_argument("--threads", type=int, default=0)
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    hive = Hive.load(args.base, device="cuda" if torch.cuda.is_available() else "cpu")
+    agents = [f"agent{i}" for i in range(args.agents)]
+    hive.add_agents(agents)
+    engine = Engine(hive, None, Settings(max_tokens=args.max_tokens, max_batch=max(16, args.clients))).start()
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(create_app(engine), log_level="warning"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.01)
+    client = openai.OpenAI(base_url=f"http://127.0.0.1:{sock.getsockname()[1]}/v1", api_key="x", max_retries=0, timeout=600)
+    deadline = time.time() + args.seconds
+    latencies: list[float] = []
+    tokens = [0]
+    feedback = [0]
+    lock = threading.Lock()
+
+    def run_client(c: int) -> None:
+        for r in range(args.requests):
+            if time.time() > deadline:
+                return
+            agent, prompt = agents[(c + r) % len(agents)], PROMPTS[(c + r) % len(PROMPTS)]
+            t = time.perf_counter()
+            out = client.completions.create(model=agent, prompt=prompt, max_tokens=args.max_tokens)
+            dt = time.perf_counter() - t
+            with lock:
+                latencies.append(dt)
+                tokens[0] += out.usage.completion_tokens if out.usage else 0
+            if args.feedback_every and (r + 1) % args.feedback_every == 0:
+                client.post("/feedback", body={"completion_id": out.id, "correction": " hardware"}, cast_to=object)
+                with lock:
+                    feedback[0] += 1
+
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(args.clients) as pool:
+        list(pool.map(run_client, range(args.clients)))
+    while engine.stats["learned"] < feedback[0] and time.time() < deadline:
+        time.sleep(0.01)
+    wall = time.perf_counter() - t0
+    learned = engine.stats["learned"]
+    server.should_exit = True
+    thread.join(10)
+    engine.stop()
+    print(f"serve: {len(latencies)} requests, {args.clients} clients over {args.agents} agents, {args.max_tokens} max tokens, device {hive.device}")
+    print(f"  latency p50 {pct(latencies, 0.5):.3f} s, p99 {pct(latencies, 0.99):.3f} s; {tokens[0] / wall:.1f} tokens/s; "
+          f"{learned / wall:.2f} feedback learned/s ({learned}); most rows in one step {engine.stats['max_batch_seen']:.0f}; wall {wall:.1f} s")
+
+    one: list[float] = []
+    gen_tokens = 0
+    t0 = time.perf_counter()
+    for i in range(len(latencies)):
+        agent, prompt = agents[i % len(agents)], PROMPTS[i % len(PROMPTS)]
+        t = time.perf_counter()
+        text = hive.generate([prompt], [agent], max_new_tokens=args.max_tokens)[0]
+        one.append(time.perf_counter() - t)
+        gen_tokens += len(hive.tokenizer(text, add_special_tokens=False)["input_ids"])
+    wall = time.perf_counter() - t0
+    print(f"plain generate, one request at a time: latency p50 {pct(one, 0.5):.3f} s, p99 {pct(one, 0.99):.3f} s; "
+          f"{gen_tokens / wall:.1f} tokens/s (tokens re-counted from the text); wall {wall:.1f} s; mean {statistics.mean(one):.3f} s")
+
+
+if __name__ == "__main__":
+    main()
