@@ -61,7 +61,7 @@ class AgentConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    fast_steps: int = Field(default=3, ge=0, description="learning steps on the support part per task")
+    fast_steps: int = Field(default=2, ge=0, description="learning steps on the support part per task")
     fast_levels: list[str] = Field(default=["agent", "context"], description="levels the fast steps train")
     context_level: str | None = Field(default="context", description="task-scoped level reset at each new task")
     quality_bar: float = Field(default=0.25, ge=0.0, le=1.0, description="query quality needed to submit a proposal")
