@@ -30,6 +30,7 @@ from lorahive import Hive
 from lorahive.cli.main import app
 from lorahive.runtime import run as runs
 from lorahive.serve import Engine, Settings, create_app
+from lorahive.serve.keys import KeyStore
 from lorahive.serve.load import engine_for_run
 from lorahive.serve.protocol import Message, chat_prompt
 from tiny_runs import tiny_config
@@ -47,20 +48,20 @@ def make_hive() -> Hive:
 
 
 @contextmanager
-def serving(engine: Engine) -> Iterator[openai.OpenAI]:
+def serving(engine: Engine, keys: KeyStore | None = None, api_key: str = "x") -> Iterator[openai.OpenAI]:
     """The engine behind uvicorn on an ephemeral loopback port; an ``openai`` client pointed at it."""
     engine.start()
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(create_app(engine), log_level="warning"))
+    server = uvicorn.Server(uvicorn.Config(create_app(engine, keys), log_level="warning"))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.time() + 20
     while not server.started and time.time() < deadline:
         time.sleep(0.01)
     try:
-        yield openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="x", max_retries=0, timeout=60)
+        yield openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=api_key, max_retries=0, timeout=60)
     finally:
         server.should_exit = True
         thread.join(10)

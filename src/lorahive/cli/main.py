@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import typer
 
-from lorahive.cli import compare_cmd, inspect_cmd, interop_cmd, report_cmd, run_cmd, serve_cmd
+from lorahive.cli import (
+    compare_cmd,
+    inspect_cmd,
+    interop_cmd,
+    keys_cmd,
+    report_cmd,
+    run_cmd,
+    serve_cmd,
+)
 
 app = typer.Typer(help="lorahive: a multi-level LoRA memory for a fleet of LLM agents.", no_args_is_help=True, add_completion=False)
 app.command("run")(run_cmd.run)
@@ -16,6 +24,7 @@ app.command("import-peft")(interop_cmd.import_peft)
 app.command("report")(report_cmd.report)
 app.command("compare")(compare_cmd.compare)
 app.command("serve")(serve_cmd.serve)
+app.add_typer(keys_cmd.app, name="keys")
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ def serve(
     import uvicorn
 
     from lorahive.serve import Settings, create_app
+    from lorahive.serve.keys import KeyError_, KeyStore
     from lorahive.serve.load import engine_for_run
 
     if not run_dir.is_dir():
@@ -41,8 +42,16 @@ def serve(
                 fail(str(e))
                 return
             try:
+                keys = KeyStore(run_dir)
+            except KeyError_ as e:
+                engine.stop()
+                fail(str(e))
+                return
+            try:
+                if not keys.enabled:
+                    console.print(f"[yellow]warning:[/yellow] {run_dir} has no API keys: every client may use every agent (add one with `lorahive keys add {run_dir} --admin`)")
                 console.print(f"serving {len(engine.agents)} agents of {run_dir} on http://{host}:{port}/v1 ({', '.join(engine.agents)})")
-                uvicorn.run(create_app(engine), host=host, port=port, log_level="info")
+                uvicorn.run(create_app(engine, keys), host=host, port=port, log_level="info")
             finally:
                 engine.stop()
     except RunLockedError as e:

@@ -15,7 +15,7 @@ from lorahive.config import ConfigError, load_config
 __all__ = ["OWNED", "RUN_FILES", "RunDirError", "check_dir", "make_dirs", "prepare_dir", "remove_owned"]
 
 RUN_FILES = ("config.yaml", "checkpoint", "ledger.sqlite", "metrics.json")
-OWNED = (*RUN_FILES, "checkpoint.prev", ".checkpoint.tmp", "ledger.sqlite-wal", "ledger.sqlite-shm", "ledger.sqlite-journal", "report.html", ".config.yaml.tmp", ".metrics.json.tmp")
+OWNED = (*RUN_FILES, "checkpoint.prev", ".checkpoint.tmp", "ledger.sqlite-wal", "ledger.sqlite-shm", "ledger.sqlite-journal", "report.html", ".config.yaml.tmp", ".metrics.json.tmp", "keys.json", ".keys.json.tmp")
 
 
 class RunDirError(ValueError):

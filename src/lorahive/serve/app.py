@@ -1,6 +1,8 @@
 """The FastAPI routes: ``/v1/models``, ``/v1/chat/completions``, ``/v1/completions``, ``/v1/feedback``, ``/health``.
 
-Every refusal has the OpenAI error shape ``{"error": {"message", "type", "param", "code"}}``;
+With a :class:`~lorahive.serve.keys.KeyStore` holding a key, every ``/v1`` request needs
+``Authorization: Bearer KEY`` (401 without a valid one); an agent's key may use that agent
+only (403 otherwise, before anything is decoded or recorded). Every refusal has the OpenAI error shape ``{"error": {"message", "type", "param", "code"}}``;
 the model itself is only ever touched by the :class:`~lorahive.serve.engine.Engine`'s thread.
 """
 
@@ -21,6 +23,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from lorahive.serve import protocol as p
 from lorahive.serve.engine import Engine, Event, Feedback, Sequence_, ServeError
+from lorahive.serve.keys import ADMIN, KeyStore
 
 log = logging.getLogger("lorahive.serve")
 
@@ -39,10 +42,38 @@ def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
     return (f"{where}: {msg}{more}" if where else f"{msg}{more}"), where
 
 
-def create_app(engine: Engine) -> FastAPI:
-    """The ASGI app over a started ``engine``."""
+def _bearer(request: Request) -> str | None:
+    scheme, _, key = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer":
+        return None
+    return key.strip() or None
+
+
+def create_app(engine: Engine, keys: KeyStore | None = None) -> FastAPI:
+    """The ASGI app over a started ``engine``; with ``keys`` holding a key, every ``/v1`` request needs one."""
     app = FastAPI(title="lorahive", docs_url=None, redoc_url=None)
     created = int(time.time())
+
+    @app.middleware("http")
+    async def _auth(request: Request, call_next: Any) -> Any:
+        request.state.role = None  # None: no keys, every agent
+        if keys is not None and request.url.path.startswith("/v1") and keys.enabled:
+            key = _bearer(request)
+            role = keys.role(key) if key is not None else None
+            if role is None:
+                msg = "no API key given (send Authorization: Bearer KEY)" if key is None else "the API key is not valid for this server"
+                return JSONResponse(p.error_body(msg, "invalid_request_error", None, "invalid_api_key"), status_code=401, headers={"WWW-Authenticate": "Bearer"})
+            request.state.role = None if role == ADMIN else role
+        return await call_next(request)
+
+    def _only(request: Request) -> str | None:
+        """The one agent this request's key may use, or None for every agent."""
+        return getattr(request.state, "role", None)
+
+    def _may(request: Request, agent: str) -> None:
+        only = _only(request)
+        if only is not None and agent != only:
+            raise ServeError(403, f"this API key is for agent {only!r}, not for model {agent!r}", "permission_error", "model", "permission_denied")
 
     @app.exception_handler(ServeError)
     async def _serve_error(request: Request, exc: ServeError) -> JSONResponse:
@@ -72,11 +103,13 @@ def create_app(engine: Engine) -> FastAPI:
         return PlainTextResponse(p.metrics_text(dict(engine.stats), engine.queued), media_type="text/plain; version=0.0.4")
 
     @app.get("/v1/models")
-    async def models() -> dict[str, Any]:
-        return p.models_response(engine.agents, created)
+    async def models(request: Request) -> dict[str, Any]:
+        only = _only(request)
+        return p.models_response([a for a in engine.agents if only is None or a == only], created)
 
     @app.get("/v1/models/{model}")
-    async def model(model: str) -> dict[str, Any]:
+    async def model(model: str, request: Request) -> dict[str, Any]:
+        _may(request, model)
         engine.check_agent(model)
         return p.models_response([model], created)["data"][0]
 
@@ -126,7 +159,8 @@ def create_app(engine: Engine) -> FastAPI:
             seq.cancelled = True
 
     @app.post("/v1/chat/completions", response_model=None)
-    async def chat(body: p.ChatRequest) -> dict[str, Any] | StreamingResponse:
+    async def chat(body: p.ChatRequest, request: Request) -> dict[str, Any] | StreamingResponse:
+        _may(request, body.model)
         engine.check_agent(body.model)
         prompt = engine.chat_prompt(body.messages)
         seq, events = _start(body.model, prompt, body.limit(), body.stops(), "chatcmpl")
@@ -142,7 +176,8 @@ def create_app(engine: Engine) -> FastAPI:
         return p.chat_response(seq.id, seq.agent, text, finish, seq.prompt_tokens, len(seq.out))
 
     @app.post("/v1/completions", response_model=None)
-    async def completions(body: p.CompletionRequest) -> dict[str, Any] | StreamingResponse:
+    async def completions(body: p.CompletionRequest, request: Request) -> dict[str, Any] | StreamingResponse:
+        _may(request, body.model)
         engine.check_agent(body.model)
         try:
             prompt = body.text()
@@ -162,12 +197,12 @@ def create_app(engine: Engine) -> FastAPI:
         return p.completion_response(seq.id, seq.agent, text, finish, seq.prompt_tokens, len(seq.out))
 
     @app.post("/v1/feedback")
-    async def feedback(body: p.FeedbackRequest) -> dict[str, Any]:
+    async def feedback(body: p.FeedbackRequest, request: Request) -> dict[str, Any]:
         if body.reward is None and body.correction is None:
             raise ServeError(400, "give a reward, a correction, or both", param="reward")
         if body.correction is not None and len(body.correction) > 16 * engine.hive.core.max_length:
             raise ServeError(400, f"the correction has {len(body.correction)} characters; the model's context holds {engine.hive.core.max_length} tokens", param="correction", code="context_length_exceeded")
-        fut = engine.feedback(Feedback(body.completion_id, body.reward, body.correction))
+        fut = engine.feedback(Feedback(body.completion_id, body.reward, body.correction, _only(request)))
         return await asyncio.wrap_future(fut)
 
     return app

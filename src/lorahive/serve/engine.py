@@ -78,6 +78,7 @@ class Feedback:
     completion_id: str
     reward: float | None
     correction: str | None
+    only_agent: str | None = None  # an agent key's agent: feedback on another agent's completion is refused
 
 
 _STOP = object()
@@ -246,6 +247,8 @@ class Engine:
             if done is None:
                 raise ServeError(404, f"no completion {fb.completion_id!r} is known to this server (it keeps the last {self.settings.max_completions})", param="completion_id", code="completion_not_found")
             agent, prompt, answer = done
+            if fb.only_agent is not None and agent != fb.only_agent:
+                raise ServeError(403, f"this API key is for agent {fb.only_agent!r}; completion {fb.completion_id!r} is another agent's", "permission_error", "completion_id", "permission_denied")
             if fb.correction is not None:
                 size = len(encode_prompt(self.hive.tokenizer, prompt)) + len(encode_answer(self.hive.tokenizer, fb.correction))
                 if size > self.hive.core.max_length:
