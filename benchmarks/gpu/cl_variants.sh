@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Variants of the full-size standard stream (configs/cl-stream.yaml) side by side on one GPU: ablations, seeds.
 #
-#   bash benchmarks/gpu/cl_variants.sh SETUP OUT NAME:KEY=VALUE,KEY=VALUE ... [NAME ...]
+#   bash benchmarks/gpu/cl_variants.sh SETUP OUT NAME[@CONFIG]:KEY=VALUE,KEY=VALUE ... [NAME ...]
 #
 # Each NAME:overrides runs `lorahive run configs/cl-stream.yaml` with those overrides (a bare NAME runs the
-# config as it is), one process each, all at the same time on the one GPU; OUT/NAME/ is the run directory,
+# config as it is; NAME@CONFIG runs CONFIG instead, for what an override cannot say, e.g. another level stack),
+# one process each, all at the same time on the one GPU; OUT/NAME/ is the run directory,
 # OUT/NAME.log its output, OUT/NAME.time its wall seconds. SETUP is as for cl_full.sh (what
 # ../shared/tools/carry-model.sh writes, plus wheels in SETUP/whl/). When all have finished, OUT/compare.txt
 # holds `lorahive compare` of every run. Example (docs/mechanisms.md runs these):
@@ -17,11 +18,12 @@ mkdir -p "$out"; out=$(cd "$out" && pwd)
 source "$(dirname "$0")/setup_env.sh"
 names=()
 for spec in "$@"; do
-  name=${spec%%:*}; over=(); [ "$spec" != "$name" ] && IFS=',' read -r -a over <<< "${spec#*:}"
+  head=${spec%%:*}; over=(); [ "$spec" != "$head" ] && IFS=',' read -r -a over <<< "${spec#*:}"
+  name=${head%%@*}; config=configs/cl-stream.yaml; [ "$head" != "$name" ] && config=${head#*@}
   names+=("$name")
   (
     start=$(date +%s)
-    lh run configs/cl-stream.yaml --out "$out/$name" --force suite.root="$setup/data/cl/standard" "${over[@]}" > "$out/$name.log" 2>&1
+    lh run "$config" --out "$out/$name" --force suite.root="$setup/data/cl/standard" "${over[@]}" > "$out/$name.log" 2>&1
     echo $(( $(date +%s) - start )) > "$out/$name.time"
   ) &
 done

@@ -426,5 +426,16 @@ def metrics(run: Run, after: dict[str, dict[str, float]] | None, final: dict[str
     if any(m.name == "health" and m.enabled for m in swarm.mechanisms):
         out["health"] = health_summary(swarm.ledger.events())
     out.update(final or {})
+    out["tick_seconds"] = tick_seconds(swarm.ledger.events("tick_seconds"))
     out["wall_time_s"] = round(run.elapsed + time.time() - run.started, 2)
     return out
+
+
+def tick_seconds(events: list[dict[str, Any]]) -> dict[str, float]:
+    """Mean wall seconds per tick of each phase (and each mechanism, ``phase:name``), largest first."""
+    totals: dict[str, float] = {}
+    for e in events:
+        for k, v in e["detail"].items():
+            totals[k] = totals.get(k, 0.0) + float(v)
+    n = max(len(events), 1)
+    return {k: round(v / n, 4) for k, v in sorted(totals.items(), key=lambda kv: -kv[1])}

@@ -33,8 +33,10 @@ The apply phase credits the swarm level's change to the accepted proposals
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
+from functools import partial
 from typing import Any
 
 import torch
@@ -88,6 +90,7 @@ class TickContext:
     notes: dict[str, Any] = field(default_factory=dict)
     support: dict[str, list[tuple[str, str]]] = field(default_factory=dict)  # agent -> support examples (draw may edit)
     activity: Activity | None = None  # pattern activity on this tick's support, measured on demand
+    seconds: dict[str, float] = field(default_factory=dict)  # wall seconds per phase and per mechanism
 
     @property
     def update(self) -> Delta | None:
@@ -135,13 +138,15 @@ class Swarm:
     # ------------------------------------------------------------------ the tick
     def tick(self) -> TickContext:
         ctx = TickContext(tick=self.tick_no + 1)
-        self._draw(ctx)
-        self._solve(ctx)
-        self._run("budget", ctx)
-        self._compose(ctx)
-        self._apply(ctx)
-        for phase in ("detect", "migrate", "drain", "decay", "health"):
-            self._run(phase, ctx)
+        steps: list[tuple[str, Callable[[TickContext], None]]] = [
+            ("draw", self._draw), ("solve", self._solve), ("budget", partial(self._run, "budget")),
+            ("compose", self._compose), ("apply", self._apply),
+            *((phase, partial(self._run, phase)) for phase in ("detect", "migrate", "drain", "decay", "health")),
+        ]  # fmt: skip
+        for phase, step in steps:
+            start = time.perf_counter()
+            step(ctx)
+            ctx.seconds[phase] = time.perf_counter() - start
         self._record(ctx)
         self.tick_no = ctx.tick
         return ctx
@@ -150,7 +155,10 @@ class Swarm:
         """Run every enabled mechanism of ``phase``, in registration order; keep what each did."""
         for m in self.mechanisms:
             if m.enabled and phase in m.phases:
+                start = time.perf_counter()
                 action = m.run(self._view(phase, ctx))
+                key = f"{phase}:{m.name}"
+                ctx.seconds[key] = ctx.seconds.get(key, 0.0) + time.perf_counter() - start
                 if action is not None:
                     ctx.actions.append((m.name, action))
 
@@ -270,6 +278,7 @@ class Swarm:
             self._run("record", ctx)
             for name, action in ctx.actions:
                 self.ledger.record_event(ctx.tick, f"mechanism:{name}", {"action": action.kind, **action.detail})
+            self.ledger.record_event(ctx.tick, "tick_seconds", {k: round(v, 6) for k, v in ctx.seconds.items()})
 
     # ------------------------------------------------------------------ state
     def _mechanism_states(self) -> dict[str, dict[str, Any]]:
