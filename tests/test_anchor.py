@@ -79,3 +79,27 @@ def test_proposals_carry_the_anchor(tokenizer):
     anchored, _ = h.propose(EXAMPLES, "swarm", anchor=5.0)
     diff = sum(float((plain["ann"][k] - anchored["ann"][k]).abs().sum()) for k in plain["ann"])
     assert diff > 0
+
+
+def test_the_base_pass_is_paid_once_for_the_same_rows_and_learning_is_unchanged(tokenizer):
+    plain, memo = _hive(tokenizer), _hive(tokenizer)
+    calls = {"n": 0}
+    real = memo._anchor_base
+
+    def counted(*args, **kwargs):
+        before = memo._anchor_memo
+        out = real(*args, **kwargs)
+        calls["n"] += memo._anchor_memo is not before  # a new base pass replaced the kept one
+        return out
+
+    memo._anchor_base = counted  # type: ignore[method-assign]
+    for _ in range(3):
+        memo.learn(EXAMPLES, steps=1, anchor=1.0)
+        plain._anchor_memo = None  # the reference pays the pass every time
+        plain.learn(EXAMPLES, steps=1, anchor=1.0)
+    assert calls["n"] == 1
+    memo.learn({"ann": EXAMPLES["ann"]}, steps=1, anchor=1.0)  # other rows: a new pass
+    plain.learn({"ann": EXAMPLES["ann"]}, steps=1, anchor=1.0)
+    assert calls["n"] == 2
+    for (name, a), (_, b) in zip(memo.core.level_params("agent").items(), plain.core.level_params("agent").items(), strict=True):
+        assert torch.equal(a, b), name

@@ -136,6 +136,33 @@ def test_dominant_is_the_top_k_svd_of_the_dense_delta(hive, level, k):
     )
 
 
+@pytest.mark.parametrize("k", [1, 3])
+def test_add_deltas_over_many_slots_equals_add_delta_one_slot_at_a_time(tokenizer, k):
+    def fresh() -> Hive:
+        h = Hive(make_model(len(tokenizer)), tokenizer, seed=0)
+        h.add_agents(["a", "b", "c"])
+        randomize_b(h, seed=5, scale=0.1)
+        return h
+
+    batched, single = fresh(), fresh()
+    gen = torch.Generator().manual_seed(0)
+    deltas = [
+        {p: (torch.randn(bank.out_features, k, generator=gen), torch.randn(k, bank.in_features, generator=gen)) for p, bank in batched.core.named_banks("agent")}
+        for _ in range(3)
+    ]
+    slots = [2, 0, 1]
+    errs = batched.core.add_deltas("agent", slots, deltas)
+    one = [single.core.add_delta("agent", s, d) for s, d in zip(slots, deltas, strict=True)]
+    assert errs == pytest.approx(one, rel=1e-5)
+    assert all(e > 0 for e in errs)  # rank 8 + k does not fit into rank 8
+    for (p, x), (_, y) in zip(batched.core.level_params("agent").items(), single.core.level_params("agent").items(), strict=True):
+        torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-6, msg=p)
+    with pytest.raises(ValueError, match="distinct"):
+        batched.core.add_deltas("agent", [0, 0], deltas[:2])
+    with pytest.raises(ValueError, match="2 slots but 1 deltas"):
+        batched.core.add_deltas("agent", [0, 1], deltas[:1])
+
+
 def test_by_shape_groups_every_bank_once_by_its_shape(hive):
     groups = by_shape(hive.core, "swarm")
     paths = [p for g in groups.values() for p, _ in g]

@@ -86,7 +86,7 @@ def default_levels() -> StackSpec:
             LevelSpec(name="foundation", rank=64, alpha=64, scope="shared", inertia=0.99, lr=1e-4, trainable=False),
             LevelSpec(name="domain", rank=32, alpha=32, scope="shared", inertia=0.9, lr=2e-4),
             LevelSpec(name="swarm", rank=16, alpha=16, scope="shared", inertia=0.7, lr=5e-4),
-            LevelSpec(name="agent", rank=8, alpha=16, scope="agent", inertia=0.5, lr=1e-3),
+            LevelSpec(name="agent", rank=8, alpha=16, scope="agent", inertia=0.5, lr=2e-3),
             LevelSpec(name="context", rank=4, alpha=8, scope="task", inertia=0.1, lr=2e-3),
         )
     )

@@ -65,7 +65,7 @@ class AgentConfig(BaseModel):
     fast_levels: list[str] = Field(default=["agent", "context"], description="levels the fast steps train")
     context_level: str | None = Field(default="context", description="task-scoped level reset at each new task")
     quality_bar: float = Field(default=0.25, ge=0.0, le=1.0, description="query quality needed to submit a proposal")
-    anchor: float = Field(default=0.0, ge=0.0, description="foundation anchor weight: KL(base ‖ hive) of the next token on the prompts' text, added to the fast steps' and proposals' objective; 0 = off")
+    anchor: float = Field(default=1.0, ge=0.0, description="foundation anchor weight: KL(base ‖ hive) of the next token on the prompts' text, added to the fast steps' and proposals' objective; 0 = off")
     anchor_positions: int = Field(default=16, ge=1, description="prompt positions per example the anchor measures (evenly spaced)")
     reputation_ema: float = Field(default=0.7, ge=0.0, lt=1.0, description="reputation ← ema·reputation + (1−ema)·success")
 

@@ -14,20 +14,21 @@ __all__ = ["refactor"]
 
 
 def refactor(left: torch.Tensor, right: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(B (out, r), A (r, in), dropped)``: the best rank-``rank`` factors of ``left @ right``.
+    """``(B (…, out, r), A (…, r, in), dropped (…))``: the best rank-``rank`` factors of ``left @ right``.
 
-    The singular values are split evenly between the factors (``B = U·√S``, ``A = √S·Vᵀ``);
-    ``dropped`` is the Frobenius norm of the part that did not fit (a 0-dim tensor).
-    When ``left @ right`` has rank below ``rank`` the extra directions get zero weight.
+    Batched over any leading dimensions (one QR and one SVD call for a whole batch of
+    modules). The singular values are split evenly between the factors (``B = U·√S``,
+    ``A = √S·Vᵀ``); ``dropped`` is the Frobenius norm of the part that did not fit. When
+    ``left @ right`` has rank below ``rank`` the extra directions get zero weight.
     """
-    q_l, r_l = torch.linalg.qr(left)  # (out, m), (m, m)
-    q_r, r_r = torch.linalg.qr(right.t())  # (in, m), (m, m)
-    u, s, vh = torch.linalg.svd(r_l @ r_r.t())  # (m, m), (m,), (m, m)
-    k = min(rank, s.shape[0])
-    root = s[:k].sqrt()
-    b = (q_l @ u[:, :k]) * root  # (out, k)
-    a = root[:, None] * (vh[:k] @ q_r.t())  # (k, in)
+    q_l, r_l = torch.linalg.qr(left)  # (…, out, m), (…, m, m)
+    q_r, r_r = torch.linalg.qr(right.mT)  # (…, in, m), (…, m, m)
+    u, s, vh = torch.linalg.svd(r_l @ r_r.mT)  # (…, m, m), (…, m), (…, m, m)
+    k = min(rank, s.shape[-1])
+    root = s[..., :k].sqrt()
+    b = (q_l @ u[..., :k]) * root[..., None, :]  # (…, out, k)
+    a = root[..., :, None] * (vh[..., :k, :] @ q_r.mT)  # (…, k, in)
     if k < rank:  # pad with zero directions to the level's rank
-        b = torch.cat([b, b.new_zeros(b.shape[0], rank - k)], dim=1)
-        a = torch.cat([a, a.new_zeros(rank - k, a.shape[1])], dim=0)
-    return b, a, s[k:].square().sum().sqrt()
+        b = torch.cat([b, b.new_zeros(*b.shape[:-1], rank - k)], dim=-1)
+        a = torch.cat([a, a.new_zeros(*a.shape[:-2], rank - k, a.shape[-1])], dim=-2)
+    return b, a, s[..., k:].square().sum(-1).sqrt()

@@ -247,24 +247,46 @@ class HiveCore:
         the factors). Returns the truncation error: the Frobenius norm of what did not fit,
         in ΔW space, over all modules. The slot's optimizer state is left as it was.
         """
+        return self.add_deltas(level, [slot], [delta])[0]
+
+    @torch.no_grad()
+    def add_deltas(self, level: str, slots: Sequence[int], deltas: Sequence[Mapping[str, ModuleDelta]]) -> list[float]:
+        """:meth:`add_delta` for several distinct slots at once; each slot's truncation error.
+
+        The re-factorings are batched over the slots and the modules of one shape (a few QR
+        and SVD calls per shape instead of a few per module and slot), and the errors are
+        read back once.
+        """
+        if len(slots) != len(deltas):
+            raise ValueError(f"add_deltas({level!r}): {len(slots)} slots but {len(deltas)} deltas")
+        if len(set(slots)) != len(slots):
+            raise ValueError(f"add_deltas({level!r}): slots must be distinct, got {list(slots)}")
         spec = self.stack.get(level)
-        layers = {path: bank for path, bank in self.named_banks(level)}
-        unknown = sorted(set(delta) - set(layers))
-        if unknown:
-            raise ValueError(f"add_delta({level!r}): unknown modules {unknown[:3]}; level {level!r} wraps {len(layers)} modules")
-        err2 = 0.0
-        for path, change in delta.items():
-            bank = layers[path]
-            b, a = bank.B[slot], bank.A[slot]  # (out, r), (r, in)
-            u, v = (change, torch.eye(change.shape[1], device=change.device, dtype=change.dtype)) if isinstance(change, torch.Tensor) else change
-            left = torch.cat([b.float(), u.to(b.device).float() / spec.scale], dim=1)  # (out, r + k)
-            right = torch.cat([a.float(), v.to(a.device).float()], dim=0)  # (r + k, in)
+        layers = dict(self.named_banks(level))
+        groups: dict[tuple[int, ...], list[tuple[int, str, torch.Tensor, torch.Tensor]]] = {}
+        for j, delta in enumerate(deltas):
+            unknown = sorted(set(delta) - set(layers))
+            if unknown:
+                raise ValueError(f"add_delta({level!r}): unknown modules {unknown[:3]}; level {level!r} wraps {len(layers)} modules")
+            for path, change in delta.items():
+                if isinstance(change, torch.Tensor):
+                    u, v = change, torch.eye(change.shape[1], device=change.device, dtype=change.dtype)
+                else:
+                    u, v = change
+                bank = layers[path]
+                groups.setdefault((bank.out_features, bank.in_features, u.shape[1]), []).append((j, path, u, v))
+        err2 = torch.zeros(len(slots), device=self.device)
+        for items in groups.values():
+            left = torch.stack([torch.cat([layers[p].B[slots[j]].float(), u.to(self.device).float() / spec.scale], 1) for j, p, u, _ in items])  # (n, out, r + k)
+            right = torch.stack([torch.cat([layers[p].A[slots[j]].float(), v.to(self.device).float()], 0) for j, p, _, v in items])  # (n, r + k, in)
             new_b, new_a, dropped = refactor(left, right, spec.rank)
-            bank.B[slot] = new_b.to(bank.B.dtype)
-            bank.A[slot] = new_a.to(bank.A.dtype)
-            err2 += float(dropped) ** 2
-        self.mark_written(level, [slot])
-        return spec.scale * err2**0.5
+            for i, (j, p, _, _) in enumerate(items):
+                bank = layers[p]
+                bank.B[slots[j]] = new_b[i].to(bank.B.dtype)
+                bank.A[slots[j]] = new_a[i].to(bank.A.dtype)
+            err2.index_add_(0, torch.tensor([j for j, _, _, _ in items], device=self.device), dropped.square())
+        self.mark_written(level, list(slots))
+        return (spec.scale * err2.sqrt()).tolist()
 
     @torch.no_grad()
     def decay_toward_init(self, level: str, slots: Sequence[int], rate: float | torch.Tensor) -> None:

@@ -205,11 +205,11 @@ class Bandwidth:
                 truncation = dict.fromkeys(keep, err)
                 dst_slots = [0]
             else:
-                for i in keep:
-                    truncation[i] = core.add_delta(dst, slots[i], {p: (factor * pat.U[p][i] * pat.S[p][i], pat.V[p][i]) for p in pat.U})
                 dst_slots = [slots[i] for i in keep]
-            for i in keep:  # exact removal: the rest of the slot has rank r − k
-                core.add_delta(src, slots[i], {p: (-pat.U[p][i] * pat.S[p][i], pat.V[p][i]) for p in pat.U})
+                errs = core.add_deltas(dst, dst_slots, [{p: (factor * pat.U[p][i] * pat.S[p][i], pat.V[p][i]) for p in pat.U} for i in keep])
+                truncation = dict(zip(keep, errs, strict=True))
+            # exact removal: the rest of each slot has rank r − k
+            core.add_deltas(src, [slots[i] for i in keep], [{p: (-pat.U[p][i] * pat.S[p][i], pat.V[p][i]) for p in pat.U} for i in keep])
             moved = [slots[i] for i in keep]
             core.forget_moments(src, moved)
             core.forget_moments(dst, dst_slots)

@@ -36,6 +36,10 @@ def read_losses(losses: Mapping[str, torch.Tensor]) -> dict[str, float]:
     return dict(zip(losses, torch.stack([v.detach() for v in losses.values()]).tolist(), strict=True))
 
 
+#: Most prompt × option rows :meth:`Hive.option_nll` scores in one pass by default.
+OPTION_ROWS = 512
+
+
 class Hive:
     """A frozen base model with a stack of routed LoRA levels shared by many agents."""
 
@@ -43,6 +47,7 @@ class Hive:
         self.core = HiveCore(model, tokenizer, levels, seed=seed, max_length=max_length)
         self._watch: tuple[list[str], Examples | None] | None = None  # armed activity measurement
         self._watched: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None
+        self._anchor_memo: tuple[tuple[object, ...], torch.Tensor] | None = None  # last rows' base log-probs
 
     @classmethod
     def load(cls, base: str = DEFAULT_BASE, levels: StackSpec | list | None = None, device: str | torch.device | None = None, dtype: torch.dtype | None = None, seed: int = 0) -> Hive:
@@ -163,12 +168,22 @@ class Hive:
             objective = objective + anchor * (zeros.index_add(0, row_agent, kl) / rows.clamp_min(1.0)).sum()
         return {n: means[i] for i, n in enumerate(names)}, objective
 
-    def _anchor_base(self, batch: Batch, owners: list[str], anchor: float) -> torch.Tensor | None:
-        """The foundation's log-probabilities at the anchor positions (every level off), or ``None`` without an anchor."""
+    def _anchor_base(self, batch: Batch, owners: list[str], anchor: float, examples: Examples, positions: int) -> torch.Tensor | None:
+        """The foundation's log-probabilities at the anchor positions (every level off), or ``None`` without an anchor.
+
+        They depend only on the rows' text (every level is off), so the last batch's are kept:
+        the fast steps of a tick, and its proposals when every agent proposes, pack the same
+        rows and pay for one pass, not one each.
+        """
         if anchor <= 0 or batch.anchor_at is None:
             return None
+        key = (positions, *((p, a) for exs in examples.values() for p, a in exs))
+        if self._anchor_memo is not None and self._anchor_memo[0] == key:
+            return self._anchor_memo[1]
         with self.core.routing.use(self.core.route(owners, levels=[])):
-            return anchor_logp(self.model, batch)
+            base = anchor_logp(self.model, batch)
+        self._anchor_memo = (key, base)
+        return base
 
     def watch_activity(self, levels: Sequence[str]) -> None:
         """Measure the pattern activity of ``levels`` during the next learning forward (no extra pass).
@@ -222,9 +237,11 @@ class Hive:
 
         Each prompt runs once; the options continue from its KV cache (learning/choice.py).
         Prompts go ``chunk`` at a time (default 128 on a GPU, where a pass is host-bound and a
-        bigger batch costs little more, 32 on the CPU); all chunks are read back together.
+        bigger batch costs little more, 32 on the CPU), and at most :data:`OPTION_ROWS` prompt ×
+        option rows at a time (each option row holds a copy of its prompt's cache: 14 options
+        × 128 prompts of 128 tokens took 12 GB); all chunks are read back together.
         """
-        chunk = chunk or (128 if self.device.type == "cuda" else 32)
+        chunk = chunk or max(1, min(128 if self.device.type == "cuda" else 32, OPTION_ROWS // max(len(options), 1)))
         active = self.core.check_levels(levels)
         out = []
         for i in range(0, len(rows), chunk):
@@ -262,7 +279,7 @@ class Hive:
         if steps < 1:
             raise ValueError(f"steps must be ≥ 1, got {steps}")
         batch, owners, names = self._pack(examples, anchor_positions if anchor > 0 else 0)
-        base = self._anchor_base(batch, owners, anchor)
+        base = self._anchor_base(batch, owners, anchor, examples, anchor_positions)
         update = [lv for lv in self.stack.levels if lv.trainable and (levels is None or lv.name in levels)]
         self.core.check_levels(levels)
         own_slots = sorted(set(self.core.agent_index(names)))
@@ -306,7 +323,7 @@ class Hive:
         if self.stack.get(level).scope != "shared":
             raise ValueError(f"proposals are for shared levels; {level!r} is scoped {self.stack.get(level).scope!r}")
         batch, owners, names = self._pack(examples, anchor_positions if anchor > 0 else 0)
-        anchor_base = self._anchor_base(batch, owners, anchor)
+        anchor_base = self._anchor_base(batch, owners, anchor, examples, anchor_positions)
         k = len(names)
         slots: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         for path, bank in self.core.named_banks(level):
