@@ -24,6 +24,7 @@ from lorahive.config.load import MAX_CONFIG_BYTES, dump_config, load_config, par
 from lorahive.config.mechanisms import (
     BandwidthConfig,
     ConsolidationConfig,
+    EntropyBudgetConfig,
     HealthConfig,
     InertiaConfig,
     MechanismsConfig,
@@ -52,6 +53,7 @@ __all__ = [
     "AttackKind",
     "BandwidthConfig",
     "ConsolidationConfig",
+    "EntropyBudgetConfig",
     "HealthConfig",
     "InertiaConfig",
     "MechanismsConfig",

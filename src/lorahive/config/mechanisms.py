@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 __all__ = [
     "BandwidthConfig",
     "ConsolidationConfig",
+    "EntropyBudgetConfig",
     "HealthConfig",
     "InertiaConfig",
     "MechanismsConfig",
@@ -125,6 +126,36 @@ class BandwidthConfig(_Section):
     max_wait: int = Field(default=20, ge=1, description="ticks a pattern may wait before it is dropped as stale (counted as rejected)")
 
 
+class EntropyBudgetConfig(_Section):
+    """Entropy budget (seed 004 §E): each screened level kept between crystallisation and amnesia.
+
+    Every tick, before the proposals are composed, a level's dispersion entropy ratio (the
+    health metric: ``Σ decay rate × pattern energy`` over the same sum at
+    ``observe.health.free_target`` free patterns) is compared with ``[low, high]``: below
+    ``low`` (crystallised: almost every pattern screened) the activity a pattern needs to be
+    screened — both hysteresis thresholds of screening — is multiplied by ``raise_by``, so the
+    least active patterns are freed; above ``high`` (amnesic) by ``lower_by``. The factor
+    lives in the level state (``thresholds["screening"]``, checkpointed), within
+    ``[min_scale, max_scale]``. Off by default: not yet measured at full size.
+    """
+
+    enabled: bool = Field(default=False, description="run this mechanism (off by default until the full-size ablation shows it helps)")
+    low: float = Field(default=0.8, gt=0.0, description="entropy ratio below which the screening thresholds rise (the seed's healthy band starts at 0.8)")
+    high: float = Field(default=1.2, gt=0.0, description="entropy ratio above which the screening thresholds fall (the healthy band ends at 1.2)")
+    raise_by: float = Field(default=1.1, gt=1.0, description="factor on the screening thresholds of a crystallised level, per tick")
+    lower_by: float = Field(default=0.9, gt=0.0, lt=1.0, description="factor on the screening thresholds of an amnesic level, per tick")
+    min_scale: float = Field(default=0.01, gt=0.0, description="smallest factor the thresholds may reach")
+    max_scale: float = Field(default=10.0, gt=0.0, description="largest factor (10 × the default up = 0.1 is the strongest pattern's own activity)")
+
+    @model_validator(mode="after")
+    def _order(self) -> EntropyBudgetConfig:
+        if self.low >= self.high:
+            raise ValueError(f"mechanisms.entropy_budget: low ({self.low}) must be below high ({self.high})")
+        if self.min_scale > 1.0 or self.max_scale < 1.0:
+            raise ValueError(f"mechanisms.entropy_budget: min_scale ({self.min_scale}) ≤ 1 ≤ max_scale ({self.max_scale}) is needed (the thresholds start at factor 1)")
+        return self
+
+
 class MechanismsConfig(BaseModel):
     """The mechanisms of a run, one section each (``mechanisms.<name>.enabled: false`` switches one off)."""
 
@@ -135,6 +166,7 @@ class MechanismsConfig(BaseModel):
     replay: ReplayConfig = Field(default_factory=ReplayConfig, description="replay of past successes")
     consolidation: ConsolidationConfig = Field(default_factory=ConsolidationConfig, description="stable patterns migrate to slower levels")
     bandwidth: BandwidthConfig = Field(default_factory=BandwidthConfig, description="bandwidth-limited migration queues")
+    entropy_budget: EntropyBudgetConfig = Field(default_factory=EntropyBudgetConfig, description="screening thresholds kept in the healthy entropy band")
 
 
 class HealthConfig(BaseModel):

@@ -19,6 +19,7 @@ from lorahive.mechanisms.attack import build_attack
 from lorahive.mechanisms.bandwidth import Bandwidth
 from lorahive.mechanisms.base import PHASES, Mechanism
 from lorahive.mechanisms.consolidation import Consolidation
+from lorahive.mechanisms.entropy_budget import EntropyBudget
 from lorahive.mechanisms.inertia import EmergentInertia
 from lorahive.mechanisms.replay import SuccessReplay
 from lorahive.mechanisms.resonance import DirectionTracker, SwarmDirection
@@ -72,11 +73,13 @@ def _migration(cfg: RunConfig, agents: Sequence[str]) -> list[Mechanism] | None:
     return [cons, bw]
 
 
-def _screening(cfg: RunConfig, agents: Sequence[str]) -> Mechanism | None:
+def _screening(cfg: RunConfig, agents: Sequence[str]) -> list[Mechanism] | None:
+    """Screening (decay), and the entropy budget that moves its thresholds (budget)."""
     if not is_hive(cfg):
         return None
     levels = cfg.mechanisms.screening.levels or [lv.name for lv in cfg.stack().levels if lv.trainable and lv.scope != "task"]
-    return Screening(cfg.mechanisms.screening, levels)
+    screening = Screening(cfg.mechanisms.screening, levels)
+    return [screening, EntropyBudget(cfg.mechanisms.entropy_budget, screening, cfg.observe.health.free_target)]
 
 
 #: The mechanisms of every run, in registration (= run) order within each phase.

@@ -22,7 +22,9 @@ restarts from this tick's activity, and a rewritten slot whose strongest compone
 at once counts as a conflict (decay undoing a migration, seed 004 §G).
 
 What the health metrics need — each level's decay rate and energy per pattern, and the
-inertia factor the rates carry — is left in ``view.shared["patterns"]``.
+inertia factor the rates carry — is left in ``view.shared["patterns"]``. Both thresholds are
+multiplied by the level state's ``thresholds["screening"]`` (1 unless the entropy budget,
+:mod:`lorahive.mechanisms.entropy_budget`, moved it).
 """
 
 from __future__ import annotations
@@ -35,12 +37,21 @@ import torch
 from lorahive.config import ScreeningConfig
 from lorahive.mechanisms.base import Action, TickView
 
-__all__ = ["Screening", "hysteresis"]
+__all__ = ["Screening", "entropy_ratio", "hysteresis"]
 
 
 def hysteresis(ema: torch.Tensor, screened: torch.Tensor, up: float, down: float) -> torch.Tensor:
     """The new modes: screened above ``up``, free below ``down``, unchanged in between."""
     return torch.where(ema > up, True, torch.where(ema < down, False, screened))
+
+
+def entropy_ratio(rate: Any, energy: Any, screened_decay: float, free_decay: float, free_target: float) -> float | None:
+    """``Σ rate·energy`` over the same sum at the target mix of free and screened rates (``None`` with no energy)."""
+    total = float(energy.sum())
+    if total <= 0.0:
+        return None
+    optimal = (free_target * free_decay + (1.0 - free_target) * screened_decay) * total
+    return float((rate * energy).sum()) / optimal if optimal > 0 else None
 
 
 @final
@@ -90,9 +101,10 @@ class Screening:
             if fresh:
                 idx = core.index(fresh)
                 ema.index_copy_(0, idx, rel.index_select(0, idx))
-            scr = hysteresis(ema, scr, self.cfg.up, self.cfg.down)
+            scale = view.states[lv].thresholds.get("screening", 1.0)
+            scr = hysteresis(ema, scr, self.cfg.up * scale, self.cfg.down * scale)
             self.ema[lv], self.screened[lv] = ema, scr
-            keep = 1.0 - view.states[lv].inertia if self.cfg.by_inertia else 1.0
+            keep = self._keep(view, lv)
             rate = torch.where(scr, self.cfg.screened_decay * keep, self.cfg.free_decay * keep)  # (S, r)
             slots = sorted(core.written[lv])
             energy = _energy(core, lv, slots)  # (len(slots), r)
@@ -112,6 +124,22 @@ class Screening:
         counts["decay"] = counts.get("decay", 0) + sum(v["screened"] + v["free"] for v in report.values())
         view.shared["conflicts"] = view.shared.get("conflicts", 0) + conflicts
         return Action("decay", {"levels": report}) if report else None
+
+    def _keep(self, view: TickView, level: str) -> float:
+        """The factor on both decay rates: ``1 − inertia`` of the level with ``by_inertia``, else 1."""
+        return 1.0 - view.states[level].inertia if self.cfg.by_inertia else 1.0
+
+    def entropy(self, view: TickView, level: str, free_target: float) -> float | None:
+        """``level``'s entropy ratio under the modes screening holds now (``None``: nothing written or measured yet)."""
+        scr = self.screened.get(level)
+        slots = sorted(view.core.written[level])
+        if scr is None or not slots:
+            return None
+        sel = view.core.index(slots)
+        keep = self._keep(view, level)
+        rate = torch.where(scr.index_select(0, sel.to(scr.device)), self.cfg.screened_decay * keep, self.cfg.free_decay * keep)
+        energy = _energy(view.core, level, slots).to(rate.device)
+        return entropy_ratio(rate, energy, self.cfg.screened_decay * keep, self.cfg.free_decay * keep, free_target)
 
     def state_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {f"ema.{lv}": t for lv, t in self.ema.items()}

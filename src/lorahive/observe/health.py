@@ -21,6 +21,7 @@ from typing import Any, final
 from lorahive.config import HealthConfig, RunConfig, ScreeningConfig
 from lorahive.mechanisms.base import Action, Mechanism, TickView
 from lorahive.mechanisms.registry import is_hive
+from lorahive.mechanisms.screening import entropy_ratio
 from lorahive.observe.health_bands import status, worst
 
 __all__ = ["Health", "entropy_ratio", "health_factory"]
@@ -29,15 +30,6 @@ __all__ = ["Health", "entropy_ratio", "health_factory"]
 def health_factory(cfg: RunConfig, agents: Sequence[str]) -> Mechanism | None:
     """The health monitor of a hive run (a factory for :func:`~lorahive.mechanisms.registry.build_mechanisms`)."""
     return Health(cfg.observe.health, cfg.mechanisms.screening) if is_hive(cfg) else None
-
-
-def entropy_ratio(rate: Any, energy: Any, screened_decay: float, free_decay: float, free_target: float) -> float | None:
-    """``Σ rate·energy`` over the same sum at the target mix of free and screened rates (``None`` with no energy)."""
-    total = float(energy.sum())
-    if total <= 0.0:
-        return None
-    optimal = (free_target * free_decay + (1.0 - free_target) * screened_decay) * total
-    return float((rate * energy).sum()) / optimal if optimal > 0 else None
 
 
 @final

@@ -7,6 +7,7 @@ Every function here takes ledger event rows (``{"tick", "kind", "detail"}``, as
     mechanism:bandwidth   action "migrate"  the migrations of a tick (channel, bypass, ...)
     mechanism:screening   action "decay"    screened / free patterns and the norm decayed, per level
     mechanism:inertia     action "inertia"  inertia, density and step size, per level
+    mechanism:entropy_budget  action "budget"  entropy ratio and screening-threshold factor, per level
 
 The ``*_figure`` functions return matplotlib figures (``report.py`` embeds them as PNGs);
 :func:`health_summary` is what a run's ``metrics.json`` keeps under ``health``. Bands and
@@ -54,6 +55,8 @@ KINDS: dict[str, tuple[str, str]] = {
     "inertia": ("mechanism:inertia", "inertia"),
 }
 MECHANISM_SECTIONS = tuple(KINDS)
+#: Events a section's figure also reads (the entropy budget's factors join the decay figure).
+EXTRA_KINDS: dict[str, tuple[str, str]] = {"budget": ("mechanism:entropy_budget", "budget")}
 
 STATUS_COLORS = {
     "healthy": "tab:green",
@@ -65,11 +68,11 @@ STATUS_COLORS = {
 
 def mechanism_events(ledger: Ledger) -> list[dict[str, Any]]:
     """The ledger's events of every kind in :data:`KINDS`, each kind in tick order."""
-    return [row for kind, _ in KINDS.values() for row in ledger.events(kind)]
+    return [row for kind, _ in (*KINDS.values(), *EXTRA_KINDS.values()) for row in ledger.events(kind)]
 
 
 def _of(events: Iterable[Mapping[str, Any]], section: str) -> list[Mapping[str, Any]]:
-    kind, action = KINDS[section]
+    kind, action = KINDS[section] if section in KINDS else EXTRA_KINDS[section]
     return [
         e
         for e in events
@@ -246,9 +249,18 @@ def migrations_figure(events: Iterable[Mapping[str, Any]]) -> Figure:
 
 # ---------------------------------------------------------------------- decay, inertia
 def decay_figure(events: Iterable[Mapping[str, Any]]) -> Figure:
-    """Screened (solid) vs free (dashed) patterns per level, and the norm decay removed, per tick."""
+    """Screened (solid) vs free (dashed) patterns per level, and the norm decay removed, per tick;
+    with the entropy budget on, a third panel: its screening-threshold factor per level."""
+    events = list(events)
     rows = _of(events, "decay")
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.2))
+    budget = _of(events, "budget")
+    fig, axes = plt.subplots(1, 3 if budget else 2, figsize=(15 if budget else 10, 3.2))
+    left, right = axes[0], axes[1]
+    if budget:
+        _lines(axes[2], _series(budget, "levels", "scale"))
+        axes[2].set_yscale("log")
+        axes[2].set(xlabel="tick", ylabel="× thresholds", title="entropy budget: screening-threshold factor")
+        axes[2].legend(fontsize=6)
     _lines(left, _series(rows, "levels", "screened"))
     _lines(left, {f"{k} free": xy for k, xy in _series(rows, "levels", "free").items()}, "--")
     left.set(xlabel="tick", ylabel="patterns", title="screened (solid) vs free (dashed) per level")
