@@ -15,7 +15,10 @@
 set -euo pipefail
 setup=$(cd "$1" && pwd); out=$2; shift 2
 mkdir -p "$out"; out=$(cd "$out" && pwd)
-source "$(dirname "$0")/setup_env.sh"
+# the runs read a copy of the code: the device tool uploads the working tree again at every call, and a
+# process importing a module while that happens fails (ImportError: cannot import name ... unknown location)
+rm -rf "$out/tree" && mkdir -p "$out/tree" && cp -r src configs benchmarks "$out/tree/" && cd "$out/tree"
+source benchmarks/gpu/setup_env.sh
 names=()
 for spec in "$@"; do
   head=${spec%%:*}; over=(); [ "$spec" != "$head" ] && IFS=',' read -r -a over <<< "${spec#*:}"

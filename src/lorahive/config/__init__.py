@@ -30,6 +30,7 @@ from lorahive.config.mechanisms import (
     MechanismsConfig,
     ReplayConfig,
     ScreeningConfig,
+    VerticalResonanceConfig,
 )
 from lorahive.config.run import (
     METHODS,
@@ -68,6 +69,7 @@ __all__ = [
     "StackSpec",
     "Strategy",
     "StreamConfig",
+    "VerticalResonanceConfig",
     "SuiteConfig",
     "as_stack",
     "default_levels",

@@ -13,6 +13,7 @@ __all__ = [
     "BandwidthConfig",
     "ConsolidationConfig",
     "EntropyBudgetConfig",
+    "VerticalResonanceConfig",
     "HealthConfig",
     "InertiaConfig",
     "MechanismsConfig",
@@ -156,6 +157,28 @@ class EntropyBudgetConfig(_Section):
         return self
 
 
+class VerticalResonanceConfig(_Section):
+    """Vertical resonance (seed 004 §4): levels whose learning agrees are sped up, levels at odds slowed.
+
+    Each level's update of a tick (what the fast steps and the swarm step wrote, migrations and
+    decay excluded) is sketched in ΔW space — ``gⱼᵀ·ΔW·hⱼ`` for ``sketch`` fixed random vector
+    pairs per module, the same for every level, so levels of any rank compare — and folded into
+    a running unit direction (EMA ``ema``). When the mean pairwise cosine of the levels'
+    directions is above ``threshold`` every compared level's learning rate is boosted (up to
+    ×``boost`` at cosine 1) and the tick's ready migrations bypass the queues; below
+    ``−threshold`` the faster levels' learning rates are multiplied by ``damp``, the slowest is
+    kept. Off by default: not yet measured at full size.
+    """
+
+    enabled: bool = Field(default=False, description="run this mechanism (off by default until the full-size ablation shows it helps)")
+    levels: list[str] | None = Field(default=None, description="levels compared; null = every trainable level that is not task-scoped")
+    sketch: int = Field(default=16, ge=1, le=1024, description="random vector pairs per module in the ΔW sketch")
+    ema: float = Field(default=0.8, ge=0.0, lt=1.0, description="running direction: d ← ema·d + (1−ema)·this tick's unit update")
+    threshold: float = Field(default=0.3, gt=0.0, lt=1.0, description="mean cosine above which levels resonate (and below whose negative they are at odds)")
+    boost: float = Field(default=2.0, ge=1.0, le=2.0, description="learning-rate factor at cosine 1 (linear from 1 at the threshold; the seed caps it at ×2)")
+    damp: float = Field(default=0.5, gt=0.0, le=1.0, description="learning-rate factor of the faster levels when they are at odds with the slower ones")
+
+
 class MechanismsConfig(BaseModel):
     """The mechanisms of a run, one section each (``mechanisms.<name>.enabled: false`` switches one off)."""
 
@@ -166,6 +189,7 @@ class MechanismsConfig(BaseModel):
     replay: ReplayConfig = Field(default_factory=ReplayConfig, description="replay of past successes")
     consolidation: ConsolidationConfig = Field(default_factory=ConsolidationConfig, description="stable patterns migrate to slower levels")
     bandwidth: BandwidthConfig = Field(default_factory=BandwidthConfig, description="bandwidth-limited migration queues")
+    vertical_resonance: VerticalResonanceConfig = Field(default_factory=VerticalResonanceConfig, description="levels whose updates agree learn faster")
     entropy_budget: EntropyBudgetConfig = Field(default_factory=EntropyBudgetConfig, description="screening thresholds kept in the healthy entropy band")
 
 

@@ -173,7 +173,7 @@ class RunConfig(BaseModel):
         if self.agent.context_level is not None and self.agent.context_level not in names:
             raise ValueError(f"agent.context_level {self.agent.context_level!r} is not a level of {names}")
         m = self.mechanisms
-        for field_name, chosen in (("screening.levels", m.screening.levels), ("inertia.levels", m.inertia.levels)):
+        for field_name, chosen in (("screening.levels", m.screening.levels), ("inertia.levels", m.inertia.levels), ("vertical_resonance.levels", m.vertical_resonance.levels)):
             unknown = [lv for lv in chosen or [] if lv not in names]
             if unknown:
                 raise ValueError(f"mechanisms.{field_name}: {unknown} are not levels of {names}")

@@ -7,8 +7,9 @@ slower levels, as the seed requires; an item's size is the parameters it moves,
 ``k · Σ_m (in_m + out_m)``, over the target level's. What a channel moved is its *load*;
 the load recovers by ``recovery × budget`` each tick, and an item is admitted while
 ``load + size ≤ budget`` (a clear channel admits one item even if it is larger than the
-budget). A pattern with autocorrelation ≥ ``critical`` bypasses the queue at once
-(``migrate`` phase); the rest move in the ``drain`` phase. A pattern that waited more than
+budget). A pattern with autocorrelation ≥ ``critical`` — or any ready pattern of a tick in
+which vertical resonance found the levels learning alike (``view.shared["resonant"]``) —
+bypasses the queue at once (``migrate`` phase); the rest move in the ``drain`` phase. A pattern that waited more than
 ``max_wait`` ticks is dropped as stale (a rejection, and a conflict: the queue undid what
 consolidation accepted). With the bandwidth mechanism switched off, everything ready moves
 at once.
@@ -103,15 +104,17 @@ class Bandwidth:
         ops = view.shared.setdefault("ops", {})
         ops["migrate"] = ops.get("migrate", 0) + len(ready)  # health counts migrations requested
         now: list[Queued] = []
+        resonant = bool(view.shared.get("resonant"))  # vertical resonance: this tick's ready patterns are universal
         for r in ready:
             self.counts["requests"] += 1
             ch = channel_name(r.source, r.target)
             queue = self.queues.setdefault(ch, [])
             item = Queued(r, self.size(view, r.target), view.tick)
             same = next((q for q in queue if q.ready.slot == r.slot), None)
-            if same is not None and not (self.limited and r.autocorr >= self.cfg.critical):
+            critical = r.autocorr >= self.cfg.critical or resonant
+            if same is not None and not (self.limited and critical):
                 same.ready = r  # already waiting: keep its place in time, refresh its autocorrelation
-            elif not self.limited or r.autocorr >= self.cfg.critical:
+            elif not self.limited or critical:
                 if same is not None:  # waiting, and now critical: it leaves the queue and moves at once
                     queue.remove(same)
                     item.enqueued = same.enqueued

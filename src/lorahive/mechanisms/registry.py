@@ -24,6 +24,7 @@ from lorahive.mechanisms.inertia import EmergentInertia
 from lorahive.mechanisms.replay import SuccessReplay
 from lorahive.mechanisms.resonance import DirectionTracker, SwarmDirection
 from lorahive.mechanisms.screening import Screening
+from lorahive.mechanisms.vertical_resonance import VerticalResonance
 
 __all__ = ["DEFAULT_FACTORIES", "TENSOR_PREFIX", "Factory", "build_mechanisms", "check_mechanisms", "is_hive", "join_states", "split_states"]
 
@@ -53,6 +54,15 @@ def _inertia(cfg: RunConfig, agents: Sequence[str]) -> Mechanism | None:
     stack = cfg.stack()
     levels = cfg.mechanisms.inertia.levels or [lv.name for lv in stack.levels if lv.trainable]
     return EmergentInertia(cfg.mechanisms.inertia, levels, {lv.name: lv.inertia for lv in stack.levels})
+
+
+def _vertical_resonance(cfg: RunConfig, agents: Sequence[str]) -> Mechanism | None:
+    if not is_hive(cfg):
+        return None
+    stack = cfg.stack()
+    m = cfg.mechanisms.vertical_resonance
+    levels = m.levels or [lv.name for lv in stack.levels if lv.trainable and lv.scope != "task"]
+    return VerticalResonance(m, levels, {lv.name: lv.lr for lv in stack.levels}, {lv.name: lv.inertia for lv in stack.levels}, cfg.seed)
 
 
 def _replay(cfg: RunConfig, agents: Sequence[str]) -> Mechanism | None:
@@ -85,7 +95,7 @@ def _screening(cfg: RunConfig, agents: Sequence[str]) -> list[Mechanism] | None:
 #: The mechanisms of every run, in registration (= run) order within each phase.
 #: Health (:mod:`lorahive.observe.health`) is observation, not a mechanism of this package: the
 #: swarm appends its factory (``observe`` builds on ``mechanisms``, not the other way round).
-DEFAULT_FACTORIES: tuple[Factory, ...] = (_inertia, _replay, _attack, _resonance, _migration, _screening)
+DEFAULT_FACTORIES: tuple[Factory, ...] = (_inertia, _replay, _attack, _resonance, _vertical_resonance, _migration, _screening)
 
 
 def check_mechanisms(mechanisms: Sequence[Mechanism]) -> list[Mechanism]:

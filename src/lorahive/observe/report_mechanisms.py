@@ -8,6 +8,7 @@ Every function here takes ledger event rows (``{"tick", "kind", "detail"}``, as
     mechanism:screening   action "decay"    screened / free patterns and the norm decayed, per level
     mechanism:inertia     action "inertia"  inertia, density and step size, per level
     mechanism:entropy_budget  action "budget"  entropy ratio and screening-threshold factor, per level
+    mechanism:vertical_resonance  action "vertical"  cross-level cosine, mode and learning-rate factors
 
 The ``*_figure`` functions return matplotlib figures (``report.py`` embeds them as PNGs);
 :func:`health_summary` is what a run's ``metrics.json`` keeps under ``health``. Bands and
@@ -56,7 +57,10 @@ KINDS: dict[str, tuple[str, str]] = {
 }
 MECHANISM_SECTIONS = tuple(KINDS)
 #: Events a section's figure also reads (the entropy budget's factors join the decay figure).
-EXTRA_KINDS: dict[str, tuple[str, str]] = {"budget": ("mechanism:entropy_budget", "budget")}
+EXTRA_KINDS: dict[str, tuple[str, str]] = {
+    "budget": ("mechanism:entropy_budget", "budget"),
+    "vertical": ("mechanism:vertical_resonance", "vertical"),  # joins the inertia figure
+}
 
 STATUS_COLORS = {
     "healthy": "tab:green",
@@ -282,9 +286,20 @@ def decay_figure(events: Iterable[Mapping[str, Any]]) -> Figure:
 
 
 def inertia_figure(events: Iterable[Mapping[str, Any]]) -> Figure:
-    """Each level's inertia and step size over ticks."""
+    """Each level's inertia and step size over ticks; with vertical resonance on, a third panel:
+    the levels' mean cosine and each level's learning-rate factor."""
+    events = list(events)
     rows = _of(events, "inertia")
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.2))
+    vertical = _of(events, "vertical")
+    fig, axes = plt.subplots(1, 3 if vertical else 2, figsize=(15 if vertical else 10, 3.2))
+    left, right = axes[0], axes[1]
+    if vertical:
+        ax = axes[2]
+        _lines(ax, _series(vertical, "lr_factor"))
+        ax.plot([int(r["tick"]) for r in vertical], [_num(r["detail"].get("cosine")) for r in vertical], "k--", lw=1, label="cosine")
+        ax.axhline(0.0, color="0.7", lw=0.5)
+        ax.set(xlabel="tick", ylabel="factor / cosine", title="vertical resonance: lr factor per level")
+        ax.legend(fontsize=6)
     _lines(left, _series(rows, "levels", "inertia"))
     left.set(xlabel="tick", ylabel="inertia", title="inertia per level")
     left.legend(fontsize=6)

@@ -1,0 +1,140 @@
+"""Vertical resonance (seed 004 §4; DESIGN.md §3): levels whose learning agrees speed up together.
+
+A pattern that every level is learning at once is universal; a fast level pulling against
+the slow ones is noise. Each tick the mechanism sketches what learning wrote into every
+compared level — the difference between its weights after the ``apply`` phase (fast steps
+and the swarm step done) and at the ``draw`` phase (before them), so migrations and decay,
+which run later, are not counted as learning — in ΔW space:
+
+    sketch_m[j] = g_{m,j}ᵀ · ΔW_m · h_{m,j}        j = 1 … ``sketch``, per wrapped module m
+
+with fixed random ``g``, ``h`` per module, the same for every level (a level's ΔW is
+``(a/r)·B·A``, so ranks do not matter: ``gᵀ·B·A·h = (gᵀB)·(Ah)`` costs O(r·(out + in))). A
+per-agent level's update is the mean over its slots that moved. Each level keeps a running
+unit direction (EMA of the tick's unit update); ``c`` is the mean pairwise cosine of the
+directions of the levels that have one. Then, for the next tick's steps:
+
+    c > threshold     every compared level: lr = η · (1 + (boost − 1)·(c − threshold)/(1 − threshold)),
+                      and this tick's ready migrations bypass the bandwidth queues (fast track)
+    c < −threshold    the faster levels (all but the one with the largest base inertia): lr = η · damp
+    otherwise         lr = η
+
+η is the level's configured learning rate; the rate lives in the level state (checkpointed),
+and its step size is ``lr · (1 − inertia)`` as ever.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+from typing import Any, final
+
+import torch
+
+from lorahive.config import VerticalResonanceConfig
+from lorahive.mechanisms.base import Action, TickView
+
+__all__ = ["VerticalResonance", "level_sketch"]
+
+
+def _probes(core: Any, level: str, d: int, seed: int, cache: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The fixed ``(G (d, out), H (d, in))`` of every module of ``level``, keyed by module path (shared across levels)."""
+    out = []
+    for i, (path, bank) in enumerate(core.named_banks(level)):
+        if path not in cache:
+            gen = torch.Generator().manual_seed(seed * 1_000_003 + i)
+            g = torch.randn(d, bank.out_features, generator=gen) / bank.out_features**0.5
+            h = torch.randn(d, bank.in_features, generator=gen) / bank.in_features**0.5
+            cache[path] = (g.to(bank.B.device), h.to(bank.A.device))
+        out.append(cache[path])
+    return out
+
+
+@torch.no_grad()
+def level_sketch(core: Any, level: str, d: int, seed: int = 0, cache: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None) -> torch.Tensor:
+    """``(slots, modules·d)``: ``g_jᵀ·(a/r)·B[s]·A[s]·h_j`` for every slot s of ``level``, module by module."""
+    probes = _probes(core, level, d, seed, {} if cache is None else cache)
+    scale = core.stack.get(level).scale
+    parts = []
+    for bank, (g, h) in zip(core.banks(level), probes, strict=True):
+        gb = torch.einsum("do,sor->sdr", g, bank.B.float())  # (S, d, r)
+        ah = torch.einsum("sri,di->sdr", bank.A.float(), h)  # (S, d, r)
+        parts.append((gb * ah).sum(-1))  # (S, d)
+    return scale * torch.cat(parts, dim=1)
+
+
+@final
+class VerticalResonance:
+    """Cross-level agreement of learning directions, turned into learning rates (``draw``, ``apply``)."""
+
+    name = "vertical_resonance"
+    phases: tuple[str, ...] = ("draw", "apply")
+
+    def __init__(self, cfg: VerticalResonanceConfig, levels: Sequence[str], base_lr: dict[str, float], base_inertia: dict[str, float], seed: int = 0) -> None:
+        self.cfg = cfg
+        self.enabled = cfg.enabled
+        self.levels = list(levels)
+        self.base_lr = dict(base_lr)
+        self.base_inertia = dict(base_inertia)
+        self.seed = seed
+        self.direction: dict[str, torch.Tensor] = {}  # level -> running unit direction (modules·d,)
+        self._before: dict[str, torch.Tensor] = {}
+        self._probes: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def _sketch(self, view: TickView, level: str) -> torch.Tensor:
+        return level_sketch(view.core, level, self.cfg.sketch, self.seed, self._probes)
+
+    def run(self, view: TickView) -> Action | None:
+        if view.phase == "draw":
+            self._before = {lv: self._sketch(view, lv) for lv in self.levels}
+            return None
+        if not self._before:
+            return None
+        cosine = self._fold(view)
+        return self._decide(view, cosine)
+
+    def _fold(self, view: TickView) -> float | None:
+        """Fold this tick's updates into the directions; the mean pairwise cosine (``None`` with < 2 levels)."""
+        for lv in self.levels:
+            delta = self._sketch(view, lv) - self._before[lv]  # (S, D)
+            moved = delta.norm(dim=1) > 0
+            if view.core.stack.get(lv).scope == "shared":
+                update = delta[0]
+            else:
+                update = (delta * moved[:, None]).sum(0) / moved.sum().clamp_min(1)
+            norm = update.norm()
+            unit = torch.where(norm > 0, update / norm.clamp_min(1e-30), torch.zeros_like(update))
+            prev = self.direction.get(lv)
+            if prev is None:
+                prev = torch.zeros_like(unit)
+            mixed = self.cfg.ema * prev.to(unit.device) + (1.0 - self.cfg.ema) * unit
+            self.direction[lv] = torch.where(norm > 0, mixed, prev.to(unit.device))  # no update: keep the direction
+        self._before = {}
+        dirs = [self.direction[lv] for lv in self.levels if lv in self.direction]
+        norms = torch.stack([d.norm() for d in dirs]) if dirs else torch.zeros(0)
+        live = [d / n for d, n in zip(dirs, norms.tolist(), strict=True) if n > 0]
+        if len(live) < 2:
+            return None
+        return float(torch.stack([a @ b for a, b in itertools.combinations(live, 2)]).mean())
+
+    def _decide(self, view: TickView, cosine: float | None) -> Action:
+        factors = dict.fromkeys(self.levels, 1.0)
+        mode = "neutral"
+        if cosine is not None and cosine > self.cfg.threshold:
+            mode = "resonant"
+            f = 1.0 + (self.cfg.boost - 1.0) * (cosine - self.cfg.threshold) / (1.0 - self.cfg.threshold)
+            factors = dict.fromkeys(self.levels, f)
+            view.shared["resonant"] = True  # bandwidth: this tick's ready migrations take the fast track
+        elif cosine is not None and cosine < -self.cfg.threshold:
+            mode = "dissonant"
+            slowest = max(self.levels, key=lambda lv: self.base_inertia[lv])
+            factors = {lv: (1.0 if lv == slowest else self.cfg.damp) for lv in self.levels}
+        for lv, f in factors.items():
+            view.states[lv].lr = self.base_lr[lv] * f
+        return Action("vertical", {"cosine": cosine, "mode": mode, "lr_factor": factors})
+
+    def state_dict(self) -> dict[str, Any]:
+        return {f"direction.{lv}": t for lv, t in self.direction.items()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.direction = {k.removeprefix("direction."): v.float() for k, v in state.items() if k.startswith("direction.")}
