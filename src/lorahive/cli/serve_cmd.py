@@ -21,9 +21,13 @@ def serve(
     port: Annotated[int, typer.Option("--port", min=0, max=65535, help="port to listen on")] = 8000,
     max_tokens: Annotated[int, typer.Option("--max-tokens", min=1, help="the most tokens one request may ask for")] = 256,
     max_batch: Annotated[int, typer.Option("--max-batch", min=1, help="rows decoded together")] = 16,
-    feedback_steps: Annotated[int, typer.Option("--feedback-steps", min=1, help="learning steps per correction")] = 1,
+    feedback_steps: Annotated[int, typer.Option("--feedback-steps", min=1, help="learning steps per taught example")] = 1,
+    reward_threshold: Annotated[float, typer.Option("--reward-threshold", help="a reward at least this, without a correction, teaches the completion itself")] = 0.5,
+    tick_every: Annotated[int, typer.Option("--tick-every", min=0, help="taught examples per serve tick (swarm proposals); 0: none")] = 16,
+    checkpoint_every: Annotated[int, typer.Option("--checkpoint-every", min=1, help="learned feedback events between two checkpoints")] = 32,
+    checkpoint_seconds: Annotated[float, typer.Option("--checkpoint-seconds", min=0.01, help="the longest a learned event waits for a checkpoint")] = 60.0,
 ) -> None:
-    """Serve a run's agents over an OpenAI-compatible API; corrections sent as feedback become learning."""
+    """Serve a run's agents over an OpenAI-compatible API; feedback becomes learning, checkpointed and replayed after a crash."""
     import uvicorn
 
     from lorahive.serve import Settings, create_app
@@ -33,7 +37,10 @@ def serve(
     if not run_dir.is_dir():
         fail(f"{run_dir} is not a run directory")
         return
-    settings = Settings(max_tokens=max_tokens, default_max_tokens=min(16, max_tokens), max_batch=max_batch, feedback_steps=feedback_steps)
+    settings = Settings(
+        max_tokens=max_tokens, default_max_tokens=min(16, max_tokens), max_batch=max_batch, feedback_steps=feedback_steps,
+        reward_threshold=reward_threshold, tick_every=tick_every, checkpoint_every=checkpoint_every, checkpoint_seconds=checkpoint_seconds,
+    )
     try:
         with run_lock(run_dir):
             try:
