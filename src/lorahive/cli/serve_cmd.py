@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import signal
 from pathlib import Path
+from types import FrameType
 from typing import Annotated
 
 import typer
@@ -13,6 +15,11 @@ from lorahive.observe.ledger import LedgerError
 from lorahive.runtime.rundir import RunDirError
 from lorahive.store.checkpoint import CheckpointError
 from lorahive.store.lock import RunLockedError, run_lock
+
+
+def _stop_cleanly(sig: int, frame: FrameType | None) -> None:
+    """SIGTERM, once uvicorn has shut down and raised it again: unwind, so the engine writes its last checkpoint."""
+    raise SystemExit(0)
 
 
 def serve(
@@ -58,6 +65,7 @@ def serve(
                 if not keys.enabled:
                     console.print(f"[yellow]warning:[/yellow] {run_dir} has no API keys: every client may use every agent (add one with `lorahive keys add {run_dir} --admin`)")
                 console.print(f"serving {len(engine.agents)} agents of {run_dir} on http://{host}:{port}/v1 ({', '.join(engine.agents)})")
+                signal.signal(signal.SIGTERM, _stop_cleanly)
                 uvicorn.run(create_app(engine, keys), host=host, port=port, log_level="info")
             finally:
                 engine.stop()
