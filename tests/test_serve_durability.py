@@ -7,7 +7,7 @@ high and low rewards) until the test kills the server right after its first chec
 a few more acknowledgements. Then: the checkpoint's ledger mark splits the acknowledged events
 into applied (at or below it) and queued (above it), both present; ``lorahive resume`` is
 refused; a restarted server learns the queued ones again (``serve_start.replayed``), takes
-more feedback, and stops cleanly. At the end every teaching feedback row has exactly one
+more feedback, and stops cleanly (after which ``lorahive resume`` is allowed). At the end every teaching feedback row has exactly one
 ``serve_learn`` row, and each agent's optimizer step count on its own level grew by exactly
 its number of teaching events — learning lost or applied twice would change the count.
 """
@@ -151,7 +151,7 @@ def test_sigkill_under_load_then_restart_applies_every_acknowledged_feedback_onc
 
     # 3. restart: the queued events (and any recorded but not acknowledged) are learned again, once
     proc = _serve(run, port, log)
-    (_, start), *_ = _events(run, "serve_start")[-1:]
+    start = _events(run, "serve_start")[-1][1]
     recorded_after = [f for f, (i, d) in rows.items() if i > line and d["learning"]]
     assert start["replayed"] == recorded_after and set(queued) <= set(start["replayed"])
     load = Load(port, clients=2)
@@ -175,3 +175,4 @@ def test_sigkill_under_load_then_restart_applies_every_acknowledged_feedback_onc
     consumed = [f for _, d in _events(run, "serve_tick") for f in d["feedback"]]
     assert len(consumed) == len(set(consumed)) and set(consumed) <= set(want)  # no example in two swarm updates
     assert _rows(run, "SELECT COUNT(*) FROM events WHERE kind = 'serve_tick'")[0][0] >= 1
+    assert runs.resume(run)["ticks"] == 1  # after a clean stop the tick loop may resume from the server's checkpoint

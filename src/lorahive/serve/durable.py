@@ -116,7 +116,8 @@ class Keeper:
 
     # ------------------------------------------------------------------ while serving
     def changed(self, learned: bool = True) -> None:
-        """One change not yet in a checkpoint: a learned feedback event, or (``learned=False``) a serve tick."""
+        """One change not yet in a checkpoint: a learned feedback event, or (``learned=False``) a serve tick
+        or a feedback event that teaches nothing (a checkpoint puts it below the line, so a tick loop may resume)."""
         self.learned += int(learned)
         if self.first_change is None:
             self.first_change = time.monotonic()

@@ -360,6 +360,8 @@ class Engine:
             if learns:
                 assert taught.answer is not None
                 learn.append(Queued(row, fid, agent, prompt, taught.answer, taught.source))
+            elif self.keeper is not None:
+                self.keeper.changed(learned=False)  # a checkpoint moves the line past it too: see durable.py
             fut.set_result({
                 "id": fid, "object": "feedback", "completion_id": fb.completion_id, "model": agent, "recorded": True,
                 "learning": "queued" if learns else "none", "source": taught.source,
