@@ -2,10 +2,16 @@
 
     .venv/bin/python benchmarks/serve_load.py                         # embedded SmolLM2-135M, CPU
     .venv/bin/python benchmarks/serve_load.py --base PATH --clients 16 --agents 8
+    .venv/bin/python benchmarks/serve_load.py --run RUN_DIR --tick-every 4     # a run directory: serve ticks, checkpoints
 
 Each client sends ``--requests`` completions (round-robin over the agents, greedy,
-``--max-tokens`` each) and, every ``--feedback-every`` requests, a correction for its last
-completion. Prints p50/p99 latency, tokens/s and feedback learned per second, then the same
+``--max-tokens`` each) and, every ``--feedback-every`` requests, feedback on its last
+completion (a correction, or every other time a reward of 1: the completion itself is
+taught). With ``--run`` the run directory is served as ``lorahive serve`` serves it (its
+agents, checkpoints every ``--checkpoint-every`` learned events, a serve tick every
+``--tick-every`` taught examples), and the decode stalls they cause are printed: the median
+decode step beside the longest serve-tick unit and the longest checkpoint, each of which
+holds up one decode step. Prints p50/p99 latency, tokens/s and feedback learned per second, then the same
 requests served by plain ``transformers`` generation one request at a time (``Hive.generate``
 of one row: ``model.generate`` with its KV cache). Bounded: ``--seconds`` stops the clients.
 """
@@ -26,6 +32,8 @@ import uvicorn
 from lorahive import Hive
 from lorahive.config import DEFAULT_BASE
 from lorahive.serve import Engine, Settings, create_app
+from lorahive.serve.load import engine_for_run
+from lorahive.store.lock import run_lock
 
 PROMPTS = [
     "Ticket: my screen is black. Team:",
@@ -50,14 +58,40 @@ def main() -> None:
     ap.add_argument("--feedback-every", type=int, default=2)
     ap.add_argument("--seconds", type=float, default=300.0)
     ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--run", default=None, help="serve this run directory (its agents) instead of --base")
+    ap.add_argument("--tick-every", type=int, default=4, help="with --run: taught examples per serve tick")
+    ap.add_argument("--checkpoint-every", type=int, default=8, help="with --run: learned events per checkpoint")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
 
+    settings = Settings(max_tokens=args.max_tokens, max_batch=max(16, args.clients), tick_every=args.tick_every, checkpoint_every=args.checkpoint_every)
+    if args.run:
+        with run_lock(args.run):
+            engine = engine_for_run(args.run, settings)
+            measure(args, engine, engine.hive, engine.agents[: args.agents])
+        return
     hive = Hive.load(args.base, device="cuda" if torch.cuda.is_available() else "cpu")
     agents = [f"agent{i}" for i in range(args.agents)]
     hive.add_agents(agents)
-    engine = Engine(hive, None, Settings(max_tokens=args.max_tokens, max_batch=max(16, args.clients))).start()
+    measure(args, Engine(hive, None, settings), hive, agents)
+
+
+def stalls(engine: Engine) -> str:
+    """The median decode step beside the longest serve-tick unit and checkpoint (each holds up one step)."""
+    by: dict[str, list[float]] = {}
+    for kind, seconds in engine.timeline:
+        by.setdefault(kind, []).append(seconds)
+    step = statistics.median(by.get("step", [float("nan")]))
+    tick, ckpt = by.get("tick", []), by.get("checkpoint", [])
+    return (
+        f"  decode step median {step * 1000:.1f} ms; serve ticks {engine.stats['serve_ticks']:.0f} in {len(tick)} units, longest unit {max(tick, default=0) * 1000:.1f} ms;"
+        f" checkpoints {len(ckpt)}, longest {max(ckpt, default=0) * 1000:.1f} ms, mean {statistics.mean(ckpt) * 1000 if ckpt else 0:.1f} ms"
+    )
+
+
+def measure(args: argparse.Namespace, engine: Engine, hive: Hive, agents: list[str]) -> None:
+    engine.start()
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     server = uvicorn.Server(uvicorn.Config(create_app(engine), log_level="warning"))
@@ -84,7 +118,8 @@ def main() -> None:
                 latencies.append(dt)
                 tokens[0] += out.usage.completion_tokens if out.usage else 0
             if args.feedback_every and (r + 1) % args.feedback_every == 0:
-                client.post("/feedback", body={"completion_id": out.id, "correction": " hardware"}, cast_to=object)
+                body = {"correction": " hardware"} if (c + r) % 2 else {"reward": 1.0}
+                client.post("/feedback", body={"completion_id": out.id, **body}, cast_to=object)
                 with lock:
                     feedback[0] += 1
 
@@ -101,6 +136,7 @@ def main() -> None:
     print(f"serve: {len(latencies)} requests, {args.clients} clients over {args.agents} agents, {args.max_tokens} max tokens, device {hive.device}")
     print(f"  latency p50 {pct(latencies, 0.5):.3f} s, p99 {pct(latencies, 0.99):.3f} s; {tokens[0] / wall:.1f} tokens/s; "
           f"{learned / wall:.2f} feedback learned/s ({learned}); most rows in one step {engine.stats['max_batch_seen']:.0f}; wall {wall:.1f} s")
+    print(stalls(engine))
 
     one: list[float] = []
     gen_tokens = 0

@@ -196,11 +196,11 @@ def test_a_correction_changes_that_agent_only_and_is_in_the_ledger_first(tmp_pat
         assert after != first.choices[0].text
         assert after == " blue"  # twenty steps on the correction: it is now the agent's answer
         assert bob_after == bob_before
-        only_reward = client.post("/feedback", body={"completion_id": first.id, "reward": 1.0}, cast_to=object)
-        assert isinstance(only_reward, dict) and only_reward["learning"] == "none"
+        low_reward = client.post("/feedback", body={"completion_id": first.id, "reward": 0.2}, cast_to=object)
+        assert isinstance(low_reward, dict) and (low_reward["learning"], low_reward["source"]) == ("none", "negative")
     with sqlite3.connect(ledger) as db:
         learned = [json.loads(d) for (d,) in db.execute("SELECT detail FROM events WHERE kind = 'serve_learn'")]
-    assert [(r["agent"], r["feedback_id"], r["levels"]) for r in learned] == [("ann", ack["id"], ["agent"])]
+    assert [(r["agent"], r["feedback_id"], r["levels"], r["source"]) for r in learned] == [("ann", ack["id"], ["agent"], "correction")]
 
 
 # ---------------------------------------------------------------------- bad input

@@ -106,7 +106,9 @@ class LedgerError(ValueError):
 class Ledger:
     """An open ledger database; writes commit immediately, or per :meth:`transaction`."""
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, durable: bool = False) -> None:
+        """Open (or create) the ledger; ``durable``: every commit is fsynced (``synchronous=FULL``), so
+        a power loss cannot take back a row once written (``lorahive serve``'s acknowledged feedback)."""
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(str(self.path), isolation_level=None)  # autocommit; BEGIN explicitly
@@ -115,7 +117,7 @@ class Ledger:
         self._closed = False
         try:
             self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
             self._init_schema()
         except sqlite3.DatabaseError as e:
             self._closed = True
@@ -232,12 +234,27 @@ class Ledger:
         )
         return digest
 
-    def record_event(self, tick: int, kind: str, detail: Mapping[str, Any] | None = None) -> None:
-        """Anything else worth keeping (migration, decay sweep, split/merge, resume, ...)."""
-        self._db.execute(
+    def record_event(self, tick: int, kind: str, detail: Mapping[str, Any] | None = None) -> int:
+        """Anything else worth keeping (migration, decay sweep, split/merge, resume, ...); returns the row's id."""
+        cur = self._db.execute(
             "INSERT INTO events (tick, kind, detail) VALUES (?, ?, ?)",
             (tick, kind, json.dumps(dict(detail or {}), sort_keys=True, default=str)),
         )
+        return int(cur.lastrowid or 0)
+
+    def forget(self, table: str, first: int, last: int, keep_kinds: tuple[str, ...] = ()) -> int:
+        """Delete rows ``first`` to ``last`` (ids, inclusive) of ``table``; events of ``keep_kinds`` stay. Returns rows deleted.
+
+        For learning a crash took back (``lorahive serve``'s rows after the checkpoint's mark).
+        """
+        if table not in _TICK_TABLES:
+            raise ValueError(f"table must be one of {_TICK_TABLES}, got {table!r}")
+        keep = f" AND kind NOT IN ({', '.join('?' * len(keep_kinds))})" if keep_kinds and table == "events" else ""
+        return int(self._db.execute(f"DELETE FROM {table} WHERE id BETWEEN ? AND ?{keep}", (first, last, *(keep_kinds if keep else ()))).rowcount)
+
+    def max_ids(self) -> dict[str, int]:
+        """The last row id of every table (0 when empty)."""
+        return {t: int(self._db.execute(f"SELECT COALESCE(MAX(id), 0) FROM {t}").fetchone()[0]) for t in _TICK_TABLES}
 
     def rollback_to(self, tick: int) -> int:
         """Delete every row after ``tick`` (resuming from a checkpoint at ``tick``); returns rows deleted."""
@@ -258,7 +275,7 @@ class Ledger:
 
     def mark(self) -> dict[str, Any]:
         """Where the ledger stands now (for a checkpoint): last tick, last row id per table, digest of the rows."""
-        max_ids = {t: int(self._db.execute(f"SELECT COALESCE(MAX(id), 0) FROM {t}").fetchone()[0]) for t in _TICK_TABLES}
+        max_ids = self.max_ids()
         return {"tick": self.last_tick(), "max_ids": max_ids, "digest": self._digest(max_ids)}
 
     def verify_mark(self, mark: Mapping[str, Any]) -> None:

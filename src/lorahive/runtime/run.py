@@ -64,6 +64,7 @@ class Run:
     R: AccuracyMatrix | None = None
     ppl_before: dict[str, float] | None = None
     last_eval: tuple[int, dict[str, dict[str, float]]] | None = None
+    mark: dict[str, Any] | None = None  # the loaded checkpoint's ledger mark (open_run)
 
 
 def load_data(cfg: RunConfig) -> dict[str, CLData]:
@@ -240,7 +241,8 @@ def _resume_locked(out: Path, progress: Progress | None, ticks: int | None) -> d
 def open_run(out: str | Path) -> Run:
     """The run in ``out`` with its last good checkpoint loaded, no tick run (what ``lorahive serve`` serves).
 
-    The caller holds the run's lock and closes ``run.swarm.ledger``.
+    The ledger is checked against the checkpoint's mark (kept as ``run.mark``). The caller
+    holds the run's lock and closes ``run.swarm.ledger``.
     """
     out = Path(out)
     if not (out / "config.yaml").is_file():
@@ -252,19 +254,18 @@ def open_run(out: str | Path) -> Run:
     run = _build(out, cfg)
     try:
         loaded = checkpoint.load(out, run.hive.core, state_validator(cfg, sorted(run.swarm.data)))
-        try:
-            legacy = {f"mechanism/aggregation/{k.removeprefix('agg/')}": v for k, v in loaded.extra.items() if k.startswith("agg/")}
-            run.swarm.load_state(loaded.state, loaded.extra | legacy)
-        except (KeyError, TypeError, ValueError, AttributeError, RuntimeError) as e:
-            raise checkpoint.CheckpointError(f"{checkpoint.locate(out)}: its run state cannot be restored: {e!r}") from None
+        _restore(run, loaded)
+        run.mark = loaded.state.get("ledger")
+        if run.mark is not None:
+            run.swarm.ledger.verify_mark(run.mark)
     except BaseException:
         run.swarm.ledger.close()
         raise
     return run
 
 
-def _continue(run: Run, out: Path, cfg: RunConfig, ticks: int | None, progress: Progress | None) -> dict[str, Any]:
-    loaded = checkpoint.load(out, run.hive.core, state_validator(cfg, sorted(run.swarm.data), ticks))
+def _restore(run: Run, loaded: checkpoint.Loaded) -> None:
+    """Put a loaded checkpoint's run state back into ``run`` (swarm, evaluation before, R, time)."""
     try:
         legacy = {f"mechanism/aggregation/{k.removeprefix('agg/')}": v for k, v in loaded.extra.items() if k.startswith("agg/")}  # checkpoints before mechanisms/base.py
         run.swarm.load_state(loaded.state, loaded.extra | legacy)
@@ -277,10 +278,33 @@ def _continue(run: Run, out: Path, cfg: RunConfig, ticks: int | None, progress: 
                     if v is not None:
                         run.R.record(stage, task_type, v)
     except (KeyError, TypeError, ValueError, AttributeError, RuntimeError) as e:
-        raise checkpoint.CheckpointError(f"{checkpoint.locate(out)}: its run state cannot be restored: {e!r}") from None
+        raise checkpoint.CheckpointError(f"{checkpoint.locate(run.out)}: its run state cannot be restored: {e!r}") from None
+
+
+#: Ledger events ``lorahive serve`` writes that a checkpoint must cover before a tick loop may continue.
+SERVE_EVENTS = ("serve_feedback", "serve_learn", "serve_tick")
+
+
+def _refuse_unreplayed_feedback(run: Run, mark: dict[str, Any]) -> None:
+    """A server killed with feedback not yet in a checkpoint: only ``lorahive serve`` replays it."""
+    rows = run.swarm.ledger.query(
+        f"SELECT COUNT(*) AS n FROM events WHERE id > ? AND kind IN ({', '.join('?' * len(SERVE_EVENTS))})",
+        (int(mark["max_ids"].get("events", 0)), *SERVE_EVENTS),
+    )
+    if rows[0]["n"]:
+        raise RunDirError(
+            f"{run.out}: the ledger holds {rows[0]['n']} rows of `lorahive serve` (acknowledged feedback and its learning) newer than"
+            f" the checkpoint; start `lorahive serve {run.out}` once (it learns them again) and stop it, then resume"
+        )
+
+
+def _continue(run: Run, out: Path, cfg: RunConfig, ticks: int | None, progress: Progress | None) -> dict[str, Any]:
+    loaded = checkpoint.load(out, run.hive.core, state_validator(cfg, sorted(run.swarm.data), ticks))
+    _restore(run, loaded)
     mark = loaded.state.get("ledger")
     if mark is not None:
         run.swarm.ledger.verify_mark(mark)
+        _refuse_unreplayed_feedback(run, mark)
     if ticks is not None:
         atomic_write_text(out / "config.yaml", dump_config(cfg))
     run.swarm.ledger.rollback_to(run.swarm.tick_no)
@@ -330,7 +354,8 @@ def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix.rstrip("."): tree}
 
 
-def _save(run: Run) -> None:
+def save_checkpoint(run: Run) -> Path:
+    """Write the run's checkpoint (state, tensors, the ledger's mark) and its ledger row; returns its path."""
     state = {
         **run.swarm.state(),
         "quality_before": run.before,
@@ -343,6 +368,7 @@ def _save(run: Run) -> None:
         state["cl_R"] = run.R.to_dict()["R"]
     path = checkpoint.save(run.out, run.hive.core, state, run.swarm.tensors())
     run.swarm.ledger.record_checkpoint(run.swarm.tick_no, path, sha256_of(path / "manifest.json"))
+    return path
 
 
 def _loop(run: Run, progress: Progress | None) -> dict[str, Any]:
@@ -355,7 +381,7 @@ def _loop(run: Run, progress: Progress | None) -> dict[str, Any]:
         if stage_end and swarm.schedule is not None:
             _r_row(run, swarm.schedule.stage_of(swarm.tick_no), evaluate_run(run))
         if swarm.tick_no % cfg.checkpoint_every == 0 or swarm.tick_no == cfg.ticks or stage_end:
-            _save(run)
+            save_checkpoint(run)
         atomic_write_text(run.out / "metrics.json", json.dumps(metrics(run, None), indent=1))
         if progress:
             progress(swarm.tick_no, cfg.ticks, ctx)

@@ -151,6 +151,20 @@ class Swarm:
         self.tick_no = ctx.tick
         return ctx
 
+    def settle(self, proposals: Sequence[Proposal]) -> TickContext:
+        """The compose and apply phases alone, over proposals made outside a tick (``lorahive serve``).
+
+        The run's aggregator and its compose- and apply-phase mechanisms see the proposals as
+        in a tick; no task is drawn, no reputation changes (there are no outcomes), the tick
+        number does not advance, and nothing is recorded: the caller records ``ctx``.
+        """
+        ctx = TickContext(tick=self.tick_no, proposals=list(proposals))
+        for phase, step in (("compose", self._compose), ("apply", self._apply)):
+            start = time.perf_counter()
+            step(ctx)
+            ctx.seconds[phase] = time.perf_counter() - start
+        return ctx
+
     def _run(self, phase: str, ctx: TickContext) -> None:
         """Run every enabled mechanism of ``phase``, in registration order; keep what each did."""
         for m in self.mechanisms:

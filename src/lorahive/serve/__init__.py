@@ -3,7 +3,9 @@
 ``engine``: the one decode worker that owns the model (mixed-agent continuous batching,
 feedback written to the ledger and turned into learning between decode steps); ``decode``:
 one greedy step over rows of many agents; ``protocol``: the OpenAI request and response
-shapes; ``app``: the FastAPI routes; ``load``: a run directory opened for serving.
+shapes; ``app``: the FastAPI routes; ``load``: a run directory opened for serving;
+``feedback``: what a feedback event teaches (corrections, rewards); ``swarm_feed``: serve ticks,
+feedback into swarm proposals; ``durable``: the server's checkpoints and crash recovery.
 """
 
 from __future__ import annotations

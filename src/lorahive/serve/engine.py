@@ -20,12 +20,18 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lorahive.learning.batching import encode_answer, encode_prompt
 from lorahive.observe.ledger import Ledger
 from lorahive.runtime.hive import Hive
 from lorahive.serve.decode import next_tokens
+from lorahive.serve.durable import Keeper, Queued
+from lorahive.serve.feedback import lesson
+from lorahive.serve.swarm_feed import SwarmFeed
+
+if TYPE_CHECKING:
+    from lorahive.runtime.run import Run
 
 log = logging.getLogger("lorahive.serve")
 
@@ -48,9 +54,13 @@ class Settings:
     max_tokens: int = 256  # the most tokens one request may ask for
     default_max_tokens: int = 16  # when a request gives none
     max_batch: int = 16  # rows decoded together
-    feedback_steps: int = 1  # learning steps per correction
+    feedback_steps: int = 1  # learning steps per taught example
     feedback_levels: tuple[str, ...] | None = None  # None: the trainable per-agent levels
     max_completions: int = 10_000  # completions remembered for feedback
+    reward_threshold: float = 0.5  # a reward at least this, without a correction, teaches the completion itself
+    checkpoint_every: int = 32  # learned feedback events between two checkpoints (over a run directory)
+    checkpoint_seconds: float = 60.0  # the longest a learned event waits for a checkpoint
+    tick_every: int = 16  # taught examples per serve tick (swarm proposals); 0: no serve ticks
 
 
 @dataclass(eq=False)
@@ -85,10 +95,15 @@ _STOP = object()
 
 
 class Engine:
-    """The decode worker over ``hive``; feedback goes to the ledger at ``ledger_path`` (if any)."""
+    """The decode worker over ``hive``; feedback goes to the ledger at ``ledger_path`` (if any).
 
-    def __init__(self, hive: Hive, ledger_path: str | Path | None = None, settings: Settings | None = None, tick: int = 0) -> None:
+    With ``run`` (a run directory opened by :func:`~lorahive.serve.load.engine_for_run`) the
+    worker also checkpoints, replays at startup and runs serve ticks; ``hive`` is ``run.hive``.
+    """
+
+    def __init__(self, hive: Hive, ledger_path: str | Path | None = None, settings: Settings | None = None, tick: int = 0, run: Run | None = None) -> None:
         self.hive = hive
+        self.run = run
         # the request side's own tokenizer: a Rust tokenizer is not to be shared across threads
         self._request_tok = copy.deepcopy(hive.tokenizer)
         self._request_lock = threading.Lock()
@@ -103,9 +118,13 @@ class Engine:
         self._completions: OrderedDict[str, tuple[str, str, str]] = OrderedDict()  # id → (agent, prompt, answer); worker only
         self.learn_levels = self._learn_levels()
         self.recent: deque[tuple[str, ...]] = deque(maxlen=1000)  # the request ids of each recent decode step
+        self.timeline: deque[tuple[str, float]] = deque(maxlen=5000)  # ("step" | "tick" | "checkpoint", seconds), in order
+        self.keeper: Keeper | None = None
+        self.feed: SwarmFeed | None = None
         self.stats: dict[str, float] = {
             "requests": 0, "steps": 0, "tokens": 0, "max_batch_seen": 0, "rows": 0, "feedback": 0, "learned": 0,
-            "decode_seconds": 0.0, "learn_seconds": 0.0,
+            "decode_seconds": 0.0, "learn_seconds": 0.0, "replayed": 0, "checkpoints": 0, "checkpoint_seconds": 0.0,
+            "serve_ticks": 0, "tick_seconds": 0.0, "tick_stall_max": 0.0,
         }
 
     def _learn_levels(self) -> list[str]:
@@ -194,20 +213,22 @@ class Engine:
     # ------------------------------------------------------------------ the worker
     def _run(self) -> None:
         try:
-            ledger = Ledger(self.ledger_path) if self.ledger_path is not None else None
+            ledger = Ledger(self.ledger_path, durable=True) if self.ledger_path is not None else None
+            if self.run is not None and ledger is not None:
+                self._recover(self.run, ledger)
         except BaseException as e:
+            log.exception("the decode worker could not start")
             self._failed = e
             self._ready.set()
             return
         self._ready.set()
         waiting: deque[Sequence_] = deque()
         active: list[Sequence_] = []
-        learn: list[tuple[str, str, str, str]] = []
         try:
             while True:
-                jobs = [] if (active or waiting or learn) else [self._jobs.get()]
+                jobs = [] if (active or waiting or (self.feed is not None and self.feed.busy)) else self._wait()
                 with self.gate:
-                    running = self._iteration(ledger, jobs, waiting, active, learn)
+                    running = self._iteration(ledger, jobs, waiting, active)
                 if running is None:
                     return
                 active = running
@@ -215,25 +236,60 @@ class Engine:
             if ledger is not None:
                 ledger.close()
 
-    def _iteration(self, ledger: Ledger | None, jobs: list[Any], waiting: deque[Sequence_], active: list[Sequence_], learn: list[tuple[str, str, str, str]]) -> list[Sequence_] | None:
-        """Take the queued jobs in, learn from corrections, admit waiting requests, one decode step; ``None``: stop."""
+    def _wait(self) -> list[Any]:
+        """The next job, or none once a timed checkpoint is due (the worker is idle meanwhile)."""
+        timeout = self.keeper.wait() if self.keeper is not None else None
+        try:
+            return [self._jobs.get(timeout=timeout)]
+        except queue.Empty:
+            return []
+
+    def _recover(self, run: Run, ledger: Ledger) -> None:
+        """Take the run's ledger, learn again the acknowledged feedback no checkpoint holds, set up serve ticks."""
+        s = self.settings
+        self.keeper = Keeper(run, s.checkpoint_every, s.checkpoint_seconds)
+        rec = self.keeper.recover(ledger)
+        for q in rec.replay:
+            self._learn(ledger, q, replay=True)
+        self.stats["replayed"] = len(rec.replay)
+        if rec.replay:
+            self._checkpoint()
+        level = run.cfg.swarm_level
+        if s.tick_every and run.swarm.method.name == "hive" and self.hive.stack.get(level).trainable:
+            self.feed = SwarmFeed(run.swarm, s.tick_every, rec.serve_ticks, rec.waiting)
+        if rec.replay or rec.deleted:
+            log.info("recovered: %d feedback events learned again, %d rows of lost learning deleted", len(rec.replay), rec.deleted)
+
+    def _iteration(self, ledger: Ledger | None, jobs: list[Any], waiting: deque[Sequence_], active: list[Sequence_]) -> list[Sequence_] | None:
+        """Take the queued jobs in, learn from feedback, one serve-tick unit, a due checkpoint, admit, one decode step; ``None``: stop."""
         while True:
             try:
                 jobs.append(self._jobs.get_nowait())
             except queue.Empty:
                 break
+        learn: list[Queued] = []
+        stopping = False
         for job in jobs:
-            if job is _STOP:
-                for seq in [*active, *waiting]:
-                    seq.emit(("error", "the server is shutting down"))
-                return None
-            if job[0] == "gen":
+            if stopping:
+                self._refuse(job)
+            elif job is _STOP:
+                stopping = True
+            elif job[0] == "gen":
                 waiting.append(job[1])
             else:
                 self._take_feedback(ledger, job[1], job[2], learn)
-        for item in learn:
-            self._learn(ledger, *item)
-        learn.clear()
+        for q in learn:  # every event acknowledged above is learned before any checkpoint: see durable.py
+            self._learn(ledger, q)
+        if stopping:
+            for seq in [*active, *waiting]:
+                seq.emit(("error", "the server is shutting down"))
+            if self.keeper is not None and self.keeper.first_change is not None:
+                self._checkpoint()
+            return None
+        if self.feed is not None and self.feed.busy:
+            self._tick_unit(ledger)
+        if self.keeper is not None and self.keeper.due():
+            self._checkpoint()
         while waiting and len(active) < self.settings.max_batch:
             active.append(waiting.popleft())
         active = [s for s in active if not s.cancelled]
@@ -241,47 +297,97 @@ class Engine:
             active = self._step(active)
         return active
 
-    def _take_feedback(self, ledger: Ledger | None, fb: Feedback, fut: Future[dict[str, Any]], learn: list[tuple[str, str, str, str]]) -> None:
+    def _refuse(self, job: Any) -> None:
+        """A job that came after the stop: refused, never silently dropped."""
+        if job is _STOP:
+            return
+        if job[0] == "gen":
+            job[1].emit(("error", "the server is shutting down"))
+        else:
+            job[2].set_exception(ServeError(503, "the server is shutting down; the feedback was not recorded", "server_error"))
+
+    def _tick_unit(self, ledger: Ledger | None) -> None:
+        assert self.feed is not None
+        t = time.perf_counter()
+        try:
+            record = self.feed.step(ledger)
+        except Exception:
+            log.exception("a serve tick failed; its examples are dropped from the swarm's queue")
+            self.feed.tick = None
+            record = None
+        spent = time.perf_counter() - t
+        self.timeline.append(("tick", spent))
+        self.stats["tick_seconds"] += spent
+        self.stats["tick_stall_max"] = max(self.stats["tick_stall_max"], spent)
+        if record is not None:
+            self.stats["serve_ticks"] += 1
+            if self.keeper is not None:
+                self.keeper.changed(learned=False)
+
+    def _checkpoint(self) -> None:
+        assert self.keeper is not None
+        try:
+            spent = self.keeper.save()
+        except Exception:
+            log.exception("the checkpoint could not be written; the learning since the last one is replayed after a restart")
+            return
+        self.timeline.append(("checkpoint", spent))
+        self.stats["checkpoints"] += 1
+        self.stats["checkpoint_seconds"] += spent
+
+    def _take_feedback(self, ledger: Ledger | None, fb: Feedback, fut: Future[dict[str, Any]], learn: list[Queued]) -> None:
         try:
             done = self._completions.get(fb.completion_id)
             if done is None:
-                raise ServeError(404, f"no completion {fb.completion_id!r} is known to this server (it keeps the last {self.settings.max_completions})", param="completion_id", code="completion_not_found")
+                raise ServeError(404, f"no completion {fb.completion_id!r} is known to this server (it keeps the last {self.settings.max_completions}, and none from before a restart)", param="completion_id", code="completion_not_found")
             agent, prompt, answer = done
             if fb.only_agent is not None and agent != fb.only_agent:
                 raise ServeError(403, f"this API key is for agent {fb.only_agent!r}; completion {fb.completion_id!r} is another agent's", "permission_error", "completion_id", "permission_denied")
+            taught = lesson(answer, fb.reward, fb.correction, self.settings.reward_threshold)
             if fb.correction is not None:
                 size = len(encode_prompt(self.hive.tokenizer, prompt)) + len(encode_answer(self.hive.tokenizer, fb.correction))
                 if size > self.hive.core.max_length:
                     raise ServeError(400, f"prompt + correction is {size} tokens; the model's context holds {self.hive.core.max_length}", param="correction", code="context_length_exceeded")
             fid = f"fb-{uuid.uuid4().hex}"
-            learns = fb.correction is not None and bool(self.learn_levels)
+            learns = taught.learns and bool(self.learn_levels)
+            row = 0
             if ledger is not None:
-                ledger.record_event(self.tick, "serve_feedback", {
+                row = ledger.record_event(self.tick, "serve_feedback", {
                     "feedback_id": fid, "completion_id": fb.completion_id, "agent": agent, "reward": fb.reward,
-                    "correction": fb.correction, "prompt": prompt, "answer": answer, "learning": learns,
-                })
+                    "correction": fb.correction, "prompt": prompt, "answer": answer, "learning": learns, "source": taught.source,
+                })  # committed (and fsynced) before the acknowledgement below
             self.stats["feedback"] += 1
             if learns:
-                assert fb.correction is not None
-                learn.append((fid, agent, prompt, fb.correction))
-            fut.set_result({"id": fid, "object": "feedback", "completion_id": fb.completion_id, "model": agent, "recorded": True, "learning": "queued" if learns else "none"})
+                assert taught.answer is not None
+                learn.append(Queued(row, fid, agent, prompt, taught.answer, taught.source))
+            elif self.keeper is not None:
+                self.keeper.changed(learned=False)  # a checkpoint moves the line past it too: see durable.py
+            fut.set_result({
+                "id": fid, "object": "feedback", "completion_id": fb.completion_id, "model": agent, "recorded": True,
+                "learning": "queued" if learns else "none", "source": taught.source,
+            })  # fmt: skip
         except ServeError as e:
             fut.set_exception(e)
         except Exception as e:  # the ledger could not be written: not acknowledged
             log.exception("feedback failed")
             fut.set_exception(ServeError(500, f"the feedback could not be recorded: {e}", "server_error"))
 
-    def _learn(self, ledger: Ledger | None, fid: str, agent: str, prompt: str, correction: str) -> None:
+    def _learn(self, ledger: Ledger | None, q: Queued, replay: bool = False) -> None:
+        """Learn one taught example on the agent's own levels; it then waits for the next serve tick."""
         t = time.perf_counter()
         try:
-            losses = self.hive.learn({agent: [(prompt, correction)]}, steps=self.settings.feedback_steps, levels=self.learn_levels)
-            detail: dict[str, Any] = {"feedback_id": fid, "agent": agent, "levels": self.learn_levels, "steps": self.settings.feedback_steps, "loss": losses.get(agent)}
+            losses = self.hive.learn({q.agent: [(q.prompt, q.answer)]}, steps=self.settings.feedback_steps, levels=self.learn_levels)
+            detail: dict[str, Any] = {"feedback_id": q.feedback_id, "agent": q.agent, "levels": self.learn_levels, "steps": self.settings.feedback_steps, "loss": losses.get(q.agent), "source": q.source, "replay": replay}
             self.stats["learned"] += 1
         except Exception as e:
             log.exception("learning from feedback failed")
-            detail = {"feedback_id": fid, "agent": agent, "error": str(e)}
+            detail = {"feedback_id": q.feedback_id, "agent": q.agent, "error": str(e), "replay": replay}
         detail["seconds"] = round(time.perf_counter() - t, 4)
         self.stats["learn_seconds"] += detail["seconds"]
+        if self.keeper is not None:
+            self.keeper.changed()
+        if self.feed is not None and not replay:  # a replayed example is already among the recovery's waiting ones
+            self.feed.add(q)
         if ledger is not None:
             try:
                 ledger.record_event(self.tick, "serve_learn", detail)
@@ -300,6 +406,7 @@ class Engine:
             return []
         self.stats["steps"] += 1
         self.stats["decode_seconds"] += time.perf_counter() - t
+        self.timeline.append(("step", time.perf_counter() - t))
         self.recent.append(tuple(s.id for s in active))
         self.stats["tokens"] += len(active)
         self.stats["max_batch_seen"] = max(self.stats["max_batch_seen"], len(active))

@@ -138,8 +138,14 @@ METRICS = (
     ("lorahive_batch_rows", "gauge", "Rows running after the last decode step", "rows"),
     ("lorahive_batch_rows_max", "gauge", "Most rows decoded together so far", "max_batch_seen"),
     ("lorahive_feedback_total", "counter", "Feedback events recorded in the ledger", "feedback"),
-    ("lorahive_feedback_learned_total", "counter", "Corrections learned", "learned"),
-    ("lorahive_learn_seconds_total", "counter", "Seconds spent learning from corrections", "learn_seconds"),
+    ("lorahive_feedback_learned_total", "counter", "Feedback events learned (corrections, and completions rewarded above the bar)", "learned"),
+    ("lorahive_learn_seconds_total", "counter", "Seconds spent learning from feedback", "learn_seconds"),
+    ("lorahive_feedback_replayed_total", "counter", "Acknowledged feedback events learned again at startup (no checkpoint held them)", "replayed"),
+    ("lorahive_checkpoints_total", "counter", "Checkpoints written by the server", "checkpoints"),
+    ("lorahive_checkpoint_seconds_total", "counter", "Seconds spent writing checkpoints (decoding waits meanwhile)", "checkpoint_seconds"),
+    ("lorahive_serve_ticks_total", "counter", "Serve ticks: feedback examples aggregated into a swarm-level update", "serve_ticks"),
+    ("lorahive_serve_tick_seconds_total", "counter", "Seconds spent on serve ticks", "tick_seconds"),
+    ("lorahive_serve_tick_stall_seconds_max", "gauge", "Longest serve-tick unit: the most a serve tick held up one decode step", "tick_stall_max"),
 )
 
 
