@@ -19,7 +19,12 @@ from safetensors import safe_open
 
 from lorahive.observe.health_bands import BANDS, status
 from lorahive.observe.ledger import Ledger
-from lorahive.observe.report_mechanisms import latest, mechanism_events, migration_totals
+from lorahive.observe.report_mechanisms import (
+    dynamics_lines,
+    latest,
+    mechanism_events,
+    migration_totals,
+)
 from lorahive.store.checkpoint import CheckpointError, locate
 
 console = Console()
@@ -94,6 +99,8 @@ def print_mechanisms(events: Sequence[Mapping[str, Any]], out: Console) -> None:
         out.print(
             f"screening at tick {screening['tick']} (screened / free patterns): {per or 'no levels'}"
         )
+    for line in dynamics_lines(events):
+        out.print(escape(line))
 
 
 def inspect(out: Annotated[Path, typer.Argument(help="run directory")]) -> None:

@@ -23,6 +23,7 @@ from lorahive.config.levels import (
 from lorahive.config.load import MAX_CONFIG_BYTES, dump_config, load_config, parse_config
 from lorahive.config.mechanisms import (
     BandwidthConfig,
+    ConsensusConfig,
     ConsolidationConfig,
     EntropyBudgetConfig,
     HealthConfig,
@@ -53,6 +54,7 @@ __all__ = [
     "AttackConfig",
     "AttackKind",
     "BandwidthConfig",
+    "ConsensusConfig",
     "ConsolidationConfig",
     "EntropyBudgetConfig",
     "HealthConfig",

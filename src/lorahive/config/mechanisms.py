@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 __all__ = [
     "BandwidthConfig",
+    "ConsensusConfig",
     "ConsolidationConfig",
     "EntropyBudgetConfig",
     "VerticalResonanceConfig",
@@ -179,6 +180,27 @@ class VerticalResonanceConfig(_Section):
     damp: float = Field(default=0.5, gt=0.0, le=1.0, description="learning-rate factor of the faster levels when they are at odds with the slower ones")
 
 
+class ConsensusConfig(_Section):
+    """Consensus detector (seed 004 §5): agents whose proposals agree hand their common pattern to the swarm.
+
+    Each tick the agents' swarm proposals are compared by angle (cosine of the flattened
+    gradients); the largest group of agents within ``threshold`` of one of them is the
+    dominant cluster. When it holds at least ``fraction`` of the proposing agents, the mean of
+    its members' dominant rank-``rank`` per-agent patterns is added to the swarm level and
+    subtracted from each member's own slot (their views keep their function up to the
+    truncation recorded in the ledger; the other agents gain the pattern). A consensus held
+    ``hold`` ticks in a row asks for a swarm → next-slower-level migration through the
+    bandwidth queue. Off by default: not yet measured at full size.
+    """
+
+    enabled: bool = Field(default=False, description="run this mechanism (off by default until the full-size ablation shows it helps)")
+    threshold: float = Field(default=0.5, gt=-1.0, lt=1.0, description="cosine between two proposals at or above which the agents agree")
+    fraction: float = Field(default=0.6, gt=0.0, le=1.0, description="share of the proposing agents the dominant cluster must hold")
+    min_agents: int = Field(default=2, ge=2, description="fewest agents a consensus takes")
+    rank: int = Field(default=2, ge=1, description="rank of each member's dominant pattern that joins the mean")
+    hold: int = Field(default=5, ge=1, description="consecutive consensus ticks after which the swarm's pattern migrates to the next slower level")
+
+
 class MechanismsConfig(BaseModel):
     """The mechanisms of a run, one section each (``mechanisms.<name>.enabled: false`` switches one off)."""
 
@@ -189,6 +211,7 @@ class MechanismsConfig(BaseModel):
     replay: ReplayConfig = Field(default_factory=ReplayConfig, description="replay of past successes")
     consolidation: ConsolidationConfig = Field(default_factory=ConsolidationConfig, description="stable patterns migrate to slower levels")
     bandwidth: BandwidthConfig = Field(default_factory=BandwidthConfig, description="bandwidth-limited migration queues")
+    consensus: ConsensusConfig = Field(default_factory=ConsensusConfig, description="agreeing agents hand their common pattern to the swarm")
     vertical_resonance: VerticalResonanceConfig = Field(default_factory=VerticalResonanceConfig, description="levels whose updates agree learn faster")
     entropy_budget: EntropyBudgetConfig = Field(default_factory=EntropyBudgetConfig, description="screening thresholds kept in the healthy entropy band")
 

@@ -18,6 +18,7 @@ from lorahive.config import RunConfig
 from lorahive.mechanisms.attack import build_attack
 from lorahive.mechanisms.bandwidth import Bandwidth
 from lorahive.mechanisms.base import PHASES, Mechanism
+from lorahive.mechanisms.consensus import Consensus
 from lorahive.mechanisms.consolidation import Consolidation
 from lorahive.mechanisms.entropy_budget import EntropyBudget
 from lorahive.mechanisms.inertia import EmergentInertia
@@ -65,6 +66,18 @@ def _vertical_resonance(cfg: RunConfig, agents: Sequence[str]) -> Mechanism | No
     return VerticalResonance(m, levels, {lv.name: lv.lr for lv in stack.levels}, {lv.name: lv.inertia for lv in stack.levels}, cfg.seed)
 
 
+def _consensus(cfg: RunConfig, agents: Sequence[str]) -> Mechanism | None:
+    """Consensus moves per-agent patterns into the swarm level; its slower channel is the swarm's own."""
+    if not is_hive(cfg):
+        return None
+    stack = cfg.stack()
+    source = next((lv.name for lv in stack.levels if lv.scope == "agent" and lv.trainable), None)
+    if source is None or stack.get(cfg.swarm_level).scope != "shared":
+        return None
+    slower = next((t for s, t in cfg.channels() if s == cfg.swarm_level), None)
+    return Consensus(cfg.mechanisms.consensus, source, cfg.swarm_level, slower)
+
+
 def _replay(cfg: RunConfig, agents: Sequence[str]) -> Mechanism | None:
     return SuccessReplay(cfg.mechanisms.replay, list(agents)) if is_hive(cfg) else None
 
@@ -95,7 +108,7 @@ def _screening(cfg: RunConfig, agents: Sequence[str]) -> list[Mechanism] | None:
 #: The mechanisms of every run, in registration (= run) order within each phase.
 #: Health (:mod:`lorahive.observe.health`) is observation, not a mechanism of this package: the
 #: swarm appends its factory (``observe`` builds on ``mechanisms``, not the other way round).
-DEFAULT_FACTORIES: tuple[Factory, ...] = (_inertia, _replay, _attack, _resonance, _vertical_resonance, _migration, _screening)
+DEFAULT_FACTORIES: tuple[Factory, ...] = (_inertia, _replay, _attack, _resonance, _vertical_resonance, _consensus, _migration, _screening)
 
 
 def check_mechanisms(mechanisms: Sequence[Mechanism]) -> list[Mechanism]:

@@ -235,6 +235,9 @@ def _mechanism_parts(events: list[dict[str, Any]]) -> list[str]:
         rows = [[ch, *t.values()] for ch, t in rm.migration_totals(events).items()]
         table = _table(_MIGRATION_HEAD, rows)
         migrations = _img(_png(rm.migrations_figure(events)), "migrations") + "\n" + table
+    extra = "".join(f"<p>{html.escape(line)}</p>" for line in rm.dynamics_lines(events))
+    if extra:
+        migrations = f"{migrations}\n{extra}"
     decay = _img(_png(rm.decay_figure(events)), "decay") if rm.latest(events, "decay") else None
     inertia = (
         _img(_png(rm.inertia_figure(events)), "inertia") if rm.latest(events, "inertia") else None

@@ -9,6 +9,7 @@ Every function here takes ledger event rows (``{"tick", "kind", "detail"}``, as
     mechanism:inertia     action "inertia"  inertia, density and step size, per level
     mechanism:entropy_budget  action "budget"  entropy ratio and screening-threshold factor, per level
     mechanism:vertical_resonance  action "vertical"  cross-level cosine, mode and learning-rate factors
+    mechanism:consensus   action "consensus"  the dominant cluster of proposals, and what moved to the swarm
 
 The ``*_figure`` functions return matplotlib figures (``report.py`` embeds them as PNGs);
 :func:`health_summary` is what a run's ``metrics.json`` keeps under ``health``. Bands and
@@ -34,10 +35,12 @@ from lorahive.observe.health_bands import BANDS, STATUSES, worst  # noqa: E402
 from lorahive.observe.ledger import Ledger  # noqa: E402
 
 __all__ = [
+    "EXTRA_KINDS",
     "KINDS",
     "MECHANISM_SECTIONS",
     "STATUS_COLORS",
     "decay_figure",
+    "dynamics_lines",
     "health_figure",
     "health_line",
     "health_summary",
@@ -60,6 +63,7 @@ MECHANISM_SECTIONS = tuple(KINDS)
 EXTRA_KINDS: dict[str, tuple[str, str]] = {
     "budget": ("mechanism:entropy_budget", "budget"),
     "vertical": ("mechanism:vertical_resonance", "vertical"),  # joins the inertia figure
+    "consensus": ("mechanism:consensus", "consensus"),  # a line beside the migrations
 }
 
 STATUS_COLORS = {
@@ -252,6 +256,28 @@ def migrations_figure(events: Iterable[Mapping[str, Any]]) -> Figure:
 
 
 # ---------------------------------------------------------------------- decay, inertia
+def dynamics_lines(events: Iterable[Mapping[str, Any]]) -> list[str]:
+    """One line each for the entropy budget, vertical resonance and consensus, when they ran."""
+    events = list(events)
+    lines = []
+    budget = latest(events, "budget")
+    if budget is not None:
+        levels = budget["detail"].get("levels") or {}
+        per = ", ".join(f"{lv} ×{v.get('scale', 1.0):.3g} (ratio {_num(v.get('entropy_ratio')):.2f})" for lv, v in levels.items())
+        lines.append(f"entropy budget at tick {budget['tick']}: screening thresholds {per}")
+    vertical = _of(events, "vertical")
+    if vertical:
+        modes = [str(r["detail"].get("mode")) for r in vertical]
+        counts = ", ".join(f"{m} {modes.count(m)}" for m in ("resonant", "dissonant", "neutral"))
+        lines.append(f"vertical resonance over {len(vertical)} ticks: {counts}")
+    consensus = _of(events, "consensus")
+    if consensus:
+        found = [r for r in consensus if r["detail"].get("found")]
+        handed = sum(bool(r["detail"].get("to_slower")) for r in found)
+        lines.append(f"consensus in {len(found)} of {len(consensus)} ticks with proposals; {handed} hand-overs to the slower level")
+    return lines
+
+
 def decay_figure(events: Iterable[Mapping[str, Any]]) -> Figure:
     """Screened (solid) vs free (dashed) patterns per level, and the norm decay removed, per tick;
     with the entropy budget on, a third panel: its screening-threshold factor per level."""
