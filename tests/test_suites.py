@@ -116,6 +116,31 @@ def test_truncate_prompt_refuses_budget_below_head_and_tail(tokenizer):
         truncate_prompt(PROMPT, tokenizer, max_tokens=5)
 
 
+def test_a_drawn_prompt_is_cut_once_per_tokenizer_and_budget(tokenizer):
+    from lorahive.suites import cl
+
+    head, _, tail = split_prompt(PROMPT)
+    budget = len(tokenizer(head + "\n...\n" + tail)["input_ids"]) + 20
+    calls = {"n": 0}
+    real = cl.truncate_prompt
+
+    def counted(*args, **kwargs):
+        calls["n"] += 1
+        return real(*args, **kwargs)
+
+    cl._CUTS.pop(tokenizer, None)
+    cl.truncate_prompt = counted  # type: ignore[assignment]
+    try:
+        first = cl._truncate_all([(PROMPT, " x"), (PROMPT, " y")], tokenizer, budget)
+        again = cl._truncate_all([(PROMPT, " z")], tokenizer, budget)
+        other = cl._truncate_all([(PROMPT, " z")], tokenizer, budget + 5)
+    finally:
+        cl.truncate_prompt = real  # type: ignore[assignment]
+    assert calls["n"] == 2  # once for each budget
+    assert first == [(real(PROMPT, tokenizer, budget), " x"), (real(PROMPT, tokenizer, budget), " y")]
+    assert again == [(first[0][0], " z")] and other == [(real(PROMPT, tokenizer, budget + 5), " z")]
+
+
 # --- loading and sampling ----------------------------------------------------------------
 
 

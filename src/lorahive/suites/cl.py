@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import random
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -138,10 +139,26 @@ def truncate_prompt(prompt: str, tokenizer: PreTrainedTokenizerBase, max_tokens:
     return _join(head, cut, tail)
 
 
+#: Cut prompts per tokenizer, ``(max_tokens, prompt) -> cut``: a stream draws the same examples
+#: over and over, and a cut costs a dozen tokenizer calls (the bisection). Bounded per tokenizer.
+_CUTS: weakref.WeakKeyDictionary[PreTrainedTokenizerBase, dict[tuple[int, str], str]] = weakref.WeakKeyDictionary()
+_MAX_CUTS = 200_000
+
+
 def _truncate_all(examples: list[Example], tokenizer: PreTrainedTokenizerBase | None, max_tokens: int | None) -> list[Example]:
     if tokenizer is None or max_tokens is None:
         return examples
-    return [(truncate_prompt(p, tokenizer, max_tokens), a) for p, a in examples]
+    cuts = _CUTS.setdefault(tokenizer, {})
+    out = []
+    for p, a in examples:
+        cut = cuts.get((max_tokens, p))
+        if cut is None:
+            cut = truncate_prompt(p, tokenizer, max_tokens)
+            if len(cuts) >= _MAX_CUTS:
+                cuts.clear()
+            cuts[(max_tokens, p)] = cut
+        out.append((cut, a))
+    return out
 
 
 def sample_task(
