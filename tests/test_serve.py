@@ -345,3 +345,36 @@ def test_cli_refuses_what_is_not_a_run(tmp_path: Path):
     result = CliRunner().invoke(app, ["serve", str(tmp_path)])
     assert result.exit_code == 2 and "no run" in result.output
     assert CliRunner().invoke(app, ["serve", str(tmp_path / "missing")]).exit_code == 2
+
+
+# ---------------------------------------------------------------------- operations: structured logs, feedback lag
+def test_json_logs_and_the_feedback_lag(tmp_path):
+    import io
+    import logging
+
+    from lorahive.serve.logs import use_json_logs
+
+    stream = io.StringIO()
+    handler = use_json_logs(stream=stream)
+    try:
+        engine = Engine(make_hive(), tmp_path / "ledger.sqlite", Settings(max_tokens=16, feedback_steps=1))
+        with serving(engine) as client:
+            first = client.completions.create(model="ann", prompt=PROMPT, max_tokens=4)
+            client.post("/feedback", body={"completion_id": first.id, "correction": " blue"}, cast_to=object)
+            wait_for(lambda: engine.stats["learned"] >= 1)
+            with TestClient(create_app(engine)) as http:
+                text = http.get("/metrics").text
+    finally:
+        logger = logging.getLogger("lorahive.serve")
+        logger.removeHandler(handler)
+        logger.propagate = True
+    records = [json.loads(line) for line in stream.getvalue().splitlines()]
+    done = [r for r in records if r.get("event") == "completion"]
+    learned = [r for r in records if r.get("event") == "feedback"]
+    assert [(r["id"], r["agent"], r["completion_tokens"] <= 4) for r in done] == [(first.id, "ann", True)]
+    assert done[0]["seconds"] > 0 and done[0]["time"].endswith("Z") and done[0]["level"] == "info"
+    assert len(learned) == 1 and learned[0]["agent"] == "ann" and learned[0]["source"] == "correction"
+    assert learned[0]["lag_seconds"] >= learned[0]["seconds"] > 0  # the lag includes the learning itself
+    values = {line.split()[0]: float(line.split()[1]) for line in text.splitlines() if line and not line.startswith("#")}
+    assert values["lorahive_feedback_lag_seconds_max"] == pytest.approx(learned[0]["lag_seconds"], abs=1e-3)
+    assert values["lorahive_feedback_lag_seconds_total"] >= values["lorahive_feedback_lag_seconds_max"] > 0

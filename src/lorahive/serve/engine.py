@@ -77,6 +77,7 @@ class Sequence_:
     out: list[int] = field(default_factory=list)
     sent: str = ""
     cancelled: bool = False
+    started: float = field(default_factory=time.perf_counter)  # when the request was made
 
     @property
     def prompt_tokens(self) -> int:
@@ -116,6 +117,7 @@ class Engine:
         self.gate = threading.Lock()  # held by the worker while it takes jobs and steps; a test holds it to line requests up
         self._failed: BaseException | None = None
         self._completions: OrderedDict[str, tuple[str, str, str]] = OrderedDict()  # id → (agent, prompt, answer); worker only
+        self._arrived: dict[str, float] = {}  # feedback id → when its request arrived (feedback lag); worker only
         self.learn_levels = self._learn_levels()
         self.recent: deque[tuple[str, ...]] = deque(maxlen=1000)  # the request ids of each recent decode step
         self.timeline: deque[tuple[str, float]] = deque(maxlen=5000)  # ("step" | "tick" | "checkpoint", seconds), in order
@@ -123,6 +125,7 @@ class Engine:
         self.feed: SwarmFeed | None = None
         self.stats: dict[str, float] = {
             "requests": 0, "steps": 0, "tokens": 0, "max_batch_seen": 0, "rows": 0, "feedback": 0, "learned": 0,
+            "feedback_lag_seconds": 0.0, "feedback_lag_max": 0.0,
             "decode_seconds": 0.0, "learn_seconds": 0.0, "replayed": 0, "checkpoints": 0, "checkpoint_seconds": 0.0,
             "serve_ticks": 0, "tick_seconds": 0.0, "tick_stall_max": 0.0,
         }
@@ -198,7 +201,7 @@ class Engine:
         """Queue feedback; the future resolves once it is in the ledger (or fails with a :class:`ServeError`)."""
         self._alive()
         fut: Future[dict[str, Any]] = Future()
-        self._jobs.put(("fb", fb, fut))
+        self._jobs.put(("fb", fb, fut, time.perf_counter()))
         return fut
 
     @property
@@ -277,7 +280,10 @@ class Engine:
             elif job[0] == "gen":
                 waiting.append(job[1])
             else:
+                n = len(learn)
                 self._take_feedback(ledger, job[1], job[2], learn)
+                if len(learn) > n:
+                    self._arrived[learn[-1].feedback_id] = job[3]
         for q in learn:  # every event acknowledged above is learned before any checkpoint: see durable.py
             self._learn(ledger, q)
         if stopping:
@@ -386,6 +392,13 @@ class Engine:
         self.stats["learn_seconds"] += detail["seconds"]
         if self.keeper is not None:
             self.keeper.changed()
+        arrived = self._arrived.pop(q.feedback_id, None)
+        if arrived is not None:  # feedback lag: from the request to its learning done
+            lag = time.perf_counter() - arrived
+            detail["lag_seconds"] = round(lag, 4)
+            self.stats["feedback_lag_seconds"] += lag
+            self.stats["feedback_lag_max"] = max(self.stats["feedback_lag_max"], lag)
+        log.info("feedback learned", extra={"event": "feedback", **{k: v for k, v in detail.items() if k != "levels"}})
         if self.feed is not None and not replay:  # a replayed example is already among the recovery's waiting ones
             self.feed.add(q)
         if ledger is not None:
@@ -434,6 +447,10 @@ class Engine:
             else:
                 self._remember(s.id, (s.agent, s.prompt, s.sent))
                 s.emit(("done", finish))
+                log.info("completion", extra={
+                    "event": "completion", "id": s.id, "agent": s.agent, "prompt_tokens": s.prompt_tokens,
+                    "completion_tokens": len(s.out), "finish": finish, "seconds": round(time.perf_counter() - s.started, 4),
+                })  # fmt: skip
         self.stats["rows"] = len(running)
         return running
 

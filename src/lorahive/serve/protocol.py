@@ -140,6 +140,8 @@ METRICS = (
     ("lorahive_feedback_total", "counter", "Feedback events recorded in the ledger", "feedback"),
     ("lorahive_feedback_learned_total", "counter", "Feedback events learned (corrections, and completions rewarded above the bar)", "learned"),
     ("lorahive_learn_seconds_total", "counter", "Seconds spent learning from feedback", "learn_seconds"),
+    ("lorahive_feedback_lag_seconds_total", "counter", "Seconds from feedback requests to their learning done (divide by learned for the mean lag)", "feedback_lag_seconds"),
+    ("lorahive_feedback_lag_seconds_max", "gauge", "Longest feedback lag so far", "feedback_lag_max"),
     ("lorahive_feedback_replayed_total", "counter", "Acknowledged feedback events learned again at startup (no checkpoint held them)", "replayed"),
     ("lorahive_checkpoints_total", "counter", "Checkpoints written by the server", "checkpoints"),
     ("lorahive_checkpoint_seconds_total", "counter", "Seconds spent writing checkpoints (decoding waits meanwhile)", "checkpoint_seconds"),
