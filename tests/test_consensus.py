@@ -139,7 +139,7 @@ def test_inspect_and_the_report_summarise_the_swarm_dynamics(base_dir, tmp_path)
     with Ledger(tmp_path / "run" / "ledger.sqlite") as ledger:
         lines = dynamics_lines(mechanism_events(ledger))
     assert [line.split(" ")[0] for line in lines] == ["entropy", "vertical", "consensus"]
-    assert "over 3 ticks" in lines[1] and lines[2].startswith("consensus in ")
+    assert "over 2 ticks" in lines[1] and lines[2].startswith("consensus in ")  # resonance compares from tick 2
     printed = CliRunner().invoke(app, ["inspect", str(tmp_path / "run")])
     flat = " ".join(printed.output.split())  # rich wraps long lines
     assert printed.exit_code == 0 and all(" ".join(line.split()) in flat for line in lines), printed.output

@@ -46,9 +46,16 @@ def _view(hive: Hive, phase: str, tick: int = 1, shared: dict | None = None) -> 
     return TickView(tick, phase, [], (), {}, hive.core.states, hive.core, shared={} if shared is None else shared)
 
 
+def _inputs(hive: Hive, rows: int = 8, seed: int = 11) -> dict[str, torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    return {p: torch.randn(rows, b.in_features, generator=gen) for p, b in hive.core.named_banks("swarm")}
+
+
 def _mechanism(hive: Hive) -> VerticalResonance:
     stack = hive.core.stack
-    return VerticalResonance(CFG, ["swarm", "agent"], {lv.name: lv.lr for lv in stack.levels}, {lv.name: lv.inertia for lv in stack.levels})
+    vr = VerticalResonance(CFG, ["swarm", "agent"], {lv.name: lv.lr for lv in stack.levels}, {lv.name: lv.inertia for lv in stack.levels})
+    vr.use_inputs(_inputs(hive))
+    return vr
 
 
 def _tick(hive: Hive, vr: VerticalResonance, swarm_sign: float, agent_sign: float, swarm_seed: int = 1, agent_seed: int = 1) -> tuple[dict, dict]:
@@ -67,20 +74,34 @@ def _tick(hive: Hive, vr: VerticalResonance, swarm_sign: float, agent_sign: floa
 def test_the_sketch_of_one_delta_is_the_same_in_levels_of_different_rank(tokenizer):
     hive = _hive(tokenizer)
     assert hive.core.stack.get("swarm").rank != hive.core.stack.get("agent").rank
-    assert _paths(hive, "swarm") == _paths(hive, "agent")  # the same modules: probes line up
+    inputs = _inputs(hive, rows=3)
     cache: dict = {}
-    before_s, before_a = level_sketch(hive.core, "swarm", 8, 0, {}), level_sketch(hive.core, "agent", 8, 0, {})
+    before_s, before_a = level_sketch(hive.core, "swarm", inputs, 8, 0, {}), level_sketch(hive.core, "agent", inputs, 8, 0, {})
     gen = torch.Generator().manual_seed(3)
     delta = {p: (torch.randn(b.out_features, 1, generator=gen), torch.randn(1, b.in_features, generator=gen)) for p, b in hive.core.named_banks("swarm")}
     hive.core.add_delta("swarm", 0, delta)
-    hive.core.add_delta("agent", 1, {p.replace(".swarm", ".agent"): uv for p, uv in delta.items()})
-    s = level_sketch(hive.core, "swarm", 8, 0, cache)[0] - before_s[0]
-    a = level_sketch(hive.core, "agent", 8, 0, {})[1] - before_a[1]
+    hive.core.add_delta("agent", 1, delta)
+    s = level_sketch(hive.core, "swarm", inputs, 8, 0, cache)[0] - before_s[0]
+    a = level_sketch(hive.core, "agent", inputs, 8, 0, {})[1] - before_a[1]
     torch.testing.assert_close(s, a, rtol=1e-4, atol=1e-6)
-    # and it is g_jᵀ·ΔW·h_j, module by module
-    (g, h) = cache[next(iter(delta))]
-    u, v = next(iter(delta.values()))
-    torch.testing.assert_close(s[:8], torch.einsum("do,or,ri,di->d", g, u, v, h), rtol=1e-4, atol=1e-6)
+    # and it is g_jᵀ·ΔW·x_n on the unit inputs, module by module
+    path = next(iter(delta))
+    g, (u, v), x = cache[path], delta[path], inputs[path]
+    x = x / x.norm(dim=1, keepdim=True)
+    torch.testing.assert_close(s[:24], torch.einsum("do,or,ri,ni->dn", g, u, v, x).flatten(), rtol=1e-4, atol=1e-6)
+    assert level_sketch(hive.core, "swarm", {}, 8).shape == (1, 0)  # no inputs: nothing to probe with
+
+
+def test_before_any_inputs_nothing_is_compared_and_a_ticks_inputs_probe_the_next(tokenizer):
+    hive = _hive(tokenizer)
+    stack = hive.core.stack
+    vr = VerticalResonance(CFG, ["swarm", "agent"], {lv.name: lv.lr for lv in stack.levels}, {lv.name: lv.inertia for lv in stack.levels})
+    vr.run(_view(hive, "draw"))
+    seen = _inputs(hive)
+    assert vr.run(_view(hive, "apply", shared={"module_inputs": seen})) is None
+    assert set(vr.inputs) == set(seen)
+    detail, _ = _tick(hive, vr, +1.0, +1.0)
+    assert detail["mode"] == "resonant"
 
 
 def test_levels_learning_the_same_pattern_are_boosted_and_fast_tracked(tokenizer):
@@ -147,11 +168,13 @@ def test_directions_survive_state_dict_and_load(tokenizer):
     hive = _hive(tokenizer)
     vr = _mechanism(hive)
     _tick(hive, vr, +1.0, +1.0)
-    twin = _mechanism(hive)
+    twin = VerticalResonance(CFG, ["swarm", "agent"], {}, {})
     twin.load_state_dict(vr.state_dict())
-    assert set(twin.direction) == {"swarm", "agent"}
+    assert set(twin.direction) == {"swarm", "agent"} and set(twin.inputs) == set(vr.inputs)
     for lv, d in vr.direction.items():
         assert torch.equal(twin.direction[lv], d)
+    for path, x in vr.inputs.items():
+        assert torch.equal(twin.inputs[path], x)
 
 
 def test_in_a_run_it_is_in_the_ledger_and_the_report(base_dir, tmp_path):
@@ -163,7 +186,7 @@ def test_in_a_run_it_is_in_the_ledger_and_the_report(base_dir, tmp_path):
     with Ledger(tmp_path / "run" / "ledger.sqlite") as ledger:
         events = mechanism_events(ledger)
     mine = [e for e in events if e["kind"] == "mechanism:vertical_resonance"]
-    assert [e["tick"] for e in mine] == [1, 2, 3]
+    assert [e["tick"] for e in mine] == [2, 3]  # tick 1 keeps the inputs the next ticks probe with
     assert all(e["detail"]["mode"] in ("resonant", "dissonant", "neutral") for e in mine)
     fig = inertia_figure(events)
     assert len(fig.axes) == 3 and "vertical resonance" in fig.axes[2].get_title()

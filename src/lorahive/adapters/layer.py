@@ -49,6 +49,7 @@ class HiveLinear(nn.Module):
     def _report(self, x: torch.Tensor, routing: Routing) -> None:
         probe = self.state.probe
         assert probe is not None
+        probe.take_input(self.name, x)
         for level in probe.levels:
             if level in self.banks and routing.runs(level):
                 bank = cast(LevelBank, self.banks[level])

@@ -22,11 +22,21 @@ __all__ = ["ActivityProbe"]
 class ActivityProbe:
     """Accumulates per-slot, per-pattern activity of ``levels`` over one forward pass."""
 
-    def __init__(self, levels: Sequence[str], mask: torch.Tensor) -> None:
+    def __init__(self, levels: Sequence[str], mask: torch.Tensor, keep_inputs: int = 0) -> None:
         self.levels = frozenset(levels)
         self.mask = mask.float()  # (B, T): 1 on real tokens
         self.sums: dict[str, torch.Tensor] = {}  # level -> (S, r)
         self.rows: dict[str, torch.Tensor] = {}  # level -> (S,): row-module observations
+        self.keep_inputs = keep_inputs
+        self.inputs: dict[str, torch.Tensor] = {}  # module path -> (≤ keep_inputs, in): rows' mean input
+
+    @torch.no_grad()
+    def take_input(self, path: str, x: torch.Tensor) -> None:
+        """Keep the first ``keep_inputs`` rows' mean input (over real tokens) of module ``path``, once per pass."""
+        if not self.keep_inputs or path in self.inputs or x.dim() != 3 or x.shape[:2] != self.mask.shape:
+            return
+        m = self.mask[: self.keep_inputs].to(x.device)
+        self.inputs[path] = (x[: self.keep_inputs].float() * m[..., None]).sum(1) / m.sum(1).clamp_min(1.0)[:, None]
 
     @torch.no_grad()
     def observe(self, level: str, x: torch.Tensor, a: torch.Tensor, b: torch.Tensor, slots: torch.Tensor | None, gain: float) -> None:

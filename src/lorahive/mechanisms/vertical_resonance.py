@@ -4,13 +4,18 @@ A pattern that every level is learning at once is universal; a fast level pullin
 the slow ones is noise. Each tick the mechanism sketches what learning wrote into every
 compared level — the difference between its weights after the ``apply`` phase (fast steps
 and the swarm step done) and at the ``draw`` phase (before them), so migrations and decay,
-which run later, are not counted as learning — in ΔW space:
+which run later, are not counted as learning — in each module's output space, on inputs the
+module really saw:
 
-    sketch_m[j] = g_{m,j}ᵀ · ΔW_m · h_{m,j}        j = 1 … ``sketch``, per wrapped module m
+    sketch_m[j, n] = g_{m,j}ᵀ · ΔW_m · x_{m,n}      j = 1 … ``sketch`` fixed random g; n over the inputs
 
-with fixed random ``g``, ``h`` per module, the same for every level (a level's ΔW is
-``(a/r)·B·A``, so ranks do not matter: ``gᵀ·B·A·h = (gᵀB)·(Ah)`` costs O(r·(out + in))). A
-per-agent level's update is the mean over its slots that moved. Each level keeps a running
+where ``x_{m,n}`` are the mean inputs of the first :data:`INPUT_ROWS` rows of the previous
+tick's first learning forward at module m (kept by the activity probe, no extra pass; one
+tick's two sketches share them). Probing with real inputs matters: with random input probes
+two levels learning the *same* data measured cosines about 0, because each level's low-rank
+A projects the same gradient onto its own subspace (``ΔW = −η·G·Xᵀ·P_A``), while on the
+inputs themselves ``ΔW·x`` follows ``G`` for every level (``benchmarks/vertical_probe.py``).
+A per-agent level's update is the mean over its slots that moved. Each level keeps a running
 unit direction (EMA of the tick's unit update); ``c`` is the mean pairwise cosine of the
 directions of the levels that have one. Then, for the next tick's steps:
 
@@ -34,32 +39,45 @@ import torch
 from lorahive.config import VerticalResonanceConfig
 from lorahive.mechanisms.base import Action, TickView
 
-__all__ = ["VerticalResonance", "level_sketch"]
+__all__ = ["INPUT_ROWS", "VerticalResonance", "level_sketch"]
+
+#: Rows of module inputs kept from a tick's first learning forward to probe the next tick's sketches.
+INPUT_ROWS = 8
 
 
-def _probes(core: Any, level: str, d: int, seed: int, cache: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """The fixed ``(G (d, out), H (d, in))`` of every module of ``level``, keyed by module path (shared across levels)."""
+def _output_probes(core: Any, level: str, d: int, seed: int, cache: dict[str, torch.Tensor]) -> list[torch.Tensor]:
+    """The fixed ``G (d, out)`` of every module of ``level``, keyed by module path (shared across levels)."""
     out = []
     for i, (path, bank) in enumerate(core.named_banks(level)):
         if path not in cache:
             gen = torch.Generator().manual_seed(seed * 1_000_003 + i)
-            g = torch.randn(d, bank.out_features, generator=gen) / bank.out_features**0.5
-            h = torch.randn(d, bank.in_features, generator=gen) / bank.in_features**0.5
-            cache[path] = (g.to(bank.B.device), h.to(bank.A.device))
+            cache[path] = (torch.randn(d, bank.out_features, generator=gen) / bank.out_features**0.5).to(bank.B.device)
         out.append(cache[path])
     return out
 
 
 @torch.no_grad()
-def level_sketch(core: Any, level: str, d: int, seed: int = 0, cache: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None) -> torch.Tensor:
-    """``(slots, modules·d)``: ``g_jᵀ·(a/r)·B[s]·A[s]·h_j`` for every slot s of ``level``, module by module."""
-    probes = _probes(core, level, d, seed, {} if cache is None else cache)
+def level_sketch(core: Any, level: str, inputs: dict[str, torch.Tensor], d: int, seed: int = 0, cache: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+    """``(slots, Σ_m d·rows_m)``: ``g_jᵀ·(a/r)·B[s]·A[s]·x_n`` for every slot s, module m, probe g_j and input x_n.
+
+    ``inputs`` maps module paths to ``(rows, in)`` inputs the module saw (unit rows); a module
+    without inputs is left out. The same ``inputs`` and ``G`` for every level make levels of
+    any rank compare, in the output space of each module on real inputs.
+    """
+    probes = _output_probes(core, level, d, seed, {} if cache is None else cache)
     scale = core.stack.get(level).scale
     parts = []
-    for bank, (g, h) in zip(core.banks(level), probes, strict=True):
+    for (path, bank), g in zip(core.named_banks(level), probes, strict=True):
+        x = inputs.get(path)
+        if x is None:
+            continue
+        x = x.to(bank.A.device)
+        x = x / x.norm(dim=1, keepdim=True).clamp_min(1e-12)
         gb = torch.einsum("do,sor->sdr", g, bank.B.float())  # (S, d, r)
-        ah = torch.einsum("sri,di->sdr", bank.A.float(), h)  # (S, d, r)
-        parts.append((gb * ah).sum(-1))  # (S, d)
+        ax = torch.einsum("sri,ni->srn", bank.A.float(), x)  # (S, r, rows)
+        parts.append(torch.einsum("sdr,srn->sdn", gb, ax).flatten(1))  # (S, d·rows)
+    if not parts:
+        return torch.zeros(core.n_slots(level), 0)
     return scale * torch.cat(parts, dim=1)
 
 
@@ -79,18 +97,29 @@ class VerticalResonance:
         self.seed = seed
         self.direction: dict[str, torch.Tensor] = {}  # level -> running unit direction (modules·d,)
         self._before: dict[str, torch.Tensor] = {}
-        self._probes: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._probes: dict[str, torch.Tensor] = {}
+        self.inputs: dict[str, torch.Tensor] = {}  # module path -> (rows, in): the inputs this tick's sketch probes with
+        self.wants_inputs = INPUT_ROWS  # the swarm keeps this many rows' module inputs from the tick's first learning forward
+
+    def use_inputs(self, inputs: dict[str, torch.Tensor]) -> None:
+        """Probe the next tick's sketches with these module inputs (``(rows, in)`` per module path)."""
+        self.inputs = {k: v.detach().float() for k, v in inputs.items()}
 
     def _sketch(self, view: TickView, level: str) -> torch.Tensor:
-        return level_sketch(view.core, level, self.cfg.sketch, self.seed, self._probes)
+        return level_sketch(view.core, level, self.inputs, self.cfg.sketch, self.seed, self._probes)
 
     def run(self, view: TickView) -> Action | None:
         if view.phase == "draw":
-            self._before = {lv: self._sketch(view, lv) for lv in self.levels}
+            self._before = {lv: self._sketch(view, lv) for lv in self.levels} if self.inputs else {}
             return None
+        seen = view.shared.get("module_inputs")
         if not self._before:
+            if seen:
+                self.use_inputs(seen)
             return None
         cosine = self._fold(view)
+        if seen:  # the next tick probes with this tick's inputs (the sketches of one tick must share theirs)
+            self.use_inputs(seen)
         return self._decide(view, cosine)
 
     def _fold(self, view: TickView) -> float | None:
@@ -134,7 +163,10 @@ class VerticalResonance:
         return Action("vertical", {"cosine": cosine, "mode": mode, "lr_factor": factors})
 
     def state_dict(self) -> dict[str, Any]:
-        return {f"direction.{lv}": t for lv, t in self.direction.items()}
+        out: dict[str, Any] = {f"direction.{lv}": t for lv, t in self.direction.items()}
+        out.update({f"inputs.{path}": t for path, t in self.inputs.items()})
+        return out
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.direction = {k.removeprefix("direction."): v.float() for k, v in state.items() if k.startswith("direction.")}
+        self.inputs = {k.removeprefix("inputs."): v.float() for k, v in state.items() if k.startswith("inputs.")}

@@ -45,9 +45,10 @@ class Hive:
 
     def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, levels: StackSpec | list | None = None, seed: int = 0, max_length: int | None = None) -> None:
         self.core = HiveCore(model, tokenizer, levels, seed=seed, max_length=max_length)
-        self._watch: tuple[list[str], Examples | None] | None = None  # armed activity measurement
+        self._watch: tuple[list[str], int] | None = None  # armed activity measurement: levels, input rows kept
         self._watched: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None
         self._anchor_memo: tuple[tuple[object, ...], torch.Tensor] | None = None  # last rows' base log-probs
+        self._watched_inputs: dict[str, torch.Tensor] = {}
 
     @classmethod
     def load(cls, base: str = DEFAULT_BASE, levels: StackSpec | list | None = None, device: str | torch.device | None = None, dtype: torch.dtype | None = None, seed: int = 0) -> Hive:
@@ -185,17 +186,23 @@ class Hive:
         self._anchor_memo = (key, base)
         return base
 
-    def watch_activity(self, levels: Sequence[str]) -> None:
+    def watch_activity(self, levels: Sequence[str], inputs: int = 0) -> None:
         """Measure the pattern activity of ``levels`` during the next learning forward (no extra pass).
 
         The next :meth:`learn_async` step's forward reports to an
-        :class:`~lorahive.adapters.ActivityProbe`; :meth:`watched_activity` returns what it saw.
+        :class:`~lorahive.adapters.ActivityProbe`; :meth:`watched_activity` returns what it saw,
+        :meth:`watched_inputs` the mean input of its first ``inputs`` rows at every wrapped module.
         """
-        self._watch, self._watched = (list(self.core.check_levels(levels) or ()), None), None
+        self._watch, self._watched, self._watched_inputs = (list(self.core.check_levels(levels) or ()), inputs), None, {}
 
     def watched_activity(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]] | None:
         """What the armed measurement saw (``None`` if no learning forward ran since it was armed); disarms it."""
         out, self._watch, self._watched = self._watched, None, None
+        return out
+
+    def watched_inputs(self) -> dict[str, torch.Tensor]:
+        """Module path -> ``(rows, in)`` mean inputs the last armed measurement kept (empty if none); clears them."""
+        out, self._watched_inputs = self._watched_inputs, {}
         return out
 
     @torch.no_grad()
@@ -289,10 +296,10 @@ class Hive:
         for _ in range(steps):
             self.model.zero_grad(set_to_none=True)
             if self._watch is not None and self._watched is None:  # an armed measurement rides on this forward
-                probe = ActivityProbe(self._watch[0], batch.attention_mask)
+                probe = ActivityProbe(self._watch[0], batch.attention_mask, keep_inputs=self._watch[1])
                 with self.core.routing.probing(probe):
                     losses, total = self._objective(batch, owners, names, routing, base, anchor)
-                self._watched = probe.result()
+                self._watched, self._watched_inputs = probe.result(), probe.inputs
             else:
                 losses, total = self._objective(batch, owners, names, routing, base, anchor)
             bad = (~torch.isfinite(total)).float().reshape(1)  # (1,): 1 skips the step, on the device

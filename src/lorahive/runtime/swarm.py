@@ -222,13 +222,15 @@ class Swarm:
 
     def _solve(self, ctx: TickContext) -> None:
         watched = self._watched_levels()
-        if watched:  # pattern activity rides on the first learning forward of the tick
-            self.hive.watch_activity(watched)
+        inputs = max((int(getattr(m, "wants_inputs", 0)) for m in self.mechanisms if m.enabled), default=0)
+        if watched or inputs:  # pattern activity (and module inputs) ride on the first learning forward of the tick
+            self.hive.watch_activity(watched, inputs)
         self.method.solve(self, ctx)
-        if watched:
+        if watched or inputs:
             seen = self.hive.watched_activity()
-            if seen is not None:
+            if seen is not None and watched:
                 ctx.activity = seen
+            ctx.notes["module_inputs"] = self.hive.watched_inputs()
         self._run("solve", ctx)
 
     def _watched_levels(self) -> list[str]:
