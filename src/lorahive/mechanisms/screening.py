@@ -105,7 +105,7 @@ class Screening:
             scr = hysteresis(ema, scr, self.cfg.up * scale, self.cfg.down * scale)
             self.ema[lv], self.screened[lv] = ema, scr
             keep = self._keep(view, lv)
-            rate = torch.where(scr, self.cfg.screened_decay * keep, self.cfg.free_decay * keep)  # (S, r)
+            rate = self._rates(scr, keep)  # (S, r)
             slots = sorted(core.written[lv])
             energy = _energy(core, lv, slots)  # (len(slots), r)
             if slots:
@@ -125,6 +125,10 @@ class Screening:
         view.shared["conflicts"] = view.shared.get("conflicts", 0) + conflicts
         return Action("decay", {"levels": report}) if report else None
 
+    def _rates(self, screened: torch.Tensor, keep: float) -> torch.Tensor:
+        """Each pattern's decay rate per tick: ``screened_decay`` or ``free_decay`` by its mode, times ``keep``."""
+        return torch.where(screened, self.cfg.screened_decay * keep, self.cfg.free_decay * keep)
+
     def _keep(self, view: TickView, level: str) -> float:
         """The factor on both decay rates: ``1 − inertia`` of the level with ``by_inertia``, else 1."""
         return 1.0 - view.states[level].inertia if self.cfg.by_inertia else 1.0
@@ -137,7 +141,7 @@ class Screening:
             return None
         sel = view.core.index(slots)
         keep = self._keep(view, level)
-        rate = torch.where(scr.index_select(0, sel.to(scr.device)), self.cfg.screened_decay * keep, self.cfg.free_decay * keep)
+        rate = self._rates(scr.index_select(0, sel.to(scr.device)), keep)
         energy = _energy(view.core, level, slots).to(rate.device)
         return entropy_ratio(rate, energy, self.cfg.screened_decay * keep, self.cfg.free_decay * keep, free_target)
 

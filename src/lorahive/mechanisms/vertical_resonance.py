@@ -112,15 +112,12 @@ class VerticalResonance:
         if view.phase == "draw":
             self._before = {lv: self._sketch(view, lv) for lv in self.levels} if self.inputs else {}
             return None
+        compared = bool(self._before)  # no sketch at draw (no inputs yet): nothing to compare this tick
+        cosine = self._fold(view) if compared else None
         seen = view.shared.get("module_inputs")
-        if not self._before:
-            if seen:
-                self.use_inputs(seen)
-            return None
-        cosine = self._fold(view)
         if seen:  # the next tick probes with this tick's inputs (the sketches of one tick must share theirs)
             self.use_inputs(seen)
-        return self._decide(view, cosine)
+        return self._decide(view, cosine) if compared else None
 
     def _fold(self, view: TickView) -> float | None:
         """Fold this tick's updates into the directions; the mean pairwise cosine (``None`` with < 2 levels)."""

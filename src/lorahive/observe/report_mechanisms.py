@@ -49,6 +49,7 @@ __all__ = [
     "mechanism_events",
     "migration_totals",
     "migrations_figure",
+    "tick_seconds",
 ]
 
 #: Report section -> (ledger event kind, action) it reads.
@@ -367,3 +368,14 @@ def health_summary(events: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
         "migrations": {ch: int(t["migrations"]) for ch, t in totals.items()},
         "fast_tracked": int(sum(t["bypass"] for t in totals.values())),
     }
+
+
+def tick_seconds(events: list[dict[str, Any]]) -> dict[str, float]:
+    """What ``metrics.json`` keeps under ``tick_seconds``: the mean wall seconds per tick of each phase
+    (and each mechanism, ``phase:name``) over a run's ``tick_seconds`` events, largest first."""
+    totals: dict[str, float] = {}
+    for e in events:
+        for k, v in e["detail"].items():
+            totals[k] = totals.get(k, 0.0) + float(v)
+    n = max(len(events), 1)
+    return {k: round(v / n, 4) for k, v in sorted(totals.items(), key=lambda kv: -kv[1])}

@@ -24,7 +24,7 @@ from lorahive.config import ConfigError, RunConfig, dump_config, load_config
 from lorahive.core import persistent_levels
 from lorahive.observe.ledger import Ledger, sha256_of
 from lorahive.observe.metrics import AccuracyMatrix
-from lorahive.observe.report_mechanisms import health_summary
+from lorahive.observe.report_mechanisms import health_summary, tick_seconds
 from lorahive.runtime.agent import evaluate
 from lorahive.runtime.hive import Hive
 from lorahive.runtime.measure import (
@@ -456,12 +456,3 @@ def metrics(run: Run, after: dict[str, dict[str, float]] | None, final: dict[str
     out["wall_time_s"] = round(run.elapsed + time.time() - run.started, 2)
     return out
 
-
-def tick_seconds(events: list[dict[str, Any]]) -> dict[str, float]:
-    """Mean wall seconds per tick of each phase (and each mechanism, ``phase:name``), largest first."""
-    totals: dict[str, float] = {}
-    for e in events:
-        for k, v in e["detail"].items():
-            totals[k] = totals.get(k, 0.0) + float(v)
-    n = max(len(events), 1)
-    return {k: round(v / n, 4) for k, v in sorted(totals.items(), key=lambda kv: -kv[1])}
