@@ -8,7 +8,7 @@
 # one process each, all at the same time on the one GPU; OUT/NAME/ is the run directory,
 # OUT/NAME.log its output, OUT/NAME.time its wall seconds. SETUP is as for cl_full.sh (what
 # ../shared/tools/carry-model.sh writes, plus wheels in SETUP/whl/). When all have finished, OUT/compare.txt
-# holds `lorahive compare` of every run. Example (docs/mechanisms.md runs these):
+# holds `lorahive compare` of every run. Each process gets THREADS (default 2) CPU threads, so a dozen fit the host's cores. Example (docs/mechanisms.md runs these):
 #
 #   bash benchmarks/gpu/cl_variants.sh S O all-on all-off:mechanisms.screening.enabled=false,... \
 #        replay:stream.method=replay multitask:stream.method=multitask
@@ -26,7 +26,7 @@ for spec in "$@"; do
   names+=("$name")
   (
     start=$(date +%s)
-    lh run "$config" --out "$out/$name" --force suite.root="$setup/data/cl/standard" "${over[@]}" > "$out/$name.log" 2>&1
+    OMP_NUM_THREADS=${THREADS:-2} lh run "$config" --out "$out/$name" --force suite.root="$setup/data/cl/standard" "${over[@]}" > "$out/$name.log" 2>&1
     echo $(( $(date +%s) - start )) > "$out/$name.time"
   ) &
 done
