@@ -13,6 +13,7 @@ __all__ = [
     "BandwidthConfig",
     "ConsensusConfig",
     "ConsolidationConfig",
+    "ContextModesConfig",
     "EntropyBudgetConfig",
     "VerticalResonanceConfig",
     "HealthConfig",
@@ -201,6 +202,27 @@ class ConsensusConfig(_Section):
     hold: int = Field(default=5, ge=1, description="consecutive consensus ticks after which the swarm's pattern migrates to the next slower level")
 
 
+class ContextModesConfig(_Section):
+    """Context modes (seed 004 §5, "collapse"): the context level holds ``modes`` modes, one per kind of input.
+
+    At the start of a tick a router reads each agent's task — the mean over its support
+    prompts of the frozen base model's final hidden state, pooled over the prompt's tokens
+    (one extra forward, prompts only, every level off) — and picks one mode (hard routing):
+    the nearest key by cosine after the running mean of all inputs is subtracted, or a
+    free mode when the nearest is below ``open_below``. The agent's context slot starts from
+    that mode instead of its init snapshot; at the end of the tick (``decay``) the mode takes
+    what the slot became (``rate``), if the agent cleared ``agent.quality_bar``; the modes no
+    agent used shrink by ``forget``. Off by default: not yet measured at full size.
+    """
+
+    enabled: bool = Field(default=False, description="run this mechanism (off by default until the full-size ablation shows it helps)")
+    modes: int = Field(default=4, ge=1, le=64, description="modes the context level holds (K)")
+    open_below: float = Field(default=0.3, gt=-1.0, lt=1.0, description="centred cosine to the nearest key below which an input opens a free mode (the embedded model measured ≥ 0.45 within a task type, ≤ 0.19 between types)")
+    key_ema: float = Field(default=0.9, ge=0.0, lt=1.0, description="a mode's key follows its inputs: key ← key_ema·key + (1−key_ema)·input")
+    rate: float = Field(default=1.0, gt=0.0, le=1.0, description="reinforcement: mode ← (1−rate)·mode + rate·mean of the context slots that used it this tick")
+    forget: float = Field(default=0.0, ge=0.0, le=1.0, description="per tick, an opened mode no agent used has its ΔW multiplied by 1 − forget (the seed's 'unused patterns weaken')")
+
+
 class MechanismsConfig(BaseModel):
     """The mechanisms of a run, one section each (``mechanisms.<name>.enabled: false`` switches one off)."""
 
@@ -214,6 +236,7 @@ class MechanismsConfig(BaseModel):
     consensus: ConsensusConfig = Field(default_factory=ConsensusConfig, description="agreeing agents hand their common pattern to the swarm")
     vertical_resonance: VerticalResonanceConfig = Field(default_factory=VerticalResonanceConfig, description="levels whose updates agree learn faster")
     entropy_budget: EntropyBudgetConfig = Field(default_factory=EntropyBudgetConfig, description="screening thresholds kept in the healthy entropy band")
+    context_modes: ContextModesConfig = Field(default_factory=ContextModesConfig, description="the context level collapses onto one mode per kind of input")
 
 
 class HealthConfig(BaseModel):

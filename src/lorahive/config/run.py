@@ -173,6 +173,8 @@ class RunConfig(BaseModel):
         if self.agent.context_level is not None and self.agent.context_level not in names:
             raise ValueError(f"agent.context_level {self.agent.context_level!r} is not a level of {names}")
         m = self.mechanisms
+        if m.context_modes.enabled and (self.agent.context_level is None or stack.get(self.agent.context_level).scope == "shared"):
+            raise ValueError(f"mechanisms.context_modes needs agent.context_level to name a level that is not shared; got {self.agent.context_level!r}")
         for field_name, chosen in (("screening.levels", m.screening.levels), ("inertia.levels", m.inertia.levels), ("vertical_resonance.levels", m.vertical_resonance.levels)):
             unknown = [lv for lv in chosen or [] if lv not in names]
             if unknown:

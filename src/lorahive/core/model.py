@@ -8,7 +8,7 @@ checkpoint store, observers, PEFT interop) reads and writes levels through this 
 * routing: :meth:`route` builds the per-row routing of a batch without reading the device;
 * level state (:class:`~lorahive.core.state.LevelState`): mix, inertia, step size, thresholds;
 * write primitives (DESIGN.md §7): :meth:`step`, :meth:`add_delta`, :meth:`decay_toward_init`,
-  :meth:`reset`. Each records which slots may hold a non-zero ``B``, so "this shared level
+  :meth:`reset`, :meth:`load_slots`. Each records which slots may hold a non-zero ``B``, so "this shared level
   adds exactly nothing" is known on the host instead of read from every bank.
 """
 
@@ -336,3 +336,22 @@ class HiveCore:
             bank.reset(idx)
         self.optimizers[level].reset(ids, idx)
         self.written[level].difference_update(ids)
+
+    @torch.no_grad()
+    def load_slots(self, level: str, slots: Sequence[int], factors: Mapping[str, tuple[torch.Tensor, torch.Tensor]]) -> None:
+        """Write given factors into ``slots`` of ``level``, with empty optimizer state (their factors were re-based).
+
+        ``factors`` maps every module path of the level to ``(A (n, r, in), B (n, out, r))``,
+        row ``i`` for ``slots[i]`` (distinct).
+        """
+        if not slots:
+            return
+        if len(set(slots)) != len(slots) or set(factors) != {p for p, _ in self.named_banks(level)}:
+            raise ValueError(f"load_slots({level!r}): distinct slots and factors for every module of the level are needed")
+        idx = self.index(list(slots))
+        for path, bank in self.named_banks(level):
+            a, b = factors[path]
+            bank.A.index_copy_(0, idx, a.to(bank.A.device, bank.A.dtype))
+            bank.B.index_copy_(0, idx, b.to(bank.B.device, bank.B.dtype))
+        self.optimizers[level].reset(sorted(slots))
+        self.mark_written(level, list(slots))

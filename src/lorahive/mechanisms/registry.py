@@ -20,6 +20,7 @@ from lorahive.mechanisms.bandwidth import Bandwidth
 from lorahive.mechanisms.base import PHASES, Mechanism
 from lorahive.mechanisms.consensus import Consensus
 from lorahive.mechanisms.consolidation import Consolidation
+from lorahive.mechanisms.context_modes import ContextModes
 from lorahive.mechanisms.entropy_budget import EntropyBudget
 from lorahive.mechanisms.inertia import EmergentInertia
 from lorahive.mechanisms.replay import SuccessReplay
@@ -105,10 +106,18 @@ def _screening(cfg: RunConfig, agents: Sequence[str]) -> list[Mechanism] | None:
     return [screening, EntropyBudget(cfg.mechanisms.entropy_budget, screening, cfg.observe.health.free_target)]
 
 
+def _context_modes(cfg: RunConfig, agents: Sequence[str]) -> Mechanism | None:
+    """Context modes route after the other draw mechanisms (replay sets the support) and reinforce after screening."""
+    level = cfg.agent.context_level
+    if not is_hive(cfg) or level is None or cfg.stack().get(level).scope == "shared":
+        return None
+    return ContextModes(cfg.mechanisms.context_modes, level)
+
+
 #: The mechanisms of every run, in registration (= run) order within each phase.
 #: Health (:mod:`lorahive.observe.health`) is observation, not a mechanism of this package: the
 #: swarm appends its factory (``observe`` builds on ``mechanisms``, not the other way round).
-DEFAULT_FACTORIES: tuple[Factory, ...] = (_inertia, _replay, _attack, _resonance, _vertical_resonance, _consensus, _migration, _screening)
+DEFAULT_FACTORIES: tuple[Factory, ...] = (_inertia, _replay, _attack, _resonance, _vertical_resonance, _consensus, _migration, _screening, _context_modes)
 
 
 def check_mechanisms(mechanisms: Sequence[Mechanism]) -> list[Mechanism]:

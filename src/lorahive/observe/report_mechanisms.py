@@ -10,6 +10,7 @@ Every function here takes ledger event rows (``{"tick", "kind", "detail"}``, as
     mechanism:entropy_budget  action "budget"  entropy ratio and screening-threshold factor, per level
     mechanism:vertical_resonance  action "vertical"  cross-level cosine, mode and learning-rate factors
     mechanism:consensus   action "consensus"  the dominant cluster of proposals, and what moved to the swarm
+    mechanism:context_modes  action "route"  each agent's context mode, its centred cosine, the modes' uses
 
 The ``*_figure`` functions return matplotlib figures (``report.py`` embeds them as PNGs);
 :func:`health_summary` is what a run's ``metrics.json`` keeps under ``health``. Bands and
@@ -65,6 +66,7 @@ EXTRA_KINDS: dict[str, tuple[str, str]] = {
     "budget": ("mechanism:entropy_budget", "budget"),
     "vertical": ("mechanism:vertical_resonance", "vertical"),  # joins the inertia figure
     "consensus": ("mechanism:consensus", "consensus"),  # a line beside the migrations
+    "context_modes": ("mechanism:context_modes", "route"),  # a line: the router's choices
 }
 
 STATUS_COLORS = {
@@ -258,7 +260,7 @@ def migrations_figure(events: Iterable[Mapping[str, Any]]) -> Figure:
 
 # ---------------------------------------------------------------------- decay, inertia
 def dynamics_lines(events: Iterable[Mapping[str, Any]]) -> list[str]:
-    """One line each for the entropy budget, vertical resonance and consensus, when they ran."""
+    """One line each for the entropy budget, vertical resonance, consensus and context modes, when they ran."""
     events = list(events)
     lines = []
     budget = latest(events, "budget")
@@ -276,6 +278,12 @@ def dynamics_lines(events: Iterable[Mapping[str, Any]]) -> list[str]:
         found = [r for r in consensus if r["detail"].get("found")]
         handed = sum(bool(r["detail"].get("to_slower")) for r in found)
         lines.append(f"consensus in {len(found)} of {len(consensus)} ticks with proposals; {handed} hand-overs to the slower level")
+    routes = _of(events, "context_modes")
+    if routes:
+        last = routes[-1]["detail"]
+        uses = [int(u) for u in last.get("uses") or []]
+        chosen = ", ".join(f"{a} → {m}" for a, m in (last.get("modes") or {}).items())
+        lines.append(f"context modes over {len(routes)} ticks: {sum(u > 0 for u in uses)} of {len(uses)} modes used ({', '.join(map(str, uses))} tasks); tick {routes[-1]['tick']}: {chosen}")
     return lines
 
 

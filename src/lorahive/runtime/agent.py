@@ -7,7 +7,7 @@ parts, and collect the exact swarm-level gradient of every agent that cleared th
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -72,10 +72,14 @@ def score(hive: Hive, tasks: Mapping[str, Task], levels: Sequence[str] | None = 
     return quality
 
 
-def solve_all(hive: Hive, tasks: Mapping[str, Task], cfg: AgentConfig, swarm_level: str) -> dict[str, Outcome]:
-    """Every agent solves its task; agents at or above ``cfg.quality_bar`` propose."""
+def solve_all(hive: Hive, tasks: Mapping[str, Task], cfg: AgentConfig, swarm_level: str, keep_context: Collection[str] = ()) -> dict[str, Outcome]:
+    """Every agent solves its task; agents at or above ``cfg.quality_bar`` propose.
+
+    Each agent's context slot starts from its init snapshot, but for the agents in
+    ``keep_context``, whose slot was prepared for this task (context modes).
+    """
     if cfg.context_level is not None:
-        hive.reset_slots(cfg.context_level, list(tasks))
+        hive.reset_slots(cfg.context_level, [a for a in tasks if a not in keep_context])
     support = {a: [(p, as_answer(ans)) for p, ans in t.support] for a, t in tasks.items()}
     first: dict[str, torch.Tensor] | None = None
     for _ in range(cfg.fast_steps):  # the first step's loss is measured before any update

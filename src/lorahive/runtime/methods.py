@@ -54,7 +54,7 @@ class HiveMethod:
 
     def solve(self, swarm: Swarm, ctx: TickContext) -> None:
         cfg = swarm.cfg
-        ctx.outcomes = solve_all(swarm.hive, ctx.tasks, cfg.agent, cfg.swarm_level)
+        ctx.outcomes = solve_all(swarm.hive, ctx.tasks, cfg.agent, cfg.swarm_level, keep_context=ctx.notes.get("context_modes", {}))
         for name, out in ctx.outcomes.items():
             if out.proposal is not None:
                 a = swarm.agents[name]

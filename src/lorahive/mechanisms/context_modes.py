@@ -1,0 +1,231 @@
+"""Context modes (seed 004 §5, "collapse"; DESIGN.md §3): the context level settles on one mode per kind of input.
+
+Before a task, the context level is a superposition of ``K`` modes; the input collapses it
+onto one, only that one is used, and the result echoes back into it. Here an input is one
+agent's task of a tick (the context level is per task), read as
+
+    v = mean over its support prompts of mean over the prompt's tokens of h_L(prompt)
+
+the frozen base model's final hidden state (one extra forward over the prompts, every level
+off, so routing does not drift as the levels learn). In the ``draw`` phase, after the other
+draw mechanisms (replay) have set the support, the running mean ``c`` of every input seen
+takes this tick's inputs, then each input in agent order is routed (hard):
+
+    cos_m = cos(v − c, key_m − c)   over the opened modes m
+    mode  = a free mode, opened with key v,   if none is open or max cos_m < open_below and one is free
+            argmax cos_m                        otherwise
+    key_mode ← key_ema · key_mode + (1 − key_ema) · v
+
+Subtracting ``c`` matters: pooled hidden states share one large direction (raw cosines of
+the embedded model are ≥ 0.92 between any two task types); centred, they measure ≥ 0.45
+within a type and ≤ 0.19 between types (``benchmarks/context_router.py``). The agent's
+context slot is then loaded with its mode's factors (a freshly opened mode takes the slot's
+init snapshot), and the solve phase does not reset it. In the ``decay`` phase, after
+migrations and screening, each used mode takes what its slots became:
+
+    mode ← (1 − rate) · mode + rate · mean of the slots' (A, B)      over its agents that cleared the bar
+
+(the slots started from the same factors, so the factor mean is the ΔW mean to first order;
+exact for one agent), and an opened mode no agent used has its ``B`` — its ΔW — scaled by
+``1 − forget``. An input that arrives when all modes are open and none is near still takes
+the nearest: a kind of input first seen late shares a mode (the ledger's cosine shows it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, final
+
+import torch
+
+from lorahive.config import ContextModesConfig
+from lorahive.learning import pack_prompts
+from lorahive.learning.objective import hidden_states
+from lorahive.mechanisms.base import Action, TickView
+
+__all__ = ["ContextModes", "Routed", "pooled_prompts", "route"]
+
+#: Prompts per forward of the router's pass.
+CHUNK = 32
+
+
+@torch.no_grad()
+def pooled_prompts(core: Any, prompts: Sequence[str]) -> torch.Tensor:
+    """``(N, H)``: the base model's final hidden state of each prompt, averaged over its tokens (every level off)."""
+    out = []
+    for i in range(0, len(prompts), CHUNK):
+        part = list(prompts[i : i + CHUNK])
+        batch = pack_prompts(core.tokenizer, part, core.max_length).to(core.device)
+        with core.routing.use(core.route([core.agents[0]] * len(part), levels=[])):
+            h = hidden_states(core.model, batch).float()  # (B, T, H)
+        mask = batch.attention_mask[..., None].to(h.dtype)  # (B, T, 1)
+        out.append(((h * mask).sum(1) / mask.sum(1).clamp_min(1.0)).cpu())
+    return torch.cat(out)
+
+
+@dataclass(frozen=True)
+class Routed:
+    """Where the router sent each input: its mode, its centred cosine to that mode's key before (``None``: opened it), opened modes."""
+
+    modes: list[int]
+    cosines: list[float | None]
+    opened: list[int]
+
+
+def _cos(u: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+    """``(K,)`` cosines of ``u (H,)`` to each row of ``keys (K, H)``; 0 where a vector is zero."""
+    denom = u.norm() * keys.norm(dim=1)
+    return torch.where(denom > 0, keys @ u / denom.clamp_min(1e-30), torch.zeros_like(denom))
+
+
+def route(vectors: torch.Tensor, keys: torch.Tensor, opened: torch.Tensor, center: torch.Tensor, open_below: float, key_ema: float) -> Routed:
+    """Route ``vectors (N, H)`` in order over ``keys (K, H)``; ``keys`` and ``opened (K,)`` bool are updated in place."""
+    modes: list[int] = []
+    cosines: list[float | None] = []
+    new: list[int] = []
+    for v in vectors:
+        live = opened.nonzero().flatten().tolist()
+        cos = _cos(v - center, keys[live] - center) if live else torch.zeros(0)
+        best = int(cos.argmax()) if live else -1
+        free = (~opened).nonzero().flatten().tolist()
+        if free and (not live or float(cos[best]) < open_below):
+            m, c = free[0], None
+            opened[m] = True
+            keys[m] = v
+            new.append(m)
+        else:
+            m, c = live[best], float(cos[best])
+            keys[m] = key_ema * keys[m] + (1.0 - key_ema) * v
+        modes.append(m)
+        cosines.append(c)
+    return Routed(modes, cosines, new)
+
+
+@final
+class ContextModes:
+    """Routes each task to one of the context level's modes (``draw``) and reinforces the modes used (``decay``)."""
+
+    name = "context_modes"
+    phases: tuple[str, ...] = ("draw", "decay")
+
+    def __init__(self, cfg: ContextModesConfig, level: str) -> None:
+        self.cfg = cfg
+        self.enabled = cfg.enabled
+        self.level = level
+        self.keys: torch.Tensor | None = None  # (K, H), made at the first input
+        self.opened = torch.zeros(cfg.modes, dtype=torch.bool)
+        self.uses = [0] * cfg.modes
+        self.center: torch.Tensor | None = None  # (H,) running mean of every input seen
+        self.seen = 0
+        self.factors: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # module path -> A (K, r, in), B (K, out, r)
+        self.routed: dict[str, int] = {}  # this tick: agent -> mode (between draw and decay)
+
+    # ------------------------------------------------------------------ draw
+    def run(self, view: TickView) -> Action | None:
+        return self._draw(view) if view.phase == "draw" else self._reinforce(view)
+
+    def _draw(self, view: TickView) -> Action | None:
+        agents = [a for a, exs in view.support.items() if exs]
+        if not agents:
+            return None
+        prompts = [p for a in agents for p, _ in view.support[a]]
+        pooled = pooled_prompts(view.core, prompts)  # (P, H)
+        sizes = [len(view.support[a]) for a in agents]
+        vectors = torch.stack([part.mean(0) for part in pooled.split(sizes)])  # (N, H)
+        self._fold_center(vectors)
+        if self.keys is None:
+            self.keys = torch.zeros(self.cfg.modes, vectors.shape[1])
+        assert self.center is not None
+        routed = route(vectors, self.keys, self.opened, self.center, self.cfg.open_below, self.cfg.key_ema)
+        self._load(view, agents, routed)
+        self.routed = dict(zip(agents, routed.modes, strict=True))
+        for m in routed.modes:
+            self.uses[m] += 1
+        view.shared["context_modes"] = dict(self.routed)  # the solve phase keeps these context slots
+        cosines = {a: (None if c is None else round(c, 4)) for a, c in zip(agents, routed.cosines, strict=True)}
+        return Action("route", {"level": self.level, "modes": dict(self.routed), "cosine": cosines, "opened": routed.opened, "uses": list(self.uses)})
+
+    def _fold_center(self, vectors: torch.Tensor) -> None:
+        total = vectors.sum(0) if self.center is None else self.center * self.seen + vectors.sum(0)
+        self.seen += len(vectors)
+        self.center = total / self.seen
+
+    @torch.no_grad()
+    def _load(self, view: TickView, agents: list[str], routed: Routed) -> None:
+        """Every agent's context slot from its mode; a mode opened now takes its opener's init snapshot."""
+        core = view.core
+        slots = [core.slot_of(self.level, a) for a in agents]
+        core.reset(self.level, slots)
+        if not self.factors:
+            self.factors = {p: (bank.A.new_zeros(self.cfg.modes, *bank.A.shape[1:]), bank.B.new_zeros(self.cfg.modes, *bank.B.shape[1:])) for p, bank in core.named_banks(self.level)}
+        self._to(core)
+        openers = {m: slots[routed.modes.index(m)] for m in routed.opened}
+        for path, bank in core.named_banks(self.level):
+            a, b = self.factors[path]
+            for m, s in openers.items():
+                a[m], b[m] = bank.A.detach()[s], bank.B.detach()[s]
+        rest = [(s, m) for s, m in zip(slots, routed.modes, strict=True) if openers.get(m) != s]
+        if rest:
+            ids = torch.tensor([m for _, m in rest])
+            core.load_slots(self.level, [s for s, _ in rest], {p: (a[ids.to(a.device)], b[ids.to(b.device)]) for p, (a, b) in self.factors.items()})
+
+    def _to(self, core: Any) -> None:
+        """The modes' factors on the level's device and dtype (they come back from a checkpoint on the CPU)."""
+        for path, bank in core.named_banks(self.level):
+            a, b = self.factors[path]
+            self.factors[path] = (a.to(bank.A.device, bank.A.dtype), b.to(bank.B.device, bank.B.dtype))
+
+    # ------------------------------------------------------------------ decay
+    @torch.no_grad()
+    def _reinforce(self, view: TickView) -> Action | None:
+        if not self.routed:
+            return None
+        core = view.core
+        self._to(core)
+        users: dict[int, list[str]] = {}
+        for agent, m in self.routed.items():
+            if view.quality.get(agent, 0.0) >= view.quality_bar:
+                users.setdefault(m, []).append(agent)
+        for m, agents in users.items():
+            ids = core.index([core.slot_of(self.level, a) for a in agents])
+            for path, bank in core.named_banks(self.level):
+                a, b = self.factors[path]
+                a[m].lerp_(bank.A.detach().index_select(0, ids).mean(0), self.cfg.rate)
+                b[m].lerp_(bank.B.detach().index_select(0, ids).mean(0), self.cfg.rate)
+        idle = [m for m in self.opened.nonzero().flatten().tolist() if m not in self.routed.values()]
+        if idle and self.cfg.forget > 0:
+            for _, b in self.factors.values():
+                b[idle] *= 1.0 - self.cfg.forget
+        self.routed = {}
+        norms = self.norms(view)
+        return Action("reinforce", {"level": self.level, "reinforced": {str(m): a for m, a in sorted(users.items())}, "idle": idle, "norm": norms})
+
+    def norms(self, view: TickView) -> dict[str, float]:
+        """Each opened mode's ΔW norm ``‖(a/r)·B·A‖`` over the level's modules (``tr(BᵀB·AAᵀ)``, no out×in matrix)."""
+        live = self.opened.nonzero().flatten().tolist()
+        if not live or not self.factors:
+            return {}
+        scale = view.core.stack.get(self.level).scale
+        energy = sum(((b[live].float().transpose(1, 2) @ b[live].float()) * (a[live].float() @ a[live].float().transpose(1, 2))).sum((1, 2)) for a, b in self.factors.values())
+        return {str(m): round(scale * float(e.clamp_min(0).sqrt()), 6) for m, e in zip(live, torch.as_tensor(energy).cpu(), strict=True)}
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"uses": list(self.uses), "seen": self.seen, "opened": self.opened.nonzero().flatten().tolist()}
+        if self.keys is not None and self.center is not None:
+            out |= {"keys": self.keys, "center": self.center}
+        for path, (a, b) in self.factors.items():
+            out[f"mode.{path}.A"], out[f"mode.{path}.B"] = a, b
+        return out
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.uses = [int(u) for u in state.get("uses", [0] * self.cfg.modes)]
+        self.seen = int(state.get("seen", 0))
+        self.opened = torch.zeros(self.cfg.modes, dtype=torch.bool)
+        self.opened[list(state.get("opened", []))] = True
+        self.keys = state["keys"].float().clone() if "keys" in state else None
+        self.center = state["center"].float().clone() if "center" in state else None
+        paths = sorted({k.removeprefix("mode.")[: -len(".A")] for k in state if k.startswith("mode.") and k.endswith(".A")})
+        self.factors = {p: (state[f"mode.{p}.A"].clone(), state[f"mode.{p}.B"].clone()) for p in paths}
+        self.routed = {}
