@@ -17,7 +17,7 @@ takes this tick's inputs, then each input in agent order is routed (hard):
     key_mode ← key_ema · key_mode + (1 − key_ema) · v
 
 Subtracting ``c`` matters: pooled hidden states share one large direction (raw cosines of
-the embedded model are ≥ 0.92 between any two task types); centred, they measure ≥ 0.45
+the embedded model are ≥ 0.98 within a task type and 0.92 on average between types); centred, they measure ≥ 0.45
 within a type and ≤ 0.19 between types (``benchmarks/context_router.py``). The agent's
 context slot is then loaded with its mode's factors (a freshly opened mode takes the slot's
 init snapshot), and the solve phase does not reset it. In the ``decay`` phase, after
