@@ -31,6 +31,7 @@ from lorahive.config.mechanisms import (
     MechanismsConfig,
     ReplayConfig,
     ScreeningConfig,
+    TopologyConfig,
     VerticalResonanceConfig,
 )
 from lorahive.config.run import (
@@ -55,6 +56,7 @@ __all__ = [
     "AttackKind",
     "BandwidthConfig",
     "ConsensusConfig",
+    "TopologyConfig",
     "ConsolidationConfig",
     "EntropyBudgetConfig",
     "HealthConfig",

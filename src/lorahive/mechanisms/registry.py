@@ -25,6 +25,7 @@ from lorahive.mechanisms.inertia import EmergentInertia
 from lorahive.mechanisms.replay import SuccessReplay
 from lorahive.mechanisms.resonance import DirectionTracker, SwarmDirection
 from lorahive.mechanisms.screening import Screening
+from lorahive.mechanisms.topology import Topology
 from lorahive.mechanisms.vertical_resonance import VerticalResonance
 
 __all__ = ["DEFAULT_FACTORIES", "TENSOR_PREFIX", "Factory", "build_mechanisms", "check_mechanisms", "is_hive", "join_states", "split_states"]
@@ -105,10 +106,15 @@ def _screening(cfg: RunConfig, agents: Sequence[str]) -> list[Mechanism] | None:
     return [screening, EntropyBudget(cfg.mechanisms.entropy_budget, screening, cfg.observe.health.free_target)]
 
 
+def _topology(cfg: RunConfig, agents: Sequence[str]) -> Mechanism | None:
+    """Topology watches every trainable level (or the configured ones) and grows or folds levels."""
+    return Topology(cfg.mechanisms.topology, cfg.mechanisms.topology.levels, cfg.seed) if is_hive(cfg) else None
+
+
 #: The mechanisms of every run, in registration (= run) order within each phase.
 #: Health (:mod:`lorahive.observe.health`) is observation, not a mechanism of this package: the
 #: swarm appends its factory (``observe`` builds on ``mechanisms``, not the other way round).
-DEFAULT_FACTORIES: tuple[Factory, ...] = (_inertia, _replay, _attack, _resonance, _vertical_resonance, _consensus, _migration, _screening)
+DEFAULT_FACTORIES: tuple[Factory, ...] = (_inertia, _replay, _attack, _resonance, _vertical_resonance, _consensus, _migration, _screening, _topology)
 
 
 def check_mechanisms(mechanisms: Sequence[Mechanism]) -> list[Mechanism]:
