@@ -10,13 +10,24 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from typer.testing import CliRunner
 
 from conftest import make_model, randomize_b, small_stack
 from lorahive import Hive
+from lorahive.cli.main import app
 from lorahive.config import ConfigError, TopologyConfig, parse_config
 from lorahive.mechanisms.base import TickView
 from lorahive.mechanisms.registry import build_mechanisms
-from lorahive.mechanisms.topology import Topology, autocorrelation, co_correlation, merge_levels, split_level, two_scale_excess
+from lorahive.mechanisms.topology import (
+    Topology,
+    autocorrelation,
+    co_correlation,
+    merge_levels,
+    split_level,
+    two_scale_excess,
+)
+from lorahive.observe.ledger import Ledger
+from lorahive.observe.report_mechanisms import dynamics_lines, mechanism_events
 from lorahive.runtime import run as runs
 from tiny_runs import checkpoint_tensors, config_tree, tiny_config
 
@@ -208,6 +219,11 @@ def test_from_swarm_and_context_the_hierarchy_deepens_and_resume_is_exact(base_d
     names = [lv["name"] for lv in state["stack"]["levels"]]
     assert splits and len(names) > 2, names  # a level grew out of the context level
     assert splits[0]["level"] == "context" and splits[0]["scope"] == "agent"
+    with Ledger(tmp_path / "straight" / "ledger.sqlite") as ledger:
+        line = dynamics_lines(mechanism_events(ledger))[-1]
+    assert line.startswith(f"topology: {len(splits)} changes of the stack (") and "split context_g1 from context" in line
+    printed = CliRunner().invoke(app, ["inspect", str(tmp_path / "straight")])
+    assert printed.exit_code == 0 and " ".join(line.split()) in " ".join(printed.output.split()), printed.output
     # stopped right after the first split and resumed: the same end, bit for bit
     first = min(i for i, r in enumerate(rows) if r["action"] == "split") + 1
 
