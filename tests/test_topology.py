@@ -241,3 +241,22 @@ def test_from_swarm_and_context_the_hierarchy_deepens_and_resume_is_exact(base_d
             assert torch.equal(a[k], b[k]), k
     again = json.loads((tmp_path / "split" / "checkpoint" / "state.json").read_text())
     assert again["stack"] == state["stack"] and again["level_states"] == state["level_states"]
+
+
+def test_a_checkpoint_carries_the_grown_stack_into_a_fresh_core(tokenizer, tmp_path):
+    from lorahive.store import checkpoint
+
+    hive = _hive(tokenizer)
+    split_level(hive.core, "context", "context_g1", 1)
+    before = _logits(hive)
+    checkpoint.save(tmp_path, hive.core, {"tick": 1}, {})
+    fresh = Hive(make_model(len(tokenizer)), tokenizer, small_stack(), seed=0)
+    fresh.add_agents(AGENTS)
+    checkpoint.load(tmp_path, fresh.core)
+    assert fresh.stack == hive.stack and fresh.core.origin == {"context_g1": "context"}
+    torch.testing.assert_close(_logits(fresh), before, rtol=0, atol=0)
+    (tmp_path / "checkpoint" / "levels" / "context_g1.safetensors").write_bytes(b"broken")
+    other = Hive(make_model(len(tokenizer)), tokenizer, small_stack(), seed=0)
+    with pytest.raises(checkpoint.CheckpointError, match="context_g1"):
+        checkpoint.load(tmp_path, other.core)
+    assert other.stack == small_stack() and other.core.origin == {}  # a refused checkpoint leaves the core as it was
