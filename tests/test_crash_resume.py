@@ -30,6 +30,8 @@ from tiny_runs import checkpoint_tensors, tiny_config
 KILLS = int(os.environ.get("LORAHIVE_CRASH_KILLS", "4"))
 TICKS = 6
 CLI = [sys.executable, "-m", "lorahive.cli.main"]
+#: topology on, quick to act, so the stack changes within the run's ticks
+TOPOLOGY = ["mechanisms.topology.enabled=true", "mechanisms.topology.window=3", "mechanisms.topology.checks=1", "mechanisms.topology.cooldown=1", "mechanisms.topology.split_excess=0.001"]
 
 
 def _spawn(args: list[str]) -> subprocess.Popen:
@@ -113,7 +115,7 @@ def _metrics(run: Path) -> dict:
 
 
 def test_sigkill_at_random_moments_then_resume_equals_an_uninterrupted_run(base_dir, tmp_path):
-    cfg = tiny_config(base_dir, ["mechanisms.entropy_budget.enabled=true", "mechanisms.vertical_resonance.enabled=true", "mechanisms.consensus.enabled=true", "mechanisms.context_modes.enabled=true"], ticks=TICKS, aggregation={"strategy": "weighted", "max_norm": 1.0})  # every mechanism on
+    cfg = tiny_config(base_dir, ["mechanisms.entropy_budget.enabled=true", "mechanisms.vertical_resonance.enabled=true", "mechanisms.consensus.enabled=true", "mechanisms.context_modes.enabled=true", *TOPOLOGY], ticks=TICKS, aggregation={"strategy": "weighted", "max_norm": 1.0})  # every mechanism on
     (tmp_path / "config.yaml").write_text(dump_config(cfg), encoding="utf-8")
     runs.start(cfg, tmp_path / "straight")
     run, rng = tmp_path / "crashed", random.Random(int(os.environ.get("LORAHIVE_CRASH_SEED", "0")))

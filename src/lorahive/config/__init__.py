@@ -32,6 +32,7 @@ from lorahive.config.mechanisms import (
     MechanismsConfig,
     ReplayConfig,
     ScreeningConfig,
+    TopologyConfig,
     VerticalResonanceConfig,
 )
 from lorahive.config.run import (
@@ -56,6 +57,7 @@ __all__ = [
     "AttackKind",
     "BandwidthConfig",
     "ConsensusConfig",
+    "TopologyConfig",
     "ConsolidationConfig",
     "ContextModesConfig",
     "EntropyBudgetConfig",

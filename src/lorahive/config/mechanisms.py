@@ -21,6 +21,7 @@ __all__ = [
     "MechanismsConfig",
     "ReplayConfig",
     "ScreeningConfig",
+    "TopologyConfig",
 ]
 
 
@@ -221,6 +222,31 @@ class ContextModesConfig(_Section):
     key_ema: float = Field(default=0.9, ge=0.0, lt=1.0, description="a mode's key follows its inputs: key ← key_ema·key + (1−key_ema)·input")
     rate: float = Field(default=1.0, gt=0.0, le=1.0, description="reinforcement: mode ← (1−rate)·mode + rate·mean of the context slots that used it this tick")
     forget: float = Field(default=0.0, ge=0.0, le=1.0, description="per tick, an opened mode no agent used has its ΔW multiplied by 1 − forget (the seed's 'unused patterns weaken')")
+class TopologyConfig(_Section):
+    """Topology (seed 004 "Meta-архитектура"): the number of levels follows the work.
+
+    Each tick every watched level's update (what the fast steps and the swarm step wrote) is
+    sketched in ΔW space with fixed random probes and kept for ``window`` ticks. A level whose
+    updates show two time scales — the normalised autocorrelation at lag 2 above the square of
+    the one at lag 1 by ``split_excess`` (``C(2) − C(1)² ≥ split_excess``; one time scale gives
+    ``C(2) = C(1)²``) — for ``checks`` ticks in a row is split: its dominant singular part moves
+    into a new, slower level just above it (per-task → per-agent), function preserved. Two
+    neighbours of the same scope and targets, one of them grown, whose updates keep a windowed
+    cosine of at least ``merge_threshold`` for ``checks`` ticks are merged into one. Off by
+    default: not yet measured at full size.
+    """
+
+    enabled: bool = Field(default=False, description="run this mechanism (off by default until the full-size ablation shows it helps)")
+    levels: list[str] | None = Field(default=None, description="configured levels that may split (and their grown descendants); null = every trainable level")
+    window: int = Field(default=6, ge=3, le=64, description="ticks of update sketches the autocorrelations are measured over")
+    sketch: int = Field(default=8, ge=1, le=64, description="random probes per side and module: the sketch of ΔW is G·ΔW·X with G (sketch, out), X (in, sketch)")
+    split_excess: float = Field(default=0.1, gt=0.0, le=1.0, description="C(2) − C(1)² at or above which a level shows two time scales (at most 0.25 for white noise plus a constant drift, at its share 1/2)")
+    merge_threshold: float = Field(default=0.9, gt=0.0, le=1.0, description="windowed cosine of two neighbours' updates at or above which they are redundant")
+    checks: int = Field(default=2, ge=1, description="consecutive ticks a split or merge signal must hold")
+    split_rank: int | None = Field(default=None, ge=1, description="rank of a grown level (the part that moves); null = half the source's rank, at least 1")
+    max_levels: int = Field(default=8, ge=1, description="most levels the stack may grow to")
+    max_rank: int = Field(default=64, ge=1, description="largest rank a merged grown level may take (beyond, the merge truncates, recorded)")
+    cooldown: int = Field(default=6, ge=0, description="ticks after a split or merge before the next one")
 
 
 class MechanismsConfig(BaseModel):
@@ -237,6 +263,7 @@ class MechanismsConfig(BaseModel):
     vertical_resonance: VerticalResonanceConfig = Field(default_factory=VerticalResonanceConfig, description="levels whose updates agree learn faster")
     entropy_budget: EntropyBudgetConfig = Field(default_factory=EntropyBudgetConfig, description="screening thresholds kept in the healthy entropy band")
     context_modes: ContextModesConfig = Field(default_factory=ContextModesConfig, description="the context level collapses onto one mode per kind of input")
+    topology: TopologyConfig = Field(default_factory=TopologyConfig, description="levels split when their updates show two time scales, merge when redundant")
 
 
 class HealthConfig(BaseModel):

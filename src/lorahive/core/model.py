@@ -57,6 +57,7 @@ class HiveCore:
         self.states: dict[str, LevelState] = {lv.name: LevelState.from_spec(lv) for lv in self.stack.levels}
         self.optimizers = {lv.name: SlotAdamW(lr=lv.step_size, weight_decay=lv.weight_decay) for lv in self.stack.levels}
         self.written: dict[str, set[int]] = {lv.name: set() for lv in self.stack.levels}  # slots whose B may be non-zero
+        self.origin: dict[str, str] = {}  # level grown while running (mechanisms/topology.py) -> the configured level it descends from
         self._agents: list[str] = []
         self._index: dict[str, int] = {}
         self._device_index: OrderedDict[tuple[int, ...], torch.Tensor] = OrderedDict()
@@ -123,6 +124,80 @@ class HiveCore:
     def slots_of(self, level: str, agents: Sequence[str]) -> list[int]:
         idx = self.agent_index(agents)
         return [0] * len(idx) if self.stack.get(level).scope == "shared" else idx
+
+    # ------------------------------------------------------------------ the stack while running
+    def insert_level(self, spec: LevelSpec, index: int, origin: str | None = None) -> None:
+        """Add level ``spec`` at position ``index`` of the stack (0: slowest), empty (B = 0: it adds nothing).
+
+        Every wrapped layer whose leaf name ``spec`` targets gets a bank with one slot per
+        agent (or one, shared), in the slot layout of the other levels; the level gets its
+        state from the spec, its own optimizer and no written slots. ``origin`` names the
+        configured level it descends from (``None``: it is configured itself).
+        """
+        stack = StackSpec(levels=(*self.stack.levels[:index], spec, *self.stack.levels[index:]))
+        n = 1
+        while spec.scope != "shared" and n < len(self._agents):
+            n *= 2
+        found = False
+        for path, layer in self.layers.items():
+            if path.rsplit(".", 1)[-1] in spec.targets:
+                bank = LevelBank(n, spec.rank, layer.in_features, layer.out_features, key=f"{self.seed}/{spec.name}/{path}")
+                layer.banks[spec.name] = bank.to(device=layer.weight.device, dtype=torch.float32)
+                layer.scales[spec.name] = spec.scale
+                found = True
+        if not found:
+            raise ValueError(f"level {spec.name!r}: targets {list(spec.targets)} match no wrapped layer")
+        self.stack = stack
+        self._order_banks()
+        self.states[spec.name] = LevelState.from_spec(spec)
+        self.optimizers[spec.name] = SlotAdamW(lr=spec.step_size, weight_decay=spec.weight_decay)
+        self.written[spec.name] = set()
+        for p in self.level_params(spec.name).values():
+            p.requires_grad_(spec.trainable)
+        if origin is not None:
+            self.origin[spec.name] = origin
+
+    def remove_level(self, name: str) -> None:
+        """Take level ``name`` out of the stack: its banks, state, optimizer and bookkeeping go."""
+        if len(self.stack.levels) == 1:
+            raise ValueError(f"cannot remove {name!r}: the stack's only level")
+        self.stack = StackSpec(levels=tuple(lv for lv in self.stack.levels if lv.name != self.stack.get(name).name))
+        for layer in self.layers.values():
+            if name in layer.banks:
+                del layer.banks[name]
+                del layer.scales[name]
+        del self.states[name], self.optimizers[name], self.written[name]
+        self.origin.pop(name, None)
+
+    def set_stack(self, stack: StackSpec, origin: Mapping[str, str]) -> None:
+        """Make the stack ``stack`` (a checkpoint's): levels not in it, or specified otherwise, go; missing ones come, empty."""
+        for lv in self.levels:
+            if lv not in stack.levels:
+                self.remove_level(lv.name)
+        for i, lv in enumerate(stack.levels):
+            if lv.name not in self.stack.names():
+                self.insert_level(lv, i, origin.get(lv.name))
+        self.origin = {k: v for k, v in origin.items() if k in self.stack.names()}
+
+    def _order_banks(self) -> None:
+        """Each layer's banks in stack order: the forward sums the levels' terms in one order whatever the history."""
+        order = self.stack.names()
+        for layer in self.layers.values():
+            layer.banks = nn.ModuleDict({name: layer.banks[name] for name in order if name in layer.banks})
+
+    def with_grown(self, levels: Sequence[str]) -> list[str]:
+        """``levels`` and every grown level descending from one of them (what the fast steps train)."""
+        return [lv for lv in self.stack.names() if lv in levels or self.origin.get(lv) in levels]
+
+    @torch.no_grad()
+    def set_factors(self, level: str, factors: Mapping[str, tuple[torch.Tensor, torch.Tensor]]) -> None:
+        """Overwrite every slot's ``(B (S, out, r), A (S, r, in))`` of ``level`` per module path (a topology change)."""
+        for path, bank in self.named_banks(level):
+            if path in factors:
+                b, a = factors[path]
+                bank.B.copy_(b)
+                bank.A.copy_(a)
+        self.mark_written(level)
 
     # ------------------------------------------------------------------ banks
     def banks(self, level: str) -> Iterator[LevelBank]:

@@ -26,6 +26,7 @@ from lorahive.mechanisms.inertia import EmergentInertia
 from lorahive.mechanisms.replay import SuccessReplay
 from lorahive.mechanisms.resonance import DirectionTracker, SwarmDirection
 from lorahive.mechanisms.screening import Screening
+from lorahive.mechanisms.topology import Topology
 from lorahive.mechanisms.vertical_resonance import VerticalResonance
 
 __all__ = ["DEFAULT_FACTORIES", "TENSOR_PREFIX", "Factory", "build_mechanisms", "check_mechanisms", "is_hive", "join_states", "split_states"]
@@ -114,10 +115,15 @@ def _context_modes(cfg: RunConfig, agents: Sequence[str]) -> Mechanism | None:
     return ContextModes(cfg.mechanisms.context_modes, level)
 
 
+def _topology(cfg: RunConfig, agents: Sequence[str]) -> Mechanism | None:
+    """Topology watches every trainable level (or the configured ones) and grows or folds levels."""
+    return Topology(cfg.mechanisms.topology, cfg.mechanisms.topology.levels, cfg.seed) if is_hive(cfg) else None
+
+
 #: The mechanisms of every run, in registration (= run) order within each phase.
 #: Health (:mod:`lorahive.observe.health`) is observation, not a mechanism of this package: the
 #: swarm appends its factory (``observe`` builds on ``mechanisms``, not the other way round).
-DEFAULT_FACTORIES: tuple[Factory, ...] = (_inertia, _replay, _attack, _resonance, _vertical_resonance, _consensus, _migration, _screening, _context_modes)
+DEFAULT_FACTORIES: tuple[Factory, ...] = (_inertia, _replay, _attack, _resonance, _vertical_resonance, _consensus, _migration, _screening, _context_modes, _topology)
 
 
 def check_mechanisms(mechanisms: Sequence[Mechanism]) -> list[Mechanism]:

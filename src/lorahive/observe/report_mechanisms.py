@@ -11,6 +11,7 @@ Every function here takes ledger event rows (``{"tick", "kind", "detail"}``, as
     mechanism:vertical_resonance  action "vertical"  cross-level cosine, mode and learning-rate factors
     mechanism:consensus   action "consensus"  the dominant cluster of proposals, and what moved to the swarm
     mechanism:context_modes  action "route"  each agent's context mode, its centred cosine, the modes' uses
+    mechanism:topology    action "watch" / "split" / "merge"  each level's time-scale signals, and a change of the stack
 
 The ``*_figure`` functions return matplotlib figures (``report.py`` embeds them as PNGs);
 :func:`health_summary` is what a run's ``metrics.json`` keeps under ``health``. Bands and
@@ -67,6 +68,8 @@ EXTRA_KINDS: dict[str, tuple[str, str]] = {
     "vertical": ("mechanism:vertical_resonance", "vertical"),  # joins the inertia figure
     "consensus": ("mechanism:consensus", "consensus"),  # a line beside the migrations
     "context_modes": ("mechanism:context_modes", "route"),  # a line: the router's choices
+    "split": ("mechanism:topology", "split"),  # a line: the stack's changes
+    "merge": ("mechanism:topology", "merge"),
 }
 
 STATUS_COLORS = {
@@ -79,7 +82,8 @@ STATUS_COLORS = {
 
 def mechanism_events(ledger: Ledger) -> list[dict[str, Any]]:
     """The ledger's events of every kind in :data:`KINDS`, each kind in tick order."""
-    return [row for kind, _ in (*KINDS.values(), *EXTRA_KINDS.values()) for row in ledger.events(kind)]
+    kinds = dict.fromkeys(kind for kind, _ in (*KINDS.values(), *EXTRA_KINDS.values()))  # topology's two actions share a kind
+    return [row for kind in kinds for row in ledger.events(kind)]
 
 
 def _of(events: Iterable[Mapping[str, Any]], section: str) -> list[Mapping[str, Any]]:
@@ -260,7 +264,7 @@ def migrations_figure(events: Iterable[Mapping[str, Any]]) -> Figure:
 
 # ---------------------------------------------------------------------- decay, inertia
 def dynamics_lines(events: Iterable[Mapping[str, Any]]) -> list[str]:
-    """One line each for the entropy budget, vertical resonance, consensus and context modes, when they ran."""
+    """One line each for the entropy budget, vertical resonance, consensus, context modes and topology, when they ran."""
     events = list(events)
     lines = []
     budget = latest(events, "budget")
@@ -284,6 +288,10 @@ def dynamics_lines(events: Iterable[Mapping[str, Any]]) -> list[str]:
         uses = [int(u) for u in last.get("uses") or []]
         chosen = ", ".join(f"{a} → {m}" for a, m in (last.get("modes") or {}).items())
         lines.append(f"context modes over {len(routes)} ticks: {sum(u > 0 for u in uses)} of {len(uses)} modes used ({', '.join(map(str, uses))} tasks); tick {routes[-1]['tick']}: {chosen}")
+    changes = sorted([*_of(events, "split"), *_of(events, "merge")], key=lambda r: r["tick"])
+    if changes:
+        told = [f"{r['detail'].get('new')} from {r['detail'].get('level')}" if r["detail"]["action"] == "split" else f"{r['detail'].get('gone')} into {r['detail'].get('keep')}" for r in changes]
+        lines.append(f"topology: {len(changes)} changes of the stack (" + "; ".join(f"tick {r['tick']} {r['detail']['action']} {t}" for r, t in zip(changes, told, strict=True)) + ")")
     return lines
 
 

@@ -83,7 +83,7 @@ def solve_all(hive: Hive, tasks: Mapping[str, Task], cfg: AgentConfig, swarm_lev
     support = {a: [(p, as_answer(ans)) for p, ans in t.support] for a, t in tasks.items()}
     first: dict[str, torch.Tensor] | None = None
     for _ in range(cfg.fast_steps):  # the first step's loss is measured before any update
-        step_losses = hive.learn_async(support, steps=1, levels=cfg.fast_levels, anchor=cfg.anchor, anchor_positions=cfg.anchor_positions)
+        step_losses = hive.learn_async(support, steps=1, levels=hive.core.with_grown(cfg.fast_levels), anchor=cfg.anchor, anchor_positions=cfg.anchor_positions)
         first = first or step_losses
     losses = hive.loss(support) if first is None else read_losses(first)
     quality = score(hive, tasks)

@@ -6,7 +6,9 @@ Layout of ``RUN/checkpoint/``::
     optim/<level>.safetensors    per-slot AdamW state "<param>:exp_avg|exp_avg_sq|step"
     extra.safetensors            mechanisms' tensors "mechanism/<name>/<key>" (e.g. the aggregator's
                                  running direction) + torch RNG state "rng/torch"
-    state.json                   tick, agents, mixing coefficients, reputations, mechanisms' plain
+    state.json                   tick, agents, the level stack ("stack": its level specs and which
+                                 level each grown level descends from — topology changes it while a
+                                 run goes on), mixing coefficients, reputations, mechanisms' plain
                                  state ("mechanisms": {name: {...}}), run bookkeeping
     manifest.json                sha256 and size of every file above
 
@@ -31,6 +33,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
+from lorahive.config import StackSpec
 from lorahive.core import HiveCore, LevelState, LevelStateError
 from lorahive.store.files import (
     TooLarge,
@@ -94,7 +97,8 @@ def save(run_dir: str | Path, core: HiveCore, state: dict[str, Any], extra: dict
     files["extra.safetensors"] = {**{k: v.detach().cpu().contiguous() for k, v in extra.items()}, "rng/torch": torch.get_rng_state()}
     with ThreadPoolExecutor(max_workers=min(8, len(files))) as pool:  # serialising and hashing release the GIL
         digests = dict(zip(files, pool.map(lambda item: _write_tensors(tmp / item[0], item[1]), files.items()), strict=True))
-    full_state = {**state, "agents": core.agents, "level_states": {name: st.to_dict() for name, st in core.states.items()}}
+    stack = {"levels": [lv.model_dump(mode="json") for lv in core.levels], "origin": dict(core.origin)}
+    full_state = {**state, "agents": core.agents, "stack": stack, "level_states": {name: st.to_dict() for name, st in core.states.items()}}
     _write_json(tmp / "state.json", full_state)
     digests["state.json"] = _sha256(tmp / "state.json")
     manifest = {rel: {"sha256": digests[rel], "bytes": (tmp / rel).stat().st_size} for rel in [*files, "state.json"]}
@@ -241,6 +245,21 @@ def _check_extra(file: Path) -> dict[str, torch.Tensor]:
     return tensors
 
 
+def _check_stack(core: HiveCore, state: dict[str, Any], file: Path) -> tuple[StackSpec, dict[str, str]]:
+    """The checkpoint's level stack and origins (the core's own when state.json predates them)."""
+    raw = state.get("stack")
+    if raw is None:
+        return core.stack, dict(core.origin)
+    try:
+        stack = StackSpec.model_validate({"levels": raw["levels"]})
+        origin = {str(k): str(v) for k, v in dict(raw.get("origin", {})).items()}
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{file}: stack is not a level stack: {e}") from None
+    if set(origin) - set(stack.names()):
+        raise CheckpointError(f"{file}: stack.origin names levels the stack lacks: {sorted(set(origin) - set(stack.names()))}")
+    return stack, origin
+
+
 def _check_state(core: HiveCore, file: Path) -> dict[str, Any]:
     """state.json: a mapping whose agents extend the core's and whose level states are valid."""
     state = _read_json(file)
@@ -251,9 +270,10 @@ def _check_state(core: HiveCore, file: Path) -> dict[str, Any]:
         raise CheckpointError(f"{file}: agents must be a list of distinct non-empty names")
     if agents[: len(core.agents)] != core.agents:
         raise CheckpointError(f"{file}: its agents do not extend this core's agents")
+    names = _check_stack(core, state, file)[0].names()
     states = state.get("level_states", {})
-    if not isinstance(states, dict) or set(states) - set(core.stack.names()):
-        raise CheckpointError(f"{file}: level_states must map this core's level names ({core.stack.names()}) to level states")
+    if not isinstance(states, dict) or set(states) - set(names):
+        raise CheckpointError(f"{file}: level_states must map the checkpoint's level names ({names}) to level states")
     try:
         state["level_states"] = {name: LevelState.from_dict(name, v) for name, v in states.items()}
     except LevelStateError as e:
@@ -276,6 +296,17 @@ def load(run_dir: str | Path, core: HiveCore, validate: Callable[[dict[str, Any]
     state = _check_state(core, ckpt / "state.json")
     if validate is not None:
         validate(state, ckpt / "state.json")
+    was = (core.stack, dict(core.origin))
+    core.set_stack(*_check_stack(core, state, ckpt / "state.json"))  # the stack as the run had it; undone on a refusal
+    try:
+        return _load_checked(core, ckpt, manifest, state)
+    except BaseException:
+        core.set_stack(*was)
+        raise
+
+
+def _load_checked(core: HiveCore, ckpt: Path, manifest: dict[str, Any], state: dict[str, Any]) -> Loaded:
+    """:func:`load` once the core has the checkpoint's stack: check every tensor, then write them in."""
     agents: list[str] = state["agents"]
     levels, optim = {}, {}
     for lv in core.levels:

@@ -50,7 +50,7 @@ class LedgerMark(BaseModel):
 
 
 class RunState(BaseModel):
-    """state.json as a run writes it (agents and level_states are the checkpoint's own fields)."""
+    """state.json as a run writes it (agents, stack and level_states are the checkpoint's own fields)."""
 
     model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
@@ -59,6 +59,7 @@ class RunState(BaseModel):
     rejected: StrictInt = Field(ge=0)
     agents: list[StrictStr]
     level_states: dict[str, Any]
+    stack: dict[str, Any] | None = None  # the level stack (checked by store/checkpoint.py)
     agents_state: dict[str, AgentState]
     attribution: dict[str, StrictFloat | StrictInt] = Field(default_factory=dict)
     method: dict[str, Any] = Field(default_factory=dict)
