@@ -144,9 +144,9 @@ def markdown(summary: dict[str, Any]) -> str:
     return "\n".join(parts)
 
 
-def run(size: str, out: Path, base: str | None = None, overrides: list[str] = ()) -> dict[str, Any]:  # type: ignore[assignment]
-    """Run every order of the recipe into ``out``; returns (and writes) the summary."""
-    recipe = load_recipe(size)
+def run(size: str, out: Path, base: str | None = None, overrides: list[str] = (), recipe: dict[str, Any] | None = None) -> dict[str, Any]:  # type: ignore[assignment]
+    """Run every order of the recipe (default: ``{size}.yaml``) into ``out``; returns (and writes) the summary."""
+    recipe = recipe or load_recipe(size)
     out.mkdir(parents=True, exist_ok=True)
     base = base or recipe["config"]["base"]
     if base == TINY:

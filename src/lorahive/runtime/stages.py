@@ -98,7 +98,7 @@ def _dpo_step(hive: Hive, batch: list[Pair], levels: list[str], others: list[str
     for lv in levels:
         core.step(lv, None, core.slots_of(lv, [LEARNER]), found_inf=bad)
     hive.model.zero_grad(set_to_none=True)
-    return float(mean), float(margin.mean()) / beta
+    return float(mean.detach()), float(margin.mean()) / beta
 
 
 def _project(hive: Hive, levels: list[str], cap: float | None) -> tuple[float, float]:
@@ -117,11 +117,11 @@ def train_stage(hive: Hive, cfg: StagesConfig, index: int, pairs: list[Pair], le
     levels = _levels(cfg, index)
     others = [lv for lv in hive.stack.names() if lv not in levels]
     cap = cfg.cap(index)
-    steps: list[dict[str, float | bool]] = []
+    steps: list[dict[str, Any]] = []
     for k, batch in enumerate(_batches(pairs, st.batch, st.steps, f"{cfg.seed}/{tag}")):
         if st.objective == "sft":
             loss = hive.learn({LEARNER: [(p.prompt, p.chosen) for p in batch]}, steps=1, levels=levels)[LEARNER]
-            margin = float("nan")
+            margin: float | None = None
         else:
             loss, margin = _dpo_step(hive, batch, levels, others, st.beta)
         before, after = _project(hive, levels, cap)
