@@ -6,7 +6,14 @@ from pathlib import Path
 
 import pytest
 
-from lorahive.config import ConfigError, is_stages_tree, load_config, load_stages_config, parse_config, read_tree
+from lorahive.config import (
+    ConfigError,
+    is_stages_tree,
+    load_config,
+    load_stages_config,
+    parse_config,
+    read_tree,
+)
 
 CONFIGS = sorted((Path(__file__).parent.parent / "configs").glob("*.yaml"))
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -79,7 +80,7 @@ def tiny_base(path: Path, texts: list[str], seed: int = 0) -> Path:
     return path
 
 
-def order_config(recipe: dict[str, Any], order: list[str], base: str, overrides: list[str] = ()) -> StagesConfig:  # type: ignore[assignment]
+def order_config(recipe: dict[str, Any], order: list[str], base: str, overrides: Sequence[str] = ()) -> StagesConfig:
     """The stages config of one order: the recipe's config with the templates of ``order``, in order."""
     tree = {**recipe["config"], "base": base, "stages": [dict(recipe["stages"][k]) for k in order]}
     return parse_stages_config(tree, list(overrides))
@@ -144,7 +145,7 @@ def markdown(summary: dict[str, Any]) -> str:
     return "\n".join(parts)
 
 
-def run(size: str, out: Path, base: str | None = None, overrides: list[str] = (), recipe: dict[str, Any] | None = None) -> dict[str, Any]:  # type: ignore[assignment]
+def run(size: str, out: Path, base: str | None = None, overrides: Sequence[str] = (), recipe: dict[str, Any] | None = None) -> dict[str, Any]:
     """Run every order of the recipe (default: ``{size}.yaml``) into ``out``; returns (and writes) the summary."""
     recipe = recipe or load_recipe(size)
     out.mkdir(parents=True, exist_ok=True)

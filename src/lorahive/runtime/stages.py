@@ -83,8 +83,8 @@ def _logp(hive: Hive, rows: Sequence[tuple[str, str]], levels: Sequence[str] | N
 def _dpo_step(hive: Hive, batch: list[Pair], levels: list[str], others: list[str], beta: float) -> tuple[float, float]:
     """One DPO step on ``levels``; the reference is the hive with only ``others`` on. Returns (loss, mean margin)."""
     n = len(batch)
-    ref = _logp(hive, [(p.prompt, p.chosen) for p in batch] + [(p.prompt, p.rejected) for p in batch], others).to(hive.device)
     rows = [(p.prompt, p.chosen) for p in batch] + [(p.prompt, p.rejected) for p in batch]
+    ref = _logp(hive, rows, others).to(hive.device)  # (2n,), no gradient
     packed = pack_examples(hive.tokenizer, rows, hive.core.max_length).to(hive.device)
     core = hive.core
     hive.model.zero_grad(set_to_none=True)
@@ -117,6 +117,8 @@ def train_stage(hive: Hive, cfg: StagesConfig, index: int, pairs: list[Pair], le
     levels = _levels(cfg, index)
     others = [lv for lv in hive.stack.names() if lv not in levels]
     cap = cfg.cap(index)
+    if not pairs:
+        raise ValueError(f"stage {tag}: its data sets {st.data} hold no training pairs")
     steps: list[dict[str, Any]] = []
     for k, batch in enumerate(_batches(pairs, st.batch, st.steps, f"{cfg.seed}/{tag}")):
         if st.objective == "sft":
