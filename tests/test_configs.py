@@ -6,13 +6,24 @@ from pathlib import Path
 
 import pytest
 
-from lorahive.config import ConfigError, load_config, parse_config
+from lorahive.config import (
+    ConfigError,
+    is_stages_tree,
+    load_config,
+    load_stages_config,
+    parse_config,
+    read_tree,
+)
 
 CONFIGS = sorted((Path(__file__).parent.parent / "configs").glob("*.yaml"))
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
 def test_example_config_validates(path):
+    if is_stages_tree(read_tree(path)):  # a stages run (docs/stages.md)
+        stages = load_stages_config(str(path))
+        assert stages.stages and all(Path(d.path).is_absolute() for d in stages.data.values() if d.path)
+        return
     cfg = load_config(path)
     assert cfg.ticks >= 1 and cfg.agents >= 1
     if cfg.suite.source == "cl":

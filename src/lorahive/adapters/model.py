@@ -10,7 +10,7 @@ from lorahive.config import StackSpec
 
 
 def inject(model: nn.Module, stack: StackSpec, slots: dict[str, int], state: RoutingState, seed: int = 0) -> dict[str, HiveLinear]:
-    """Freeze ``model`` and wrap every Linear whose last name is targeted by some level.
+    """Freeze ``model`` and wrap every Linear that some level wraps (its last name a target, its block in scope).
 
     Returns the wrapped layers by module path. Raises ``ValueError`` when a level targets
     nothing in this model.
@@ -19,14 +19,14 @@ def inject(model: nn.Module, stack: StackSpec, slots: dict[str, int], state: Rou
         p.requires_grad_(False)
     found: dict[str, list] = {}
     for path, module in model.named_modules():
-        leaf = path.rsplit(".", 1)[-1]
         if isinstance(module, nn.Linear):
-            levels = [lv for lv in stack.levels if leaf in lv.targets]
+            levels = [lv for lv in stack.levels if lv.wraps(path)]
             if levels:
                 found[path] = levels
     for lv in stack.levels:
         if not any(lv in levels for levels in found.values()):
-            raise ValueError(f"level {lv.name!r}: targets {list(lv.targets)} match no nn.Linear in {type(model).__name__}")
+            scope = "" if lv.blocks is None else f" in blocks {list(lv.blocks)}"
+            raise ValueError(f"level {lv.name!r}: targets {list(lv.targets)}{scope} match no nn.Linear in {type(model).__name__}")
     layers: dict[str, HiveLinear] = {}
     for path, levels in found.items():
         parent_path, _, leaf = path.rpartition(".")

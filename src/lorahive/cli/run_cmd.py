@@ -15,7 +15,15 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from lorahive.config import ConfigError, RunConfig, load_config, parse_config
+from lorahive.config import (
+    ConfigError,
+    RunConfig,
+    StagesConfig,
+    is_stages_tree,
+    parse_config,
+    parse_stages_config,
+    read_tree,
+)
 from lorahive.observe.ledger import LedgerError
 from lorahive.observe.report import write_report
 from lorahive.runtime import run as runs
@@ -88,17 +96,55 @@ def _start(cfg: RunConfig, out: Path, force: bool) -> None:
     _summary(out, result, time.time() - t)
 
 
+def _stages_summary(out: Path, result: dict[str, Any], seconds: float) -> None:
+    console.print(f"[green]done[/green] in {seconds:.0f} s: stages {' → '.join(result['order'])}")
+    for st in result["stages"]:
+        cap = "no budget" if st["cap"] is None else f"budget {st['cap']:.3g} ({st['clipped_steps']} steps clipped)"
+        console.print(f"  {st['stage']} ({st['objective']} on {st['data']}): ‖ΔW‖ {st['norm']:.3g}, {cap}")
+    for name, d in result["data"].items():
+        phi = ", ".join(f"{k} {v:+.2f}" for k, v in d["shapley_logp"].items())
+        console.print(f"  {name}: margin {d['before']['margin']:+.2f} → {d['after']['margin']:+.2f}; Shapley on log p(chosen): {phi}")
+    console.print(f"results: {out}/metrics.json, ledger: {out}/ledger.sqlite, weights: {out}/stages.safetensors")
+
+
+def _start_stages(cfg: StagesConfig, out: Path, force: bool) -> None:
+    from lorahive.runtime import stages
+
+    t = time.time()
+    try:
+        with _progress("stage steps") as update:
+            done = {"n": 0}
+            total = sum(st.steps for st in cfg.stages)
+
+            def step(tag: str, k: int, n: int) -> None:
+                done["n"] += 1
+                update(done["n"], total, None)
+
+            result = stages.start(cfg, out, force=force, progress=step)
+    except (runs.RunDirError, ConfigError, RunLockedError, LedgerError, ValueError) as e:
+        fail(str(e))
+        return
+    except OSError as e:
+        fail(os_error(e, out))
+        return
+    _stages_summary(out, result, time.time() - t)
+
+
 def run(
-    config: Annotated[Path, typer.Argument(help="YAML run config")],
+    config: Annotated[Path, typer.Argument(help="YAML run config (a swarm run, or a stages run when it has a `stages` section)")],
     out: Annotated[Path, typer.Option("--out", help="run directory to create")],
     overrides: Annotated[list[str] | None, typer.Argument(help="key=value overrides, e.g. ticks=5 agent.fast_steps=3")] = None,
     force: Annotated[bool, typer.Option("--force", help="overwrite an existing run in --out")] = False,
 ) -> None:
-    """Run a swarm from a YAML config into a run directory."""
+    """Run a swarm (or ordered training stages: docs/stages.md) from a YAML config into a run directory."""
     try:
-        cfg = load_config(config, overrides or [])
+        tree = read_tree(config)
+        if is_stages_tree(tree):
+            _start_stages(parse_stages_config(tree, overrides or []), out, force)
+            return
+        cfg = parse_config(tree, overrides or [])
     except ConfigError as e:
-        fail(str(e))
+        fail(f"{config}: {e}" if not str(e).startswith(str(config)) else str(e))
         return
     _start(cfg, out, force)
 

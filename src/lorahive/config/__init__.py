@@ -1,7 +1,7 @@
 """Every validated configuration of lorahive, and nothing heavy.
 
 The level stack (:mod:`.levels`), the aggregation (:mod:`.aggregation`), simulated attacks
-(:mod:`.attack`), the run config and its sections (:mod:`.run`), loading YAML with
+(:mod:`.attack`), the run config and its sections (:mod:`.run`), stages runs (:mod:`.stages`), loading YAML with
 overrides (:mod:`.load`), and the defaults they share (:mod:`.defaults`). This package
 imports only pydantic and PyYAML, never torch or another lorahive package, so a config can
 be read and checked in a fraction of a second (``tests/test_config_import.py`` holds it to
@@ -20,7 +20,7 @@ from lorahive.config.levels import (
     as_stack,
     default_levels,
 )
-from lorahive.config.load import MAX_CONFIG_BYTES, dump_config, load_config, parse_config
+from lorahive.config.load import MAX_CONFIG_BYTES, dump_config, load_config, parse_config, read_tree
 from lorahive.config.mechanisms import (
     BandwidthConfig,
     ConsensusConfig,
@@ -43,6 +43,16 @@ from lorahive.config.run import (
     RunConfig,
     StreamConfig,
     SuiteConfig,
+)
+from lorahive.config.stages import (
+    BudgetSpec,
+    PairsSpec,
+    ScopeSpec,
+    StagesConfig,
+    StageSpec,
+    is_stages_tree,
+    load_stages_config,
+    parse_stages_config,
 )
 
 __all__ = [
@@ -77,6 +87,15 @@ __all__ = [
     "StreamConfig",
     "VerticalResonanceConfig",
     "SuiteConfig",
+    "BudgetSpec",
+    "PairsSpec",
+    "ScopeSpec",
+    "StageSpec",
+    "StagesConfig",
+    "is_stages_tree",
+    "load_stages_config",
+    "parse_stages_config",
+    "read_tree",
     "as_stack",
     "default_levels",
     "dump_config",

@@ -11,7 +11,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-__all__ = ["DEFAULT_TARGETS", "LevelSpec", "Scope", "StackSpec", "as_stack", "default_levels"]
+__all__ = ["DEFAULT_TARGETS", "LevelSpec", "Scope", "StackSpec", "as_stack", "block_of", "default_levels"]
 
 Scope = Literal["shared", "agent", "task"]
 
@@ -42,6 +42,22 @@ class LevelSpec(BaseModel):
     mix: float = Field(strict=True, default=1.0, description="mixing coefficient α_l(t) at start")
     weight_decay: float = Field(strict=True, default=0.0, ge=0.0, description="AdamW weight decay of this level")
     targets: tuple[str, ...] = Field(default=DEFAULT_TARGETS, min_length=1, description="names of the Linear modules to wrap")
+    blocks: tuple[int, ...] | None = Field(default=None, description="indices of the decoder blocks whose targets are wrapped; null = every block")
+
+    @field_validator("blocks")
+    @classmethod
+    def _distinct_blocks(cls, blocks: tuple[int, ...] | None) -> tuple[int, ...] | None:
+        if blocks is None:
+            return None
+        if not blocks or any(b < 0 for b in blocks) or len(set(blocks)) != len(blocks):
+            raise ValueError(f"blocks must be distinct block indices ≥ 0 (or null for every block), got {list(blocks)}")
+        return tuple(sorted(blocks))
+
+    def wraps(self, path: str) -> bool:
+        """Whether this level has a bank at module ``path``: its leaf name is a target, its block in ``blocks``."""
+        if path.rsplit(".", 1)[-1] not in self.targets:
+            return False
+        return self.blocks is None or block_of(path) in self.blocks
 
     @property
     def scale(self) -> float:
@@ -51,6 +67,11 @@ class LevelSpec(BaseModel):
     def step_size(self) -> float:
         """Effective learning rate η_l · (1 − β_l)."""
         return self.lr * (1.0 - self.inertia)
+
+
+def block_of(path: str) -> int | None:
+    """The decoder block a module path lies in: its first all-digit part (``model.layers.3.mlp.up_proj`` → 3)."""
+    return next((int(part) for part in path.split(".") if part.isdigit()), None)
 
 
 class StackSpec(BaseModel):

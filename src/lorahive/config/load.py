@@ -11,12 +11,12 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from lorahive.config.errors import ConfigError, format_config_error
 from lorahive.config.run import RunConfig
 
-__all__ = ["MAX_CONFIG_BYTES", "dump_config", "load_config", "parse_config"]
+__all__ = ["MAX_CONFIG_BYTES", "apply_overrides", "dump_config", "load_config", "parse_config", "read_tree"]
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
@@ -61,8 +61,8 @@ def _set(tree: dict[str, Any], dotted: str, value: Any) -> None:
     node[keys[-1]] = value
 
 
-def parse_config(data: dict[str, Any] | None, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
-    """Validate a config tree after applying ``key.sub=value`` overrides (values are YAML)."""
+def apply_overrides(data: dict[str, Any] | None, overrides: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
+    """A copy of the config tree ``data`` with ``key.sub=value`` overrides applied (values are YAML)."""
     tree = dict(data or {})
     for item in overrides:
         key, sep, raw = item.partition("=")
@@ -73,6 +73,12 @@ def parse_config(data: dict[str, Any] | None, overrides: list[str] | tuple[str, 
         except yaml.YAMLError as e:
             raise ConfigError(f"override {item[:200]!r}: the value is not valid YAML ({_yaml_problem(e)})") from None
         _set(tree, key.strip(), value)
+    return tree
+
+
+def parse_config(data: dict[str, Any] | None, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
+    """Validate a config tree after applying ``key.sub=value`` overrides (values are YAML)."""
+    tree = apply_overrides(data, overrides)
     try:
         return RunConfig.model_validate(tree)
     except ValidationError as e:
@@ -83,8 +89,12 @@ def parse_config(data: dict[str, Any] | None, overrides: list[str] | tuple[str, 
 MAX_CONFIG_BYTES = 1 << 20
 
 
-def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
-    """Read a YAML run config; errors name the file and the field."""
+def read_tree(path: str | Path) -> dict[str, Any]:
+    """The YAML mapping of a config file, unvalidated; errors name the file.
+
+    Relative data paths (``suite.root``, and ``root``/``path`` of each ``data`` set of a
+    stages config) are made relative to the config file.
+    """
     p = Path(path)
     try:
         with p.open("rb") as f:
@@ -102,15 +112,25 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
         raise ConfigError(f"{p}: the config file is empty; write at least one field (e.g. `ticks: 4`), or use `lorahive demo` for the demo")
     if not isinstance(data, dict):
         raise ConfigError(f"{p}: the top level must be a mapping of fields, got {type(data).__name__}")
-    suite = (data or {}).get("suite")
-    if isinstance(suite, dict) and isinstance(suite.get("root"), str) and not Path(suite["root"]).is_absolute():
-        suite["root"] = str((p.parent / suite["root"]).resolve())  # relative to the config file
+    sections = [data.get("suite")]
+    if isinstance(data.get("data"), dict):
+        sections += list(data["data"].values())
+    for section in sections:
+        for key in ("root", "path"):
+            if isinstance(section, dict) and isinstance(section.get(key), str) and not Path(section[key]).is_absolute():
+                section[key] = str((p.parent / section[key]).resolve())  # relative to the config file
+    return data
+
+
+def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
+    """Read a YAML run config; errors name the file and the field."""
+    data = read_tree(path)
     try:
         return parse_config(data, overrides)
     except ConfigError as e:
-        raise ConfigError(f"{p}: {e}") from None
+        raise ConfigError(f"{path}: {e}") from None
 
 
-def dump_config(cfg: RunConfig) -> str:
+def dump_config(cfg: BaseModel) -> str:
     """The YAML text of ``cfg``, every field written out; :func:`load_config` reads it back."""
     return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)

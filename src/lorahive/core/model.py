@@ -8,7 +8,7 @@ checkpoint store, observers, PEFT interop) reads and writes levels through this 
 * routing: :meth:`route` builds the per-row routing of a batch without reading the device;
 * level state (:class:`~lorahive.core.state.LevelState`): mix, inertia, step size, thresholds;
 * write primitives (DESIGN.md §7): :meth:`step`, :meth:`add_delta`, :meth:`decay_toward_init`,
-  :meth:`reset`, :meth:`load_slots`. Each records which slots may hold a non-zero ``B``, so "this shared level
+  :meth:`reset`, :meth:`load_slots`, :meth:`scale`. Each records which slots may hold a non-zero ``B``, so "this shared level
   adds exactly nothing" is known on the host instead of read from every bank.
 """
 
@@ -140,7 +140,7 @@ class HiveCore:
             n *= 2
         found = False
         for path, layer in self.layers.items():
-            if path.rsplit(".", 1)[-1] in spec.targets:
+            if spec.wraps(path):
                 bank = LevelBank(n, spec.rank, layer.in_features, layer.out_features, key=f"{self.seed}/{spec.name}/{path}")
                 layer.banks[spec.name] = bank.to(device=layer.weight.device, dtype=torch.float32)
                 layer.scales[spec.name] = spec.scale
@@ -394,6 +394,23 @@ class HiveCore:
             bank.A.index_copy_(0, idx, a)
             bank.B.index_copy_(0, idx, b)
         if not per_pattern and rate == 1.0:
+            self.written[level].difference_update(slots)
+
+    @torch.no_grad()
+    def scale(self, level: str, slots: Sequence[int], factor: float) -> None:
+        """Multiply the ΔW of ``slots`` of ``level`` by ``factor`` ≥ 0 (B scaled; A and the optimizer state kept).
+
+        ΔW = (a_l/r_l)·B·A is linear in B, so this is exact: how a stage's ΔW is projected
+        back onto its norm budget (runtime/stages.py).
+        """
+        if not factor >= 0.0:
+            raise ValueError(f"scale factor must be ≥ 0, got {factor}")
+        if not slots or factor == 1.0:
+            return
+        idx = self.index(sorted(set(slots)))
+        for bank in self.banks(level):
+            bank.B.index_copy_(0, idx, bank.B.index_select(0, idx) * factor)
+        if factor == 0.0:
             self.written[level].difference_update(slots)
 
     def forget_moments(self, level: str, slots: Sequence[int]) -> None:

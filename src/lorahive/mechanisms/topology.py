@@ -268,7 +268,7 @@ class Topology:
         levels = core.levels
         held = []
         for slower, faster in zip(levels, levels[1:], strict=False):
-            if slower.name not in full or faster.name not in full or (slower.scope, slower.targets) != (faster.scope, faster.targets):
+            if slower.name not in full or faster.name not in full or (slower.scope, slower.targets, slower.blocks) != (faster.scope, faster.targets, faster.blocks):
                 continue
             if slower.name not in core.origin and faster.name not in core.origin:
                 continue  # configured levels are never removed

@@ -30,6 +30,7 @@ __all__ = [
     "LevelInfluence",
     "SwarmAttribution",
     "level_influence",
+    "player_influence",
     "projection_contributions",
     "shapley_matrix",
     "subset_masks",
@@ -104,18 +105,21 @@ def _answer_logprobs(core: HiveCore, batch: Batch, agents: list[str], gates: dic
     return row_logp, logp, keep.sum(1).tolist()
 
 
-def _run(core: HiveCore, batch: Batch, agents: Sequence[str], pairs: list[tuple[int, int]], masks: torch.Tensor, levels: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+Players = Sequence[Sequence[str]]  # player i switches the levels players[i] together
+
+
+def _run(core: HiveCore, batch: Batch, agents: Sequence[str], pairs: list[tuple[int, int]], masks: torch.Tensor, players: Players) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
     """Run rows given as (example, coalition) pairs; returns what :func:`_answer_logprobs` does."""
     dev = core.device
     ex = torch.tensor([e for e, _ in pairs], device=dev)  # (R,)
     on = masks[torch.tensor([m for _, m in pairs])].to(dev, torch.float32)  # (R, n)
-    gates = {lv: on[:, i] for i, lv in enumerate(levels)}
+    gates = {lv: on[:, i] for i, group in enumerate(players) for lv in group}
     return _answer_logprobs(core, _rows(batch, ex), [agents[e] for e, _ in pairs], gates)
 
 
-def _probe_pass(core: HiveCore, batch: Batch, agents: Sequence[str], masks: torch.Tensor, levels: Sequence[str], max_rows: int) -> tuple[dict[tuple[int, int], float], torch.Tensor, int]:
-    """Full and drop-one coalitions of every example: their values and the summed KL per level."""
-    n, n_ex = len(levels), len(agents)
+def _probe_pass(core: HiveCore, batch: Batch, agents: Sequence[str], masks: torch.Tensor, players: Players, max_rows: int) -> tuple[dict[tuple[int, int], float], torch.Tensor, int]:
+    """Full and drop-one coalitions of every example: their values and the summed KL per player."""
+    n, n_ex = len(players), len(agents)
     full = 2**n - 1
     probes = [full] + [full ^ (1 << i) for i in range(n)]
     per_chunk = max(1, max_rows // len(probes))
@@ -123,7 +127,7 @@ def _probe_pass(core: HiveCore, batch: Batch, agents: Sequence[str], masks: torc
     kl_sum, positions = torch.zeros(n, dtype=torch.float64), 0
     for start in range(0, n_ex, per_chunk):
         pairs = [(e, m) for e in range(start, min(n_ex, start + per_chunk)) for m in probes]
-        row_logp, logp, counts = _run(core, batch, agents, pairs, masks, levels)
+        row_logp, logp, counts = _run(core, batch, agents, pairs, masks, players)
         values.update(zip(pairs, row_logp.tolist(), strict=True))
         parts = torch.split(logp, counts)  # one (a_e, V) per row
         for k in range(0, len(pairs), len(probes)):
@@ -150,25 +154,47 @@ def level_influence(
     ``max_rows`` rows run at once. Costs E·2^n row forwards, so keep n small (≤ ~8).
     """
     levels = list(core.stack.names() if levels is None else levels)
-    _check(core, examples, agents, levels, max_rows)
-    n, n_ex = len(levels), len(examples)
+    return player_influence(core, examples, agents, {lv: [lv] for lv in levels}, max_rows)
+
+
+@torch.no_grad()
+def player_influence(
+    core: HiveCore,
+    examples: Sequence[tuple[str, str]],
+    agents: Sequence[str],
+    players: Mapping[str, Sequence[str]],
+    max_rows: int = 64,
+) -> LevelInfluence:
+    """:func:`level_influence` where a player is a group of levels switched on and off together.
+
+    ``players`` maps each player's name to its levels (distinct across players): a training
+    stage that wrote several levels is one player (runtime/stages.py). The result's
+    ``levels`` are the players' names.
+    """
+    names = list(players)
+    groups = [list(players[p]) for p in names]
+    flat = [lv for g in groups for lv in g]
+    if not names or any(not g for g in groups):
+        raise ValueError(f"players must be a non-empty mapping of names to non-empty level lists, got {dict(players)}")
+    _check(core, examples, agents, flat, max_rows)
+    n, n_ex = len(names), len(examples)
     masks = subset_masks(n)
     batch = pack_examples(core.tokenizer, [(str(p), str(a)) for p, a in examples], core.max_length).to(core.device)
-    known, kl_sum, positions = _probe_pass(core, batch, agents, masks, levels, max_rows)
+    known, kl_sum, positions = _probe_pass(core, batch, agents, masks, groups, max_rows)
     values = torch.zeros(n_ex, 2**n, dtype=torch.float64)  # (E, 2^n) coalition values
     for (e, m), v in known.items():
         values[e, m] = v
     todo = [(e, m) for e in range(n_ex) for m in range(2**n) if (e, m) not in known]
     for start in range(0, len(todo), max_rows):
         pairs = todo[start : start + max_rows]
-        row_logp = _run(core, batch, agents, pairs, masks, levels)[0].cpu()
+        row_logp = _run(core, batch, agents, pairs, masks, groups)[0].cpu()
         for (e, m), v in zip(pairs, row_logp.tolist(), strict=True):
             values[e, m] = v
     phi = values @ shapley_matrix(n)  # (E, n)
     return LevelInfluence(
-        levels=tuple(levels),
-        shapley={lv: float(phi[:, i].mean()) for i, lv in enumerate(levels)},
-        kl={lv: float(kl_sum[i]) / positions for i, lv in enumerate(levels)},
+        levels=tuple(names),
+        shapley={p: float(phi[:, i].mean()) for i, p in enumerate(names)},
+        kl={p: float(kl_sum[i]) / positions for i, p in enumerate(names)},
         full=float(values[:, -1].mean()),
         base=float(values[:, 0].mean()),
         per_example=phi,

@@ -10,11 +10,11 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from lorahive.config import ConfigError, load_config
+from lorahive.config import ConfigError, is_stages_tree, load_config, load_stages_config, read_tree
 
 __all__ = ["OWNED", "RUN_FILES", "RunDirError", "check_dir", "make_dirs", "prepare_dir", "remove_owned"]
 
-RUN_FILES = ("config.yaml", "checkpoint", "ledger.sqlite", "metrics.json")
+RUN_FILES = ("config.yaml", "checkpoint", "ledger.sqlite", "metrics.json", "stages.safetensors")
 OWNED = (*RUN_FILES, "checkpoint.prev", ".checkpoint.tmp", "ledger.sqlite-wal", "ledger.sqlite-shm", "ledger.sqlite-journal", "report.html", ".config.yaml.tmp", ".metrics.json.tmp", "keys.json", ".keys.json.tmp")
 
 
@@ -23,8 +23,12 @@ class RunDirError(ValueError):
 
 
 def _holds_run(out: Path) -> bool:
+    """Whether ``out/config.yaml`` loads as a run config (a swarm run's or a stages run's)."""
     try:
-        load_config(out / "config.yaml")
+        if is_stages_tree(read_tree(out / "config.yaml")):
+            load_stages_config(str(out / "config.yaml"))
+        else:
+            load_config(out / "config.yaml")
     except ConfigError:
         return False
     return True
