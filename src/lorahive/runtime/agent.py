@@ -81,6 +81,7 @@ def solve_all(hive: Hive, tasks: Mapping[str, Task], cfg: AgentConfig, swarm_lev
     if cfg.context_level is not None:
         hive.reset_slots(cfg.context_level, [a for a in tasks if a not in keep_context])
     support = {a: [(p, as_answer(ans)) for p, ans in t.support] for a, t in tasks.items()}
+    early = _propose(hive, support, cfg, swarm_level) if cfg.propose_at == "start" and support else None
     first: dict[str, torch.Tensor] | None = None
     for _ in range(cfg.fast_steps):  # the first step's loss is measured before any update
         step_losses = hive.learn_async(support, steps=1, levels=hive.core.with_grown(cfg.fast_levels), anchor=cfg.anchor, anchor_positions=cfg.anchor_positions)
@@ -89,10 +90,16 @@ def solve_all(hive: Hive, tasks: Mapping[str, Task], cfg: AgentConfig, swarm_lev
     quality = score(hive, tasks)
     good = {a: ex for a, ex in support.items() if quality[a] >= cfg.quality_bar}
     proposals: dict[str, Delta] = {}
-    if good:
-        grads, _ = hive.propose(good, swarm_level, anchor=cfg.anchor, anchor_positions=cfg.anchor_positions)
-        proposals = {a: {k: v.detach() for k, v in g.items()} for a, g in grads.items()}  # stay on the device
+    if early is not None:
+        proposals = {a: g for a, g in early.items() if a in good}
+    elif good:
+        proposals = _propose(hive, good, cfg, swarm_level)
     return {a: Outcome(quality[a], losses[a], proposals.get(a)) for a in tasks}
+
+
+def _propose(hive: Hive, examples: Mapping[str, list[tuple[str, str]]], cfg: AgentConfig, swarm_level: str) -> dict[str, Delta]:
+    grads, _ = hive.propose(dict(examples), swarm_level, anchor=cfg.anchor, anchor_positions=cfg.anchor_positions)
+    return {a: {k: v.detach() for k, v in g.items()} for a, g in grads.items()}  # stay on the device
 
 
 def solve(hive: Hive, agent: str, task: Task, cfg: AgentConfig, swarm_level: str = "swarm") -> Outcome:
