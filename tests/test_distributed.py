@@ -63,7 +63,7 @@ def _ledger(run: Path) -> dict[str, list[tuple]]:
     return out
 
 
-def _assert_same_run(single: Path, multi: Path) -> None:
+def _assert_same_run(single: Path, multi: Path, tables: tuple[str, ...] = (*_DECISIONS, "events")) -> None:
     a, b = checkpoint_tensors(single), checkpoint_tensors(multi)
     assert a.keys() == b.keys()
     for k in a:
@@ -72,7 +72,7 @@ def _assert_same_run(single: Path, multi: Path) -> None:
         assert torch.allclose(a[k].double(), b[k].double(), rtol=1e-4, atol=2e-5), k  # batches of other sizes: float noise, through Adam
     la, lb = _ledger(single), _ledger(multi)
     norms_a, norms_b = la.pop("norms"), lb.pop("norms")
-    assert la == lb
+    assert {t: la[t] for t in tables} == {t: lb[t] for t in tables}
     assert [r[:2] for r in norms_a] == [r[:2] for r in norms_b]
     assert all(x[2] is None and y[2] is None or abs(x[2] - y[2]) <= 1e-4 * max(1.0, abs(x[2])) for x, y in zip(norms_a, norms_b, strict=True))
     ma, mb = (json.loads((r / "metrics.json").read_text()) for r in (single, multi))
@@ -95,6 +95,15 @@ def test_two_gloo_ranks_equal_one_process(base_dir, tmp_path, single):
     code, err = _finish(_torchrun(["run", str(tmp_path / "config.yaml"), "--out", str(tmp_path / "multi")]))
     assert code == 0, err
     _assert_same_run(single, tmp_path / "multi")
+
+
+def test_a_single_process_run_resumes_on_two_ranks_with_nproc(base_dir, tmp_path, single):
+    run = tmp_path / "grown"
+    runs.start(_config(base_dir, ticks=2), run)  # its checkpoint knows nothing of ranks
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "LORAHIVE_DIST_TIMEOUT": "60"}
+    done = subprocess.run([sys.executable, "-m", "lorahive", "resume", str(run), "--ticks", str(TICKS), "--nproc", "2"], capture_output=True, text=True, env=env, timeout=240)
+    assert done.returncode == 0, done.stderr
+    _assert_same_run(single, run, tables=("proposals", "updates"))  # the first run's own final evaluation is in its ledger too
 
 
 def _rank_pid(launcher: int, rank: int, limit: float = 60.0) -> int:
@@ -145,3 +154,38 @@ def test_mechanisms_that_read_other_agents_slots_are_refused_on_two_ranks(base_d
     off = tiny_config(base_dir, OFF, ticks=1)
     check_supported(off, build_mechanisms(off, off.agent_names(), DEFAULT_FACTORIES), 2)
     assert {"consensus", "consolidation", "screening", "topology"} <= set(UNSUPPORTED)
+
+
+def _sync_worker(rank: int, init: str, base_dir: str, result: str) -> None:
+    """One of 2 gloo ranks: build the run's swarm, check the hash, nudge rank 1's swarm level by 1e-7, check again."""
+    import torch.distributed as dist
+
+    from lorahive.runtime import distributed
+    from lorahive.runtime.ranks import Comm, OutOfSync, Ranks, check_in_sync
+
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=2)
+    cfg = _config(Path(base_dir), ticks=1)
+    comm = Comm(Ranks(rank, 2, torch.device("cpu")))
+    run = distributed._build(Path(result).parent, cfg, runs._prepare(cfg), comm, Path(result).with_suffix(f".{rank}.sqlite"))
+    said = []
+    for nudge in (False, True):
+        if nudge and rank == 1:
+            with torch.no_grad():
+                next(iter(run.hive.core.banks("swarm"))).B[0, 0, 0] += 1e-7
+        try:
+            check_in_sync(comm, run.swarm)
+            said.append("in sync")
+        except OutOfSync as e:
+            said.append(str(e))
+    Path(f"{result}.{rank}").write_text(json.dumps(said), encoding="utf-8")
+    dist.destroy_process_group()
+
+
+def test_a_shared_level_that_differs_on_one_rank_stops_the_run_at_the_check(base_dir, tmp_path):
+    import torch.multiprocessing as mp
+
+    result = str(tmp_path / "said")
+    mp.spawn(_sync_worker, args=(f"file://{tmp_path / 'rendezvous'}", str(base_dir), result), nprocs=2, join=True)
+    said = [json.loads(Path(f"{result}.{r}").read_text(encoding="utf-8")) for r in (0, 1)]
+    assert [s[0] for s in said] == ["in sync", "in sync"]
+    assert all("rank(s) [1] differ from rank 0's" in s[1] and "stops before writing a checkpoint" in s[1] for s in said), said
