@@ -143,7 +143,8 @@ def check_supported(cfg: RunConfig, mechanisms: Sequence[Mechanism], world: int)
 
 
 def _cpu(delta: Delta) -> Delta:
-    return {k: v.detach().cpu() for k, v in delta.items()}
+    """``delta`` on the CPU in storage of its own: a proposal is a view of one gradient for all agents, and pickling a view sends its whole storage."""
+    return {k: v.detach().cpu().clone() for k, v in delta.items()}
 
 
 @final
@@ -249,7 +250,7 @@ def collect_slots(comm: Comm, swarm: Swarm, everywhere: bool = False) -> None:
     core = swarm.hive.core
     mine = comm.ranks.mine(list(swarm.agents))
     payload = {lv.name: (core.slots_of(lv.name, mine), core.slot_rows(lv.name, core.slots_of(lv.name, mine))) for lv in core.levels if lv.scope != "shared"}
-    parts = comm.gather("slots", payload) if everywhere else comm.gather_to_lead("slots", payload)
+    parts = comm.gather("slots_everywhere", payload) if everywhere else comm.gather_to_lead("slots", payload)
     for r, part in enumerate(parts or []):
         if r == comm.ranks.rank:
             continue
