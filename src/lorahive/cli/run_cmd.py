@@ -129,13 +129,15 @@ def run(
     nproc: Annotated[int, typer.Option("--nproc", min=1, help="spread the agents over this many local ranks (torchrun; docs/scaling.md)")] = 1,
 ) -> None:
     """Run a swarm from a YAML config into a run directory."""
-    if nproc > 1 and not distributed.launched():
-        _torchrun(nproc, ["run", str(config), "--out", str(out), *(overrides or []), *(["--force"] if force else [])])
     try:
         cfg = load_config(config, overrides or [])
+        if nproc > 1:
+            distributed.check_config(cfg, nproc)
     except ConfigError as e:
         fail(str(e))
         return
+    if nproc > 1 and not distributed.launched():
+        _torchrun(nproc, ["run", str(config), "--out", str(out), *(overrides or []), *(["--force"] if force else [])])
     _start(cfg, out, force)
 
 

@@ -67,7 +67,7 @@ from lorahive.store import checkpoint
 from lorahive.store.files import atomic_write_text
 from lorahive.store.lock import LOCK_NAME, run_lock
 
-__all__ = ["OutOfSync", "PeerFailed", "launched", "resume", "start"]
+__all__ = ["OutOfSync", "PeerFailed", "check_config", "launched", "resume", "start"]
 
 #: Seconds a collective waits for a silent peer before the run fails (``LORAHIVE_DIST_TIMEOUT``).
 TIMEOUT_S = 600.0
@@ -93,6 +93,11 @@ def init_ranks() -> Ranks:
         timeout = timedelta(seconds=float(os.environ.get("LORAHIVE_DIST_TIMEOUT", TIMEOUT_S)))
         dist.init_process_group("nccl" if cuda else "gloo", timeout=timeout)
     return Ranks(dist.get_rank(), dist.get_world_size(), device)
+
+
+def check_config(cfg: RunConfig, world: int) -> None:
+    """Refuse (``ConfigError``) a config that cannot run exactly on ``world`` ranks; reads no model."""
+    check_supported(cfg, check_mechanisms(build_mechanisms(cfg, cfg.agent_names(), (*DEFAULT_FACTORIES, health_factory))), world)
 
 
 def _agree(comm: Comm, check: Callable[[], None]) -> None:
@@ -262,8 +267,8 @@ def start(cfg: RunConfig, out: str | Path, force: bool = False, progress: runs.P
 
     def prepare() -> None:
         nonlocal prepared
+        check_config(cfg, comm.ranks.world)
         prepared = runs._prepare(cfg)
-        check_supported(cfg, check_mechanisms(build_mechanisms(cfg, cfg.agent_names(), (*DEFAULT_FACTORIES, health_factory))), comm.ranks.world)
 
     _agree(comm, prepare)
     with ExitStack() as stack:
@@ -328,15 +333,17 @@ def resume(out: str | Path, progress: runs.Progress | None = None, ticks: int | 
                 raise RunDirError(f"{out / 'ledger.sqlite'} is missing: the run's history is part of the run; restore it (a resume never starts a new ledger)")
 
         _agree(comm, opened)
-        cfg = load_config(out / "config.yaml", [f"ticks={ticks}"] if ticks is not None else [])
+        cfg: RunConfig | None = None
         prepared: Any = None
 
         def prepare() -> None:
-            nonlocal prepared
+            nonlocal cfg, prepared
+            cfg = load_config(out / "config.yaml", [f"ticks={ticks}"] if ticks is not None else [])
+            check_config(cfg, comm.ranks.world)
             prepared = runs._prepare(cfg)
-            check_supported(cfg, check_mechanisms(build_mechanisms(cfg, cfg.agent_names(), (*DEFAULT_FACTORIES, health_factory))), comm.ranks.world)
 
         _agree(comm, prepare)
+        assert cfg is not None
         ledger = stack.enter_context(_ledger_path(out, comm.ranks))
         run = _build(out, cfg, prepared, comm, ledger)
         try:

@@ -114,7 +114,9 @@ class Comm:
             raise OutOfSync(f"rank {self.ranks.rank} computed an update of {numel} values where rank 0 has {int(head.item())}: the ranks' proposals differ")
         if delta is None:
             return None
-        flat = torch.cat([delta[k].detach().reshape(-1).to(self.ranks.device, torch.float32) for k in keys]) if keys else torch.zeros(0, device=self.ranks.device)
+        dtypes = {delta[k].dtype for k in keys}
+        dtype = dtypes.pop() if len(dtypes) == 1 else torch.float32  # bf16 levels send bf16
+        flat = torch.cat([delta[k].detach().reshape(-1).to(self.ranks.device, dtype) for k in keys]) if keys else torch.zeros(0, device=self.ranks.device)
         dist.broadcast(flat, src=0)
         self._count(kind, flat.numel() * flat.element_size())
         out: Delta = {}
