@@ -189,3 +189,20 @@ def test_a_shared_level_that_differs_on_one_rank_stops_the_run_at_the_check(base
     said = [json.loads(Path(f"{result}.{r}").read_text(encoding="utf-8")) for r in (0, 1)]
     assert [s[0] for s in said] == ["in sync", "in sync"]
     assert all("rank(s) [1] differ from rank 0's" in s[1] and "stops before writing a checkpoint" in s[1] for s in said), said
+
+
+def test_lorahive_run_nproc_refuses_a_config_ranks_cannot_run_before_starting_anything(base_dir, tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from lorahive.cli import run_cmd
+    from lorahive.cli.main import app
+
+    started: list[list[str]] = []
+    monkeypatch.setattr(run_cmd.subprocess, "run", lambda cmd, **kw: started.append(cmd))
+    (tmp_path / "config.yaml").write_text(dump_config(tiny_config(base_dir, ticks=1)), encoding="utf-8")  # screening on
+
+    result = CliRunner().invoke(app, ["run", str(tmp_path / "config.yaml"), "--out", str(tmp_path / "out"), "--nproc", "2"])
+
+    assert result.exit_code == 2
+    assert "not supported with nproc > 1" in result.output and "enabled=false" in result.output
+    assert not started and not (tmp_path / "out").exists()
