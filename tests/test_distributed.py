@@ -32,7 +32,8 @@ OFF = ["mechanisms.screening.enabled=false", "mechanisms.inertia.enabled=false",
 
 def _config(base_dir: Path, ticks: int = TICKS):
     overrides = [*OFF, "mechanisms.replay.probability=1.0", "mechanisms.replay.fraction=0.5", "attack.fraction=0.25"]
-    return tiny_config(base_dir, overrides, ticks=ticks, agents=4, aggregation={"strategy": "median", "max_norm": 1.0, "reject_norm_ratio": 3.0})
+    stream = {"order": ["agnews", "yelp"], "ticks_per_stage": 2, "method": "hive"}  # R's rows are evaluated over the ranks
+    return tiny_config(base_dir, overrides, ticks=ticks, agents=4, stream=stream, aggregation={"strategy": "median", "max_norm": 1.0, "reject_norm_ratio": 3.0})
 
 
 def _torchrun(args: list[str], nproc: int = 2) -> subprocess.Popen:
@@ -63,7 +64,7 @@ def _ledger(run: Path) -> dict[str, list[tuple]]:
     return out
 
 
-def _assert_same_run(single: Path, multi: Path, tables: tuple[str, ...] = (*_DECISIONS, "events")) -> None:
+def _assert_same_run(single: Path, multi: Path) -> None:
     a, b = checkpoint_tensors(single), checkpoint_tensors(multi)
     assert a.keys() == b.keys()
     for k in a:
@@ -72,12 +73,22 @@ def _assert_same_run(single: Path, multi: Path, tables: tuple[str, ...] = (*_DEC
         assert torch.allclose(a[k].double(), b[k].double(), rtol=1e-4, atol=2e-5), k  # batches of other sizes: float noise, through Adam
     la, lb = _ledger(single), _ledger(multi)
     norms_a, norms_b = la.pop("norms"), lb.pop("norms")
-    assert {t: la[t] for t in tables} == {t: lb[t] for t in tables}
+    assert la == lb
     assert [r[:2] for r in norms_a] == [r[:2] for r in norms_b]
     assert all(x[2] is None and y[2] is None or abs(x[2] - y[2]) <= 1e-4 * max(1.0, abs(x[2])) for x, y in zip(norms_a, norms_b, strict=True))
     ma, mb = (json.loads((r / "metrics.json").read_text()) for r in (single, multi))
     assert mb["distributed"]["world_size"] == 2 and mb["distributed"]["bytes_per_tick"]["proposals"] > 0
     assert ma["agents"] == mb["agents"] and ma["swarm"] == mb["swarm"] and ma["ticks"] == mb["ticks"] == TICKS
+    assert ma["cl"] == mb["cl"]  # the accuracy matrix R and ACC/BWT/FWT
+    assert _numbers(ma["retention"]) == pytest.approx(_numbers(mb["retention"]), rel=1e-4)
+    assert _numbers(ma["influence"]) == pytest.approx(_numbers(mb["influence"]), rel=1e-3, abs=1e-4)
+
+
+def _numbers(tree, prefix: str = "") -> dict[str, float]:
+    """Every number of a metrics subtree, keyed by its path."""
+    if isinstance(tree, dict):
+        return {k: v for key, sub in tree.items() for k, v in _numbers(sub, f"{prefix}{key}.").items()}
+    return {prefix: float(tree)} if isinstance(tree, int | float) else {}
 
 
 @pytest.fixture(scope="module")
@@ -97,13 +108,25 @@ def test_two_gloo_ranks_equal_one_process(base_dir, tmp_path, single):
     _assert_same_run(single, tmp_path / "multi")
 
 
+class _Stop(Exception):
+    pass
+
+
+def _stop_after(ticks: int):
+    def progress(done: int, total: int, ctx) -> None:
+        if done >= ticks:
+            raise _Stop  # after that tick's checkpoint, as a crash there would
+    return progress
+
+
 def test_a_single_process_run_resumes_on_two_ranks_with_nproc(base_dir, tmp_path, single):
-    run = tmp_path / "grown"
-    runs.start(_config(base_dir, ticks=2), run)  # its checkpoint knows nothing of ranks
+    run = tmp_path / "moved"
+    with pytest.raises(_Stop):
+        runs.start(_config(base_dir), run, progress=_stop_after(2))  # its checkpoint knows nothing of ranks
     env = {**os.environ, "OMP_NUM_THREADS": "1", "LORAHIVE_DIST_TIMEOUT": "60"}
-    done = subprocess.run([sys.executable, "-m", "lorahive", "resume", str(run), "--ticks", str(TICKS), "--nproc", "2"], capture_output=True, text=True, env=env, timeout=240)
+    done = subprocess.run([sys.executable, "-m", "lorahive", "resume", str(run), "--nproc", "2"], capture_output=True, text=True, env=env, timeout=240)
     assert done.returncode == 0, done.stderr
-    _assert_same_run(single, run, tables=("proposals", "updates"))  # the first run's own final evaluation is in its ledger too
+    _assert_same_run(single, run)
 
 
 def _rank_pid(launcher: int, rank: int, limit: float = 60.0) -> int:
@@ -153,6 +176,8 @@ def test_mechanisms_that_read_other_agents_slots_are_refused_on_two_ranks(base_d
         check_supported(cfg, mechanisms, 2)
     off = tiny_config(base_dir, OFF, ticks=1)
     check_supported(off, build_mechanisms(off, off.agent_names(), DEFAULT_FACTORIES), 2)
+    with pytest.raises(ConfigError, match=r"agents: 3 agents over 4 ranks"):
+        check_supported(off, build_mechanisms(off, off.agent_names(), DEFAULT_FACTORIES), 4)
     assert {"consensus", "consolidation", "screening", "topology"} <= set(UNSUPPORTED)
 
 

@@ -132,6 +132,9 @@ def check_supported(cfg: RunConfig, mechanisms: Sequence[Mechanism], world: int)
     """Refuse, naming the setting to change, what a run over ``world > 1`` ranks cannot do exactly."""
     if world <= 1:
         return
+    n = len(cfg.agent_names())
+    if world > n:
+        raise ConfigError(f"agents: {n} agents over {world} ranks would leave a rank with no agent; run with at most {n} ranks (nproc ≤ agents)")
     if cfg.stream is not None and cfg.stream.method != "hive":
         raise ConfigError(f"stream.method: {cfg.stream.method!r} trains one shared level on every agent's examples in each step; with nproc > 1 only 'hive' runs (use nproc 1 for baselines)")
     stack = cfg.stack()
