@@ -30,10 +30,10 @@ TICKS = 4
 OFF = ["mechanisms.screening.enabled=false", "mechanisms.inertia.enabled=false", "mechanisms.consolidation.enabled=false"]
 
 
-def _config(base_dir: Path, ticks: int = TICKS):
+def _config(base_dir: Path):
     overrides = [*OFF, "mechanisms.replay.probability=1.0", "mechanisms.replay.fraction=0.5", "attack.fraction=0.25"]
     stream = {"order": ["agnews", "yelp"], "ticks_per_stage": 2, "method": "hive"}  # R's rows are evaluated over the ranks
-    return tiny_config(base_dir, overrides, ticks=ticks, agents=4, stream=stream, aggregation={"strategy": "median", "max_norm": 1.0, "reject_norm_ratio": 3.0})
+    return tiny_config(base_dir, overrides, ticks=TICKS, agents=4, stream=stream, aggregation={"strategy": "median", "max_norm": 1.0, "reject_norm_ratio": 3.0})
 
 
 def _torchrun(args: list[str], nproc: int = 2) -> subprocess.Popen:
@@ -189,7 +189,7 @@ def _sync_worker(rank: int, init: str, base_dir: str, result: str) -> None:
     from lorahive.runtime.ranks import Comm, OutOfSync, Ranks, check_in_sync
 
     dist.init_process_group("gloo", init_method=init, rank=rank, world_size=2)
-    cfg = _config(Path(base_dir), ticks=1)
+    cfg = _config(Path(base_dir))
     comm = Comm(Ranks(rank, 2, torch.device("cpu")))
     run = distributed._build(Path(result).parent, cfg, runs._prepare(cfg), comm, Path(result).with_suffix(f".{rank}.sqlite"))
     said = []

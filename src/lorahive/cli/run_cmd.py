@@ -111,6 +111,8 @@ def _on_ranks(out: Path, body: Callable[[Callable[[int, int, TickContext | None]
     except OSError as e:
         fail(os_error(e, out))
         return
+    finally:
+        distributed.shutdown()
     if lead:
         _summary(out, result, time.time() - t)
 

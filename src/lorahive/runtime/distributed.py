@@ -67,7 +67,7 @@ from lorahive.store import checkpoint
 from lorahive.store.files import atomic_write_text
 from lorahive.store.lock import LOCK_NAME, run_lock
 
-__all__ = ["OutOfSync", "PeerFailed", "check_config", "launched", "resume", "start"]
+__all__ = ["OutOfSync", "PeerFailed", "check_config", "launched", "resume", "shutdown", "start"]
 
 #: Seconds a collective waits for a silent peer before the run fails (``LORAHIVE_DIST_TIMEOUT``).
 TIMEOUT_S = 600.0
@@ -98,6 +98,12 @@ def init_ranks() -> Ranks:
 def check_config(cfg: RunConfig, world: int) -> None:
     """Refuse (``ConfigError``) a config that cannot run exactly on ``world`` ranks; reads no model."""
     check_supported(cfg, check_mechanisms(build_mechanisms(cfg, cfg.agent_names(), (*DEFAULT_FACTORIES, health_factory))), world)
+
+
+def shutdown() -> None:
+    """Leave the job's process group (once this rank is done with the run, or has failed)."""
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def _agree(comm: Comm, check: Callable[[], None]) -> None:
