@@ -103,3 +103,26 @@ def test_level_ablation_switches_contributions_off(hive):
     expected = last_logits(bare, pack_prompts(hive.tokenizer, PROMPTS[:2], 128))
     torch.testing.assert_close(none, expected)
     assert not torch.allclose(full, none)
+
+
+def test_slot_rows_carry_an_agents_slots_and_optimizer_state_into_another_core(tokenizer):
+    """What a rank sends rank 0 at a checkpoint: another core that loads them continues bitwise as the one that trained them."""
+    trained, other = (Hive(make_model(len(tokenizer)), tokenizer, small_stack(), seed=0) for _ in range(2))
+    for h in (trained, other):
+        h.add_agents(["ann", "bob"])
+    examples = {"bob": [("Question: what colour is the sky? Answer:", " blue")]}
+    trained.learn(examples, steps=2, levels=["agent", "context"])
+    core = trained.core
+    for lv in ("agent", "context"):
+        slots = core.slots_of(lv, ["bob"])
+        other.core.load_slot_rows(lv, slots, core.slot_rows(lv, slots))
+        assert other.core.written[lv] == core.written[lv]
+
+    losses = [h.learn(examples, steps=1, levels=["agent", "context"]) for h in (trained, other)]
+
+    assert losses[0] == losses[1]
+    for lv in ("agent", "context"):
+        for a, b in zip(trained.core.banks(lv), other.core.banks(lv), strict=True):
+            assert torch.equal(a.A, b.A) and torch.equal(a.B, b.B)
+        sa, sb = trained.core.optimizers[lv].state_dict(), other.core.optimizers[lv].state_dict()
+        assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)

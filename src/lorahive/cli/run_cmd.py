@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import copy
 import errno
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -26,6 +29,7 @@ from lorahive.config import (
 )
 from lorahive.observe.ledger import LedgerError
 from lorahive.observe.report import write_report
+from lorahive.runtime import distributed
 from lorahive.runtime import run as runs
 from lorahive.runtime.swarm import TickContext
 from lorahive.store.checkpoint import CheckpointError
@@ -83,6 +87,9 @@ def _summary(out: Path, result: dict[str, Any], seconds: float) -> None:
 
 
 def _start(cfg: RunConfig, out: Path, force: bool) -> None:
+    if distributed.launched():
+        _on_ranks(out, lambda update: distributed.start(cfg, out, force=force, progress=update))
+        return
     t = time.time()
     try:
         with _progress("ticks") as update:
@@ -94,6 +101,34 @@ def _start(cfg: RunConfig, out: Path, force: bool) -> None:
         fail(os_error(e, out))
         return
     _summary(out, result, time.time() - t)
+
+
+def _on_ranks(out: Path, body: Callable[[Callable[[int, int, TickContext | None], None] | None], dict[str, Any]]) -> None:
+    """Run ``body`` on this rank of a torchrun job; rank 0 shows progress and the summary."""
+    t = time.time()
+    lead = int(os.environ.get("RANK", "0")) == 0
+    try:
+        if lead:
+            with _progress("ticks") as update:
+                result = body(update)
+        else:
+            result = body(None)
+    except (runs.RunDirError, ConfigError, CheckpointError, RunLockedError, LedgerError, distributed.OutOfSync) as e:
+        fail(str(e))
+        return
+    except OSError as e:
+        fail(os_error(e, out))
+        return
+    finally:
+        distributed.shutdown()
+    if lead:
+        _summary(out, result, time.time() - t)
+
+
+def _torchrun(nproc: int, args: list[str]) -> None:
+    """Start ``lorahive ARGS`` on ``nproc`` local ranks under torchrun and exit with its code."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc), "-m", "lorahive", *args]
+    raise typer.Exit(subprocess.run(cmd, check=False).returncode)
 
 
 def _stages_summary(out: Path, result: dict[str, Any], seconds: float) -> None:
@@ -135,17 +170,24 @@ def run(
     out: Annotated[Path, typer.Option("--out", help="run directory to create")],
     overrides: Annotated[list[str] | None, typer.Argument(help="key=value overrides, e.g. ticks=5 agent.fast_steps=3")] = None,
     force: Annotated[bool, typer.Option("--force", help="overwrite an existing run in --out")] = False,
+    nproc: Annotated[int, typer.Option("--nproc", min=1, help="spread the agents over this many local ranks (torchrun; docs/scaling.md)")] = 1,
 ) -> None:
     """Run a swarm (or ordered training stages: docs/stages.md) from a YAML config into a run directory."""
     try:
         tree = read_tree(config)
         if is_stages_tree(tree):
+            if nproc > 1:
+                raise ConfigError("--nproc: a stages run trains one learner in one process; drop --nproc")
             _start_stages(parse_stages_config(tree, overrides or []), out, force)
             return
         cfg = parse_config(tree, overrides or [])
+        if nproc > 1:
+            distributed.check_config(cfg, nproc)
     except ConfigError as e:
         fail(f"{config}: {e}" if not str(e).startswith(str(config)) else str(e))
         return
+    if nproc > 1 and not distributed.launched():
+        _torchrun(nproc, ["run", str(config), "--out", str(out), *(overrides or []), *(["--force"] if force else [])])
     _start(cfg, out, force)
 
 
@@ -171,8 +213,14 @@ def demo(
 def resume(
     out: Annotated[Path, typer.Argument(help="run directory to continue")],
     ticks: Annotated[int | None, typer.Option("--ticks", min=1, help="run up to this many ticks in total")] = None,
+    nproc: Annotated[int, typer.Option("--nproc", min=1, help="continue on this many local ranks (torchrun; any number: docs/scaling.md)")] = 1,
 ) -> None:
     """Continue a run from its last good checkpoint."""
+    if nproc > 1 and not distributed.launched():
+        _torchrun(nproc, ["resume", str(out), *([f"--ticks={ticks}"] if ticks is not None else [])])
+    if distributed.launched():
+        _on_ranks(out, lambda update: distributed.resume(out, progress=update, ticks=ticks))
+        return
     t = time.time()
     try:
         with _progress("ticks") as update:

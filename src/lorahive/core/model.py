@@ -430,6 +430,33 @@ class HiveCore:
         self.written[level].difference_update(ids)
 
     @torch.no_grad()
+    def slot_rows(self, level: str, slots: Sequence[int]) -> dict[str, torch.Tensor]:
+        """Everything ``slots`` of ``level`` hold — factors, init snapshot, optimizer state — as CPU rows.
+
+        Keys are ``<module>/A|B|A0`` and ``optim/<param>:<moment>``; row ``i`` is ``slots[i]``.
+        :meth:`load_slot_rows` writes them into another core with the same stack.
+        """
+        idx = torch.tensor(list(slots), dtype=torch.long)
+        rows = {f"{path}/{k}": t.detach().cpu().index_select(0, idx) for path, bank in self.named_banks(level) for k, t in (("A", bank.A), ("B", bank.B), ("A0", bank.A0))}
+        rows.update({f"optim/{k}": v for k, v in self.optimizers[level].slot_state(slots).items()})
+        return rows
+
+    @torch.no_grad()
+    def load_slot_rows(self, level: str, slots: Sequence[int], rows: Mapping[str, torch.Tensor]) -> None:
+        """Write :meth:`slot_rows` of another core into ``slots`` of ``level`` (bank and optimizer state together)."""
+        if not slots:
+            return
+        idx = self.index(list(slots))
+        for path, bank in self.named_banks(level):
+            for k, t in (("A", bank.A), ("B", bank.B), ("A0", bank.A0)):
+                t.index_copy_(0, idx, rows[f"{path}/{k}"].to(t.device, t.dtype))
+        optim = {k.removeprefix("optim/"): v for k, v in rows.items() if k.startswith("optim/")}
+        self.optimizers[level].load_slot_state(slots, self.level_params(level), optim)
+        nonzero = [s for i, s in enumerate(slots) if any(bool(rows[f"{p}/B"][i].ne(0).any()) for p, _ in self.named_banks(level))]
+        self.written[level].difference_update(slots)
+        self.mark_written(level, nonzero)
+
+    @torch.no_grad()
     def load_slots(self, level: str, slots: Sequence[int], factors: Mapping[str, tuple[torch.Tensor, torch.Tensor]]) -> None:
         """Write given factors into ``slots`` of ``level``, with empty optimizer state (their factors were re-based).
 

@@ -155,6 +155,26 @@ class SlotAdamW:
             plan.append((counts[t + 1], runs, idx))
         return plan
 
+    def slot_state(self, slots: Sequence[int]) -> dict[str, torch.Tensor]:
+        """The moments and step counts of ``slots`` (row ``i`` for ``slots[i]``), keyed ``<param>:<moment>``, on the CPU.
+
+        What another process needs to take these slots over (:meth:`load_slot_state`).
+        """
+        idx = torch.tensor(list(slots), dtype=torch.long)
+        return {f"{name}:{k}": v.detach().cpu().index_select(0, idx) for name, st in sorted(self.state.items()) for k, v in st.items()}
+
+    @torch.no_grad()
+    def load_slot_state(self, slots: Sequence[int], params: dict[str, nn.Parameter], rows: dict[str, torch.Tensor]) -> None:
+        """Write :meth:`slot_state` rows back into ``slots``; the host's step counts follow."""
+        for name in sorted({key.rpartition(":")[0] for key in rows}):
+            st = self._state(name, params[name])
+            idx = to_device(torch.tensor(list(slots), dtype=torch.long), st["step"].device)
+            for k in ("exp_avg", "exp_avg_sq", "step"):
+                st[k].index_copy_(0, idx, rows[f"{name}:{k}"].to(st[k].device, st[k].dtype))
+            host = self.host_steps[name]
+            for s, t in zip(slots, rows[f"{name}:step"].tolist(), strict=True):
+                host[s] = int(t)
+
     @torch.no_grad()
     def reset(self, slots: Sequence[int], index: torch.Tensor | None = None) -> None:
         """Clear the moments and step counts of ``slots`` in every parameter's state.
