@@ -86,20 +86,28 @@ def _summary(out: Path, result: dict[str, Any], seconds: float) -> None:
     console.print(f"results: {out}/metrics.json, ledger: {out}/ledger.sqlite, checkpoint: {out}/checkpoint/, report: {report}")
 
 
+#: A run's expected failures: reported in one line with exit code 2 (:func:`_reported`).
+RUN_ERRORS: tuple[type[Exception], ...] = (runs.RunDirError, ConfigError, CheckpointError, RunLockedError, LedgerError)
+
+
+@contextmanager
+def _reported(out: Path, errors: tuple[type[Exception], ...] = RUN_ERRORS) -> Iterator[None]:
+    """Turn ``errors`` into a one-line error and exit code 2; an ``OSError`` names the path it concerns."""
+    try:
+        yield
+    except errors as e:
+        fail(str(e))
+    except OSError as e:
+        fail(os_error(e, out))
+
+
 def _start(cfg: RunConfig, out: Path, force: bool) -> None:
     if distributed.launched():
         _on_ranks(out, lambda update: distributed.start(cfg, out, force=force, progress=update))
         return
     t = time.time()
-    try:
-        with _progress("ticks") as update:
-            result = runs.start(cfg, out, force=force, progress=update)
-    except (runs.RunDirError, ConfigError, CheckpointError, RunLockedError, LedgerError) as e:
-        fail(str(e))
-        return
-    except OSError as e:
-        fail(os_error(e, out))
-        return
+    with _reported(out), _progress("ticks") as update:
+        result = runs.start(cfg, out, force=force, progress=update)
     _summary(out, result, time.time() - t)
 
 
@@ -108,17 +116,12 @@ def _on_ranks(out: Path, body: Callable[[Callable[[int, int, TickContext | None]
     t = time.time()
     lead = int(os.environ.get("RANK", "0")) == 0
     try:
-        if lead:
-            with _progress("ticks") as update:
-                result = body(update)
-        else:
-            result = body(None)
-    except (runs.RunDirError, ConfigError, CheckpointError, RunLockedError, LedgerError, distributed.OutOfSync) as e:
-        fail(str(e))
-        return
-    except OSError as e:
-        fail(os_error(e, out))
-        return
+        with _reported(out, (*RUN_ERRORS, distributed.OutOfSync)):
+            if lead:
+                with _progress("ticks") as update:
+                    result = body(update)
+            else:
+                result = body(None)
     finally:
         distributed.shutdown()
     if lead:
@@ -146,22 +149,15 @@ def _start_stages(cfg: StagesConfig, out: Path, force: bool) -> None:
     from lorahive.runtime import stages
 
     t = time.time()
-    try:
-        with _progress("stage steps") as update:
-            done = {"n": 0}
-            total = sum(st.steps for st in cfg.stages)
+    with _reported(out, (runs.RunDirError, ConfigError, RunLockedError, LedgerError, ValueError)), _progress("stage steps") as update:
+        done = {"n": 0}
+        total = sum(st.steps for st in cfg.stages)
 
-            def step(tag: str, k: int, n: int) -> None:
-                done["n"] += 1
-                update(done["n"], total, None)
+        def step(tag: str, k: int, n: int) -> None:
+            done["n"] += 1
+            update(done["n"], total, None)
 
-            result = stages.start(cfg, out, force=force, progress=step)
-    except (runs.RunDirError, ConfigError, RunLockedError, LedgerError, ValueError) as e:
-        fail(str(e))
-        return
-    except OSError as e:
-        fail(os_error(e, out))
-        return
+        result = stages.start(cfg, out, force=force, progress=step)
     _stages_summary(out, result, time.time() - t)
 
 
@@ -224,13 +220,6 @@ def resume(
         _on_ranks(out, lambda update: distributed.resume(out, progress=update, ticks=ticks))
         return
     t = time.time()
-    try:
-        with _progress("ticks") as update:
-            result = runs.resume(out, progress=update, ticks=ticks)
-    except (runs.RunDirError, ConfigError, CheckpointError, RunLockedError, LedgerError) as e:
-        fail(str(e))
-        return
-    except OSError as e:
-        fail(os_error(e, out))
-        return
+    with _reported(out), _progress("ticks") as update:
+        result = runs.resume(out, progress=update, ticks=ticks)
     _summary(out, result, time.time() - t)

@@ -60,7 +60,14 @@ from lorahive.runtime.ranks import (
     check_supported,
     collect_slots,
 )
-from lorahive.runtime.rundir import RunDirError, check_dir, make_dirs, prepare_dir, remove_owned
+from lorahive.runtime.rundir import (
+    RunDirError,
+    check_dir,
+    make_dirs,
+    prepare_dir,
+    remove_owned,
+    undo_start,
+)
 from lorahive.runtime.stream import build_method
 from lorahive.runtime.swarm import Swarm
 from lorahive.store import checkpoint
@@ -290,14 +297,8 @@ def start(cfg: RunConfig, out: str | Path, force: bool = False, progress: runs.P
         try:
             _agree(comm, open_dir)
         except BaseException:
-            if lead and not (out / "config.yaml").exists():
-                if not had_lock:
-                    (out / LOCK_NAME).unlink(missing_ok=True)
-                for d in created:
-                    try:
-                        d.rmdir()
-                    except OSError:
-                        break
+            if lead:
+                undo_start(out, had_lock, created)
             raise
         ledger = stack.enter_context(_ledger_path(out, comm.ranks))
         run: runs.Run | None = None

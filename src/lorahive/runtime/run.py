@@ -35,7 +35,14 @@ from lorahive.runtime.measure import (
     view_groups,
 )
 from lorahive.runtime.precheck import check_data, check_memory, precheck
-from lorahive.runtime.rundir import RunDirError, check_dir, make_dirs, prepare_dir, remove_owned
+from lorahive.runtime.rundir import (
+    RunDirError,
+    check_dir,
+    make_dirs,
+    prepare_dir,
+    remove_owned,
+    undo_start,
+)
 from lorahive.runtime.stream import method_stack
 from lorahive.runtime.swarm import Swarm, TickContext
 from lorahive.store import checkpoint
@@ -180,14 +187,8 @@ def start(cfg: RunConfig, out: str | Path, force: bool = False, progress: Progre
                     remove_owned(out)
                 raise
     except BaseException:
-        if locked and not (out / "config.yaml").exists():
-            if not had_lock:
-                (out / LOCK_NAME).unlink(missing_ok=True)
-            for d in created:
-                try:
-                    d.rmdir()
-                except OSError:
-                    break
+        if locked:
+            undo_start(out, had_lock, created)
         raise
 
 

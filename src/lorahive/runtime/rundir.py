@@ -11,6 +11,7 @@ import shutil
 from pathlib import Path
 
 from lorahive.config import ConfigError, is_stages_tree, load_config, load_stages_config, read_tree
+from lorahive.store.lock import LOCK_NAME
 
 __all__ = ["OWNED", "RUN_FILES", "RunDirError", "check_dir", "make_dirs", "prepare_dir", "remove_owned"]
 
@@ -66,6 +67,19 @@ def prepare_dir(out: Path, force: bool) -> None:
     check_dir(out, force)
     remove_owned(out)
     out.mkdir(parents=True, exist_ok=True)
+
+
+def undo_start(out: Path, had_lock: bool, created: list[Path]) -> None:
+    """After a start failed before it wrote its config: drop the lock file it made and the folders it created."""
+    if (out / "config.yaml").exists():
+        return
+    if not had_lock:
+        (out / LOCK_NAME).unlink(missing_ok=True)
+    for d in created:
+        try:
+            d.rmdir()
+        except OSError:
+            break
 
 
 def make_dirs(out: Path) -> list[Path]:
