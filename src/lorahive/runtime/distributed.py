@@ -44,7 +44,6 @@ from lorahive.observe.metrics import AccuracyMatrix
 from lorahive.runtime import run as runs
 from lorahive.runtime.agent import evaluate
 from lorahive.runtime.measure import (
-    distinct_views,
     level_shares,
     retention_ppl,
     retention_text,
@@ -191,33 +190,18 @@ def _retention(run: runs.Run, comm: Comm) -> dict[str, float]:
 
 def _final(run: runs.Run, comm: Comm) -> dict[str, Any]:
     """:func:`lorahive.runtime.run._final` spread over ranks: retention per agent, influence per task type."""
-    obs, hive, agents = run.cfg.observe, run.hive, list(run.swarm.agents)
+    obs, hive = run.cfg.observe, run.hive
     out: dict[str, Any] = {}
     if obs.retention_tokens:
-        after, before = _retention(run, comm), run.ppl_before or {}
-        out["retention"] = {
-            "ppl_before": runs._mean(before.values()),
-            "ppl_after": runs._mean(after.values()),
-            "per_agent": {a: {"before": before.get(a), "after": v} for a, v in after.items()},
-            "tokens": obs.retention_tokens,
-        }
-    influence: dict[str, Any] = {}
+        out["retention"] = runs.retention_record(run, _retention(run, comm))
+    shares = None
     if obs.influence_examples:
         collect_slots(comm, run.swarm, everywhere=True)  # influence routes a type's examples over agents of any rank
-        by_type = {t: [n for n, a in run.swarm.agents.items() if a.task_type == t] or agents for t in run.eval_tasks}
-        if run.cfg.stream is not None:
-            by_type = {t: distinct_views(hive, agents) for t in run.eval_tasks}
         types = [t for i, t in enumerate(run.eval_tasks) if comm.ranks.owner(i) == comm.ranks.rank]
-        local = level_shares(hive, {t: run.eval_tasks[t] for t in types}, by_type, obs.influence_examples) if types else {}
+        local = level_shares(hive, {t: run.eval_tasks[t] for t in types}, runs.influence_views(run), obs.influence_examples) if types else {}
         merged = {t: v for part in comm.gather("eval", local) for t, v in part.items()}
         shares = {t: merged[t] for t in run.eval_tasks}
-        influence["levels"] = {t: v["shares"] for t, v in shares.items()}
-        influence["shapley_nats"] = {t: v["shapley"] for t, v in shares.items()}
-        influence["drop_one_kl"] = {t: v["kl"] for t, v in shares.items()}
-        influence["examples_per_type"] = obs.influence_examples
-    influence["agents"] = run.swarm.attribution.shares()
-    influence["agent_mass"] = run.swarm.attribution.mass
-    out["influence"] = influence
+    out["influence"] = runs.influence_record(run, shares)
     return out
 
 
