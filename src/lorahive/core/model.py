@@ -105,10 +105,7 @@ class HiveCore:
         """Slots ``level``'s banks hold once ``n_agents`` agents are registered: 1 if shared, else doubling."""
         if self.stack.get(level).scope == "shared":
             return 1
-        capacity = max(1, self.n_slots(level))
-        while capacity < n_agents:
-            capacity *= 2
-        return capacity
+        return _doubled(max(1, self.n_slots(level)), n_agents)
 
     def agent_index(self, agents: Sequence[str]) -> list[int]:
         try:
@@ -135,9 +132,7 @@ class HiveCore:
         configured level it descends from (``None``: it is configured itself).
         """
         stack = StackSpec(levels=(*self.stack.levels[:index], spec, *self.stack.levels[index:]))
-        n = 1
-        while spec.scope != "shared" and n < len(self._agents):
-            n *= 2
+        n = 1 if spec.scope == "shared" else _doubled(1, len(self._agents))
         found = False
         for path, layer in self.layers.items():
             if spec.wraps(path):
@@ -474,3 +469,10 @@ class HiveCore:
             bank.B.index_copy_(0, idx, b.to(bank.B.device, bank.B.dtype))
         self.optimizers[level].reset(sorted(slots))
         self.mark_written(level, list(slots))
+
+
+def _doubled(capacity: int, need: int) -> int:
+    """``capacity`` doubled until it holds ``need`` slots (banks grow by doubling)."""
+    while capacity < need:
+        capacity *= 2
+    return capacity

@@ -44,8 +44,11 @@ from lorahive.observe.metrics import AccuracyMatrix
 from lorahive.runtime import run as runs
 from lorahive.runtime.agent import evaluate
 from lorahive.runtime.measure import (
+    influence_record,
+    influence_views,
     level_shares,
     retention_ppl,
+    retention_record,
     retention_text,
     view_groups,
 )
@@ -193,15 +196,15 @@ def _final(run: runs.Run, comm: Comm) -> dict[str, Any]:
     obs, hive = run.cfg.observe, run.hive
     out: dict[str, Any] = {}
     if obs.retention_tokens:
-        out["retention"] = runs.retention_record(run, _retention(run, comm))
+        out["retention"] = retention_record(run.ppl_before, _retention(run, comm), obs.retention_tokens)
     shares = None
     if obs.influence_examples:
         collect_slots(comm, run.swarm, everywhere=True)  # influence routes a type's examples over agents of any rank
         types = [t for i, t in enumerate(run.eval_tasks) if comm.ranks.owner(i) == comm.ranks.rank]
-        local = level_shares(hive, {t: run.eval_tasks[t] for t in types}, runs.influence_views(run), obs.influence_examples) if types else {}
+        local = level_shares(hive, {t: run.eval_tasks[t] for t in types}, influence_views(hive, run.swarm.agents, run.eval_tasks, run.cfg.stream is not None), obs.influence_examples) if types else {}
         merged = {t: v for part in comm.gather("eval", local) for t, v in part.items()}
         shares = {t: merged[t] for t in run.eval_tasks}
-    out["influence"] = runs.influence_record(run, shares)
+    out["influence"] = influence_record(shares, run.swarm.attribution, obs.influence_examples)
     return out
 
 

@@ -14,7 +14,7 @@ same function of the same weights.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,13 +22,13 @@ import torch
 
 from lorahive.config import ObserveConfig
 from lorahive.core import persistent_levels
-from lorahive.observe.influence import level_influence
+from lorahive.observe.influence import SwarmAttribution, level_influence
 from lorahive.observe.metrics import heldout_text, perplexity
-from lorahive.runtime.agent import as_answer
+from lorahive.runtime.agent import Agent, as_answer
 from lorahive.runtime.hive import Hive
 from lorahive.suites.task import Task
 
-__all__ = ["distinct_views", "level_shares", "retention_ppl", "retention_text", "view_groups"]
+__all__ = ["distinct_views", "influence_record", "influence_views", "level_shares", "retention_ppl", "retention_record", "retention_text", "view_groups"]
 
 
 def view_groups(hive: Hive, agents: Sequence[str]) -> dict[str, str]:
@@ -116,3 +116,44 @@ def _zero_agent_levels(hive: Hive, agents: Sequence[str]) -> set[str]:
         if hive.core.is_zero(lv.name, hive.core.slots_of(lv.name, agents)):
             zero.add(lv.name)
     return zero
+
+
+def _mean(values: Any) -> float | None:
+    vals = list(values)
+    return sum(vals) / len(vals) if vals else None
+
+
+def retention_record(before: Mapping[str, float] | None, after: Mapping[str, float], tokens: int) -> dict[str, Any]:
+    """``metrics.json``'s ``retention``: held-out perplexity per agent before and after learning, and the means."""
+    before = before or {}
+    return {
+        "ppl_before": _mean(before.values()),
+        "ppl_after": _mean(after.values()),
+        "per_agent": {a: {"before": before.get(a), "after": v} for a, v in after.items()},
+        "tokens": tokens,
+    }
+
+
+def influence_views(hive: Hive, agents: Mapping[str, Agent], task_types: Iterable[str], stream: bool) -> dict[str, list[str]]:
+    """Per evaluated task type, the agents whose views its level Shapley values are measured on.
+
+    In a stream every agent works on every type, so each distinct view counts; otherwise the
+    agents of that type (all agents when none has it).
+    """
+    names = list(agents)
+    if stream:
+        return {t: distinct_views(hive, names) for t in task_types}
+    return {t: [n for n, a in agents.items() if a.task_type == t] or names for t in task_types}
+
+
+def influence_record(shares: Mapping[str, Mapping[str, Any]] | None, attribution: SwarmAttribution, examples: int) -> dict[str, Any]:
+    """``metrics.json``'s ``influence``: level Shapley shares, values and drop-one KL (when measured), and the agents'."""
+    influence: dict[str, Any] = {}
+    if shares is not None:
+        influence["levels"] = {t: v["shares"] for t, v in shares.items()}
+        influence["shapley_nats"] = {t: v["shapley"] for t, v in shares.items()}
+        influence["drop_one_kl"] = {t: v["kl"] for t, v in shares.items()}
+        influence["examples_per_type"] = examples
+    influence["agents"] = attribution.shares()
+    influence["agent_mass"] = attribution.mass
+    return influence

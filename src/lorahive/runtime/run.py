@@ -28,9 +28,11 @@ from lorahive.observe.report_mechanisms import health_summary, tick_seconds
 from lorahive.runtime.agent import evaluate
 from lorahive.runtime.hive import Hive
 from lorahive.runtime.measure import (
-    distinct_views,
+    influence_record,
+    influence_views,
     level_shares,
     retention_ppl,
+    retention_record,
     retention_text,
     view_groups,
 )
@@ -399,47 +401,11 @@ def _final(run: Run) -> dict[str, Any]:
     obs, hive, agents = run.cfg.observe, run.hive, list(run.swarm.agents)
     out: dict[str, Any] = {}
     if obs.retention_tokens:
-        out["retention"] = retention_record(run, retention_ppl(hive, agents, obs, retention_text(obs)))
-    shares = level_shares(hive, run.eval_tasks, influence_views(run), obs.influence_examples) if obs.influence_examples else None
-    out["influence"] = influence_record(run, shares)
+        out["retention"] = retention_record(run.ppl_before, retention_ppl(hive, agents, obs, retention_text(obs)), obs.retention_tokens)
+    views = influence_views(hive, run.swarm.agents, run.eval_tasks, run.cfg.stream is not None)
+    shares = level_shares(hive, run.eval_tasks, views, obs.influence_examples) if obs.influence_examples else None
+    out["influence"] = influence_record(shares, run.swarm.attribution, obs.influence_examples)
     return out
-
-
-def retention_record(run: Run, after: dict[str, float]) -> dict[str, Any]:
-    """``metrics.json``'s ``retention``: held-out perplexity per agent before and after, and the means."""
-    before = run.ppl_before or {}
-    return {
-        "ppl_before": _mean(before.values()),
-        "ppl_after": _mean(after.values()),
-        "per_agent": {a: {"before": before.get(a), "after": v} for a, v in after.items()},
-        "tokens": run.cfg.observe.retention_tokens,
-    }
-
-
-def influence_views(run: Run) -> dict[str, list[str]]:
-    """Per evaluated task type, the agents whose views its level Shapley values are measured on."""
-    agents = list(run.swarm.agents)
-    if run.cfg.stream is not None:
-        return {t: distinct_views(run.hive, agents) for t in run.eval_tasks}
-    return {t: [n for n, a in run.swarm.agents.items() if a.task_type == t] or agents for t in run.eval_tasks}
-
-
-def influence_record(run: Run, shares: dict[str, dict[str, Any]] | None) -> dict[str, Any]:
-    """``metrics.json``'s ``influence``: level Shapley shares, values and drop-one KL (when measured), and the agents'."""
-    influence: dict[str, Any] = {}
-    if shares is not None:
-        influence["levels"] = {t: v["shares"] for t, v in shares.items()}
-        influence["shapley_nats"] = {t: v["shapley"] for t, v in shares.items()}
-        influence["drop_one_kl"] = {t: v["kl"] for t, v in shares.items()}
-        influence["examples_per_type"] = run.cfg.observe.influence_examples
-    influence["agents"] = run.swarm.attribution.shares()
-    influence["agent_mass"] = run.swarm.attribution.mass
-    return influence
-
-
-def _mean(values: Any) -> float | None:
-    vals = list(values)
-    return sum(vals) / len(vals) if vals else None
 
 
 def metrics(run: Run, after: dict[str, dict[str, float]] | None, final: dict[str, Any] | None = None) -> dict[str, Any]:

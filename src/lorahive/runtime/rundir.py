@@ -10,10 +10,16 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from lorahive.config import ConfigError, is_stages_tree, load_config, load_stages_config, read_tree
+from lorahive.config import (
+    ConfigError,
+    is_stages_tree,
+    parse_config,
+    parse_stages_config,
+    read_tree,
+)
 from lorahive.store.lock import LOCK_NAME
 
-__all__ = ["OWNED", "RUN_FILES", "RunDirError", "check_dir", "make_dirs", "prepare_dir", "remove_owned"]
+__all__ = ["OWNED", "RUN_FILES", "RunDirError", "check_dir", "make_dirs", "prepare_dir", "remove_owned", "undo_start"]
 
 RUN_FILES = ("config.yaml", "checkpoint", "ledger.sqlite", "metrics.json", "stages.safetensors")
 OWNED = (*RUN_FILES, "checkpoint.prev", ".checkpoint.tmp", "ledger.sqlite-wal", "ledger.sqlite-shm", "ledger.sqlite-journal", "report.html", ".config.yaml.tmp", ".metrics.json.tmp", "keys.json", ".keys.json.tmp")
@@ -26,10 +32,11 @@ class RunDirError(ValueError):
 def _holds_run(out: Path) -> bool:
     """Whether ``out/config.yaml`` loads as a run config (a swarm run's or a stages run's)."""
     try:
-        if is_stages_tree(read_tree(out / "config.yaml")):
-            load_stages_config(str(out / "config.yaml"))
+        tree = read_tree(out / "config.yaml")  # read once, validated as whichever kind of run it is
+        if is_stages_tree(tree):
+            parse_stages_config(tree)
         else:
-            load_config(out / "config.yaml")
+            parse_config(tree)
     except ConfigError:
         return False
     return True

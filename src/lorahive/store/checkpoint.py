@@ -260,8 +260,8 @@ def _check_stack(core: HiveCore, state: dict[str, Any], file: Path) -> tuple[Sta
     return stack, origin
 
 
-def _check_state(core: HiveCore, file: Path) -> dict[str, Any]:
-    """state.json: a mapping whose agents extend the core's and whose level states are valid."""
+def _check_state(core: HiveCore, file: Path) -> tuple[dict[str, Any], tuple[StackSpec, dict[str, str]]]:
+    """state.json: a mapping whose agents extend the core's and whose level states are valid; and its stack."""
     state = _read_json(file)
     if not isinstance(state, dict):
         raise CheckpointError(f"{file}: not a JSON object")
@@ -270,7 +270,8 @@ def _check_state(core: HiveCore, file: Path) -> dict[str, Any]:
         raise CheckpointError(f"{file}: agents must be a list of distinct non-empty names")
     if agents[: len(core.agents)] != core.agents:
         raise CheckpointError(f"{file}: its agents do not extend this core's agents")
-    names = _check_stack(core, state, file)[0].names()
+    stack = _check_stack(core, state, file)
+    names = stack[0].names()
     states = state.get("level_states", {})
     if not isinstance(states, dict) or set(states) - set(names):
         raise CheckpointError(f"{file}: level_states must map the checkpoint's level names ({names}) to level states")
@@ -281,7 +282,7 @@ def _check_state(core: HiveCore, file: Path) -> dict[str, Any]:
     tick = state.get("tick", 0)
     if not isinstance(tick, int) or isinstance(tick, bool) or tick < 0:
         raise CheckpointError(f"{file}: tick must be a non-negative integer, got {tick!r}")
-    return state
+    return state, stack
 
 
 def load(run_dir: str | Path, core: HiveCore, validate: Callable[[dict[str, Any], Path], object] | None = None) -> Loaded:
@@ -293,11 +294,11 @@ def load(run_dir: str | Path, core: HiveCore, validate: Callable[[dict[str, Any]
     """
     ckpt = locate(run_dir)
     manifest = _verify(ckpt)
-    state = _check_state(core, ckpt / "state.json")
+    state, stack = _check_state(core, ckpt / "state.json")
     if validate is not None:
         validate(state, ckpt / "state.json")
     was = (core.stack, dict(core.origin))
-    core.set_stack(*_check_stack(core, state, ckpt / "state.json"))  # the stack as the run had it; undone on a refusal
+    core.set_stack(*stack)  # the stack as the run had it; undone on a refusal
     try:
         return _load_checked(core, ckpt, manifest, state)
     except BaseException:
