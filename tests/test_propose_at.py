@@ -1,4 +1,4 @@
-"""Where an agent's swarm proposal is taken: after its fast steps (the default) or before them."""
+"""Where an agent's swarm proposal is taken: before its fast steps (the default) or after them."""
 
 from __future__ import annotations
 

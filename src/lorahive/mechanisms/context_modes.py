@@ -202,12 +202,12 @@ class ContextModes:
         return Action("reinforce", {"level": self.level, "reinforced": {str(m): a for m, a in sorted(users.items())}, "idle": idle, "norm": norms})
 
     def norms(self, view: TickView) -> dict[str, float]:
-        """Each opened mode's ΔW norm ``‖(a/r)·B·A‖`` over the level's modules (``tr(BᵀB·AAᵀ)``, no out×in matrix)."""
+        """Each opened mode's ΔW norm ``‖(a/r)·B·A‖`` over the level's modules (``tr(BᵀB·AAᵀ)``, no out×in matrix), in float64 so equal weights give equal figures (a resumed run's ledger is compared bit for bit)."""
         live = self.opened.nonzero().flatten().tolist()
         if not live or not self.factors:
             return {}
         scale = view.core.stack.get(self.level).scale
-        energy = sum(((b[live].float().transpose(1, 2) @ b[live].float()) * (a[live].float() @ a[live].float().transpose(1, 2))).sum((1, 2)) for a, b in self.factors.values())
+        energy = sum(((b[live].double().transpose(1, 2) @ b[live].double()) * (a[live].double() @ a[live].double().transpose(1, 2))).sum((1, 2)) for a, b in self.factors.values())
         return {str(m): round(scale * float(e.clamp_min(0).sqrt()), 6) for m, e in zip(live, torch.as_tensor(energy).cpu(), strict=True)}
 
     # ------------------------------------------------------------------ state
