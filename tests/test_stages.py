@@ -165,3 +165,20 @@ def test_lorahive_run_takes_a_stages_config_and_refuses_a_bad_one(stage_base, tm
     assert metrics["order"] == ["sft1", "dpo1"]
     again = CliRunner().invoke(app, ["run", str(path), "--out", str(tmp_path / "run"), "--force"])
     assert again.exit_code == 0, again.output
+
+
+def test_the_recipe_runs_its_orders_in_processes_side_by_side_with_the_same_results(tmp_path):
+    tree = copy.deepcopy(recipe.load_recipe("small"))
+    del tree["config"]["data"]["facts"]
+    for st in tree["stages"].values():
+        st["data"], st["steps"] = ["topics"], 3
+    tree["orders"] = tree["orders"][:2]
+    one = recipe.run("small", tmp_path / "one", recipe=tree)
+    two = recipe.run("small", tmp_path / "two", base=one["base"], recipe=tree, jobs=2)
+    assert list(two["orders"]) == list(one["orders"])
+    for name, r in one["orders"].items():
+        s = two["orders"][name]
+        assert s["stages"] == r["stages"]  # every step's loss and norm, bit for bit
+        for data, d in r["data"].items():
+            for key, value in d.items():
+                assert s["data"][data][key] == (pytest.approx(value, rel=1e-6, abs=1e-9) if isinstance(value, dict) else value), (data, key)

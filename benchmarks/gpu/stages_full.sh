@@ -13,5 +13,5 @@ rm -rf "$out/tree" && mkdir -p "$out/tree" "$out/shared" && cp -r src configs be
 ln -sfn "$setup/data" "$out/shared/data"
 source benchmarks/gpu/setup_env.sh
 start=$(date +%s)
-python3 recipes/stages/recipe.py --size full --out "$out/stages" > "$out/stages.log" 2>&1
+python3 recipes/stages/recipe.py --size full --jobs 3 --out "$out/stages" > "$out/stages.log" 2>&1
 echo $(( $(date +%s) - start )) > "$out/stages.time"

@@ -1,7 +1,7 @@
 """Recipe: the same SFT and DPO stages in three orders (SFT→DPO, DPO→SFT, SFT→DPO→SFT), compared.
 
     python recipes/stages/recipe.py --size small --out runs/stages-small
-    python recipes/stages/recipe.py --size full --out runs/stages-full     # one GPU, docs/stages.md
+    python recipes/stages/recipe.py --size full --out runs/stages-full --jobs 3   # one GPU, docs/stages.md
 
 ``{size}.yaml`` holds a stages config without its ``stages`` (``config``), stage templates
 by key (``stages``) and the orders to run (``orders``). Every order is a stages run of its own
@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import sys
 from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -145,17 +147,24 @@ def markdown(summary: dict[str, Any]) -> str:
     return "\n".join(parts)
 
 
-def run(size: str, out: Path, base: str | None = None, overrides: Sequence[str] = (), recipe: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Run every order of the recipe (default: ``{size}.yaml``) into ``out``; returns (and writes) the summary."""
+def run(size: str, out: Path, base: str | None = None, overrides: Sequence[str] = (), recipe: dict[str, Any] | None = None, jobs: int = 1) -> dict[str, Any]:
+    """Run every order of the recipe (default: ``{size}.yaml``) into ``out``; returns (and writes) the summary.
+
+    With ``jobs`` > 1 the orders run in that many processes at once (each loads its own model;
+    on a GPU the steps are bound by the host, so orders side by side take about the time of one).
+    """
     recipe = recipe or load_recipe(size)
     out.mkdir(parents=True, exist_ok=True)
     base = base or recipe["config"]["base"]
     if base == TINY:
         base = str(tiny_base(out / "tiny-base", _texts(recipe["config"]), recipe["config"].get("seed", 0)))
-    results = {}
-    for order in recipe["orders"]:
-        name = "-".join(order)
-        results[name] = runner.start(order_config(recipe, order, base, overrides), out / name, force=True)
+    configs = {"-".join(order): order_config(recipe, order, base, overrides) for order in recipe["orders"]}
+    if jobs > 1:
+        with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+            futures = {name: pool.submit(runner.start, cfg, out / name, True) for name, cfg in configs.items()}
+            results = {name: f.result() for name, f in futures.items()}
+    else:
+        results = {name: runner.start(cfg, out / name, force=True) for name, cfg in configs.items()}
     summary = {"size": size, "base": base, "orders": results, "order_effect": compare(results)}
     (out / "summary.json").write_text(json.dumps(summary, indent=1), encoding="utf-8")
     (out / "summary.md").write_text(markdown(summary), encoding="utf-8")
@@ -167,9 +176,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", choices=["small", "full"], default="small")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--base", default=None, help="override the recipe's base model")
+    parser.add_argument("--jobs", type=int, default=1, help="orders run at once, one process each")
     parser.add_argument("overrides", nargs="*", help="key=value overrides of every order's stages config")
     args = parser.parse_args(argv)
-    summary = run(args.size, args.out, args.base, args.overrides)
+    if args.jobs < 1:
+        parser.error(f"--jobs must be at least 1, got {args.jobs}")
+    summary = run(args.size, args.out, args.base, args.overrides, jobs=args.jobs)
     print(markdown(summary))
     print(f"total {sum(r['seconds'] for r in summary['orders'].values()):.1f} s; {args.out}/summary.json")
     return 0
