@@ -143,7 +143,8 @@ def _stages_summary(out: Path, result: dict[str, Any], seconds: float) -> None:
     for name, d in result["data"].items():
         phi = ", ".join(f"{k} {v:+.2f}" for k, v in d["shapley_logp"].items())
         console.print(f"  {name}: margin {d['before']['margin']:+.2f} → {d['after']['margin']:+.2f}; Shapley on log p(chosen): {phi}")
-    console.print(f"results: {out}/metrics.json, ledger: {out}/ledger.sqlite, weights: {out}/stages.safetensors, checkpoint: {out}/checkpoint/")
+    report = write_report(out)
+    console.print(f"results: {out}/metrics.json, ledger: {out}/ledger.sqlite, weights: {out}/stages.safetensors, checkpoint: {out}/checkpoint/, report: {report}")
 
 
 #: A stages run's expected failures (a bad value found once the model and data are loaded is a ConfigError).
