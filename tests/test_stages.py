@@ -212,6 +212,14 @@ def test_the_recipe_runs_small_with_well_formed_outputs_and_budgets_that_hold(tm
         assert all(0.0 <= o["out_overlap"] <= 1.0 + 1e-9 for o in r["overlap"].values())
     assert set(summary["order_effect"]) == {"sft-dpo vs dpo-sft", "sft-dpo vs sft-dpo-sft"}
     assert "## Attribution" in (tmp_path / "summary.md").read_text()
+    assert 'id="compare"' in (tmp_path / "report.html").read_text()
+
+    (tmp_path / "dpo-sft" / "metrics.json").unlink()  # as if killed while measuring
+    again = recipe.run("small", tmp_path, recipe=tree, resume=True)  # read back, resumed, read back
+    strip = {name: {k: v for k, v in r.items() if k != "seconds"} for name, r in summary["orders"].items()}
+    assert {name: {k: v for k, v in r.items() if k != "seconds"} for name, r in again["orders"].items()} == strip
+    with pytest.raises(SystemExit, match="holds a run of another config"):
+        recipe.run("small", tmp_path, recipe=tree, overrides=["seed=1"], resume=True)
 
 
 def test_lorahive_run_takes_a_stages_config_and_refuses_a_bad_one(stage_base, tmp_path):

@@ -2,13 +2,15 @@
 
     python recipes/stages/recipe.py --size small --out runs/stages-small
     python recipes/stages/recipe.py --size full --out runs/stages-full     # one GPU, docs/stages.md
+    python recipes/stages/recipe.py --size full --out runs/stages-full --resume   # after a kill: go on
 
 ``{size}.yaml`` holds a stages config without its ``stages`` (``config``), stage templates
 by key (``stages``) and the orders to run (``orders``). Every order is a stages run of its own
 (``OUT/<order>/``: config, ledger, weights, metrics.json) over the same data, seed and
 templates; ``OUT/summary.json`` and ``OUT/summary.md`` put them side by side: behaviour,
 per-stage Shapley values and drop-one KL, budgets, ΔW overlaps, and how far the two-stage
-orders differ. ``base: tiny-random`` builds a 2-block random Llama with a byte-level BPE
+orders differ; ``OUT/report.html`` is the first order's report compared with the others
+(``lorahive report``: per-stage budgets over the steps, Shapley values of every order as bars). ``base: tiny-random`` builds a 2-block random Llama with a byte-level BPE
 tokenizer trained on the data's text into ``OUT/tiny-base`` (the small size, for CI).
 """
 
@@ -24,7 +26,8 @@ from typing import Any
 import torch
 import yaml
 
-from lorahive.config import StagesConfig, parse_stages_config
+from lorahive.config import StagesConfig, load_stages_config, parse_stages_config
+from lorahive.observe.report import render_report
 from lorahive.runtime import stages as runner
 
 HERE = Path(__file__).resolve().parent
@@ -145,8 +148,21 @@ def markdown(summary: dict[str, Any]) -> str:
     return "\n".join(parts)
 
 
-def run(size: str, out: Path, base: str | None = None, overrides: Sequence[str] = (), recipe: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Run every order of the recipe (default: ``{size}.yaml``) into ``out``; returns (and writes) the summary."""
+def _continued(cfg: StagesConfig, run: Path) -> dict[str, Any]:
+    """The result of the order already in ``run``: read back when finished, else resumed (``--resume``)."""
+    held = load_stages_config(str(run / "config.yaml"))
+    if held.model_dump() != runner.absolute_paths(cfg).model_dump():
+        raise SystemExit(f"{run} holds a run of another config than this recipe's order; drop --resume to start it again")
+    metrics = json.loads((run / "metrics.json").read_text(encoding="utf-8")) if (run / "metrics.json").is_file() else {}
+    return metrics if metrics.get("finished") else runner.resume(run)
+
+
+def run(size: str, out: Path, base: str | None = None, overrides: Sequence[str] = (), recipe: dict[str, Any] | None = None, resume: bool = False) -> dict[str, Any]:
+    """Run every order of the recipe (default: ``{size}.yaml``) into ``out``; returns (and writes) the summary.
+
+    ``resume``: an order whose run directory already holds this config is read back when it
+    finished and resumed from its last checkpoint when it did not (a killed recipe goes on).
+    """
     recipe = recipe or load_recipe(size)
     out.mkdir(parents=True, exist_ok=True)
     base = base or recipe["config"]["base"]
@@ -154,11 +170,16 @@ def run(size: str, out: Path, base: str | None = None, overrides: Sequence[str] 
         base = str(tiny_base(out / "tiny-base", _texts(recipe["config"]), recipe["config"].get("seed", 0)))
     results = {}
     for order in recipe["orders"]:
-        name = "-".join(order)
-        results[name] = runner.start(order_config(recipe, order, base, overrides), out / name, force=True)
+        name, cfg = "-".join(order), order_config(recipe, order, base, overrides)
+        if resume and (out / name / "config.yaml").is_file():
+            results[name] = _continued(cfg, out / name)
+        else:
+            results[name] = runner.start(cfg, out / name, force=True)
     summary = {"size": size, "base": base, "orders": results, "order_effect": compare(results)}
     (out / "summary.json").write_text(json.dumps(summary, indent=1), encoding="utf-8")
     (out / "summary.md").write_text(markdown(summary), encoding="utf-8")
+    names = list(results)
+    (out / "report.html").write_text(render_report(out / names[0], [out / n for n in names[1:]]), encoding="utf-8")
     return summary
 
 
@@ -167,11 +188,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", choices=["small", "full"], default="small")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--base", default=None, help="override the recipe's base model")
+    parser.add_argument("--resume", action="store_true", help="go on after a kill: read back finished orders, resume an unfinished one")
     parser.add_argument("overrides", nargs="*", help="key=value overrides of every order's stages config")
     args = parser.parse_args(argv)
-    summary = run(args.size, args.out, args.base, args.overrides)
+    summary = run(args.size, args.out, args.base, args.overrides, resume=args.resume)
     print(markdown(summary))
-    print(f"total {sum(r['seconds'] for r in summary['orders'].values()):.1f} s; {args.out}/summary.json")
+    print(f"total {sum(r['seconds'] for r in summary['orders'].values()):.1f} s; {args.out}/summary.json, {args.out}/report.html")
     return 0
 
 
