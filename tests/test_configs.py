@@ -12,6 +12,7 @@ from lorahive.config import (
     load_config,
     load_stages_config,
     parse_config,
+    parse_stages_config,
     read_tree,
 )
 
@@ -49,3 +50,15 @@ def test_override_wins_over_the_file(tmp_path):
     assert load_config(cfg_file, ["ticks=7"]).ticks == 7
     with pytest.raises(ConfigError, match="ticks"):
         load_config(cfg_file, ["ticks=0"])
+
+
+def test_an_override_reaches_a_list_item_by_its_index_and_leaves_the_tree_as_it_was():
+    sft = {"objective": "sft", "data": "d", "levels": ["swarm"]}
+    tree = {"data": {"d": {"source": "cl", "task_type": "agnews"}}, "stages": [sft, {**sft, "scope": {"targets": ["q_proj"]}}]}
+    cfg = parse_stages_config(tree, ["stages.1.steps=5", "stages.1.scope.blocks=[1]", "stages.0.budget={max_norm: 0.5}"])
+    assert (cfg.stages[1].steps, cfg.stages[1].scope.blocks, cfg.cap(0)) == (5, [1], 0.5)
+    assert tree["stages"][1] == {**sft, "scope": {"targets": ["q_proj"]}}  # the caller's tree is untouched
+    with pytest.raises(ConfigError, match=r"override 'stages\.2\.steps': stages is a list of 2 items; '2' is not one of its indices 0–1"):
+        parse_stages_config(tree, ["stages.2.steps=5"])
+    with pytest.raises(ConfigError, match=r"override 'stages\.x\.steps'"):
+        parse_stages_config(tree, ["stages.x.steps=5"])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import re
 import sys
 import time
 from pathlib import Path
@@ -17,6 +18,8 @@ from typer.testing import CliRunner
 from lorahive import Hive, LevelSpec, StackSpec
 from lorahive.cli.main import app
 from lorahive.config import ConfigError, parse_stages_config
+from lorahive.learning import pack_examples
+from lorahive.learning.batching import IGNORE
 from lorahive.learning.dpo import dpo_loss
 from lorahive.observe.subspace import delta_factors, delta_norm, overlap
 from lorahive.runtime import stages as runner
@@ -61,12 +64,27 @@ def test_stages_are_tagged_by_objective_and_occurrence_and_get_their_own_scoped_
         ({"stages": [{**SFT, "budget": {"share": 0.5}}]}, "needs total_norm"),
         ({"stages": [{**SFT, "budget": {"share": 0.6}}, {**DPO, "budget": {"share": 0.6}}], "total_norm": 1.0}, "add up to 1.2"),
         ({"stages": [{**SFT, "objective": "ppo"}]}, "stages.0.objective"),
+        ({"stages": [{**SFT, "scope": {"blocks": [1, 1]}}]}, "stages.0.scope.blocks"),
+        ({"stages": [{**SFT, "scope": {"blocks": [-1]}}]}, "stages.0.scope.blocks"),
+        ({"stages": [{**SFT, "scope": {"targets": ["q_proj", "q_proj"]}}]}, "stages.0.scope.targets"),
+        ({"stages": [{**SFT, "beta": 0.5}]}, "beta: 0.5 is the DPO inverse temperature"),
+        ({"stages": [SFT, {**SFT, "name": "sft1"}]}, "names ['sft1'] are used twice"),
+        ({"data": {"topics": {**DATA["topics"], "path": "x.json"}}}, "path is for source 'knowledge'"),
+        ({"data": {"topics": {"source": "knowledge", "path": "x.json", "task_type": "agnews"}}}, "task_type and root are for source 'cl'"),
+        ({"data": {"topics": {"source": "knowledge", "path": "x.json", "train": 2, "eval": 3}}}, "eval: 3 > train 2"),
+        ({"checkpoint_every": 0}, "checkpoint_every"),
     ],
 )
 def test_bad_stage_values_are_refused_naming_the_field(change, field):
     tree = {"base": "x", "levels": LEVELS, "data": DATA, "stages": [SFT], **change}
-    with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
+    with pytest.raises(ConfigError, match=re.escape(field)):
         parse_stages_config(tree)
+
+
+def test_a_budget_share_is_that_share_of_total_norm_and_a_repeated_stage_gets_its_own_budget():
+    cfg = config("x", [{**SFT, "budget": {"share": 0.25}}, {**DPO, "budget": {"max_norm": 0.3}}, {**SFT, "budget": {"share": 0.5}}, SFT], total_norm=2.0)
+    assert [cfg.cap(i) for i in range(4)] == [0.5, 0.3, 1.0, None]
+    assert (cfg.first_step(2), cfg.total_steps()) == (6, 12)
 
 
 def test_a_level_with_a_block_scope_wraps_only_those_blocks(tokenizer):
@@ -129,6 +147,48 @@ def test_a_stage_writes_only_its_scope_and_its_shapley_values_add_up(stage_base)
     assert dpo[-1]["loss"] < dpo[0]["loss"]
 
 
+def test_stage_shapley_values_and_drop_one_kl_are_the_definitions_computed_by_hand(stage_base):
+    """Three stages (the first writes two levels, one player), two-level DPO in between: φ from all 2³ coalitions by hand."""
+    levels = [*LEVELS, {**LEVELS[0], "name": "domain", "lr": 3e-2}]
+    stages = [{**SFT, "levels": ["swarm", "domain"]}, {**DPO, "scope": {"targets": ["q_proj", "v_proj"]}}, {**SFT, "steps": 2}]
+    cfg = config(stage_base, stages, levels=levels)
+    hive = runner.build_hive(cfg)
+    result = runner.run_stages(cfg, hive=hive)
+    tags, players = cfg.stage_names(), [[lv.name for lv in cfg.levels_of(i)] for i in range(3)]
+    assert players[0] == ["swarm_sft1", "domain_sft1"]
+    eval_pairs = runner.load_data(cfg, hive)["topics"].eval
+    value = {}  # coalition (bitmask) -> per-example log p(chosen), log p(rejected)
+    for m in range(8):
+        on = [lv for i in range(3) if m >> i & 1 for lv in players[i]]
+        value[m] = [runner._logp(hive, [(p.prompt, getattr(p, side)) for p in eval_pairs], on) for side in ("chosen", "rejected")]
+    for i, tag in enumerate(tags):
+        phi_c = phi_m = 0.0
+        for m in range(8):
+            if m >> i & 1:
+                continue
+            size = bin(m).count("1")
+            w = math.factorial(size) * math.factorial(3 - size - 1) / math.factorial(3)
+            gain_c = value[m | 1 << i][0] - value[m][0]
+            phi_c += w * float(gain_c.mean())
+            phi_m += w * float((gain_c - (value[m | 1 << i][1] - value[m][1])).mean())
+        d = result["data"]["topics"]
+        assert d["shapley_logp"][tag] == pytest.approx(phi_c, abs=1e-4)
+        assert d["shapley_margin"][tag] == pytest.approx(phi_m, abs=1e-4)
+        kl, n = 0.0, 0  # KL(p_all || p_without_stage) over the chosen answers' positions, from plain forwards
+        others = [lv for j in range(3) if j != i for lv in players[j]]
+        for p in eval_pairs:
+            batch = pack_examples(hive.tokenizer, [(p.prompt, p.chosen)], hive.core.max_length)
+            keep = batch.labels[0, 1:] != IGNORE  # (T-1,): positions that predict an answer token
+            logp = []
+            for on in (None, others):
+                with torch.no_grad(), hive.core.routing.use(hive.core.route([runner.LEARNER], on)):
+                    logits = hive.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits[0, :-1]  # (T-1, V)
+                logp.append(torch.log_softmax(logits[keep].float(), -1))
+            kl += float(torch.nn.functional.kl_div(logp[1], logp[0], log_target=True, reduction="sum"))
+            n += int(keep.sum())
+        assert d["kl_drop"][tag] == pytest.approx(kl / n, rel=1e-3, abs=1e-6)
+
+
 def test_the_recipe_runs_small_with_well_formed_outputs_and_budgets_that_hold(tmp_path):
     tree = recipe.load_recipe("small")
     if not KNOWLEDGE.is_file():  # CI without ../shared: the CL pairs only
@@ -152,6 +212,14 @@ def test_the_recipe_runs_small_with_well_formed_outputs_and_budgets_that_hold(tm
         assert all(0.0 <= o["out_overlap"] <= 1.0 + 1e-9 for o in r["overlap"].values())
     assert set(summary["order_effect"]) == {"sft-dpo vs dpo-sft", "sft-dpo vs sft-dpo-sft"}
     assert "## Attribution" in (tmp_path / "summary.md").read_text()
+    assert 'id="compare"' in (tmp_path / "report.html").read_text()
+
+    (tmp_path / "dpo-sft" / "metrics.json").unlink()  # as if killed while measuring
+    again = recipe.run("small", tmp_path, recipe=tree, resume=True)  # read back, resumed, read back
+    strip = {name: {k: v for k, v in r.items() if k != "seconds"} for name, r in summary["orders"].items()}
+    assert {name: {k: v for k, v in r.items() if k != "seconds"} for name, r in again["orders"].items()} == strip
+    with pytest.raises(SystemExit, match="holds a run of another config"):
+        recipe.run("small", tmp_path, recipe=tree, overrides=["seed=1"], resume=True)
 
 
 def test_lorahive_run_takes_a_stages_config_and_refuses_a_bad_one(stage_base, tmp_path):
@@ -165,6 +233,29 @@ def test_lorahive_run_takes_a_stages_config_and_refuses_a_bad_one(stage_base, tm
     assert metrics["order"] == ["sft1", "dpo1"]
     again = CliRunner().invoke(app, ["run", str(path), "--out", str(tmp_path / "run"), "--force"])
     assert again.exit_code == 0, again.output
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("stages.0.scope.targets=[q_proj, qproj]", "stages.0.scope.targets: ['qproj'] name no Linear module of the model; its projections are"),
+        ("stages.0.scope.blocks=[0, 7]", "stages.0.scope.blocks: [7] are not blocks of the model (its blocks: 0–1)"),
+        ("data.topics.train=65", "data.topics.train: 65 pairs asked; agnews has 64 training examples"),
+        ("data.topics.eval=40", "data.topics.eval: 40 pairs asked; agnews has 32 test examples"),
+        ("data.topics.max_prompt_tokens=8", "data.topics.max_prompt_tokens: prompt head and tail alone exceed 8 tokens"),
+        ("data.topics.task_type=nope", "data.topics.task_type: unknown demo task type 'nope'"),
+        ("data.facts={source: knowledge, path: /nonexistent/cf.json, train: 2, eval: 1}", "data.facts.path: cannot read /nonexistent/cf.json"),
+        ("base=/nonexistent", "base: no model directory at /nonexistent"),
+        ("threads=100000", "threads: 100000 is more than 4 × the"),
+    ],
+)
+def test_values_only_the_model_or_the_data_can_refuse_exit_2_naming_the_field_and_write_nothing(stage_base, tmp_path, override, message):
+    path = tmp_path / "stages.yaml"
+    path.write_text(yaml.safe_dump({"base": stage_base, "threads": 1, "levels": LEVELS, "data": DATA, "stages": [SFT, DPO]}))
+    res = CliRunner().invoke(app, ["run", str(path), "--out", str(tmp_path / "out"), override])
+    assert res.exit_code == 2, res.output
+    assert message in " ".join(res.output.split()), res.output
+    assert not (tmp_path / "out").exists()
 
 
 def test_the_recipe_runs_its_orders_in_processes_side_by_side_with_the_same_results(tmp_path):

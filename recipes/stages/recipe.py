@@ -2,13 +2,15 @@
 
     python recipes/stages/recipe.py --size small --out runs/stages-small
     python recipes/stages/recipe.py --size full --out runs/stages-full --jobs 3   # one GPU, docs/stages.md
+    python recipes/stages/recipe.py --size full --out runs/stages-full --jobs 3 --resume   # after a kill: go on
 
 ``{size}.yaml`` holds a stages config without its ``stages`` (``config``), stage templates
 by key (``stages``) and the orders to run (``orders``). Every order is a stages run of its own
 (``OUT/<order>/``: config, ledger, weights, metrics.json) over the same data, seed and
 templates; ``OUT/summary.json`` and ``OUT/summary.md`` put them side by side: behaviour,
 per-stage Shapley values and drop-one KL, budgets, ΔW overlaps, and how far the two-stage
-orders differ. ``base: tiny-random`` builds a 2-block random Llama with a byte-level BPE
+orders differ; ``OUT/report.html`` is the first order's report compared with the others
+(``lorahive report``: per-stage budgets over the steps, Shapley values of every order as bars). ``base: tiny-random`` builds a 2-block random Llama with a byte-level BPE
 tokenizer trained on the data's text into ``OUT/tiny-base`` (the small size, for CI).
 """
 
@@ -26,7 +28,8 @@ from typing import Any
 import torch
 import yaml
 
-from lorahive.config import StagesConfig, parse_stages_config
+from lorahive.config import StagesConfig, load_stages_config, parse_stages_config
+from lorahive.observe.report import render_report
 from lorahive.runtime import stages as runner
 
 HERE = Path(__file__).resolve().parent
@@ -147,11 +150,31 @@ def markdown(summary: dict[str, Any]) -> str:
     return "\n".join(parts)
 
 
-def run(size: str, out: Path, base: str | None = None, overrides: Sequence[str] = (), recipe: dict[str, Any] | None = None, jobs: int = 1) -> dict[str, Any]:
+def _continued(cfg: StagesConfig, run: Path) -> dict[str, Any]:
+    """The result of the order already in ``run``: read back when finished, else resumed (``--resume``)."""
+    held = load_stages_config(str(run / "config.yaml"))
+    if held.model_dump() != runner.absolute_paths(cfg).model_dump():
+        raise SystemExit(f"{run} holds a run of another config than this recipe's order; drop --resume to start it again")
+    metrics = json.loads((run / "metrics.json").read_text(encoding="utf-8")) if (run / "metrics.json").is_file() else {}
+    return metrics if metrics.get("finished") else runner.resume(run)
+
+
+def _order(cfg: StagesConfig, run: Path, resume: bool) -> dict[str, Any]:
+    """One order's result: continued (``resume`` and ``run`` holds it) or run from the start."""
+    if resume and (run / "config.yaml").is_file():
+        return _continued(cfg, run)
+    return runner.start(cfg, run, force=True)
+
+
+def run(
+    size: str, out: Path, base: str | None = None, overrides: Sequence[str] = (), recipe: dict[str, Any] | None = None, resume: bool = False, jobs: int = 1
+) -> dict[str, Any]:
     """Run every order of the recipe (default: ``{size}.yaml``) into ``out``; returns (and writes) the summary.
 
-    With ``jobs`` > 1 the orders run in that many processes at once (each loads its own model;
-    on a GPU the steps are bound by the host, so orders side by side take about the time of one).
+    ``resume``: an order whose run directory already holds this config is read back when it
+    finished and resumed from its last checkpoint when it did not (a killed recipe goes on).
+    ``jobs`` > 1: the orders run in that many processes at once (each loads its own model; on
+    a GPU the steps are bound by the host, so orders side by side take about the time of one).
     """
     recipe = recipe or load_recipe(size)
     out.mkdir(parents=True, exist_ok=True)
@@ -161,13 +184,15 @@ def run(size: str, out: Path, base: str | None = None, overrides: Sequence[str] 
     configs = {"-".join(order): order_config(recipe, order, base, overrides) for order in recipe["orders"]}
     if jobs > 1:
         with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-            futures = {name: pool.submit(runner.start, cfg, out / name, True) for name, cfg in configs.items()}
+            futures = {name: pool.submit(_order, cfg, out / name, resume) for name, cfg in configs.items()}
             results = {name: f.result() for name, f in futures.items()}
     else:
-        results = {name: runner.start(cfg, out / name, force=True) for name, cfg in configs.items()}
+        results = {name: _order(cfg, out / name, resume) for name, cfg in configs.items()}
     summary = {"size": size, "base": base, "orders": results, "order_effect": compare(results)}
     (out / "summary.json").write_text(json.dumps(summary, indent=1), encoding="utf-8")
     (out / "summary.md").write_text(markdown(summary), encoding="utf-8")
+    names = list(results)
+    (out / "report.html").write_text(render_report(out / names[0], [out / n for n in names[1:]]), encoding="utf-8")
     return summary
 
 
@@ -176,14 +201,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", choices=["small", "full"], default="small")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--base", default=None, help="override the recipe's base model")
+    parser.add_argument("--resume", action="store_true", help="go on after a kill: read back finished orders, resume an unfinished one")
     parser.add_argument("--jobs", type=int, default=1, help="orders run at once, one process each")
     parser.add_argument("overrides", nargs="*", help="key=value overrides of every order's stages config")
     args = parser.parse_args(argv)
     if args.jobs < 1:
         parser.error(f"--jobs must be at least 1, got {args.jobs}")
-    summary = run(args.size, args.out, args.base, args.overrides, jobs=args.jobs)
+    summary = run(args.size, args.out, args.base, args.overrides, resume=args.resume, jobs=args.jobs)
     print(markdown(summary))
-    print(f"total {sum(r['seconds'] for r in summary['orders'].values()):.1f} s; {args.out}/summary.json")
+    print(f"total {sum(r['seconds'] for r in summary['orders'].values()):.1f} s; {args.out}/summary.json, {args.out}/report.html")
     return 0
 
 

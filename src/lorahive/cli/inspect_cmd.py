@@ -2,6 +2,11 @@
 
 With the mechanisms' events in the ledger, also: the last tick's health metrics and their
 statuses, the migrations per channel, and the latest screening counts per level.
+
+A stages run (docs/stages.md) shows where it stands (steps done, its last checkpoint), each
+stage's objective, data, levels, scope, ‖ΔW‖ against its budget, and once it is measured the
+behaviour, the per-stage Shapley values and drop-one KL on every data set, and the overlaps
+of the stages' ΔW.
 """
 
 from __future__ import annotations
@@ -17,6 +22,8 @@ from rich.markup import escape
 from rich.table import Table
 from safetensors import safe_open
 
+from lorahive.config import ConfigError, is_stages_tree, parse_stages_config, read_tree
+from lorahive.observe import report_stages as rs
 from lorahive.observe.health_bands import BANDS, status
 from lorahive.observe.ledger import Ledger
 from lorahive.observe.report_mechanisms import (
@@ -103,8 +110,73 @@ def print_mechanisms(events: Sequence[Mapping[str, Any]], out: Console) -> None:
         out.print(escape(line))
 
 
+def _cell(v: Any) -> str:
+    if v is None:
+        return "–"
+    return f"{v:.4g}" if isinstance(v, float) else escape(str(v))
+
+
+def _rich_table(title: str, head: Sequence[str], rows: Sequence[Sequence[Any]]) -> Table:
+    table = Table(*head, title=title)
+    for r in rows:
+        table.add_row(*(_cell(v) for v in r))
+    return table
+
+
+def _scope(stage: Mapping[str, Any]) -> str:
+    scope = stage.get("scope") or {}
+    blocks = scope.get("blocks")
+    where = "all blocks" if blocks is None else f"blocks {', '.join(str(b) for b in blocks)}"
+    return f"{', '.join(scope.get('targets') or [])} in {where}"
+
+
+def inspect_stages(out: Path, tree: dict[str, Any], console: Console) -> None:
+    """Where a stages run stands, its stages and budgets, and (once measured) its behaviour, attribution and overlaps."""
+    try:
+        cfg = parse_stages_config(tree)
+    except ConfigError as e:
+        console.print(f"[red]error:[/red] {escape(f'{out}/config.yaml: {e}')}")
+        raise typer.Exit(2) from None
+    try:
+        metrics = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        metrics = None
+    try:
+        state = json.loads((locate(out) / "state.json").read_text(encoding="utf-8"))
+        at = f"last checkpoint after step {state['tick']} of {cfg.total_steps()}"
+    except (CheckpointError, OSError, json.JSONDecodeError, KeyError):
+        at = "no checkpoint yet"
+    if metrics is None or not rs.is_stages_metrics(metrics):
+        console.print(f"[bold]{escape(str(out))}[/bold]: stages {' → '.join(cfg.stage_names())}, nothing measured yet ({at})")
+        return
+    console.print(f"[bold]{escape(str(out))}[/bold]: {escape(rs.progress_line(metrics))}; {at}")
+    rows = rs.summary_rows(metrics)
+    scopes = [_scope(st.model_dump()) for st in cfg.stages]
+    console.print(_rich_table("stages", [*rs.SUMMARY_HEAD, "scope"], [[*r, scopes[i]] for i, r in enumerate(rows)]))
+    if metrics.get("data"):
+        console.print(_rich_table("behaviour on held-out pairs (every stage off → on)", rs.BEHAVIOUR_HEAD, rs.behaviour_rows(metrics)))
+        console.print(_rich_table("per-stage attribution (exact Shapley values, nats)", rs.ATTRIBUTION_HEAD, rs.attribution_rows(metrics)))
+        if metrics.get("overlap"):
+            console.print(_rich_table("overlap of the stages' ΔW (principal angles)", rs.OVERLAP_HEAD, rs.overlap_rows(metrics)))
+    if (out / "ledger.sqlite").is_file():
+        with Ledger(out / "ledger.sqlite") as ledger:
+            counts = {r["kind"]: r["n"] for r in ledger.query("SELECT kind, COUNT(*) AS n FROM events GROUP BY kind")}
+        console.print(f"ledger: {counts.get('stage_step', 0)} stage steps, {counts.get('resume', 0)} resumes, {'measured' if counts.get('stages_measured') else 'not measured'}")
+
+
+def _config_tree(out: Path) -> dict[str, Any] | None:
+    try:
+        return read_tree(out / "config.yaml")
+    except ConfigError:
+        return None
+
+
 def inspect(out: Annotated[Path, typer.Argument(help="run directory")]) -> None:
-    """Show a run's levels, agents, reputations and last tick."""
+    """Show a run's levels, agents, reputations and last tick (a stages run: its stages, budgets and attribution)."""
+    tree = _config_tree(out)
+    if tree is not None and is_stages_tree(tree):
+        inspect_stages(out, tree, console)
+        return
     try:
         ckpt = locate(out)
     except CheckpointError as e:

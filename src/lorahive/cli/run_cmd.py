@@ -31,6 +31,7 @@ from lorahive.observe.ledger import LedgerError
 from lorahive.observe.report import write_report
 from lorahive.runtime import distributed
 from lorahive.runtime import run as runs
+from lorahive.runtime.rundir import is_stages_run
 from lorahive.runtime.swarm import TickContext
 from lorahive.store.checkpoint import CheckpointError
 from lorahive.store.lock import RunLockedError
@@ -142,22 +143,46 @@ def _stages_summary(out: Path, result: dict[str, Any], seconds: float) -> None:
     for name, d in result["data"].items():
         phi = ", ".join(f"{k} {v:+.2f}" for k, v in d["shapley_logp"].items())
         console.print(f"  {name}: margin {d['before']['margin']:+.2f} → {d['after']['margin']:+.2f}; Shapley on log p(chosen): {phi}")
-    console.print(f"results: {out}/metrics.json, ledger: {out}/ledger.sqlite, weights: {out}/stages.safetensors")
+    report = write_report(out)
+    console.print(f"results: {out}/metrics.json, ledger: {out}/ledger.sqlite, weights: {out}/stages.safetensors, checkpoint: {out}/checkpoint/, report: {report}")
+
+
+#: A stages run's expected failures (a bad value found once the model and data are loaded is a ConfigError).
+STAGES_ERRORS: tuple[type[Exception], ...] = (*RUN_ERRORS, ValueError)
+
+
+@contextmanager
+def _stage_progress(cfg: StagesConfig) -> Iterator[Callable[[str, int, int], None]]:
+    """A progress bar over all stages' optimizer steps, fed by the runner's (stage tag, step done, steps)."""
+    tags = cfg.stage_names()
+    with _progress("stage steps") as update:
+
+        def step(tag: str, k: int, n: int) -> None:
+            update(cfg.first_step(tags.index(tag)) + k, cfg.total_steps(), None)
+
+        yield step
 
 
 def _start_stages(cfg: StagesConfig, out: Path, force: bool) -> None:
     from lorahive.runtime import stages
 
     t = time.time()
-    with _reported(out, (runs.RunDirError, ConfigError, RunLockedError, LedgerError, ValueError)), _progress("stage steps") as update:
-        done = {"n": 0}
-        total = sum(st.steps for st in cfg.stages)
-
-        def step(tag: str, k: int, n: int) -> None:
-            done["n"] += 1
-            update(done["n"], total, None)
-
+    with _reported(out, STAGES_ERRORS), _stage_progress(cfg) as step:
         result = stages.start(cfg, out, force=force, progress=step)
+    _stages_summary(out, result, time.time() - t)
+
+
+def _resume_stages(out: Path, ticks: int | None, nproc: int) -> None:
+    from lorahive.config import load_stages_config
+    from lorahive.runtime import stages
+
+    if ticks is not None or nproc > 1:
+        fail(f"{out} is a stages run: it resumes to the end of its configured stages in one process; drop --ticks and --nproc")
+    t = time.time()
+    with _reported(out, STAGES_ERRORS):
+        cfg = load_stages_config(str(out / "config.yaml"))
+        with _stage_progress(cfg) as step:
+            result = stages.resume(out, progress=step)
     _stages_summary(out, result, time.time() - t)
 
 
@@ -213,7 +238,10 @@ def resume(
     ticks: Annotated[int | None, typer.Option("--ticks", min=1, help="run up to this many ticks in total")] = None,
     nproc: Annotated[int, typer.Option("--nproc", min=1, help="continue on this many local ranks (torchrun; any number: docs/scaling.md)")] = 1,
 ) -> None:
-    """Continue a run from its last good checkpoint."""
+    """Continue a run (a swarm or a stages run) from its last good checkpoint."""
+    if is_stages_run(out):
+        _resume_stages(out, ticks, nproc)
+        return
     if nproc > 1 and not distributed.launched():
         _torchrun(nproc, ["resume", str(out), *([f"--ticks={ticks}"] if ticks is not None else [])])
     if distributed.launched():

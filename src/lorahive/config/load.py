@@ -6,6 +6,7 @@ bad field's dotted name.
 
 from __future__ import annotations
 
+import copy
 import re
 from pathlib import Path
 from typing import Any
@@ -49,21 +50,34 @@ def _yaml_problem(e: BaseException) -> str:
     return " ".join(str(e).split())[:300]
 
 
+def _index(items: list[Any], key: str, dotted: str, where: str) -> int:
+    """``key`` as an index into the list ``items`` (the section ``where``), or a ConfigError naming the override."""
+    if not key.isdigit() or int(key) >= len(items):
+        raise ConfigError(f"override {dotted!r}: {where} is a list of {len(items)} items; {key!r} is not one of its indices 0–{len(items) - 1}")
+    return int(key)
+
+
 def _set(tree: dict[str, Any], dotted: str, value: Any) -> None:
-    """Put ``value`` at ``a.b.c`` in ``tree``, creating the sections on the way."""
+    """Put ``value`` at ``a.b.c`` in ``tree``, creating the sections on the way; a number indexes a list (``stages.1.steps``)."""
     keys = dotted.split(".")
-    node = tree
-    for k in keys[:-1]:
-        child = node.setdefault(k, {})
-        if not isinstance(child, dict):
+    node: Any = tree
+    for depth, k in enumerate(keys[:-1]):
+        where = ".".join(keys[:depth]) or "the config"
+        if isinstance(node, list):
+            node = node[_index(node, k, dotted, where)]
+        else:
+            node = node.setdefault(k, {})
+        if not isinstance(node, dict | list):
             raise ConfigError(f"override {dotted!r}: {k!r} is not a section")
-        node = child
-    node[keys[-1]] = value
+    if isinstance(node, list):
+        node[_index(node, keys[-1], dotted, ".".join(keys[:-1]))] = value
+    else:
+        node[keys[-1]] = value
 
 
 def apply_overrides(data: dict[str, Any] | None, overrides: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
-    """A copy of the config tree ``data`` with ``key.sub=value`` overrides applied (values are YAML)."""
-    tree = dict(data or {})
+    """A copy of the config tree ``data`` with ``key.sub=value`` overrides applied (values are YAML); ``data`` is left as it was."""
+    tree = copy.deepcopy(dict(data or {}))
     for item in overrides:
         key, sep, raw = item.partition("=")
         if not sep or not key:

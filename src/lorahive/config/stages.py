@@ -42,26 +42,35 @@ class PairsSpec(BaseModel):
 
     ``cl``: a CL-benchmark task type (the shipped demo slice when ``root`` is null); chosen is
     the correct label, rejected a wrong label drawn with the run's seed. ``knowledge``: a
-    CounterFact file; chosen is ``target_new``, rejected the old ``ground_truth``; held-out
+    knowledge-edit file of ``../shared/data/knowledge/`` — CounterFact (chosen ``target_new``
+    over the old ``ground_truth``) or zsRE (chosen ``alt`` over the old answer); held-out
     pairs ask the paraphrased prompts of the same edits.
     """
 
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    source: Literal["cl", "knowledge"] = Field(description="cl (label tasks) | knowledge (CounterFact edits)")
+    source: Literal["cl", "knowledge"] = Field(description="cl (label tasks) | knowledge (CounterFact or zsRE edits)")
     task_type: str | None = Field(default=None, description="cl: the task type, e.g. agnews")
     root: str | None = Field(default=None, description="cl: folder holding one sub-folder per task type; null = the shipped demo slice")
-    path: str | None = Field(default=None, description="knowledge: the CounterFact JSON file")
+    path: str | None = Field(default=None, description="knowledge: a CounterFact or zsRE JSON file (the format is read from its records)")
     train: int = Field(default=16, ge=1, description="pairs stages learn from")
     eval: int = Field(default=8, ge=1, description="held-out pairs behaviour and attribution are measured on")
     max_prompt_tokens: int = Field(default=96, ge=8, description="cl: prompts are cut to this many tokens")
 
     @model_validator(mode="after")
     def _source_fields(self) -> PairsSpec:
-        if self.source == "cl" and not self.task_type:
-            raise ValueError("task_type is required when source is 'cl'")
-        if self.source == "knowledge" and not self.path:
-            raise ValueError("path is required when source is 'knowledge'")
+        if self.source == "cl":
+            if not self.task_type:
+                raise ValueError("task_type is required when source is 'cl'")
+            if self.path is not None:
+                raise ValueError("path is for source 'knowledge'; a 'cl' data set names task_type (and root)")
+        if self.source == "knowledge":
+            if not self.path:
+                raise ValueError("path is required when source is 'knowledge'")
+            if self.task_type is not None or self.root is not None:
+                raise ValueError("task_type and root are for source 'cl'; a 'knowledge' data set names path")
+            if self.eval > self.train:
+                raise ValueError(f"eval: {self.eval} > train {self.train}; knowledge held-out pairs are the paraphrases of trained edits, so eval ≤ train")
         return self
 
 
@@ -70,8 +79,22 @@ class ScopeSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    targets: list[str] = Field(default=list(DEFAULT_TARGETS), min_length=1, description="projection names, e.g. [q_proj, v_proj]")
-    blocks: list[int] | None = Field(default=None, description="decoder block indices; null = every block")
+    targets: list[str] = Field(default=list(DEFAULT_TARGETS), min_length=1, description="projection names, e.g. [q_proj, v_proj]; each must name Linear modules of the model")
+    blocks: list[int] | None = Field(default=None, description="decoder block indices (distinct, ≥ 0, within the model); null = every block")
+
+    @field_validator("targets")
+    @classmethod
+    def _distinct_targets(cls, targets: list[str]) -> list[str]:
+        if any(not t for t in targets) or len(set(targets)) != len(targets):
+            raise ValueError(f"targets must be distinct, non-empty projection names, got {targets}")
+        return targets
+
+    @field_validator("blocks")
+    @classmethod
+    def _distinct_blocks(cls, blocks: list[int] | None) -> list[int] | None:
+        if blocks is not None and (not blocks or any(b < 0 for b in blocks) or len(set(blocks)) != len(blocks)):
+            raise ValueError(f"blocks must be distinct block indices ≥ 0 (or null for every block), got {blocks}")
+        return blocks
 
 
 class BudgetSpec(BaseModel):
@@ -110,6 +133,13 @@ class StageSpec(BaseModel):
     beta: float = Field(default=0.1, gt=0, description="dpo: the inverse temperature β of the implicit reward")
     lr: float | None = Field(default=None, gt=0, description="learning rate of the stage's levels; null = each level's own")
 
+    @model_validator(mode="after")
+    def _dpo_only(self) -> StageSpec:
+        default = type(self).model_fields["beta"].default
+        if self.objective == "sft" and self.beta != default:  # the default is written back by dump_config; any other value is a mistake
+            raise ValueError(f"beta: {self.beta:g} is the DPO inverse temperature; an sft stage takes none (drop beta or use objective: dpo)")
+        return self
+
 
 def default_stage_levels() -> list[LevelSpec]:
     """The levels a stages run offers when none are given: a slow shared level and a fast one."""
@@ -133,6 +163,7 @@ class StagesConfig(BaseModel):
     total_norm: float | None = Field(default=None, gt=0, description="the norm budget that stage budgets' shares divide")
     max_rows: int = Field(default=64, ge=1, description="rows per forward when measuring Shapley values")
     eval_batch: int = Field(default=32, ge=1, description="rows per forward when measuring behaviour")
+    checkpoint_every: int = Field(default=25, ge=1, description="write a checkpoint every N optimizer steps (and at every stage's end), so `lorahive resume` continues a killed run exactly")
 
     @field_validator("stages", mode="before")
     @classmethod
@@ -206,6 +237,13 @@ class StagesConfig(BaseModel):
             assert self.total_norm is not None
             return b.share * self.total_norm
         return b.max_norm
+
+    def first_step(self, index: int) -> int:
+        """How many optimizer steps the stages before stage ``index`` take (its steps' ledger ticks start there)."""
+        return sum(st.steps for st in self.stages[:index])
+
+    def total_steps(self) -> int:
+        return self.first_step(len(self.stages))
 
 
 def is_stages_tree(tree: dict[str, Any]) -> bool:

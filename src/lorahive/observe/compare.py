@@ -1,5 +1,8 @@
 """Side-by-side summaries of run directories: method, ACC/BWT/FWT, retention, influence.
 
+A stages run (docs/stages.md) shows as method ``stages``, its optimizer steps as ticks and
+its most influential stage as the top level.
+
 What ``lorahive compare DIR ...`` prints and what the report's summary table holds, read
 from each run's ``metrics.json`` (and ``config.yaml`` for the task size).
 """
@@ -35,8 +38,10 @@ class Summary:
     metrics: dict[str, Any] = field(default_factory=dict)
 
     def top_levels(self) -> str:
-        """The level with the largest mean |Shapley share| over task types, with that share."""
+        """The level (of a stages run: the stage) with the largest mean |Shapley share| over task types (data sets), with that share."""
         levels = (self.metrics.get("influence") or {}).get("levels") or {}
+        if self.method == "stages":
+            levels = {name: d["shares_logp"] for name, d in (self.metrics.get("data") or {}).items()}
         if not levels:
             return ""
         names = list(next(iter(levels.values())))
@@ -58,6 +63,9 @@ def load_summary(run_dir: str | Path) -> Summary:
     if cfg_path.is_file():
         cfg = yaml.safe_load(cfg_path.read_text(encoding="utf-8")) or {}
         query = (cfg.get("suite") or {}).get("query")
+    if isinstance(m.get("order"), list) and isinstance(m.get("stages"), list):  # a stages run (runtime/stages.py): steps for ticks
+        steps = m.get("steps_done", sum(len(st.get("steps", [])) for st in m["stages"]))
+        return Summary(label=run_dir.name, method="stages", ticks=int(steps), finished=bool(m.get("finished", "data" in m)), wall_time_s=m.get("seconds"), metrics=m)
     ret = m.get("retention") or {}
     cl = {k: v for k, v in (m.get("cl") or {}).items() if k in ("ACC", "BWT", "FWT", "R", "tasks")}
     return Summary(

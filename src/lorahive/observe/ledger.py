@@ -17,7 +17,9 @@ Schema (version :data:`SCHEMA_VERSION`; ``docs/ledger.md`` has example queries):
     checkpoints(id, tick, path, sha256, created_at)          one row per checkpoint written
     events(id, tick, kind, detail)                           anything else (resume, stage, final_eval,
                                                               and 'mechanism:<name>' for each action
-                                                              a mechanism returned); detail is JSON
+                                                              a mechanism returned; a stages run's
+                                                              stage_start, stage_step, stages_measured,
+                                                              with tick = optimizer steps before it); detail is JSON
 
 Norms are global L2 norms; ``cosine`` is to the level's running swarm direction (NULL
 before it has one); ``weight`` is the factor by which the proposal entered the update.
@@ -262,6 +264,16 @@ class Ledger:
             deleted = sum(self._db.execute(f"DELETE FROM {t} WHERE tick > ?", (tick,)).rowcount for t in _TICK_TABLES)
             self.record_event(tick, "resume", {"rows_deleted": deleted})
         return deleted
+
+    def rollback_to_mark(self, mark: Mapping[str, Any]) -> int:
+        """Delete every row written after a checkpoint's :meth:`mark` (by row id); returns rows deleted.
+
+        For a run whose rows do not follow one tick counter (a stages run writes a stage's
+        start and its first step at one tick), so that :meth:`rollback_to` cannot tell them apart.
+        """
+        max_ids = mark["max_ids"]
+        with self.transaction():
+            return sum(self._db.execute(f"DELETE FROM {t} WHERE id > ?", (int(max_ids.get(t, 0)),)).rowcount for t in _TICK_TABLES)
 
     # --- the checkpoint's mark ------------------------------------------------------------
 

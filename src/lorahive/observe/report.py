@@ -21,7 +21,9 @@ and writes ``run_dir/report.html`` with one section each:
 
 A section whose data the run does not have (R without a stream, say, or no health events)
 says so instead of showing a plot. The last four are drawn by ``report_mechanisms.py``.
-Plots use matplotlib's Agg backend: no display is needed.
+A stages run (docs/stages.md) gets its own sections instead (:data:`STAGES_SECTIONS`:
+per-stage budgets, behaviour, attribution, overlaps, and other stages runs compared), from
+``report_stages.py``. Plots use matplotlib's Agg backend: no display is needed.
 """
 
 from __future__ import annotations
@@ -41,10 +43,11 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
 from lorahive.observe import report_mechanisms as rm  # noqa: E402
+from lorahive.observe import report_stages as rs  # noqa: E402
 from lorahive.observe.compare import Summary, load_summary  # noqa: E402
 from lorahive.observe.ledger import Ledger  # noqa: E402
 
-__all__ = ["SECTIONS", "render_report", "write_report"]
+__all__ = ["SECTIONS", "STAGES_SECTIONS", "render_report", "write_report"]
 
 SECTIONS = (
     "summary",
@@ -56,6 +59,7 @@ SECTIONS = (
     "acceptance",
     *rm.MECHANISM_SECTIONS,
 )
+STAGES_SECTIONS = rs.STAGE_SECTIONS
 
 
 def _png(fig: Figure) -> str:
@@ -268,11 +272,56 @@ def _ledger_rows(run_dir: Path, query: int | None) -> tuple[Rows, Rows, Rows]:
     return quality, acceptance, events
 
 
+def _stages_parts(main: Summary, others: Sequence[Summary]) -> list[str]:
+    """The sections of a stages run's report; ``others`` (stages runs too) are compared with it."""
+    m = main.metrics
+    stopped = f"not measured yet: {rs.progress_line(m)}"
+    measured = bool(m.get("finished") and m.get("data"))
+    stages = m["stages"]
+    budgets = _img(_png(rs.budget_figure(stages)), "budgets") if any(st["steps"] for st in stages) else _none("no step taken yet")
+    attribution = _table(rs.ATTRIBUTION_HEAD, rs.attribution_rows(m)) + "\n" + _img(_png(rs.shapley_figure({main.label: m})), "attribution")
+    runs = {main.label: m, **{o.label: o.metrics for o in others}}
+    measured_runs = {k: v for k, v in runs.items() if v.get("data")}
+    compare = (
+        _table(rs.COMPARE_HEAD, rs.compare_rows(measured_runs)) + "\n" + _img(_png(rs.shapley_figure(measured_runs)), "compare")
+        if others and measured_runs
+        else _none("no other stages run given (`lorahive report RUN OTHER ...` compares, e.g., the orders of recipes/stages)")
+    )
+    return [
+        _section("summary", "stages: order, steps, budgets", f"<p>{html.escape(rs.progress_line(m))}</p>\n" + _table(rs.SUMMARY_HEAD, rs.summary_rows(m))),
+        _section("budgets", "‖ΔW‖ of each stage after every step", budgets),
+        _section("behaviour", "behaviour on held-out pairs (every stage off → on)", _table(rs.BEHAVIOUR_HEAD, rs.behaviour_rows(m)) if measured else _none(stopped)),
+        _section("attribution", "per-stage attribution (exact Shapley values, nats; drop-one KL)", attribution if measured else _none(stopped)),
+        _section("overlap", "overlap of the stages' ΔW (principal angles)", _table(rs.OVERLAP_HEAD, rs.overlap_rows(m)) if measured and m.get("overlap") else _none(stopped if not measured else "fewer than two stages: no pair to compare")),
+        _section("compare", "other stages runs", compare),
+    ]
+
+
+def _page(run_dir: Path, parts: list[str]) -> str:
+    style = "body{font-family:sans-serif;max-width:60em;margin:auto}table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:2px 6px;text-align:right}.empty{color:#777}.healthy{color:#2a2}.warning{color:#c70}.critical{color:#c00}"
+    title = f"lorahive report: {html.escape(str(run_dir))}"
+    return (
+        f'<!DOCTYPE html>\n<html><head><meta charset="utf-8"><title>{title}</title><style>{style}</style></head>\n<body>\n<h1>{title}</h1>\n'
+        + "\n".join(parts)
+        + "\n</body></html>\n"
+    )
+
+
 def render_report(run_dir: str | Path, others: Sequence[str | Path] = ()) -> str:
-    """The report of ``run_dir`` (compared with ``others``) as one HTML string."""
+    """The report of ``run_dir`` (compared with ``others``) as one HTML string.
+
+    A stages run is compared with stages runs only; another kind among ``others`` is refused.
+    """
     run_dir = Path(run_dir)
     main = load_summary(run_dir)
     runs = [main, *(load_summary(o) for o in others)]
+    stages = [rs.is_stages_metrics(s.metrics) for s in runs]
+    if any(stages) and not all(stages):
+        odd = [str(p) for p, st in zip([run_dir, *others], stages, strict=True) if st != stages[0]]
+        kind = "a stages run" if stages[0] else "a swarm run"
+        raise ValueError(f"{run_dir} is {kind}; {', '.join(odd)} is not: a report compares runs of one kind")
+    if stages[0]:
+        return _page(run_dir, _stages_parts(main, runs[1:]))
     m = main.metrics
     quality, acceptance, events = _ledger_rows(run_dir, main.query_size)
     cl = m.get("cl") or {}
@@ -325,13 +374,7 @@ def render_report(run_dir: str | Path, others: Sequence[str | Path] = ()) -> str
         ),
         *_mechanism_parts(events),
     ]
-    style = "body{font-family:sans-serif;max-width:60em;margin:auto}table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:2px 6px;text-align:right}.empty{color:#777}.healthy{color:#2a2}.warning{color:#c70}.critical{color:#c00}"
-    title = f"lorahive report: {html.escape(str(run_dir))}"
-    return (
-        f'<!DOCTYPE html>\n<html><head><meta charset="utf-8"><title>{title}</title><style>{style}</style></head>\n<body>\n<h1>{title}</h1>\n'
-        + "\n".join(parts)
-        + "\n</body></html>\n"
-    )
+    return _page(run_dir, parts)
 
 
 def write_report(run_dir: str | Path, others: Sequence[str | Path] = ()) -> Path:

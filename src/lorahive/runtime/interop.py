@@ -18,6 +18,7 @@ from lorahive.config import load_config
 from lorahive.core import persistent_levels
 from lorahive.observe.ledger import Ledger, sha256_of
 from lorahive.runtime.hive import Hive
+from lorahive.runtime.rundir import is_stages_run
 from lorahive.store import checkpoint
 from lorahive.store.lock import run_lock
 from lorahive.store.peft import (
@@ -44,6 +45,8 @@ def restore_hive(run_dir: str | Path) -> Restored:
     run = Path(run_dir)
     if not (run / "config.yaml").is_file():
         raise ValueError(f"{run} holds no run (no config.yaml)")
+    if is_stages_run(run):
+        raise ValueError(f"{run} is a stages run: it has no agents to export or import into; its weights are {run / 'stages.safetensors'} (docs/stages.md)")
     cfg = load_config(run / "config.yaml")
     checkpoint.locate(run)  # fail before loading the model when there is no checkpoint
     hive = Hive.load(cfg.base, cfg.stack(), device="cpu", seed=cfg.seed)

@@ -40,6 +40,7 @@ from lorahive.runtime.precheck import check_data, check_memory, precheck
 from lorahive.runtime.rundir import (
     RunDirError,
     check_dir,
+    is_stages_run,
     make_dirs,
     prepare_dir,
     remove_owned,
@@ -202,6 +203,8 @@ def resume(out: str | Path, progress: Progress | None = None, ticks: int | None 
     out = Path(out)
     if not (out / "config.yaml").is_file():
         raise RunDirError(f"{out} holds no run (no config.yaml)")
+    if is_stages_run(out):
+        raise RunDirError(f"{out} is a stages run; it resumes with lorahive.runtime.stages.resume (what `lorahive resume` calls for it)")
     with run_lock(out):
         return _resume_locked(out, progress, ticks)
 
@@ -250,6 +253,8 @@ def open_run(out: str | Path) -> Run:
     out = Path(out)
     if not (out / "config.yaml").is_file():
         raise RunDirError(f"{out} holds no run (no config.yaml)")
+    if is_stages_run(out):
+        raise RunDirError(f"{out} is a stages run: it has no agents to serve or export; its weights are {out / 'stages.safetensors'} (docs/stages.md)")
     cfg = load_config(out / "config.yaml", [])
     checkpoint.locate(out)
     if not (out / "ledger.sqlite").is_file():

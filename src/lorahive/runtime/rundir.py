@@ -19,10 +19,10 @@ from lorahive.config import (
 )
 from lorahive.store.lock import LOCK_NAME
 
-__all__ = ["OWNED", "RUN_FILES", "RunDirError", "check_dir", "make_dirs", "prepare_dir", "remove_owned", "undo_start"]
+__all__ = ["OWNED", "RUN_FILES", "RunDirError", "check_dir", "is_stages_run", "make_dirs", "prepare_dir", "remove_owned", "undo_start"]
 
 RUN_FILES = ("config.yaml", "checkpoint", "ledger.sqlite", "metrics.json", "stages.safetensors")
-OWNED = (*RUN_FILES, "checkpoint.prev", ".checkpoint.tmp", "ledger.sqlite-wal", "ledger.sqlite-shm", "ledger.sqlite-journal", "report.html", ".config.yaml.tmp", ".metrics.json.tmp", "keys.json", ".keys.json.tmp")
+OWNED = (*RUN_FILES, "checkpoint.prev", ".checkpoint.tmp", "ledger.sqlite-wal", "ledger.sqlite-shm", "ledger.sqlite-journal", "report.html", ".config.yaml.tmp", ".metrics.json.tmp", "keys.json", ".keys.json.tmp", ".stages.safetensors.tmp")
 
 
 class RunDirError(ValueError):
@@ -40,6 +40,14 @@ def _holds_run(out: Path) -> bool:
     except ConfigError:
         return False
     return True
+
+
+def is_stages_run(out: Path) -> bool:
+    """Whether ``out/config.yaml`` is a stages run's config (docs/stages.md); False when it is missing or unreadable."""
+    try:
+        return is_stages_tree(read_tree(out / "config.yaml"))
+    except ConfigError:
+        return False
 
 
 def check_dir(out: Path, force: bool) -> None:

@@ -5,13 +5,15 @@ state.json (hashes recomputed) can hold anything. :func:`validate_run_state` che
 field's type and range, and that the agents, task types and ticks agree with the run's
 config, and raises :class:`~lorahive.store.checkpoint.CheckpointError` naming the field.
 Level states are checked separately by :meth:`lorahive.core.LevelState.from_dict`.
+:func:`validate_stages_state` does the same for a stages run's checkpoint (runtime/stages.py):
+where the run stands (stage, step), every step's record so far, and the config it started with.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -25,7 +27,7 @@ from pydantic import (
 
 from lorahive.store.checkpoint import CheckpointError
 
-__all__ = ["RunState", "validate_run_state"]
+__all__ = ["RunState", "StageStep", "StagesState", "validate_run_state", "validate_stages_state"]
 
 _STRICT = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 Unit = Field(ge=0.0, le=1.0)
@@ -119,3 +121,70 @@ def validate_run_state(state: dict[str, Any], file: Path, agents: list[str], tas
     elif st.cl_R is not None:
         raise bad("cl_R", "present, but the run has no stream")
     return st
+
+
+class StageStep(BaseModel):
+    """One optimizer step of a stage as the ledger and metrics.json hold it (a skipped step's loss is NaN)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    loss: float
+    margin: float | None = None
+    norm_before: float = Field(ge=0.0, allow_inf_nan=False)
+    norm: float = Field(ge=0.0, allow_inf_nan=False)
+    clipped: bool
+
+
+class StagesState(BaseModel):
+    """state.json of a stages run: ``step`` steps of stage ``stage`` done (``stage`` = the number of stages: all done)."""
+
+    model_config = _STRICT
+
+    kind: Literal["stages"]
+    tick: StrictInt = Field(ge=0)
+    stage: StrictInt = Field(ge=0)
+    step: StrictInt = Field(ge=0)
+    steps: list[list[StageStep]]
+    agents: list[StrictStr]
+    level_states: dict[str, Any]
+    stack: dict[str, Any] | None = None
+    elapsed: float = Field(default=0.0, ge=0.0)
+    ledger: LedgerMark | None = None
+    config: dict[str, Any]
+
+
+def validate_stages_state(state: dict[str, Any], file: Path, stage_steps: Sequence[int], config: dict[str, Any]) -> StagesState:
+    """Check a stages run's ``state`` against the schema and its config (``stage_steps``: each stage's steps)."""
+    try:
+        st = StagesState.model_validate(state)
+    except ValidationError as e:
+        err = e.errors()[0]
+        got = err.get("input")
+        shown = "" if isinstance(got, dict | list) else f" (got {str(got)[:60]!r})"
+        raise CheckpointError(f"{file}: {_field(err['loc'])}: {err['msg']}{shown}") from None
+    was, now = _flat(st.config), _flat(config)
+    changed = sorted(k for k in was.keys() | now.keys() if was.get(k) != now.get(k))
+    if changed:
+        k = changed[0]
+        raise CheckpointError(
+            f"{file}: config.yaml: {', '.join(changed[:5])} changed since the checkpoint ({k}: {str(was.get(k))[:60]} → {str(now.get(k))[:60]});"
+            " a stages run resumes with the config it started with"
+        )
+    n = len(stage_steps)
+    if st.stage > n or (st.stage == n and st.step != 0) or (st.stage < n and st.step >= stage_steps[st.stage]):
+        raise CheckpointError(f"{file}: stage {st.stage}, step {st.step} is not a place in this run's {n} stages of {list(stage_steps)} steps")
+    begun = st.stage + (1 if st.step else 0)
+    want = [*stage_steps[: st.stage], *([st.step] if st.step else [])]
+    if [len(s) for s in st.steps] != want:
+        raise CheckpointError(f"{file}: steps: {[len(s) for s in st.steps]} step records per stage; {begun} stages begun should hold {want}")
+    if st.tick != sum(want):
+        raise CheckpointError(f"{file}: tick: {st.tick} is not the {sum(want)} steps done")
+    return st
+
+
+def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
+    """``{"a.0.b": v}`` for every leaf of nested mappings and lists (an empty one is a leaf)."""
+    if isinstance(tree, dict | list) and tree:
+        items = tree.items() if isinstance(tree, dict) else enumerate(tree)
+        return {k: v for key, sub in items for k, v in _flat(sub, f"{prefix}{key}.").items()}
+    return {prefix.rstrip("."): tree}
