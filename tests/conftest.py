@@ -28,7 +28,7 @@ def make_tokenizer() -> PreTrainedTokenizerFast:
     return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="<eos>")
 
 
-def make_model(vocab: int, seed: int = 0) -> LlamaForCausalLM:
+def make_model(vocab: int, seed: int = 0, init: float = 0.3, positions: int = 128) -> LlamaForCausalLM:
     torch.manual_seed(seed)
     cfg = LlamaConfig(
         vocab_size=vocab,
@@ -37,8 +37,8 @@ def make_model(vocab: int, seed: int = 0) -> LlamaForCausalLM:
         num_hidden_layers=2,
         num_attention_heads=4,
         num_key_value_heads=2,
-        max_position_embeddings=128,
-        initializer_range=0.3,
+        max_position_embeddings=positions,
+        initializer_range=init,
         pad_token_id=0,
         eos_token_id=1,
         bos_token_id=1,

@@ -166,9 +166,10 @@ class VerticalResonanceConfig(_Section):
     Each level's update of a tick (what the fast steps and the swarm step wrote, migrations and
     decay excluded) is sketched in ΔW space — ``gⱼᵀ·ΔW·hⱼ`` for ``sketch`` fixed random vector
     pairs per module, the same for every level, so levels of any rank compare — and folded into
-    a running unit direction (EMA ``ema``). When the mean pairwise cosine of the levels'
+    a running direction (EMA ``ema`` of unit updates, started at the first; its length says how
+    steadily the level keeps one direction). When the mean pairwise dot product of the levels'
     directions is above ``threshold`` every compared level's learning rate is boosted (up to
-    ×``boost`` at cosine 1) and the tick's ready migrations bypass the queues; below
+    ×``boost`` at 1) and the tick's ready migrations bypass the queues; below
     ``−threshold`` the faster levels' learning rates are multiplied by ``damp``, the slowest is
     kept. Off by default: not yet measured at full size.
     """
@@ -176,8 +177,8 @@ class VerticalResonanceConfig(_Section):
     enabled: bool = Field(default=False, description="run this mechanism (off by default until the full-size ablation shows it helps)")
     levels: list[str] | None = Field(default=None, description="levels compared; null = every trainable level that is not task-scoped")
     sketch: int = Field(default=16, ge=1, le=1024, description="random vector pairs per module in the ΔW sketch")
-    ema: float = Field(default=0.8, ge=0.0, lt=1.0, description="running direction: d ← ema·d + (1−ema)·this tick's unit update")
-    threshold: float = Field(default=0.3, gt=0.0, lt=1.0, description="mean cosine above which levels resonate (and below whose negative they are at odds)")
+    ema: float = Field(default=0.8, ge=0.0, lt=1.0, description="running direction: d ← ema·d + (1−ema)·this tick's unit update (the first update starts it)")
+    threshold: float = Field(default=0.3, gt=0.0, lt=1.0, description="mean pairwise d_a·d_b above which levels resonate (and below whose negative they are at odds)")
     boost: float = Field(default=2.0, ge=1.0, le=2.0, description="learning-rate factor at cosine 1 (linear from 1 at the threshold; the seed caps it at ×2)")
     damp: float = Field(default=0.5, gt=0.0, le=1.0, description="learning-rate factor of the faster levels when they are at odds with the slower ones")
 
