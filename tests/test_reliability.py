@@ -22,7 +22,7 @@ import yaml
 from typer.testing import CliRunner
 
 from lorahive.cli.main import app
-from lorahive.runtime import precheck
+from lorahive.runtime import precheck, rundir
 from lorahive.runtime import run as runs
 from tiny_runs import config_tree, tiny_config
 
@@ -193,7 +193,7 @@ def test_full_disk_or_read_only_out_is_one_clean_error_and_leaves_nothing(base_d
     def full(path, text):
         raise OSError(code, os.strerror(code), str(path))
 
-    monkeypatch.setattr(runs, "atomic_write_text", full)
+    monkeypatch.setattr(rundir, "atomic_write_text", full)  # the first thing a run writes: its config
     cfg = _config_file(base_dir, tmp_path / "c.yaml")
     out = tmp_path / "run"
     _refused(runner.invoke(app, ["run", str(cfg), "--out", str(out)]), word)

@@ -10,6 +10,7 @@ import torch
 
 from lorahive.mechanisms.base import Action, Proposal, TickView
 from lorahive.runtime import run as runs
+from lorahive.runtime.rundir import prepare_dir
 from lorahive.store.checkpoint import CheckpointError
 from tiny_runs import checkpoint_tensors, tiny_config
 
@@ -90,7 +91,7 @@ class _NanProposal:
 
 def test_a_nan_proposal_is_rejected_and_logged_and_the_run_goes_on(base_dir, tmp_path):
     cfg = config(base_dir, ticks=1)
-    runs.prepare_dir(tmp_path / "run", force=False)
+    prepare_dir(tmp_path / "run", force=False)
     run = runs._build(tmp_path / "run", cfg)
     swarm = run.swarm
     swarm.mechanisms.append(_NanProposal())

@@ -13,6 +13,7 @@ from safetensors.torch import load_file
 from lorahive.config import ConfigError, parse_config
 from lorahive.observe.metrics import cl_metrics
 from lorahive.runtime import run as runs
+from lorahive.runtime.rundir import prepare_dir
 from lorahive.runtime.stream import method_stack
 from lorahive.suites.demo import load_demo
 from tiny_runs import checkpoint_tensors
@@ -136,7 +137,7 @@ def test_multitask_sees_every_task_type_in_every_stage(base_dir, tmp_path):
 
 def test_replay_mixes_past_examples_into_later_stages(base_dir, tmp_path):
     cfg = config(base_dir, "replay")
-    runs.prepare_dir(tmp_path, force=False)
+    prepare_dir(tmp_path, force=False)
     run = runs._build(tmp_path, cfg)
     seen: list[tuple[int, set[str]]] = []
     learn = run.hive.learn

@@ -41,16 +41,13 @@ from lorahive.runtime.rundir import (
     RunDirError,
     check_dir,
     is_stages_run,
-    make_dirs,
-    prepare_dir,
-    remove_owned,
-    undo_start,
+    starting,
 )
 from lorahive.runtime.stream import method_stack
 from lorahive.runtime.swarm import Swarm, TickContext
 from lorahive.store import checkpoint
 from lorahive.store.files import atomic_write_text
-from lorahive.store.lock import LOCK_NAME, run_lock
+from lorahive.store.lock import run_lock
 from lorahive.store.run_state import validate_run_state
 from lorahive.suites.cl import CLData, load_cl_suite, sample_task
 from lorahive.suites.demo import load_demo_suite
@@ -165,34 +162,22 @@ def start(cfg: RunConfig, out: str | Path, force: bool = False, progress: Progre
     out = Path(out)
     check_dir(out, force)
     prepared = _prepare(cfg)
-    created = make_dirs(out)
-    had_lock = (out / LOCK_NAME).exists()
-    locked = False
-    try:
-        with run_lock(out):
-            locked = True
-            run: Run | None = None
-            try:
-                prepare_dir(out, force)
-                atomic_write_text(out / "config.yaml", dump_config(cfg))
-                run = _build(out, cfg, prepared)
-                run.before = evaluate_run(run)
-                _record_eval(run, 0, "before", run.before)
-                if run.R is not None:
-                    _r_row(run, 0, run.before)
-                if cfg.observe.retention_tokens:
-                    run.ppl_before = retention_ppl(run.hive, list(run.swarm.agents), cfg.observe, retention_text(cfg.observe))
-                return _loop(run, progress)
-            except BaseException:
-                if not any((out / n / "manifest.json").is_file() for n in (checkpoint.NAME, checkpoint.PREV)):
-                    if run is not None:
-                        run.swarm.ledger.close()
-                    remove_owned(out)
-                raise
-    except BaseException:
-        if locked:
-            undo_start(out, had_lock, created)
-        raise
+    built: list[Run] = []
+
+    def close_ledger() -> None:
+        for r in built:
+            r.swarm.ledger.close()
+
+    with starting(out, force, dump_config(cfg), close_ledger):
+        run = _build(out, cfg, prepared)
+        built.append(run)
+        run.before = evaluate_run(run)
+        _record_eval(run, 0, "before", run.before)
+        if run.R is not None:
+            _r_row(run, 0, run.before)
+        if cfg.observe.retention_tokens:
+            run.ppl_before = retention_ppl(run.hive, list(run.swarm.agents), cfg.observe, retention_text(cfg.observe))
+        return _loop(run, progress)
 
 
 def resume(out: str | Path, progress: Progress | None = None, ticks: int | None = None) -> dict[str, Any]:

@@ -8,6 +8,8 @@ A folder is used for a new run only when it is new, holds none of the files a ru
 from __future__ import annotations
 
 import shutil
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from lorahive.config import (
@@ -17,9 +19,11 @@ from lorahive.config import (
     parse_stages_config,
     read_tree,
 )
-from lorahive.store.lock import LOCK_NAME
+from lorahive.store import checkpoint
+from lorahive.store.files import atomic_write_text
+from lorahive.store.lock import LOCK_NAME, run_lock
 
-__all__ = ["OWNED", "RUN_FILES", "RunDirError", "check_dir", "is_stages_run", "make_dirs", "prepare_dir", "remove_owned", "undo_start"]
+__all__ = ["OWNED", "RUN_FILES", "RunDirError", "check_dir", "is_stages_run", "make_dirs", "prepare_dir", "remove_owned", "starting", "undo_start"]
 
 RUN_FILES = ("config.yaml", "checkpoint", "ledger.sqlite", "metrics.json", "stages.safetensors")
 OWNED = (*RUN_FILES, "checkpoint.prev", ".checkpoint.tmp", "ledger.sqlite-wal", "ledger.sqlite-shm", "ledger.sqlite-journal", "report.html", ".config.yaml.tmp", ".metrics.json.tmp", "keys.json", ".keys.json.tmp", ".stages.safetensors.tmp")
@@ -102,3 +106,32 @@ def make_dirs(out: Path) -> list[Path]:
     missing = [p for p in (out, *out.parents) if not p.exists()]
     out.mkdir(parents=True, exist_ok=True)
     return missing
+
+
+@contextmanager
+def starting(out: Path, force: bool, config_text: str, on_failure: Callable[[], None] = lambda: None) -> Iterator[None]:
+    """A new run in ``out`` (checked with :func:`check_dir`): locked, cleared, its config written.
+
+    A failure inside before the first checkpoint calls ``on_failure`` (e.g. to close the
+    ledger) and removes what the run wrote; one before the config was written also drops the
+    lock file and the folders this created, so the folder is as it was.
+    """
+    created = make_dirs(out)
+    had_lock = (out / LOCK_NAME).exists()
+    locked = False
+    try:
+        with run_lock(out):
+            locked = True
+            try:
+                prepare_dir(out, force)
+                atomic_write_text(out / "config.yaml", config_text)
+                yield
+            except BaseException:
+                if not any((out / n / "manifest.json").is_file() for n in (checkpoint.NAME, checkpoint.PREV)):
+                    on_failure()
+                    remove_owned(out)
+                raise
+    except BaseException:
+        if locked:
+            undo_start(out, had_lock, created)
+        raise

@@ -50,14 +50,11 @@ from lorahive.runtime.precheck import THREADS_PER_CPU
 from lorahive.runtime.rundir import (
     RunDirError,
     check_dir,
-    make_dirs,
-    prepare_dir,
-    remove_owned,
-    undo_start,
+    starting,
 )
 from lorahive.store import checkpoint
 from lorahive.store.files import atomic_write_bytes, atomic_write_text
-from lorahive.store.lock import LOCK_NAME, run_lock
+from lorahive.store.lock import run_lock
 from lorahive.store.run_state import StagesState, validate_stages_state
 from lorahive.suites.pairs import Pair, PairsError, PairSet, load_pairs
 
@@ -402,24 +399,8 @@ def start(cfg: StagesConfig, out: str | Path, force: bool = False, progress: Pro
     out, cfg = Path(out), absolute_paths(cfg)
     check_dir(out, force)
     hive, data = prepare(cfg)
-    created = make_dirs(out)
-    had_lock = (out / LOCK_NAME).exists()
-    locked = False
-    try:
-        with run_lock(out):
-            locked = True
-            try:
-                prepare_dir(out, force)
-                atomic_write_text(out / "config.yaml", dump_config(cfg))
-                return run_stages(cfg, out, progress, hive, data)
-            except BaseException:
-                if not any((out / n / "manifest.json").is_file() for n in (checkpoint.NAME, checkpoint.PREV)):
-                    remove_owned(out)
-                raise
-    except BaseException:
-        if locked:
-            undo_start(out, had_lock, created)
-        raise
+    with starting(out, force, dump_config(cfg)):
+        return run_stages(cfg, out, progress, hive, data)
 
 
 # ---------------------------------------------------------------------- resume
