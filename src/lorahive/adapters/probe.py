@@ -16,7 +16,15 @@ from collections.abc import Sequence
 
 import torch
 
-__all__ = ["ActivityProbe"]
+__all__ = ["ActivityProbe", "mean_activity"]
+
+#: Per level: per-slot sums ``(S, r)`` of pattern activity and row-module observations ``(S,)``.
+Totals = dict[str, tuple[torch.Tensor, torch.Tensor]]
+
+
+def mean_activity(totals: Totals) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Per level: mean activity ``(S, r)`` (0 where no row) and whether each slot had rows ``(S,)``."""
+    return {level: (s / rows.clamp_min(1.0)[:, None], rows > 0) for level, (s, rows) in totals.items()}
 
 
 class ActivityProbe:
@@ -64,10 +72,10 @@ class ActivityProbe:
         self.sums[level].index_add_(0, idx, act)
         self.rows[level].index_add_(0, idx, torch.ones_like(idx, dtype=torch.float32))
 
+    def totals(self) -> Totals:
+        """Per level: the sums and row counts so far (what several processes' probes add up)."""
+        return {level: (s, self.rows[level]) for level, s in self.sums.items()}
+
     def result(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         """Per level: mean activity ``(S, r)`` (0 where no row) and whether each slot had rows ``(S,)``."""
-        out = {}
-        for level, s in self.sums.items():
-            rows = self.rows[level]
-            out[level] = (s / rows.clamp_min(1.0)[:, None], rows > 0)
-        return out
+        return mean_activity(self.totals())

@@ -13,12 +13,28 @@ import torch
 __all__ = ["refactor"]
 
 
+def _signs(cols: torch.Tensor) -> torch.Tensor:
+    """``(…, 1, k)`` signs that give each column a positive dot product with a fixed probe vector.
+
+    A singular vector is defined up to its sign, and which sign an SVD returns can flip under
+    a rounding-sized change of its input (a pattern moved out of a slot leaves a rest of
+    rounding noise, whose directions feed the QR). Fixing the sign by the vector itself makes
+    the factors a continuous function of ``M``: runs that differ by rounding (one process or
+    several, another device) get the same factors, and the same gradients after them. The
+    probe is a golden-ratio (Weyl) sequence, so no structured vector — a first Adam step is
+    ±lr in every entry — is orthogonal to it; "largest entry positive" ties on such vectors.
+    """
+    probe = torch.arange(cols.shape[-2], device=cols.device, dtype=cols.dtype) * 0.6180339887498949 % 1.0 - 0.5  # (out,)
+    dots = (probe[:, None] * cols).sum(-2, keepdim=True)  # (…, 1, k)
+    return torch.where(dots < 0, -1.0, 1.0).to(cols.dtype)
+
+
 def refactor(left: torch.Tensor, right: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(B (…, out, r), A (…, r, in), dropped (…))``: the best rank-``rank`` factors of ``left @ right``.
 
     Batched over any leading dimensions (one QR and one SVD call for a whole batch of
     modules). The singular values are split evenly between the factors (``B = U·√S``,
-    ``A = √S·Vᵀ``); ``dropped`` is the Frobenius norm of the part that did not fit. When
+    ``A = √S·Vᵀ``), each column of ``U`` signed by a fixed probe (:func:`_signs`); ``dropped`` is the Frobenius norm of the part that did not fit. When
     ``left @ right`` has rank below ``rank`` the extra directions get zero weight.
     """
     q_l, r_l = torch.linalg.qr(left)  # (…, out, m), (…, m, m)
@@ -26,8 +42,10 @@ def refactor(left: torch.Tensor, right: torch.Tensor, rank: int) -> tuple[torch.
     u, s, vh = torch.linalg.svd(r_l @ r_r.mT)  # (…, m, m), (…, m), (…, m, m)
     k = min(rank, s.shape[-1])
     root = s[..., :k].sqrt()
-    b = (q_l @ u[..., :k]) * root[..., None, :]  # (…, out, k)
-    a = root[..., :, None] * (vh[..., :k, :] @ q_r.mT)  # (…, k, in)
+    cols = q_l @ u[..., :k]  # (…, out, k): M's left singular vectors
+    sign = _signs(cols)  # (…, 1, k)
+    b = cols * (sign * root[..., None, :])  # (…, out, k)
+    a = (sign.mT * root[..., :, None]) * (vh[..., :k, :] @ q_r.mT)  # (…, k, in)
     if k < rank:  # pad with zero directions to the level's rank
         b = torch.cat([b, b.new_zeros(*b.shape[:-1], rank - k)], dim=-1)
         a = torch.cat([a, a.new_zeros(*a.shape[:-2], rank - k, a.shape[-1])], dim=-2)

@@ -40,7 +40,8 @@ import torch
 
 from lorahive.config import BandwidthConfig
 from lorahive.mechanisms.base import Action, TickView
-from lorahive.mechanisms.consolidation import Consolidation, Ready, dominant
+from lorahive.mechanisms.consolidation import NONE, Consolidation, Ready, dominant, spread
+from lorahive.mechanisms.peers import held
 
 __all__ = ["Bandwidth", "Queued"]
 
@@ -188,19 +189,27 @@ class Bandwidth:
 
     @torch.no_grad()
     def execute(self, view: TickView, src: str, dst: str, items: Sequence[Queued], bypass: bool) -> list[dict[str, Any]]:
-        """Move each item's dominant part from ``src`` to ``dst``; per item, what happened."""
-        core = view.core
-        slots = sorted({q.ready.slot for q in items})
-        pat = dominant(core, src, slots, self.rank)
+        """Move each item's dominant part from ``src`` to ``dst``; per item, what happened.
+
+        Each process takes the patterns of the slots it holds; the norms (and, into a shared
+        level, the patterns) of all of them are gathered, so every process validates the same
+        and adds the same to a shared level. A per-agent slot is edited by its host only.
+        """
+        core, peers = view.core, view.peers
+        mine = held(peers, core, src, sorted({q.ready.slot for q in items}))
+        own = dominant(core, src, mine, self.rank) if mine else NONE
+        src_shared = core.stack.get(src).scope == "shared"
+        dst_shared = core.stack.get(dst).scope == "shared"
+        slots, pat = spread(view, src, mine, own, "USV" if dst_shared else "S")
         norms = pat.energy().sqrt().tolist()
         ok = self._validate(norms)
         mix_dst = view.states[dst].mix
         factor = view.states[src].mix / mix_dst if mix_dst else math.nan
-        src_shared = core.stack.get(src).scope == "shared"
-        dst_shared = core.stack.get(dst).scope == "shared"
         keep = [i for i, good in enumerate(ok) if good and math.isfinite(factor)]
         truncation: dict[int, float] = {}
         if keep:
+            moved = [slots[i] for i in keep]
+            here = [mine.index(s) for s in moved if s in mine]  # own's rows of the moved slots this process holds
             if dst_shared:
                 w = (1.0 / max(len(core.agents), 1)) if not src_shared else 1.0
                 delta = {p: (torch.cat([w * factor * pat.U[p][i] * pat.S[p][i] for i in keep], 1), torch.cat([pat.V[p][i] for i in keep], 0)) for p in pat.U}
@@ -208,14 +217,15 @@ class Bandwidth:
                 truncation = dict.fromkeys(keep, err)
                 dst_slots = [0]
             else:
-                dst_slots = [slots[i] for i in keep]
-                errs = core.add_deltas(dst, dst_slots, [{p: (factor * pat.U[p][i] * pat.S[p][i], pat.V[p][i]) for p in pat.U} for i in keep])
-                truncation = dict(zip(keep, errs, strict=True))
+                dst_slots = moved
+                into = [j for j in here if held(peers, core, dst, [mine[j]])]
+                errs = core.add_deltas(dst, [mine[j] for j in into], [{p: (factor * own.U[p][j] * own.S[p][j], own.V[p][j]) for p in own.U} for j in into])
+                errs_of = {s: e for part in peers.gather(dict(zip([mine[j] for j in into], errs, strict=True))) for s, e in part.items()}
+                truncation = {i: errs_of[slots[i]] for i in keep}
             # exact removal: the rest of each slot has rank r − k
-            core.add_deltas(src, [slots[i] for i in keep], [{p: (-pat.U[p][i] * pat.S[p][i], pat.V[p][i]) for p in pat.U} for i in keep])
-            moved = [slots[i] for i in keep]
-            core.forget_moments(src, moved)
-            core.forget_moments(dst, dst_slots)
+            core.add_deltas(src, [mine[j] for j in here], [{p: (-own.U[p][j] * own.S[p][j], own.V[p][j]) for p in own.U} for j in here])
+            core.forget_moments(src, [mine[j] for j in here])
+            core.forget_moments(dst, held(peers, core, dst, dst_slots))
             self.consolidation.forget(src, moved)
             self.consolidation.forget(dst, dst_slots)
             rewritten = view.shared.setdefault("rewritten", {})

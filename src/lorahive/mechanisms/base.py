@@ -21,6 +21,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 
+from lorahive.mechanisms.peers import ALONE, Peers
+
 if TYPE_CHECKING:
     from lorahive.core import HiveCore, LevelState
 
@@ -115,7 +117,9 @@ class TickView:
     ``updates`` holds this tick's applied update per level, empty until the apply phase;
     ``quality`` each agent's query quality, empty until the solve phase has run.
     ``activity(levels)`` measures pattern activity on this tick's support examples (one
-    forward pass, cached per tick; ``None`` outside a swarm).
+    forward pass, cached per tick, over every process's agents; ``None`` outside a swarm).
+    ``peers`` are the processes of the run: a mechanism reads the slots this process holds
+    and gathers what the others read (:mod:`lorahive.mechanisms.peers`).
     """
 
     tick: int
@@ -133,6 +137,7 @@ class TickView:
     activity: Callable[[Sequence[str]], Activity] | None = None
     seed: int = 0
     shared: dict[str, Any] = field(default_factory=dict)  # the tick's notes between mechanisms (e.g. conflicts)
+    peers: Peers = ALONE
 
 
 class Mechanism(Protocol):

@@ -27,7 +27,8 @@ import torch
 
 from lorahive.config import ConsensusConfig
 from lorahive.mechanisms.base import Action, TickView
-from lorahive.mechanisms.consolidation import Ready, dominant
+from lorahive.mechanisms.consolidation import NONE, Ready, dominant, spread
+from lorahive.mechanisms.peers import held
 
 __all__ = ["Consensus", "dominant_cluster", "proposal_cosines"]
 
@@ -85,19 +86,23 @@ class Consensus:
         return Action("consensus", {"found": True, "cluster": members, "proposers": len(props), "to_slower": handed, **moved})
 
     def _move(self, view: TickView, members: list[str]) -> dict[str, Any]:
+        """The members' patterns come from the processes holding their slots; each edits its own members' slots."""
         core = view.core
         slots = sorted(core.slot_of(self.source, a) for a in members)
-        written = [s for s in slots if s in core.written[self.source]]
+        mine = held(view.peers, core, self.source, [s for s in slots if s in core.written[self.source]])
+        own = dominant(core, self.source, mine, self.cfg.rank) if mine else NONE
+        written, pat = spread(view, self.source, mine, own)
         if not written:
             return {"truncation": {}, "norm": 0.0}
-        pat = dominant(core, self.source, written, self.cfg.rank)
         n = len(written)
         mix_dst = view.states[self.target].mix
         factor = view.states[self.source].mix / mix_dst if mix_dst else 0.0
         mean = {p: (torch.cat([pat.U[p][i] * pat.S[p][i] / n for i in range(n)], 1), torch.cat([pat.V[p][i] for i in range(n)], 0)) for p in pat.U}
         err_dst = core.add_delta(self.target, 0, {p: (factor * u, v) for p, (u, v) in mean.items()})
-        errs = core.add_deltas(self.source, written, [{p: (-u, v) for p, (u, v) in mean.items()}] * n)
-        core.forget_moments(self.source, written)
+        here = core.add_deltas(self.source, mine, [{p: (-u, v) for p, (u, v) in mean.items()}] * len(mine))
+        errs_of = {s: e for part in view.peers.gather(dict(zip(mine, here, strict=True))) for s, e in part.items()}
+        errs = [errs_of[s] for s in written]
+        core.forget_moments(self.source, mine)
         core.forget_moments(self.target, [0])
         rewritten = view.shared.setdefault("rewritten", {})
         rewritten.setdefault(self.source, set()).update(written)

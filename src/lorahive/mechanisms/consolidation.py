@@ -25,8 +25,9 @@ import torch
 
 from lorahive.config import ConsolidationConfig
 from lorahive.mechanisms.base import Action, TickView
+from lorahive.mechanisms.peers import gather_rows, held
 
-__all__ = ["Consolidation", "Pattern", "Ready", "dominant", "overlap"]
+__all__ = ["NONE", "Consolidation", "Pattern", "Ready", "dominant", "overlap", "spread"]
 
 
 @dataclass(frozen=True)
@@ -87,6 +88,20 @@ def dominant(core: Any, level: str, slots: Sequence[int], k: int) -> Pattern:
     return Pattern(U, S, V)
 
 
+#: No slot: the pattern of an empty list of slots.
+NONE = Pattern({}, {}, {})
+
+
+def spread(view: TickView, level: str, slots: Sequence[int], pat: Pattern, parts: str = "USV") -> tuple[list[int], Pattern]:
+    """``pat`` of this process's ``slots`` → the pattern of every process's, in slot order; only the factors in ``parts`` travel.
+
+    A shared level's slot is held everywhere, so its pattern is returned as it is.
+    """
+    rows = {(f, p): t for f in parts for p, t in getattr(pat, f).items()}
+    every, got = gather_rows(view.peers, view.core, level, slots, rows)
+    return every, Pattern(*({p: t for (g, p), t in got.items() if g == f} for f in "USV"))
+
+
 def overlap(prev: dict[str, torch.Tensor], now: Pattern) -> torch.Tensor:
     """Energy-weighted mean subspace overlap per slot ``(n,)`` between two signatures (in [0, 1])."""
     num, den = [], []
@@ -126,10 +141,11 @@ class Consolidation:
         ready: list[Ready] = view.shared.setdefault("ready", [])
         report: dict[str, Any] = {}
         for src, dst in self.channels:
-            slots = sorted(core.written[src])
+            mine = held(view.peers, core, src, sorted(core.written[src]))
+            own = dominant(core, src, mine, self.cfg.signature_rank) if mine else NONE
+            slots, pat = spread(view, src, mine, own, "US")  # every written slot's signature, wherever it is held
             if not slots:
                 continue
-            pat = dominant(core, src, slots, self.cfg.signature_rank)
             big = (pat.energy().sqrt() >= self.cfg.min_norm).tolist()
             sigs = self.signatures.setdefault(src, {})
             stable = self.stable.setdefault(src, {})

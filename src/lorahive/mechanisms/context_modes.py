@@ -207,7 +207,8 @@ class ContextModes:
         if not live or not self.factors:
             return {}
         scale = view.core.stack.get(self.level).scale
-        energy = sum(((b[live].double().transpose(1, 2) @ b[live].double()) * (a[live].double() @ a[live].double().transpose(1, 2))).sum((1, 2)) for a, b in self.factors.values())
+        parts = [self.factors[p] for p in sorted(self.factors)]  # one order of the sum, whether the modes were built here or loaded
+        energy = sum(((b[live].double().transpose(1, 2) @ b[live].double()) * (a[live].double() @ a[live].double().transpose(1, 2))).sum((1, 2)) for a, b in parts)
         return {str(m): round(scale * float(e.clamp_min(0).sqrt()), 6) for m, e in zip(live, torch.as_tensor(energy).cpu(), strict=True)}
 
     # ------------------------------------------------------------------ state

@@ -21,16 +21,17 @@ of the tick reads.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, final
 
 import torch
 
 from lorahive.config import InertiaConfig
 from lorahive.mechanisms.base import Action, TickView
+from lorahive.mechanisms.peers import written
 from lorahive.tensors import to_device
 
-__all__ = ["EmergentInertia", "emergent_inertia"]
+__all__ = ["EmergentInertia", "emergent_inertia", "rms_gradient", "second_moments"]
 
 
 def emergent_inertia(base: float, density: float, k: float) -> float:
@@ -56,13 +57,15 @@ class EmergentInertia:
     def run(self, view: TickView) -> Action | None:
         core = view.core
         active = [a for a, exs in view.support.items() if exs]
+        grads = _gradients(view, self.levels)
+        frozen = written(view.peers, core, [lv for lv in self.levels if not core.stack.get(lv).trainable])
         report: dict[str, Any] = {}
         for lv in self.levels:
             shared = core.stack.get(lv).scope == "shared"
             users = (len(active) if shared else 1) if active else 0
-            used = users > 0 and (not core.is_zero(lv) or core.stack.get(lv).trainable)
+            used = users > 0 and (core.stack.get(lv).trainable or bool(frozen[lv]))
             f = self.cfg.ema * self.frequency[lv] + (1.0 - self.cfg.ema) * float(used)
-            g = rms_gradient(core.optimizers[lv])
+            g = grads[lv]
             self.frequency[lv], self.peak[lv] = f, max(self.peak[lv], g)
             grad = g / self.peak[lv] if self.peak[lv] > 0 else 0.0
             density = users * f * grad
@@ -79,9 +82,26 @@ class EmergentInertia:
         self.peak.update({k: float(v) for k, v in state.get("peak", {}).items() if k in self.peak})
 
 
-@torch.no_grad()
+def _gradients(view: TickView, levels: Sequence[str]) -> dict[str, float]:
+    """Each level's :func:`rms_gradient` over every process: each sums the slots it hosts, one gather for all levels."""
+    mine = {lv: second_moments(view.core.optimizers[lv], view.peers.hosts) for lv in levels}
+    parts = view.peers.gather(mine)
+    out = {}
+    for lv in levels:
+        total, n = sum(p[lv][0] for p in parts), sum(p[lv][1] for p in parts)
+        out[lv] = math.sqrt(total / n) if n else 0.0
+    return out
+
+
 def rms_gradient(opt: Any) -> float:
-    """The RMS gradient an optimizer's second moments say, averaged over slots that stepped (0 before any step).
+    """The RMS gradient an optimizer's second moments say, averaged over slots that stepped (0 before any step)."""
+    total, n = second_moments(opt)
+    return math.sqrt(total / n) if n else 0.0
+
+
+@torch.no_grad()
+def second_moments(opt: Any, keep: Callable[[int], bool] = lambda s: True) -> tuple[float, int]:
+    """The sum over the slots of ``keep`` that stepped of each slot's mean bias-corrected second moment, and their number.
 
     One read from the device per call: per-slot means are summed there.
     """
@@ -93,7 +113,7 @@ def rms_gradient(opt: Any) -> float:
         steps = tuple(opt.host_steps.get(name, ()))
         v = st["exp_avg_sq"]
         if steps not in plans:
-            live = [s for s, t in enumerate(steps) if t > 0]
+            live = [s for s, t in enumerate(steps) if t > 0 and keep(s)]
             idx = torch.tensor(live, dtype=torch.long)
             corr = torch.tensor([1.0 - beta2 ** steps[s] for s in live])
             plans[steps] = (to_device(idx, v.device), to_device(corr, v.device))
@@ -102,4 +122,4 @@ def rms_gradient(opt: Any) -> float:
             continue
         sums.append((v.index_select(0, idx).flatten(1).double().mean(1) / corr).sum())
         n += int(idx.numel())
-    return math.sqrt(float(torch.stack(sums).sum()) / n) if n else 0.0
+    return (float(torch.stack(sums).sum()) if sums else 0.0), n

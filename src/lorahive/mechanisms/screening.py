@@ -36,6 +36,7 @@ import torch
 
 from lorahive.config import ScreeningConfig
 from lorahive.mechanisms.base import Action, TickView
+from lorahive.mechanisms.peers import gather_rows, held, written
 
 __all__ = ["Screening", "entropy_ratio", "hysteresis"]
 
@@ -82,10 +83,11 @@ class Screening:
 
     def run(self, view: TickView) -> Action | None:
         core = view.core
-        levels = [lv for lv in self.levels if not core.is_zero(lv)]
+        slots_of = written(view.peers, core, self.levels)
+        levels = [lv for lv in self.levels if slots_of[lv]]
         if not levels or view.activity is None:
             return None
-        activity = view.activity(levels)
+        activity = view.activity(levels)  # over every process's rows: the same on each
         rewritten: dict[str, set[int]] = view.shared.get("rewritten", {})
         patterns = view.shared.setdefault("patterns", {})
         report: dict[str, Any] = {}
@@ -106,12 +108,12 @@ class Screening:
             self.ema[lv], self.screened[lv] = ema, scr
             keep = self._keep(view, lv)
             rate = self._rates(scr, keep)  # (S, r)
-            slots = sorted(core.written[lv])
-            energy = _energy(core, lv, slots)  # (len(slots), r)
+            slots, energy = _energies(view, lv)  # every written slot, (len(slots), r)
             if slots:
                 sel = core.index(slots)
                 r_sel = rate.index_select(0, sel)
-                core.decay_toward_init(lv, slots, r_sel)
+                mine = held(view.peers, core, lv, slots)
+                core.decay_toward_init(lv, mine, r_sel if mine == slots else rate.index_select(0, core.index(mine)))
                 moved = float((r_sel.square() * energy).sum().sqrt())
                 n_scr = int(scr.index_select(0, sel).sum())
                 patterns[lv] = {"rate": r_sel, "energy": energy, "scale": keep}
@@ -136,13 +138,15 @@ class Screening:
     def entropy(self, view: TickView, level: str, free_target: float) -> float | None:
         """``level``'s entropy ratio under the modes screening holds now (``None``: nothing written or measured yet)."""
         scr = self.screened.get(level)
-        slots = sorted(view.core.written[level])
-        if scr is None or not slots:
+        if scr is None:
+            return None
+        slots, energy = _energies(view, level)
+        if not slots:
             return None
         sel = view.core.index(slots)
         keep = self._keep(view, level)
         rate = self._rates(scr.index_select(0, sel.to(scr.device)), keep)
-        energy = _energy(view.core, level, slots).to(rate.device)
+        energy = energy.to(rate.device)
         return entropy_ratio(rate, energy, self.cfg.screened_decay * keep, self.cfg.free_decay * keep, free_target)
 
     def state_dict(self) -> dict[str, Any]:
@@ -153,6 +157,14 @@ class Screening:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.ema = {k.removeprefix("ema."): v.float() for k, v in state.items() if k.startswith("ema.")}
         self.screened = {k.removeprefix("screened."): v.bool() for k, v in state.items() if k.startswith("screened.")}
+
+
+def _energies(view: TickView, level: str) -> tuple[list[int], torch.Tensor]:
+    """Every written slot of ``level`` (over all processes, sorted) and its :func:`_energy` rows, each from the process holding it."""
+    core = view.core
+    mine = held(view.peers, core, level, sorted(core.written[level]))
+    slots, rows = gather_rows(view.peers, core, level, mine, {"energy": _energy(core, level, mine)} if mine else {})
+    return slots, rows["energy"] if slots else torch.zeros(0, 1)
 
 
 @torch.no_grad()

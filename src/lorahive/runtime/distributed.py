@@ -57,6 +57,7 @@ from lorahive.runtime.ranks import (
     OutOfSync,
     RankAggregator,
     RankMethod,
+    RankPeers,
     Ranks,
     check_in_sync,
     check_supported,
@@ -137,7 +138,7 @@ def _build(out: Path, cfg: RunConfig, prepared: Any, comm: Comm, ledger: Path) -
     check_supported(cfg, mechanisms, comm.ranks.world)
     trackers = [m for m in mechanisms if isinstance(m, DirectionTracker)]
     aggregator = RankAggregator(build_aggregator(cfg.aggregation, trackers[0].direction if trackers else None), comm)
-    swarm = Swarm(hive, cfg, data, Ledger(ledger), aggregator=aggregator, method=RankMethod(build_method(cfg), comm), mechanisms=mechanisms)
+    swarm = Swarm(hive, cfg, data, Ledger(ledger), aggregator=aggregator, method=RankMethod(build_method(cfg), comm), mechanisms=mechanisms, peers=RankPeers(comm))
     run = runs.Run(out, cfg, hive, swarm, runs._eval_tasks(cfg, data, hive), {}, time.time())
     if cfg.stream is not None:
         run.R = AccuracyMatrix(cfg.stream.order)

@@ -17,7 +17,7 @@ from collections.abc import Mapping, Sequence
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from lorahive.adapters import ActivityProbe, Routing
+from lorahive.adapters import ActivityProbe, Routing, mean_activity
 from lorahive.base import load_base
 from lorahive.config import DEFAULT_BASE, LevelSpec, StackSpec
 from lorahive.core import HiveCore
@@ -190,13 +190,14 @@ class Hive:
         """Measure the pattern activity of ``levels`` during the next learning forward (no extra pass).
 
         The next :meth:`learn_async` step's forward reports to an
-        :class:`~lorahive.adapters.ActivityProbe`; :meth:`watched_activity` returns what it saw,
-        :meth:`watched_inputs` the mean input of its first ``inputs`` rows at every wrapped module.
+        :class:`~lorahive.adapters.ActivityProbe`; :meth:`watched_activity` returns what it saw
+        (as sums and row counts), :meth:`watched_inputs` the mean input of its first ``inputs``
+        rows at every wrapped module.
         """
         self._watch, self._watched, self._watched_inputs = (list(self.core.check_levels(levels) or ()), inputs), None, {}
 
     def watched_activity(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]] | None:
-        """What the armed measurement saw (``None`` if no learning forward ran since it was armed); disarms it."""
+        """What the armed measurement saw, as :meth:`ActivityProbe.totals` (``None`` if no learning forward ran since it was armed); disarms it."""
         out, self._watch, self._watched = self._watched, None, None
         return out
 
@@ -213,11 +214,16 @@ class Hive:
         with an :class:`~lorahive.adapters.ActivityProbe` listening (its docstring defines
         activity). Levels that did not run (exactly zero and skipped) are absent.
         """
+        return mean_activity(self.activity_totals(examples, levels))
+
+    @torch.no_grad()
+    def activity_totals(self, examples: Examples, levels: Sequence[str]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """:meth:`activity` as per-slot sums and row counts (:meth:`ActivityProbe.totals`), which processes add up."""
         batch, owners, _ = self._pack(examples)
         probe = ActivityProbe(sorted(self.core.check_levels(levels) or ()), batch.attention_mask)
         with self.core.routing.use(self.core.route(owners)), self.core.routing.probing(probe):
             hidden_states(self.model, batch)
-        return probe.result()
+        return probe.totals()
 
     @torch.no_grad()
     def loss(self, examples: Examples, levels: Sequence[str] | None = None) -> dict[str, float]:
@@ -299,7 +305,7 @@ class Hive:
                 probe = ActivityProbe(self._watch[0], batch.attention_mask, keep_inputs=self._watch[1])
                 with self.core.routing.probing(probe):
                     losses, total = self._objective(batch, owners, names, routing, base, anchor)
-                self._watched, self._watched_inputs = probe.result(), probe.inputs
+                self._watched, self._watched_inputs = probe.totals(), probe.inputs
             else:
                 losses, total = self._objective(batch, owners, names, routing, base, anchor)
             bad = (~torch.isfinite(total)).float().reshape(1)  # (1,): 1 skips the step, on the device

@@ -9,6 +9,11 @@ Every rank aggregates (stateful aggregators and mechanisms stay in step), and ra
 is broadcast and applied everywhere (:class:`RankAggregator`), so the shared levels stay
 bit-identical; :func:`check_in_sync` proves it by a hash at every checkpoint.
 
+The mechanisms see the ranks as :class:`RankPeers` (:mod:`lorahive.mechanisms.peers`): each
+reads the slots its rank holds and gathers what the others read of theirs, so every rank takes
+the same decisions and makes the same edits to shared levels, and every mechanism's state is
+replicated (hashed with the shared levels).
+
 Objects travel with ``all_gather_object`` / ``gather_object`` (pickle, between the ranks of one
 job only; no file is ever unpickled), tensors with ``broadcast``. :class:`Comm` counts the bytes.
 """
@@ -34,19 +39,16 @@ from lorahive.runtime.methods import Method
 if TYPE_CHECKING:
     from lorahive.runtime.swarm import Swarm, TickContext
 
-__all__ = ["UNSUPPORTED", "Comm", "OutOfSync", "RankAggregator", "RankMethod", "Ranks", "check_in_sync", "check_supported", "collect_slots", "shared_digest"]
+__all__ = ["UNSUPPORTED", "Comm", "OutOfSync", "RankAggregator", "RankMethod", "RankPeers", "Ranks", "check_in_sync", "check_supported", "collect_slots", "shared_digest"]
 
-#: Mechanisms that read or write per-agent state across agents, refused when ``world > 1``: the reason, and the config section.
+#: Mechanisms not brought over to several ranks yet, refused when ``world > 1``: the config section, and the reason.
 UNSUPPORTED: dict[str, tuple[str, str]] = {
-    "screening": ("mechanisms.screening", "its relative activity divides by the strongest pattern over every agent's slots"),
-    "entropy_budget": ("mechanisms.entropy_budget", "it reads screening's decay rates over every agent's slots"),
-    "inertia": ("mechanisms.inertia", "a per-agent level's density reads the optimizer moments of every agent's slots"),
-    "consolidation": ("mechanisms.consolidation", "it migrates patterns out of every agent's slots into shared levels"),
-    "bandwidth": ("mechanisms.consolidation", "its queues carry consolidation's migrations out of every agent's slots"),
-    "consensus": ("mechanisms.consensus", "it clusters every agent's per-agent level and subtracts the consensus from them"),
-    "vertical_resonance": ("mechanisms.vertical_resonance", "its sketches follow the updates of per-agent levels over every agent"),
-    "context_modes": ("mechanisms.context_modes", "its router and modes have not been made to work across ranks yet"),
-    "topology": ("mechanisms.topology", "it splits and folds levels from the updates of every agent's slots"),
+    "vertical_resonance": (
+        "mechanisms.vertical_resonance",
+        "its sketches probe with the module inputs of the first rows of the whole tick's batch and average the per-agent level's update over every agent's slots, which has not been brought over to ranks yet",
+    ),
+    "context_modes": ("mechanisms.context_modes", "its router pools every agent's prompts and each mode takes the mean of its agents' context slots, which has not been brought over to ranks yet"),
+    "topology": ("mechanisms.topology", "it splits and folds levels from the sketched updates of every agent's slots, which has not been brought over to ranks yet"),
 }
 
 
@@ -74,6 +76,17 @@ class Ranks:
     def mine(self, names: Sequence[str]) -> list[str]:
         """The agents of ``names`` (in config order) this rank hosts."""
         return [n for i, n in enumerate(names) if self.owner(i) == self.rank]
+
+
+def _to(obj: Any, device: torch.device) -> Any:
+    """``obj`` with every tensor in it (in dicts, lists, tuples) moved to ``device``."""
+    if isinstance(obj, torch.Tensor):
+        return obj.to(device)
+    if isinstance(obj, dict):
+        return {k: _to(v, device) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return type(obj)(_to(v, device) for v in obj)
+    return obj
 
 
 @dataclass
@@ -126,6 +139,21 @@ class Comm:
             out[k] = flat[start : start + t.numel()].reshape(t.shape).to(t.device, t.dtype)
             start += t.numel()
         return {k: out[k] for k in delta}
+
+
+@final
+class RankPeers:
+    """The ranks as the mechanisms see them (:class:`~lorahive.mechanisms.peers.Peers`): rank ``s mod world`` hosts slot ``s``."""
+
+    def __init__(self, comm: Comm) -> None:
+        self.comm = comm
+
+    def hosts(self, slot: int) -> bool:
+        return self.comm.ranks.owner(slot) == self.comm.ranks.rank
+
+    def gather(self, obj: Any) -> list[Any]:
+        """``all_gather_object`` of ``obj`` with its tensors on the CPU; they come back on this rank's device."""
+        return [_to(part, self.comm.ranks.device) for part in self.comm.gather("mechanisms", _to(obj, torch.device("cpu")))]
 
 
 def check_supported(cfg: RunConfig, mechanisms: Sequence[Mechanism], world: int) -> None:

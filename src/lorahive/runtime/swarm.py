@@ -41,6 +41,7 @@ from typing import Any
 
 import torch
 
+from lorahive.adapters import mean_activity
 from lorahive.config import RunConfig
 from lorahive.mechanisms.aggregation import Aggregator, Metrics, flatten
 from lorahive.mechanisms.base import (
@@ -55,6 +56,7 @@ from lorahive.mechanisms.base import (
     TickView,
 )
 from lorahive.mechanisms.compose import build_aggregator
+from lorahive.mechanisms.peers import ALONE, Peers, add_up, written
 from lorahive.mechanisms.registry import (
     DEFAULT_FACTORIES,
     build_mechanisms,
@@ -118,8 +120,9 @@ class Swarm:
         aggregator: Aggregator | None = None,
         method: Method | None = None,
         mechanisms: Sequence[Mechanism] | None = None,
+        peers: Peers = ALONE,
     ) -> None:
-        self.hive, self.cfg, self.data, self.ledger = hive, cfg, data, ledger
+        self.hive, self.cfg, self.data, self.ledger, self.peers = hive, cfg, data, ledger, peers
         names = cfg.agent_names()
         self.mechanisms = check_mechanisms(build_mechanisms(cfg, names, (*DEFAULT_FACTORIES, health_factory)) if mechanisms is None else mechanisms)
         trackers = [m for m in self.mechanisms if isinstance(m, DirectionTracker)]  # keeps resonance's direction
@@ -183,20 +186,25 @@ class Swarm:
             ctx.tick, phase, ctx.proposals, tuple(ctx.decisions), reputations, core.states, core, dict(ctx.updates),
             support=ctx.support, task_types={n: t.task_type for n, t in ctx.tasks.items()},
             quality={n: o.quality for n, o in ctx.outcomes.items()}, quality_bar=self.cfg.agent.quality_bar,
-            activity=lambda levels: self._activity(ctx, levels), seed=self.cfg.seed, shared=ctx.notes,
+            activity=lambda levels: self._activity(ctx, levels), seed=self.cfg.seed, shared=ctx.notes, peers=self.peers,
         )  # fmt: skip
 
     def _activity(self, ctx: TickContext, levels: Sequence[str]) -> Activity:
         """Pattern activity of ``levels`` on this tick's support examples: one forward pass per tick.
 
         The first call of a tick measures the levels it asks for; a later call for others
-        measures those in one more pass.
+        measures those in one more pass. Each process measures the agents it hosts; the sums
+        are added up over the processes.
         """
         have = ctx.activity if ctx.activity is not None else {}
-        missing = [lv for lv in levels if lv not in have and not self.hive.core.is_zero(lv)]
-        support = {a: [(p, as_answer(ans)) for p, ans in exs] for a, exs in ctx.support.items() if exs}
-        if missing and support:
-            have = {**have, **self.hive.activity(support, missing)}
+        unseen = [lv for lv in levels if lv not in have]
+        slots = written(self.peers, self.hive.core, unseen)
+        missing = [lv for lv in unseen if slots[lv]]
+        if missing:
+            index = dict(zip(self.agents, self.hive.core.agent_index(list(self.agents)), strict=True))
+            support = {a: [(p, as_answer(ans)) for p, ans in exs] for a, exs in ctx.support.items() if exs and self.peers.hosts(index[a])}
+            totals = add_up(self.peers, self.hive.activity_totals(support, missing) if support else None)
+            have = {**have, **mean_activity(totals or {})}
         ctx.activity = have
         return {lv: have[lv] for lv in levels if lv in have}
 
@@ -228,15 +236,18 @@ class Swarm:
         self.method.solve(self, ctx)
         if watched or inputs:
             seen = self.hive.watched_activity()
-            if seen is not None and watched:
-                ctx.activity = seen
+            if watched:
+                seen = add_up(self.peers, seen)  # every process measured the agents it hosts
+                if seen is not None:
+                    ctx.activity = mean_activity(seen)
             ctx.notes["module_inputs"] = self.hive.watched_inputs()
         self._run("solve", ctx)
 
     def _watched_levels(self) -> list[str]:
         """Levels an enabled mechanism measures pattern activity of (``activity_levels``), non-zero now."""
-        levels = {lv for m in self.mechanisms if m.enabled for lv in getattr(m, "activity_levels", ())}
-        return sorted(lv for lv in levels if not self.hive.core.is_zero(lv))
+        levels = sorted({lv for m in self.mechanisms if m.enabled for lv in getattr(m, "activity_levels", ())})
+        slots = written(self.peers, self.hive.core, levels)  # over every process: each holds its own agents' slots
+        return [lv for lv in levels if slots[lv]]
 
     def _compose(self, ctx: TickContext) -> None:
         ctx.aggregate = self.aggregator.aggregate(ctx.tick, ctx.proposals)
