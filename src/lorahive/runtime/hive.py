@@ -287,31 +287,69 @@ class Hive:
             raise ValueError(f"steps must be ≥ 1, got {steps}")
         batch, owners, names = self._pack(examples, anchor_positions if anchor > 0 else 0)
         base = self._anchor_base(batch, owners, anchor, examples, anchor_positions)
-        update = [lv for lv in self.stack.levels if lv.trainable and (levels is None or lv.name in levels)]
-        self.core.check_levels(levels)
-        own_slots = sorted(set(self.core.agent_index(names)))
+        update = self._updated(levels)
         routing = self.core.route(owners, training=[lv.name for lv in update])
         losses: dict[str, torch.Tensor] = {}
         bad = torch.zeros(1, device=self.device)
         for _ in range(steps):
-            self.model.zero_grad(set_to_none=True)
-            if self._watch is not None and self._watched is None:  # an armed measurement rides on this forward
-                probe = ActivityProbe(self._watch[0], batch.attention_mask, keep_inputs=self._watch[1])
-                with self.core.routing.probing(probe):
-                    losses, total = self._objective(batch, owners, names, routing, base, anchor)
-                self._watched, self._watched_inputs = probe.result(), probe.inputs
-            else:
-                losses, total = self._objective(batch, owners, names, routing, base, anchor)
-            bad = (~torch.isfinite(total)).float().reshape(1)  # (1,): 1 skips the step, on the device
-            total.backward()
-            for lv in update:
-                params = self.core.level_params(lv.name)
-                if lv.scope == "shared":
-                    for p in params.values():
-                        if p.grad is not None:
-                            p.grad.div_(len(names))
-                self.core.step(lv.name, None, [0] if lv.scope == "shared" else own_slots, found_inf=bad)
+            losses, bad = self._learn_step(batch, owners, names, routing, base, anchor, update)
+        return self._step_losses(losses, bad)
+
+    def learn_and_propose(
+        self, examples: Examples, level: str = "swarm", levels: Sequence[str] | None = None, anchor: float = 0.0, anchor_positions: int = 16
+    ) -> tuple[dict[str, torch.Tensor], dict[str, dict[str, torch.Tensor]]]:
+        """One :meth:`learn_async` step whose own backward also yields :meth:`propose`'s proposals for ``level``.
+
+        The step's objective and rows are those :meth:`propose` differentiates, on the weights
+        the step starts from, so each agent's gradient on shared ``level`` comes out of the
+        step's backward: ``level`` runs through per-agent proposal slots (copies of its weights,
+        as in :meth:`propose`) and is not stepped. One forward and backward instead of two; the
+        step's update is the one :meth:`learn_async` makes (``level`` adds the same to every row).
+        ``level`` must not be among the levels the step trains. Returns each agent's loss (device
+        scalars, NaN for a skipped step) and ``{agent: {param name: grad}}`` as :meth:`propose`.
+        """
+        self._check_shared(level)
+        batch, owners, names = self._pack(examples, anchor_positions if anchor > 0 else 0)
+        base = self._anchor_base(batch, owners, anchor, examples, anchor_positions)
+        update = self._updated(levels)
+        if level in {lv.name for lv in update}:
+            raise ValueError(f"learn_and_propose: {level!r} is among the levels the step trains; its proposal would be taken on a level being stepped")
+        routing, slots = self._proposal_routing(level, owners, names, [lv.name for lv in update])
+        losses, bad = self._learn_step(batch, owners, names, routing, base, anchor, update)
+        grads = [t.grad if t.grad is not None else torch.zeros_like(t) for pair in slots.values() for t in pair]
+        return self._step_losses(losses, bad), _by_agent(slots, grads, names)
+
+    def _updated(self, levels: Sequence[str] | None) -> list[LevelSpec]:
+        """The trainable levels a learning step moves: ``levels`` (checked), default every trainable level."""
+        self.core.check_levels(levels)
+        return [lv for lv in self.stack.levels if lv.trainable and (levels is None or lv.name in levels)]
+
+    def _learn_step(
+        self, batch: Batch, owners: list[str], names: list[str], routing: Routing, base: torch.Tensor | None, anchor: float, update: list[LevelSpec]
+    ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """One forward, backward and step of ``update``'s levels; each agent's loss and the (1,) skip flag."""
         self.model.zero_grad(set_to_none=True)
+        if self._watch is not None and self._watched is None:  # an armed measurement rides on this forward
+            probe = ActivityProbe(self._watch[0], batch.attention_mask, keep_inputs=self._watch[1])
+            with self.core.routing.probing(probe):
+                losses, total = self._objective(batch, owners, names, routing, base, anchor)
+            self._watched, self._watched_inputs = probe.result(), probe.inputs
+        else:
+            losses, total = self._objective(batch, owners, names, routing, base, anchor)
+        bad = (~torch.isfinite(total)).float().reshape(1)  # (1,): 1 skips the step, on the device
+        total.backward()
+        own_slots = sorted(set(self.core.agent_index(names)))
+        for lv in update:
+            params = self.core.level_params(lv.name)
+            if lv.scope == "shared":
+                for p in params.values():
+                    if p.grad is not None:
+                        p.grad.div_(len(names))
+            self.core.step(lv.name, None, [0] if lv.scope == "shared" else own_slots, found_inf=bad)
+        self.model.zero_grad(set_to_none=True)
+        return losses, bad
+
+    def _step_losses(self, losses: dict[str, torch.Tensor], bad: torch.Tensor) -> dict[str, torch.Tensor]:
         nan = torch.full((), float("nan"), device=self.device)
         return {n: torch.where(bad[0] > 0, nan, v.detach()) for n, v in losses.items()}
 
@@ -327,31 +365,37 @@ class Hive:
         tensors keyed like :meth:`level_params`, and each agent's loss. ``anchor`` adds the
         foundation anchor to each agent's objective, as in :meth:`learn_async`.
         """
-        if self.stack.get(level).scope != "shared":
-            raise ValueError(f"proposals are for shared levels; {level!r} is scoped {self.stack.get(level).scope!r}")
+        self._check_shared(level)
         batch, owners, names = self._pack(examples, anchor_positions if anchor > 0 else 0)
         anchor_base = self._anchor_base(batch, owners, anchor, examples, anchor_positions)
+        routing, slots = self._proposal_routing(level, owners, names)
+        losses, objective = self._objective(batch, owners, names, routing, anchor_base, anchor)
+        grads = torch.autograd.grad(objective, [t for pair in slots.values() for t in pair])
+        return _by_agent(slots, list(grads), names), read_losses(losses)
+
+    def _check_shared(self, level: str) -> None:
+        if self.stack.get(level).scope != "shared":
+            raise ValueError(f"proposals are for shared levels; {level!r} is scoped {self.stack.get(level).scope!r}")
+
+    def _proposal_routing(self, level: str, owners: list[str], names: list[str], training: Sequence[str] = ()) -> tuple[Routing, dict[str, tuple[torch.Tensor, torch.Tensor]]]:
+        """The batch's routing with shared ``level`` on one proposal slot per agent, and those slots per module.
+
+        Every proposal slot is a leaf holding the level's current weights; row i uses its
+        agent's slot, so the gradient that lands in slot k is agent k's own.
+        """
         k = len(names)
         slots: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         for path, bank in self.core.named_banks(level):
             pa = bank.A.detach()[:1].expand(k, -1, -1).clone().requires_grad_()  # (K, r, in)
             pb = bank.B.detach()[:1].expand(k, -1, -1).clone().requires_grad_()  # (K, out, r)
             slots[path] = (pa, pb)
-        base = self.core.route(owners, training=[level])
+        base = self.core.route(owners, training=[*training, level])
         rows = tuple(names.index(o) for o in owners)
-        row_slot = self.core.index(rows)  # (B,)
         routing = Routing(
-            slots={**base.slots, level: row_slot}, active=base.active, mix=base.mix, overrides={level: slots},
+            slots={**base.slots, level: self.core.index(rows)}, active=base.active, mix=base.mix, overrides={level: slots},
             uniform=base.uniform, host_slots={**base.host_slots, level: rows},
         )
-        losses, objective = self._objective(batch, owners, names, routing, anchor_base, anchor)
-        leaves = [t for pair in slots.values() for t in pair]
-        grads = torch.autograd.grad(objective, leaves)
-        out: dict[str, dict[str, torch.Tensor]] = {n: {} for n in names}
-        for (path, _), g_a, g_b in zip(slots.items(), grads[0::2], grads[1::2], strict=True):
-            for i, n in enumerate(names):
-                out[n][f"{path}.A"], out[n][f"{path}.B"] = g_a[i], g_b[i]
-        return out, read_losses(losses)
+        return routing, slots
 
     def apply_update(self, level: str, update: Mapping[str, torch.Tensor]) -> None:
         """Step shared ``level``'s optimizer with ``update`` as its gradient (the level's current step size)."""
@@ -359,3 +403,12 @@ class Hive:
         if set(update) != set(params):
             raise ValueError(f"update for {level!r} must cover exactly its {len(params)} parameters")
         self.core.step(level, {name: update[name].unsqueeze(0) for name in params}, [0])
+
+
+def _by_agent(slots: Mapping[str, tuple[torch.Tensor, torch.Tensor]], grads: Sequence[torch.Tensor], names: list[str]) -> dict[str, dict[str, torch.Tensor]]:
+    """Proposal-slot gradients (``A, B`` per module, in ``slots`` order) as ``{agent: {param name: grad}}``."""
+    out: dict[str, dict[str, torch.Tensor]] = {n: {} for n in names}
+    for path, g_a, g_b in zip(slots, grads[0::2], grads[1::2], strict=True):
+        for i, n in enumerate(names):
+            out[n][f"{path}.A"], out[n][f"{path}.B"] = g_a[i], g_b[i]
+    return out
