@@ -36,7 +36,7 @@ def read_losses(losses: Mapping[str, torch.Tensor]) -> dict[str, float]:
     return dict(zip(losses, torch.stack([v.detach() for v in losses.values()]).tolist(), strict=True))
 
 
-#: Most prompt × option rows :meth:`Hive.option_nll` scores in one pass by default.
+#: Most prompt × option pairs :meth:`Hive.option_nll` scores in one pass by default.
 OPTION_ROWS = 512
 
 
@@ -242,11 +242,12 @@ class Hive:
     def option_nll(self, rows: Sequence[tuple[str, str]], options: Sequence[str], levels: Sequence[str] | None = None, chunk: int | None = None) -> torch.Tensor:
         """Summed NLL (N, L) of each option after each ``(agent, prompt)`` row (label scoring), on the CPU.
 
-        Each prompt runs once; the options continue from its KV cache (learning/choice.py).
-        Prompts go ``chunk`` at a time (default 128 on a GPU, where a pass is host-bound and a
-        bigger batch costs little more, 32 on the CPU), and at most :data:`OPTION_ROWS` prompt ×
-        option rows at a time (each option row holds a copy of its prompt's cache: 14 options
-        × 128 prompts of 128 tokens took 12 GB); all chunks are read back together.
+        Each prompt runs once; the options' tokens continue from its KV cache, packed in one
+        continuation of its row (learning/choice.py), under the prompts' routing. Prompts go
+        ``chunk`` at a time (default 128 on a GPU, where a pass is host-bound and a bigger batch
+        costs little more, 32 on the CPU), and at most :data:`OPTION_ROWS` prompt × option pairs
+        at a time (the options' log-probabilities are prompts × option tokens × vocabulary
+        floats); all chunks are read back together.
         """
         chunk = chunk or max(1, min(128 if self.device.type == "cuda" else 32, OPTION_ROWS // max(len(options), 1)))
         active = self.core.check_levels(levels)
@@ -256,7 +257,6 @@ class Hive:
             batch = pack_prompts(self.tokenizer, [p for _, p in part], self.core.max_length).to(self.device)
             with self.core.routing.use(self.core.route([a for a, _ in part], active)):
                 first, cache = prompt_pass(self.model, batch)
-            with self.core.routing.use(self.core.route([a for a, _ in part for _ in options], active)):
                 out.append(option_pass(self.model, self.tokenizer, batch, first, cache, list(options)))
         return torch.cat(out).cpu() if out else torch.zeros(0, len(options))
 
