@@ -101,9 +101,14 @@ class Prepared:
 
 @dataclass(frozen=True)
 class _Plan:
-    """Per routing, for every level that runs: (slots, coefficient, gate); shared by all modules."""
+    """Per routing, for every level that runs: (slots, coefficient, gate); shared by all modules.
+
+    A level's entry is made the first time a module holding it asks (a level scoped to some
+    modules only is absent from the others), ``seen`` lists the levels already classified.
+    """
 
     terms: dict[str, tuple[torch.Tensor | None, float, torch.Tensor | None]]
+    seen: set[str]
 
 
 # Plans and prepared weights live as long as their routing object (one forward pass, or one
@@ -117,7 +122,7 @@ def _forget(key: int) -> None:
     _CACHE.pop(key, None)
 
 
-def _make_plan(routing: Routing, coeffs: dict[str, float]) -> _Plan:
+def _classify(routing: Routing, coeffs: dict[str, float]) -> dict[str, tuple[torch.Tensor | None, float, torch.Tensor | None]]:
     """Classify levels once per routing; which row slots are shared by every row comes from ``routing.uniform``."""
     terms: dict[str, tuple[torch.Tensor | None, float, torch.Tensor | None]] = {}
     single: dict[int, torch.Tensor | None] = {}
@@ -135,15 +140,19 @@ def _make_plan(routing: Routing, coeffs: dict[str, float]) -> _Plan:
                     single[id(slots)] = slots[:1] if bool((slots == slots[0]).all()) else None
                 slots = single[id(slots)] if single[id(slots)] is not None else slots
         terms[level] = (slots, routing.mix.get(level, 1.0) * scale, gate)
-    return _Plan(terms)
+    return terms
 
 
 def _plan(layer: HiveLinear, routing: Routing) -> _Plan:
     key = id(routing)
     plan = _PLANS.get(key)
     if plan is None:
-        plan = _PLANS[key] = _make_plan(routing, layer.scales)
+        plan = _PLANS[key] = _Plan({}, set())
         weakref.finalize(routing, _forget, key)
+    if not plan.seen.issuperset(layer.scales):  # this module holds a level no module before it did
+        new = {lv: c for lv, c in layer.scales.items() if lv not in plan.seen}
+        plan.terms.update(_classify(routing, new))
+        plan.seen.update(new)
     return plan
 
 
