@@ -1,7 +1,8 @@
 """The fused path (adapters/fused.py) against the reference path of HiveLinear.
 
-The math is checked on the CPU in every CI run by forcing the fused path on; the same checks
-run on CUDA (where the fused path is the default) when a GPU is present, in fp32 and bf16.
+The math is checked on the CPU in every CI run by forcing each path in turn (the fused path is
+the default on the CPU and CUDA); the same checks run on CUDA when a GPU is present, in fp32
+and bf16.
 
 Tolerances: fp32 — ``assert_close(rtol=1e-5, atol=1e-5)`` on logits and gradients (only the
 summation order differs); bf16 — against the same model in fp32, the fused path's relative
