@@ -12,6 +12,7 @@ device tensors for a caller that gathers a whole phase at once.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Mapping, Sequence
 
 import torch
@@ -25,6 +26,7 @@ from lorahive.learning import answer_nll, last_logits, pack_examples, pack_promp
 from lorahive.learning.batching import Batch
 from lorahive.learning.choice import option_pass, prompt_pass
 from lorahive.learning.objective import anchor_logp, anchored_nll, hidden_states
+from lorahive.tensors import to_device
 
 Examples = Mapping[str, Sequence[tuple[str, str]]]
 
@@ -47,7 +49,7 @@ class Hive:
         self.core = HiveCore(model, tokenizer, levels, seed=seed, max_length=max_length)
         self._watch: tuple[list[str], int] | None = None  # armed activity measurement: levels, input rows kept
         self._watched: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None
-        self._anchor_memo: tuple[tuple[object, ...], torch.Tensor] | None = None  # last rows' base log-probs
+        self._anchor_memo: tuple[int, dict[tuple[str, str], tuple[int, int]], torch.Tensor, list[tuple[str, str]]] | None = None  # last rows' base log-probs
         self._watched_inputs: dict[str, torch.Tensor] = {}
 
     @classmethod
@@ -172,18 +174,24 @@ class Hive:
     def _anchor_base(self, batch: Batch, owners: list[str], anchor: float, examples: Examples, positions: int) -> torch.Tensor | None:
         """The foundation's log-probabilities at the anchor positions (every level off), or ``None`` without an anchor.
 
-        They depend only on the rows' text (every level is off), so the last batch's are kept:
-        the fast steps of a tick, and its proposals when every agent proposes, pack the same
-        rows and pay for one pass, not one each.
+        They depend only on each row's text (every level is off), so the last batch's are kept
+        per row: the fast steps of a tick, and its proposals (all agents' rows, or those of the
+        agents that cleared the bar), pack rows already seen and pay for one pass, not one each.
         """
         if anchor <= 0 or batch.anchor_at is None:
             return None
-        key = (positions, *((p, a) for exs in examples.values() for p, a in exs))
-        if self._anchor_memo is not None and self._anchor_memo[0] == key:
-            return self._anchor_memo[1]
+        rows = [(p, a) for exs in examples.values() for p, a in exs]
+        memo = self._anchor_memo
+        if memo is not None and memo[0] == positions and all(r in memo[1] for r in rows):
+            if rows == memo[3]:
+                return memo[2]
+            at = torch.cat([torch.arange(start, start + n) for start, n in (memo[1][r] for r in rows)])  # (M,)
+            return memo[2].index_select(0, to_device(at, memo[2].device))
         with self.core.routing.use(self.core.route(owners, levels=[])):
             base = anchor_logp(self.model, batch)
-        self._anchor_memo = (key, base)
+        counts = batch.anchor_rows
+        spans = dict(zip(rows, zip(itertools.accumulate((0, *counts[:-1])), counts, strict=True), strict=True))  # row -> (first, n) in base
+        self._anchor_memo = (positions, spans, base, rows)
         return base
 
     def watch_activity(self, levels: Sequence[str], inputs: int = 0) -> None:
