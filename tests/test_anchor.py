@@ -81,7 +81,7 @@ def test_proposals_carry_the_anchor(tokenizer):
     assert diff > 0
 
 
-def test_the_base_pass_is_paid_once_for_the_same_rows_and_learning_is_unchanged(tokenizer):
+def test_the_base_pass_is_paid_once_for_rows_already_seen_and_learning_is_unchanged(tokenizer):
     plain, memo = _hive(tokenizer), _hive(tokenizer)
     calls = {"n": 0}
     real = memo._anchor_base
@@ -98,8 +98,14 @@ def test_the_base_pass_is_paid_once_for_the_same_rows_and_learning_is_unchanged(
         plain._anchor_memo = None  # the reference pays the pass every time
         plain.learn(EXAMPLES, steps=1, anchor=1.0)
     assert calls["n"] == 1
-    memo.learn({"ann": EXAMPLES["ann"]}, steps=1, anchor=1.0)  # other rows: a new pass
-    plain.learn({"ann": EXAMPLES["ann"]}, steps=1, anchor=1.0)
+    some = {"bob": EXAMPLES["bob"], "ann": EXAMPLES["ann"][1:]}  # some of the kept rows, in another order: no new pass
+    memo.learn(some, steps=1, anchor=1.0)
+    plain._anchor_memo = None
+    plain.learn(some, steps=1, anchor=1.0)
+    assert calls["n"] == 1
+    other = {"ann": [("the sun rose over the hills", " yes")]}  # rows not kept: a new pass
+    memo.learn(other, steps=1, anchor=1.0)
+    plain.learn(other, steps=1, anchor=1.0)
     assert calls["n"] == 2
     for (name, a), (_, b) in zip(memo.core.level_params("agent").items(), plain.core.level_params("agent").items(), strict=True):
-        assert torch.equal(a, b), name
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7, msg=name)

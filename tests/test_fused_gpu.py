@@ -1,7 +1,8 @@
 """The fused path (adapters/fused.py) against the reference path of HiveLinear.
 
-The math is checked on the CPU in every CI run by forcing the fused path on; the same checks
-run on CUDA (where the fused path is the default) when a GPU is present, in fp32 and bf16.
+The math is checked on the CPU in every CI run by forcing each path in turn (the fused path is
+the default on the CPU and CUDA); the same checks run on CUDA when a GPU is present, in fp32
+and bf16.
 
 Tolerances: fp32 — ``assert_close(rtol=1e-5, atol=1e-5)`` on logits and gradients (only the
 summation order differs); bf16 — against the same model in fp32, the fused path's relative
@@ -16,7 +17,7 @@ import pytest
 import torch
 
 from conftest import make_model, randomize_b, small_stack
-from lorahive import Hive
+from lorahive import Hive, StackSpec
 from lorahive.adapters.fused import use_fused
 from lorahive.learning.batching import pack_prompts
 from lorahive.learning.objective import last_logits
@@ -97,6 +98,22 @@ def test_fused_learning_moves_only_used_slots(tokenizer, device):
         hive.learn({"ann": [("The capital of France is", " Paris")], "cyd": [("great", " positive")]}, steps=2)
     for k, p in hive.core.level_params("agent").items():
         assert torch.equal(before[k], p.detach()[1]), k
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_fused_runs_a_level_scoped_to_later_modules(tokenizer, device):
+    """A level wrapping only some modules (a stage's scope) runs where it has banks, not only where the first module does."""
+    levels = list(small_stack().levels)
+    scoped = levels[2].model_copy(update={"name": "late", "targets": ("v_proj", "down_proj"), "blocks": (1,)})
+    hive = Hive(make_model(len(tokenizer)).to(device), tokenizer, StackSpec(levels=(*levels, scoped)), seed=0)
+    hive.add_agents(["ann", "bob", "cyd"])
+    randomize_b(hive, scale=0.2)
+    without = _logits(hive, "on", AGENTS, levels=[lv.name for lv in levels])
+    fused = _logits(hive, "on", AGENTS)
+    torch.testing.assert_close(fused, _logits(hive, "off", AGENTS), rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(fused, without)
+    grads = _grads(hive, "on", AGENTS)
+    assert {k for k in grads if k.startswith("late.")} == {f"late.{k}" for k in hive.core.level_params("late")}
 
 
 def test_fresh_fused_hive_is_bit_identical_to_bare_model(tokenizer):

@@ -5,7 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import randomize_b
+from conftest import make_model, randomize_b, small_stack
+from lorahive import Hive
+from lorahive.adapters.fused import use_fused
 from lorahive.config import AgentConfig
 from lorahive.runtime.agent import as_answer, solve_all
 from lorahive.suites.task import Task
@@ -52,3 +54,68 @@ def test_start_proposals_still_pass_the_quality_bar(hive):
 def test_propose_at_is_validated():
     with pytest.raises(ValueError, match="propose_at"):
         AgentConfig.model_validate({"propose_at": "later"})
+
+
+def _twin_hives(tokenizer, zero_swarm: bool) -> tuple[Hive, Hive]:
+    """Two identical hives with random B (the swarm level's left at zero when ``zero_swarm``)."""
+    out = []
+    for _ in range(2):
+        h = Hive(make_model(len(tokenizer)), tokenizer, small_stack(), seed=0)
+        h.add_agents(["ann", "bob", "cyd"])
+        randomize_b(h)
+        if zero_swarm:
+            with torch.no_grad():
+                for bank in h.core.banks("swarm"):
+                    bank.B.zero_()
+            h.core.rescan()
+        out.append(h)
+    return out[0], out[1]
+
+
+EXAMPLES = {
+    "ann": [("is the sky blue?", " yes"), ("is fire cold?", " no")],
+    "bob": [("is ice cold?", " yes")],
+    "cyd": [("is grass red?", " no"), ("is the sky blue?", " yes"), ("is fire cold?", " no")],
+}
+
+
+@pytest.mark.parametrize("fused", ["off", "on"])
+@pytest.mark.parametrize("zero_swarm", [False, True])
+@pytest.mark.parametrize("anchor", [0.0, 1.0])
+def test_a_folded_proposal_equals_the_separate_one_and_the_step_is_unchanged(tokenizer, anchor, zero_swarm, fused):
+    separate, folded = _twin_hives(tokenizer, zero_swarm)
+    fast = ["agent", "context"]
+    with use_fused(fused):
+        expected, _ = separate.propose(EXAMPLES, "swarm", anchor=anchor, anchor_positions=4)
+        losses = separate.learn_async(EXAMPLES, levels=fast, anchor=anchor, anchor_positions=4)
+        got_losses, got = folded.learn_and_propose(EXAMPLES, "swarm", levels=fast, anchor=anchor, anchor_positions=4)
+    assert got.keys() == expected.keys()
+    for a in expected:
+        assert got[a].keys() == expected[a].keys()
+        for k in expected[a]:
+            torch.testing.assert_close(got[a][k], expected[a][k], rtol=1e-5, atol=1e-7)
+    for a in losses:
+        torch.testing.assert_close(got_losses[a], losses[a])
+    for lv in separate.levels:  # the step moved the same levels the same way, and left the swarm level alone
+        want, have = separate.core.level_params(lv.name), folded.core.level_params(lv.name)
+        for k in want:
+            torch.testing.assert_close(have[k].detach(), want[k].detach(), rtol=1e-5, atol=1e-7)
+    assert folded.core.written["swarm"] == separate.core.written["swarm"]
+
+
+def test_a_folded_step_measures_the_activity_the_plain_step_does(tokenizer):
+    plain, folded = _twin_hives(tokenizer, zero_swarm=False)
+    for h in (plain, folded):
+        h.watch_activity(["swarm", "agent"])
+    plain.learn_async(EXAMPLES, levels=["agent", "context"])
+    folded.learn_and_propose(EXAMPLES, "swarm", levels=["agent", "context"])
+    want, have = plain.watched_activity(), folded.watched_activity()
+    assert want is not None and have is not None and have.keys() == want.keys() == {"swarm", "agent"}
+    for lv in want:
+        torch.testing.assert_close(have[lv][0], want[lv][0], rtol=1e-5, atol=1e-7)
+        assert torch.equal(have[lv][1], want[lv][1])
+
+
+def test_a_proposal_is_not_folded_into_a_step_that_trains_its_level(hive):
+    with pytest.raises(ValueError, match="among the levels the step trains"):
+        hive.learn_and_propose(EXAMPLES, "swarm", levels=["swarm", "agent"])

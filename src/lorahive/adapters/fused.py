@@ -17,8 +17,10 @@ in the gathered slots only. Under ``no_grad`` (scoring, generation with a KV cac
 prepared weights are kept for the life of the routing, so each decode step pays four matmuls
 per module and nothing else.
 
-The path is used automatically on CUDA; :func:`use_fused` forces it on or off (on CPU it is
-how the test suite checks its math against the reference).
+The path is used automatically on CUDA and on the CPU (where it took the demo's run from 180 s
+to 146 s on 2 cores: one pass over the activations per module instead of several per level);
+:func:`use_fused` forces it on or off (``"off"`` runs the reference path, which the test
+suite checks the fused math against).
 """
 
 from __future__ import annotations
@@ -48,7 +50,7 @@ def _mode() -> Mode:
 
 @contextmanager
 def use_fused(mode: Mode) -> Iterator[None]:
-    """Within the block: ``"on"`` fuses on any device, ``"off"`` runs the reference, ``"auto"`` fuses on CUDA."""
+    """Within the block: ``"on"`` fuses on any device, ``"off"`` runs the reference, ``"auto"`` fuses on CUDA and the CPU."""
     if mode not in ("auto", "on", "off"):
         raise ValueError(f"fused mode must be 'auto', 'on' or 'off', got {mode!r}")
     previous, _MODE.value = _mode(), mode
@@ -61,7 +63,7 @@ def use_fused(mode: Mode) -> Iterator[None]:
 def wants_fused(x: torch.Tensor) -> bool:
     """Whether ``HiveLinear`` should take the fused path for input ``x``."""
     mode = _mode()
-    return mode == "on" or (mode == "auto" and x.is_cuda)
+    return mode == "on" or (mode == "auto" and x.device.type in ("cuda", "cpu"))
 
 
 @dataclass(frozen=True)
@@ -101,9 +103,14 @@ class Prepared:
 
 @dataclass(frozen=True)
 class _Plan:
-    """Per routing, for every level that runs: (slots, coefficient, gate); shared by all modules."""
+    """Per routing, for every level that runs: (slots, coefficient, gate); shared by all modules.
+
+    A level's entry is made the first time a module holding it asks (a level scoped to some
+    modules only is absent from the others), ``seen`` lists the levels already classified.
+    """
 
     terms: dict[str, tuple[torch.Tensor | None, float, torch.Tensor | None]]
+    seen: set[str]
 
 
 # Plans and prepared weights live as long as their routing object (one forward pass, or one
@@ -117,7 +124,7 @@ def _forget(key: int) -> None:
     _CACHE.pop(key, None)
 
 
-def _make_plan(routing: Routing, coeffs: dict[str, float]) -> _Plan:
+def _classify(routing: Routing, coeffs: dict[str, float]) -> dict[str, tuple[torch.Tensor | None, float, torch.Tensor | None]]:
     """Classify levels once per routing; which row slots are shared by every row comes from ``routing.uniform``."""
     terms: dict[str, tuple[torch.Tensor | None, float, torch.Tensor | None]] = {}
     single: dict[int, torch.Tensor | None] = {}
@@ -135,15 +142,19 @@ def _make_plan(routing: Routing, coeffs: dict[str, float]) -> _Plan:
                     single[id(slots)] = slots[:1] if bool((slots == slots[0]).all()) else None
                 slots = single[id(slots)] if single[id(slots)] is not None else slots
         terms[level] = (slots, routing.mix.get(level, 1.0) * scale, gate)
-    return _Plan(terms)
+    return terms
 
 
 def _plan(layer: HiveLinear, routing: Routing) -> _Plan:
     key = id(routing)
     plan = _PLANS.get(key)
     if plan is None:
-        plan = _PLANS[key] = _make_plan(routing, layer.scales)
+        plan = _PLANS[key] = _Plan({}, set())
         weakref.finalize(routing, _forget, key)
+    if not plan.seen.issuperset(layer.scales):  # this module holds a level no module before it did
+        new = {lv: c for lv, c in layer.scales.items() if lv not in plan.seen}
+        plan.terms.update(_classify(routing, new))
+        plan.seen.update(new)
     return plan
 
 

@@ -53,7 +53,9 @@ class HiveLinear(nn.Module):
         for level in probe.levels:
             if level in self.banks and routing.runs(level):
                 bank = cast(LevelBank, self.banks[level])
-                probe.observe(level, x, bank.A, bank.B, routing.slots.get(level), routing.mix.get(level, 1.0) * self.scales[level])
+                # a level on proposal slots (copies of its shared slot 0) is the bank's slot 0 for every row
+                slots = None if level in routing.overrides else routing.slots.get(level)
+                probe.observe(level, x, bank.A, bank.B, slots, routing.mix.get(level, 1.0) * self.scales[level])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.base(x)

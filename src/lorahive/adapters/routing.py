@@ -27,7 +27,8 @@ class Routing:
     gates: level name -> (B,) float multiplier per row (absent: 1.0); lets one batch hold
         many level subsets at once, as influence measurement needs.
     overrides: level name -> module path -> (A, B) tensors used instead of that level's bank,
-        with their own slot dimension; per-agent *proposal slots* of a shared level use this.
+        with their own slot dimension: the per-agent *proposal slots* of a shared level, each
+        a copy of the level's slot 0 (an activity probe reports the bank's slot 0 for them).
     uniform: levels of ``slots`` whose rows all use the same slot. ``None`` (unknown) makes
         the fused path find out by reading the device; the hive always says.
     host_slots: the slots of ``slots`` as host tuples, where known; the reference path groups

@@ -22,13 +22,14 @@ class Batch:
     labels: torch.Tensor | None = None  # (B, T)
     answer_at: torch.Tensor | None = None  # (2, N): row and position predicting each answer token
     anchor_at: torch.Tensor | None = None  # (2, M): row and position predicting a prompt token (the anchor's positions)
+    anchor_rows: tuple[int, ...] = ()  # on the host: how many of the anchor's positions each row has (rows in order)
 
     def to(self, device: torch.device | str) -> Batch:
         """The batch on ``device``, copied without a host synchronisation (:func:`to_device`)."""
         labels = None if self.labels is None else to_device(self.labels, device)
         at = None if self.answer_at is None else to_device(self.answer_at, device)
         anchor = None if self.anchor_at is None else to_device(self.anchor_at, device)
-        return Batch(to_device(self.input_ids, device), to_device(self.attention_mask, device), to_device(self.position_ids, device), labels, at, anchor)
+        return Batch(to_device(self.input_ids, device), to_device(self.attention_mask, device), to_device(self.position_ids, device), labels, at, anchor, self.anchor_rows)
 
 
 def _pad_id(tok: PreTrainedTokenizerBase) -> int:
@@ -97,10 +98,13 @@ def pack_examples(tok: PreTrainedTokenizerBase, examples: list[tuple[str, str]],
     lab = torch.tensor(labels)
     at = (lab[:, 1:] != IGNORE).nonzero().t().contiguous()  # (2, N), found on the host
     anchor = None
+    counts: tuple[int, ...] = ()
     if anchor_positions > 0:
-        picks = [(i, t) for i, (p, _) in enumerate(rows) for t in _spaced(len(p) - 1, anchor_positions)]
+        spaced = [_spaced(len(p) - 1, anchor_positions) for p, _ in rows]
+        picks = [(i, t) for i, ts in enumerate(spaced) for t in ts]
         anchor = torch.tensor(picks, dtype=torch.long).t().contiguous() if picks else None  # (2, M)
-    return Batch(torch.tensor(ids), m, _positions(m), lab, at, anchor)
+        counts = tuple(len(ts) for ts in spaced) if picks else ()
+    return Batch(torch.tensor(ids), m, _positions(m), lab, at, anchor, counts)
 
 
 def _spaced(n: int, k: int) -> list[int]:

@@ -2,13 +2,14 @@
 
 Classification tasks are scored by the likelihood of each label (as the CL benchmark's
 baselines are). Running ``prompt + label`` for every label would cost one full forward per
-label; here each prompt runs once (B rows, logits of the last position only), its keys and
-values are repeated for the L options, and only the options' few tokens run again, so
-scoring costs about one prompt forward whatever the number of labels.
+label; here each prompt runs once (B rows, logits of the last position only), and the
+options' tokens after their first run once more, packed side by side in one continuation
+of each prompt's row: a 4D attention mask lets each option's tokens see the prompt and the
+option's own earlier tokens only, with the positions they would have after the prompt. No
+option is padded to the longest and the prompts' keys and values are not copied per option,
+so scoring costs about one prompt forward plus the options' own tokens, whatever their number.
 
-The two passes see different batches (B prompts, then B·L option rows), so the caller sets
-the routing for each: :func:`prompt_pass` under B rows, :func:`option_pass` under B·L rows
-where row ``b·L + l`` is prompt b, option l.
+Both passes run the same B rows, so the caller sets one routing for both.
 """
 
 from __future__ import annotations
@@ -21,15 +22,22 @@ from lorahive.learning.batching import Batch, encode_answer
 from lorahive.tensors import to_device
 
 
-def _options(tok: PreTrainedTokenizerBase, options: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+def _options(tok: PreTrainedTokenizerBase, options: list[str]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Each option's first token (L,), and its later tokens packed: inputs, targets, owners and steps, each (S,).
+
+    Option l's tokens ``t_1 … t_n`` (EOS included) put ``t_1 … t_{n-1}`` in the packed row as
+    inputs, each predicting the next (``t_2 … t_n``); ``step`` is the input's place after the
+    prompt (0 for ``t_1``).
+    """
     seqs = [encode_answer(tok, o) for o in options]
     for o, s in zip(options, seqs, strict=True):
         if not s:
             raise ValueError(f"option {o!r} tokenizes to nothing")
-    width = max(len(s) for s in seqs)
-    ids = torch.tensor([s + [0] * (width - len(s)) for s in seqs])  # (L, K)
-    mask = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in seqs])  # (L, K)
-    return ids, mask
+    inputs = [t for s in seqs for t in s[:-1]]
+    targets = [t for s in seqs for t in s[1:]]
+    owners = [i for i, s in enumerate(seqs) for _ in s[1:]]
+    steps = [j for s in seqs for j in range(len(s) - 1)]
+    return torch.tensor([s[0] for s in seqs]), torch.tensor(inputs, dtype=torch.long), torch.tensor(targets, dtype=torch.long), torch.tensor([owners, steps], dtype=torch.long)
 
 
 @torch.no_grad()
@@ -50,19 +58,19 @@ def prompt_pass(model: PreTrainedModel, prompts: Batch) -> tuple[torch.Tensor, D
 @torch.no_grad()
 def option_pass(model: PreTrainedModel, tok: PreTrainedTokenizerBase, prompts: Batch, first: torch.Tensor, cache: DynamicCache, options: list[str]) -> torch.Tensor:
     """Summed NLL (B, L) of each option (with EOS, as learned), continuing ``cache`` in place."""
-    n_opt, n_prompts = len(options), prompts.input_ids.shape[0]
-    opt_ids, opt_mask = (to_device(t, prompts.input_ids.device) for t in _options(tok, options))
-    nll = -first[:, opt_ids[:, 0]]  # (B, L): each option's first token after each prompt
-    if opt_ids.shape[1] == 1:
+    dev = prompts.input_ids.device
+    heads, inputs, targets, where = (to_device(t, dev) for t in _options(tok, options))
+    nll = -first[:, heads]  # (B, L): each option's first token after each prompt
+    if inputs.numel() == 0:
         return nll
-    cache.batch_repeat_interleave(n_opt)  # (B·L) rows: prompt b's cache for each option
-    cont = opt_ids.repeat(n_prompts, 1)  # (B·L, K)
-    cont_mask = opt_mask.repeat(n_prompts, 1)
-    mask = prompts.attention_mask.repeat_interleave(n_opt, 0)
-    last = prompts.position_ids[:, -1:].repeat_interleave(n_opt, 0)  # (B·L, 1)
-    step_pos = last + 1 + torch.arange(cont.shape[1] - 1, device=last.device)  # (B·L, K-1)
-    full_mask = torch.cat([mask, cont_mask[:, :-1]], dim=1)
-    out = model(input_ids=cont[:, :-1], attention_mask=full_mask, position_ids=step_pos, past_key_values=cache, use_cache=True)
-    logp = F.log_softmax(out.logits.float(), dim=-1)  # (B·L, K-1, V)
-    tok_nll = -logp.gather(2, cont[:, 1:].unsqueeze(-1)).squeeze(-1)  # (B·L, K-1)
-    return nll + (tok_nll * cont_mask[:, 1:]).sum(1).view(n_prompts, n_opt)
+    n_prompts, n_packed = prompts.input_ids.shape[0], inputs.shape[0]
+    owner, step = where[0], where[1]  # (S,), (S,)
+    own = (owner[:, None] == owner[None, :]) & (step[None, :] <= step[:, None])  # (S, S): an option's own earlier tokens
+    sees = torch.cat([prompts.attention_mask.bool()[:, None, :].expand(-1, n_packed, -1), own.expand(n_prompts, -1, -1)], dim=2)  # (B, S, T + S)
+    dtype = next(model.parameters()).dtype
+    mask = torch.zeros(sees.shape, dtype=dtype, device=dev).masked_fill_(~sees, torch.finfo(dtype).min)[:, None]  # (B, 1, S, T + S)
+    position = prompts.position_ids[:, -1:] + 1 + step  # (B, S)
+    out = model(input_ids=inputs.expand(n_prompts, -1), attention_mask=mask, position_ids=position, past_key_values=cache, use_cache=True)
+    logp = F.log_softmax(out.logits.float(), dim=-1)  # (B, S, V)
+    tok_nll = -logp.gather(2, targets.expand(n_prompts, -1).unsqueeze(-1)).squeeze(-1)  # (B, S)
+    return nll.index_add(1, owner, tok_nll)

@@ -81,10 +81,17 @@ def solve_all(hive: Hive, tasks: Mapping[str, Task], cfg: AgentConfig, swarm_lev
     if cfg.context_level is not None:
         hive.reset_slots(cfg.context_level, [a for a in tasks if a not in keep_context])
     support = {a: [(p, as_answer(ans)) for p, ans in t.support] for a, t in tasks.items()}
-    early = _propose(hive, support, cfg, swarm_level) if cfg.propose_at == "start" and support else None
+    fast = hive.core.with_grown(cfg.fast_levels)
+    # at the start, the proposal is the first fast step's own gradient on the swarm level (same rows, objective, weights)
+    fold = cfg.propose_at == "start" and bool(support) and cfg.fast_steps > 0 and swarm_level not in fast
+    early = _propose(hive, support, cfg, swarm_level) if cfg.propose_at == "start" and support and not fold else None
     first: dict[str, torch.Tensor] | None = None
-    for _ in range(cfg.fast_steps):  # the first step's loss is measured before any update
-        step_losses = hive.learn_async(support, steps=1, levels=hive.core.with_grown(cfg.fast_levels), anchor=cfg.anchor, anchor_positions=cfg.anchor_positions)
+    for step in range(cfg.fast_steps):  # the first step's loss is measured before any update
+        if fold and step == 0:
+            step_losses, grads = hive.learn_and_propose(support, swarm_level, levels=fast, anchor=cfg.anchor, anchor_positions=cfg.anchor_positions)
+            early = _detached(grads)
+        else:
+            step_losses = hive.learn_async(support, steps=1, levels=fast, anchor=cfg.anchor, anchor_positions=cfg.anchor_positions)
         first = first or step_losses
     losses = hive.loss(support) if first is None else read_losses(first)
     quality = score(hive, tasks)
@@ -99,6 +106,10 @@ def solve_all(hive: Hive, tasks: Mapping[str, Task], cfg: AgentConfig, swarm_lev
 
 def _propose(hive: Hive, examples: Mapping[str, list[tuple[str, str]]], cfg: AgentConfig, swarm_level: str) -> dict[str, Delta]:
     grads, _ = hive.propose(dict(examples), swarm_level, anchor=cfg.anchor, anchor_positions=cfg.anchor_positions)
+    return _detached(grads)
+
+
+def _detached(grads: Mapping[str, Mapping[str, torch.Tensor]]) -> dict[str, Delta]:
     return {a: {k: v.detach() for k, v in g.items()} for a, g in grads.items()}  # stay on the device
 
 

@@ -12,6 +12,7 @@ device tensors for a caller that gathers a whole phase at once.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Mapping, Sequence
 
 import torch
@@ -25,6 +26,7 @@ from lorahive.learning import answer_nll, last_logits, pack_examples, pack_promp
 from lorahive.learning.batching import Batch
 from lorahive.learning.choice import option_pass, prompt_pass
 from lorahive.learning.objective import anchor_logp, anchored_nll, hidden_states
+from lorahive.tensors import to_device
 
 Examples = Mapping[str, Sequence[tuple[str, str]]]
 
@@ -36,7 +38,7 @@ def read_losses(losses: Mapping[str, torch.Tensor]) -> dict[str, float]:
     return dict(zip(losses, torch.stack([v.detach() for v in losses.values()]).tolist(), strict=True))
 
 
-#: Most prompt × option rows :meth:`Hive.option_nll` scores in one pass by default.
+#: Most prompt × option pairs :meth:`Hive.option_nll` scores in one pass by default.
 OPTION_ROWS = 512
 
 
@@ -47,7 +49,7 @@ class Hive:
         self.core = HiveCore(model, tokenizer, levels, seed=seed, max_length=max_length)
         self._watch: tuple[list[str], int] | None = None  # armed activity measurement: levels, input rows kept
         self._watched: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None
-        self._anchor_memo: tuple[tuple[object, ...], torch.Tensor] | None = None  # last rows' base log-probs
+        self._anchor_memo: tuple[int, dict[tuple[str, str], tuple[int, int]], torch.Tensor, list[tuple[str, str]]] | None = None  # last rows' base log-probs
         self._watched_inputs: dict[str, torch.Tensor] = {}
 
     @classmethod
@@ -172,18 +174,24 @@ class Hive:
     def _anchor_base(self, batch: Batch, owners: list[str], anchor: float, examples: Examples, positions: int) -> torch.Tensor | None:
         """The foundation's log-probabilities at the anchor positions (every level off), or ``None`` without an anchor.
 
-        They depend only on the rows' text (every level is off), so the last batch's are kept:
-        the fast steps of a tick, and its proposals when every agent proposes, pack the same
-        rows and pay for one pass, not one each.
+        They depend only on each row's text (every level is off), so the last batch's are kept
+        per row: the fast steps of a tick, and its proposals (all agents' rows, or those of the
+        agents that cleared the bar), pack rows already seen and pay for one pass, not one each.
         """
         if anchor <= 0 or batch.anchor_at is None:
             return None
-        key = (positions, *((p, a) for exs in examples.values() for p, a in exs))
-        if self._anchor_memo is not None and self._anchor_memo[0] == key:
-            return self._anchor_memo[1]
+        rows = [(p, a) for exs in examples.values() for p, a in exs]
+        memo = self._anchor_memo
+        if memo is not None and memo[0] == positions and all(r in memo[1] for r in rows):
+            if rows == memo[3]:
+                return memo[2]
+            at = torch.cat([torch.arange(start, start + n) for start, n in (memo[1][r] for r in rows)])  # (M,)
+            return memo[2].index_select(0, to_device(at, memo[2].device))
         with self.core.routing.use(self.core.route(owners, levels=[])):
             base = anchor_logp(self.model, batch)
-        self._anchor_memo = (key, base)
+        counts = batch.anchor_rows
+        spans = dict(zip(rows, zip(itertools.accumulate((0, *counts[:-1])), counts, strict=True), strict=True))  # row -> (first, n) in base
+        self._anchor_memo = (positions, spans, base, rows)
         return base
 
     def watch_activity(self, levels: Sequence[str], inputs: int = 0) -> None:
@@ -248,11 +256,12 @@ class Hive:
     def option_nll(self, rows: Sequence[tuple[str, str]], options: Sequence[str], levels: Sequence[str] | None = None, chunk: int | None = None) -> torch.Tensor:
         """Summed NLL (N, L) of each option after each ``(agent, prompt)`` row (label scoring), on the CPU.
 
-        Each prompt runs once; the options continue from its KV cache (learning/choice.py).
-        Prompts go ``chunk`` at a time (default 128 on a GPU, where a pass is host-bound and a
-        bigger batch costs little more, 32 on the CPU), and at most :data:`OPTION_ROWS` prompt ×
-        option rows at a time (each option row holds a copy of its prompt's cache: 14 options
-        × 128 prompts of 128 tokens took 12 GB); all chunks are read back together.
+        Each prompt runs once; the options' tokens continue from its KV cache, packed in one
+        continuation of its row (learning/choice.py), under the prompts' routing. Prompts go
+        ``chunk`` at a time (default 128 on a GPU, where a pass is host-bound and a bigger batch
+        costs little more, 32 on the CPU), and at most :data:`OPTION_ROWS` prompt × option pairs
+        at a time (the options' log-probabilities are prompts × option tokens × vocabulary
+        floats); all chunks are read back together.
         """
         chunk = chunk or max(1, min(128 if self.device.type == "cuda" else 32, OPTION_ROWS // max(len(options), 1)))
         active = self.core.check_levels(levels)
@@ -262,7 +271,6 @@ class Hive:
             batch = pack_prompts(self.tokenizer, [p for _, p in part], self.core.max_length).to(self.device)
             with self.core.routing.use(self.core.route([a for a, _ in part], active)):
                 first, cache = prompt_pass(self.model, batch)
-            with self.core.routing.use(self.core.route([a for a, _ in part for _ in options], active)):
                 out.append(option_pass(self.model, self.tokenizer, batch, first, cache, list(options)))
         return torch.cat(out).cpu() if out else torch.zeros(0, len(options))
 
@@ -293,31 +301,69 @@ class Hive:
             raise ValueError(f"steps must be ≥ 1, got {steps}")
         batch, owners, names = self._pack(examples, anchor_positions if anchor > 0 else 0)
         base = self._anchor_base(batch, owners, anchor, examples, anchor_positions)
-        update = [lv for lv in self.stack.levels if lv.trainable and (levels is None or lv.name in levels)]
-        self.core.check_levels(levels)
-        own_slots = sorted(set(self.core.agent_index(names)))
+        update = self._updated(levels)
         routing = self.core.route(owners, training=[lv.name for lv in update])
         losses: dict[str, torch.Tensor] = {}
         bad = torch.zeros(1, device=self.device)
         for _ in range(steps):
-            self.model.zero_grad(set_to_none=True)
-            if self._watch is not None and self._watched is None:  # an armed measurement rides on this forward
-                probe = ActivityProbe(self._watch[0], batch.attention_mask, keep_inputs=self._watch[1])
-                with self.core.routing.probing(probe):
-                    losses, total = self._objective(batch, owners, names, routing, base, anchor)
-                self._watched, self._watched_inputs = probe.totals(), probe.inputs
-            else:
-                losses, total = self._objective(batch, owners, names, routing, base, anchor)
-            bad = (~torch.isfinite(total)).float().reshape(1)  # (1,): 1 skips the step, on the device
-            total.backward()
-            for lv in update:
-                params = self.core.level_params(lv.name)
-                if lv.scope == "shared":
-                    for p in params.values():
-                        if p.grad is not None:
-                            p.grad.div_(len(names))
-                self.core.step(lv.name, None, [0] if lv.scope == "shared" else own_slots, found_inf=bad)
+            losses, bad = self._learn_step(batch, owners, names, routing, base, anchor, update)
+        return self._step_losses(losses, bad)
+
+    def learn_and_propose(
+        self, examples: Examples, level: str = "swarm", levels: Sequence[str] | None = None, anchor: float = 0.0, anchor_positions: int = 16
+    ) -> tuple[dict[str, torch.Tensor], dict[str, dict[str, torch.Tensor]]]:
+        """One :meth:`learn_async` step whose own backward also yields :meth:`propose`'s proposals for ``level``.
+
+        The step's objective and rows are those :meth:`propose` differentiates, on the weights
+        the step starts from, so each agent's gradient on shared ``level`` comes out of the
+        step's backward: ``level`` runs through per-agent proposal slots (copies of its weights,
+        as in :meth:`propose`) and is not stepped. One forward and backward instead of two; the
+        step's update is the one :meth:`learn_async` makes (``level`` adds the same to every row).
+        ``level`` must not be among the levels the step trains. Returns each agent's loss (device
+        scalars, NaN for a skipped step) and ``{agent: {param name: grad}}`` as :meth:`propose`.
+        """
+        self._check_shared(level)
+        batch, owners, names = self._pack(examples, anchor_positions if anchor > 0 else 0)
+        base = self._anchor_base(batch, owners, anchor, examples, anchor_positions)
+        update = self._updated(levels)
+        if level in {lv.name for lv in update}:
+            raise ValueError(f"learn_and_propose: {level!r} is among the levels the step trains; its proposal would be taken on a level being stepped")
+        routing, slots = self._proposal_routing(level, owners, names, [lv.name for lv in update])
+        losses, bad = self._learn_step(batch, owners, names, routing, base, anchor, update)
+        grads = [t.grad if t.grad is not None else torch.zeros_like(t) for pair in slots.values() for t in pair]
+        return self._step_losses(losses, bad), _by_agent(slots, grads, names)
+
+    def _updated(self, levels: Sequence[str] | None) -> list[LevelSpec]:
+        """The trainable levels a learning step moves: ``levels`` (checked), default every trainable level."""
+        self.core.check_levels(levels)
+        return [lv for lv in self.stack.levels if lv.trainable and (levels is None or lv.name in levels)]
+
+    def _learn_step(
+        self, batch: Batch, owners: list[str], names: list[str], routing: Routing, base: torch.Tensor | None, anchor: float, update: list[LevelSpec]
+    ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """One forward, backward and step of ``update``'s levels; each agent's loss and the (1,) skip flag."""
         self.model.zero_grad(set_to_none=True)
+        if self._watch is not None and self._watched is None:  # an armed measurement rides on this forward
+            probe = ActivityProbe(self._watch[0], batch.attention_mask, keep_inputs=self._watch[1])
+            with self.core.routing.probing(probe):
+                losses, total = self._objective(batch, owners, names, routing, base, anchor)
+            self._watched, self._watched_inputs = probe.totals(), probe.inputs
+        else:
+            losses, total = self._objective(batch, owners, names, routing, base, anchor)
+        bad = (~torch.isfinite(total)).float().reshape(1)  # (1,): 1 skips the step, on the device
+        total.backward()
+        own_slots = sorted(set(self.core.agent_index(names)))
+        for lv in update:
+            params = self.core.level_params(lv.name)
+            if lv.scope == "shared":
+                for p in params.values():
+                    if p.grad is not None:
+                        p.grad.div_(len(names))
+            self.core.step(lv.name, None, [0] if lv.scope == "shared" else own_slots, found_inf=bad)
+        self.model.zero_grad(set_to_none=True)
+        return losses, bad
+
+    def _step_losses(self, losses: dict[str, torch.Tensor], bad: torch.Tensor) -> dict[str, torch.Tensor]:
         nan = torch.full((), float("nan"), device=self.device)
         return {n: torch.where(bad[0] > 0, nan, v.detach()) for n, v in losses.items()}
 
@@ -333,31 +379,37 @@ class Hive:
         tensors keyed like :meth:`level_params`, and each agent's loss. ``anchor`` adds the
         foundation anchor to each agent's objective, as in :meth:`learn_async`.
         """
-        if self.stack.get(level).scope != "shared":
-            raise ValueError(f"proposals are for shared levels; {level!r} is scoped {self.stack.get(level).scope!r}")
+        self._check_shared(level)
         batch, owners, names = self._pack(examples, anchor_positions if anchor > 0 else 0)
         anchor_base = self._anchor_base(batch, owners, anchor, examples, anchor_positions)
+        routing, slots = self._proposal_routing(level, owners, names)
+        losses, objective = self._objective(batch, owners, names, routing, anchor_base, anchor)
+        grads = torch.autograd.grad(objective, [t for pair in slots.values() for t in pair])
+        return _by_agent(slots, list(grads), names), read_losses(losses)
+
+    def _check_shared(self, level: str) -> None:
+        if self.stack.get(level).scope != "shared":
+            raise ValueError(f"proposals are for shared levels; {level!r} is scoped {self.stack.get(level).scope!r}")
+
+    def _proposal_routing(self, level: str, owners: list[str], names: list[str], training: Sequence[str] = ()) -> tuple[Routing, dict[str, tuple[torch.Tensor, torch.Tensor]]]:
+        """The batch's routing with shared ``level`` on one proposal slot per agent, and those slots per module.
+
+        Every proposal slot is a leaf holding the level's current weights; row i uses its
+        agent's slot, so the gradient that lands in slot k is agent k's own.
+        """
         k = len(names)
         slots: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         for path, bank in self.core.named_banks(level):
             pa = bank.A.detach()[:1].expand(k, -1, -1).clone().requires_grad_()  # (K, r, in)
             pb = bank.B.detach()[:1].expand(k, -1, -1).clone().requires_grad_()  # (K, out, r)
             slots[path] = (pa, pb)
-        base = self.core.route(owners, training=[level])
+        base = self.core.route(owners, training=[*training, level])
         rows = tuple(names.index(o) for o in owners)
-        row_slot = self.core.index(rows)  # (B,)
         routing = Routing(
-            slots={**base.slots, level: row_slot}, active=base.active, mix=base.mix, overrides={level: slots},
+            slots={**base.slots, level: self.core.index(rows)}, active=base.active, mix=base.mix, overrides={level: slots},
             uniform=base.uniform, host_slots={**base.host_slots, level: rows},
         )
-        losses, objective = self._objective(batch, owners, names, routing, anchor_base, anchor)
-        leaves = [t for pair in slots.values() for t in pair]
-        grads = torch.autograd.grad(objective, leaves)
-        out: dict[str, dict[str, torch.Tensor]] = {n: {} for n in names}
-        for (path, _), g_a, g_b in zip(slots.items(), grads[0::2], grads[1::2], strict=True):
-            for i, n in enumerate(names):
-                out[n][f"{path}.A"], out[n][f"{path}.B"] = g_a[i], g_b[i]
-        return out, read_losses(losses)
+        return routing, slots
 
     def apply_update(self, level: str, update: Mapping[str, torch.Tensor]) -> None:
         """Step shared ``level``'s optimizer with ``update`` as its gradient (the level's current step size)."""
@@ -365,3 +417,12 @@ class Hive:
         if set(update) != set(params):
             raise ValueError(f"update for {level!r} must cover exactly its {len(params)} parameters")
         self.core.step(level, {name: update[name].unsqueeze(0) for name in params}, [0])
+
+
+def _by_agent(slots: Mapping[str, tuple[torch.Tensor, torch.Tensor]], grads: Sequence[torch.Tensor], names: list[str]) -> dict[str, dict[str, torch.Tensor]]:
+    """Proposal-slot gradients (``A, B`` per module, in ``slots`` order) as ``{agent: {param name: grad}}``."""
+    out: dict[str, dict[str, torch.Tensor]] = {n: {} for n in names}
+    for path, g_a, g_b in zip(slots, grads[0::2], grads[1::2], strict=True):
+        for i, n in enumerate(names):
+            out[n][f"{path}.A"], out[n][f"{path}.B"] = g_a[i], g_b[i]
+    return out
