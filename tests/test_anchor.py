@@ -81,26 +81,30 @@ def test_proposals_carry_the_anchor(tokenizer):
     assert diff > 0
 
 
-def test_the_base_pass_is_paid_once_for_rows_already_seen_and_learning_is_unchanged(tokenizer):
+def _forget(hive: Hive) -> None:
+    """Drop the base log-probabilities ``hive`` keeps, so its next anchored call pays the base pass."""
+    hive._anchor_rows, hive._anchor_batches = {}, {}
+
+
+def test_the_base_pass_is_paid_once_for_rows_already_seen_and_learning_is_unchanged(tokenizer, monkeypatch):
+    import lorahive.runtime.hive as hive_module
+
     plain, memo = _hive(tokenizer), _hive(tokenizer)
     calls = {"n": 0}
-    real = memo._anchor_base
 
-    def counted(*args, **kwargs):
-        before = memo._anchor_memo
-        out = real(*args, **kwargs)
-        calls["n"] += memo._anchor_memo is not before  # a new base pass replaced the kept one
-        return out
+    def counted(model, batch):
+        calls["n"] += model is memo.model
+        return anchor_logp(model, batch)
 
-    memo._anchor_base = counted  # type: ignore[method-assign]
+    monkeypatch.setattr(hive_module, "anchor_logp", counted)
     for _ in range(3):
         memo.learn(EXAMPLES, steps=1, anchor=1.0)
-        plain._anchor_memo = None  # the reference pays the pass every time
+        _forget(plain)  # the reference pays the pass every time
         plain.learn(EXAMPLES, steps=1, anchor=1.0)
     assert calls["n"] == 1
     some = {"bob": EXAMPLES["bob"], "ann": EXAMPLES["ann"][1:]}  # some of the kept rows, in another order: no new pass
     memo.learn(some, steps=1, anchor=1.0)
-    plain._anchor_memo = None
+    _forget(plain)
     plain.learn(some, steps=1, anchor=1.0)
     assert calls["n"] == 1
     other = {"ann": [("the sun rose over the hills", " yes")]}  # rows not kept: a new pass

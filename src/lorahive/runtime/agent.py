@@ -88,12 +88,12 @@ def solve_all(hive: Hive, tasks: Mapping[str, Task], cfg: AgentConfig, swarm_lev
     first: dict[str, torch.Tensor] | None = None
     for step in range(cfg.fast_steps):  # the first step's loss is measured before any update
         if fold and step == 0:
-            step_losses, grads = hive.learn_and_propose(support, swarm_level, levels=fast, anchor=cfg.anchor, anchor_positions=cfg.anchor_positions)
+            step_losses, grads = hive.learn_and_propose(support, swarm_level, levels=fast, anchor=cfg.anchor, anchor_positions=cfg.anchor_positions, rows_per_pass=cfg.rows_per_pass)
             early = _detached(grads)
         else:
-            step_losses = hive.learn_async(support, steps=1, levels=fast, anchor=cfg.anchor, anchor_positions=cfg.anchor_positions)
+            step_losses = hive.learn_async(support, steps=1, levels=fast, anchor=cfg.anchor, anchor_positions=cfg.anchor_positions, rows_per_pass=cfg.rows_per_pass)
         first = first or step_losses
-    losses = hive.loss(support) if first is None else read_losses(first)
+    losses = hive.loss(support, rows_per_pass=cfg.rows_per_pass) if first is None else read_losses(first)
     quality = score(hive, tasks)
     good = {a: ex for a, ex in support.items() if quality[a] >= cfg.quality_bar}
     proposals: dict[str, Delta] = {}
@@ -105,7 +105,7 @@ def solve_all(hive: Hive, tasks: Mapping[str, Task], cfg: AgentConfig, swarm_lev
 
 
 def _propose(hive: Hive, examples: Mapping[str, list[tuple[str, str]]], cfg: AgentConfig, swarm_level: str) -> dict[str, Delta]:
-    grads, _ = hive.propose(dict(examples), swarm_level, anchor=cfg.anchor, anchor_positions=cfg.anchor_positions)
+    grads, _ = hive.propose(dict(examples), swarm_level, anchor=cfg.anchor, anchor_positions=cfg.anchor_positions, rows_per_pass=cfg.rows_per_pass)
     return _detached(grads)
 
 

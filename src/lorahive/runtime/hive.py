@@ -12,8 +12,8 @@ device tensors for a caller that gathers a whole phase at once.
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -26,7 +26,6 @@ from lorahive.learning import answer_nll, last_logits, pack_examples, pack_promp
 from lorahive.learning.batching import Batch
 from lorahive.learning.choice import option_pass, prompt_pass
 from lorahive.learning.objective import anchor_logp, anchored_nll, hidden_states
-from lorahive.tensors import to_device
 
 Examples = Mapping[str, Sequence[tuple[str, str]]]
 
@@ -49,7 +48,9 @@ class Hive:
         self.core = HiveCore(model, tokenizer, levels, seed=seed, max_length=max_length)
         self._watch: tuple[list[str], int] | None = None  # armed activity measurement: levels, input rows kept
         self._watched: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None
-        self._anchor_memo: tuple[int, dict[tuple[str, str], tuple[int, int]], torch.Tensor, list[tuple[str, str]]] | None = None  # last rows' base log-probs
+        self._anchor_rows: dict[tuple[str, str], torch.Tensor] = {}  # row text -> its base log-probs at the anchor positions
+        self._anchor_batches: dict[tuple[tuple[str, str], ...], torch.Tensor] = {}  # the same, per batch of rows packed
+        self._anchor_positions = 0  # positions per row the kept log-probs were taken at
         self._watched_inputs: dict[str, torch.Tensor] = {}
 
     @classmethod
@@ -137,8 +138,7 @@ class Hive:
 
     # ------------------------------------------------------------------ learning
     def _pack(self, examples: Examples, anchor_positions: int = 0) -> tuple[Batch, list[str], list[str]]:
-        if not isinstance(examples, Mapping) or not examples:
-            raise ValueError("examples must be a non-empty mapping {agent: [(prompt, answer), ...]}")
+        _check_mapping(examples)
         self.core.agent_index(list(examples))
         rows: list[tuple[str, str]] = []
         owners: list[str] = []
@@ -171,27 +171,45 @@ class Hive:
             objective = objective + anchor * (zeros.index_add(0, row_agent, kl) / rows.clamp_min(1.0)).sum()
         return {n: means[i] for i, n in enumerate(names)}, objective
 
-    def _anchor_base(self, batch: Batch, owners: list[str], anchor: float, examples: Examples, positions: int) -> torch.Tensor | None:
+    def _passes(self, examples: Examples, anchor: float, positions: int, rows_per_pass: int | None) -> tuple[list[_Pass], list[str]]:
+        """The examples packed in passes of whole agents, at most ``rows_per_pass`` rows each (``None``: one pass), and every agent's name.
+
+        An agent with more rows than that is a pass of its own. Each agent's loss and gradient
+        come from its own rows only, so passes whose gradients are added up learn exactly what
+        one pass over every row learns, with the activations of one pass held at a time.
+        """
+        names = list(_check_mapping(examples))
+        if rows_per_pass is not None and rows_per_pass < 1:
+            raise ValueError(f"rows_per_pass must be ≥ 1 or None, got {rows_per_pass}")
+        passes: list[_Pass] = []
+        for i, part in enumerate(_split(examples, rows_per_pass)):
+            batch, owners, part_names = self._pack(part, positions if anchor > 0 else 0)
+            passes.append(_Pass(batch, owners, part_names, self._anchor_base(batch, owners, anchor, part, positions, first=i == 0)))
+        return passes, names
+
+    def _anchor_base(self, batch: Batch, owners: list[str], anchor: float, examples: Examples, positions: int, first: bool = True) -> torch.Tensor | None:
         """The foundation's log-probabilities at the anchor positions (every level off), or ``None`` without an anchor.
 
-        They depend only on each row's text (every level is off), so the last batch's are kept
-        per row: the fast steps of a tick, and its proposals (all agents' rows, or those of the
-        agents that cleared the bar), pack rows already seen and pay for one pass, not one each.
+        They depend only on each row's text (every level is off), so they are kept per row: the
+        fast steps of a tick, and its proposals (all agents' rows, or those of the agents that
+        cleared the bar), pack rows already seen and pay for one pass, not one each. What was
+        kept is dropped when the first pass of a call brings a row not seen (a new tick's rows).
         """
         if anchor <= 0 or batch.anchor_at is None:
             return None
         rows = [(p, a) for exs in examples.values() for p, a in exs]
-        memo = self._anchor_memo
-        if memo is not None and memo[0] == positions and all(r in memo[1] for r in rows):
-            if rows == memo[3]:
-                return memo[2]
-            at = torch.cat([torch.arange(start, start + n) for start, n in (memo[1][r] for r in rows)])  # (M,)
-            return memo[2].index_select(0, to_device(at, memo[2].device))
+        key = tuple(rows)
+        if positions == self._anchor_positions:
+            if key in self._anchor_batches:
+                return self._anchor_batches[key]
+            if all(r in self._anchor_rows for r in rows):
+                return torch.cat([self._anchor_rows[r] for r in rows])
         with self.core.routing.use(self.core.route(owners, levels=[])):
             base = anchor_logp(self.model, batch)
-        counts = batch.anchor_rows
-        spans = dict(zip(rows, zip(itertools.accumulate((0, *counts[:-1])), counts, strict=True), strict=True))  # row -> (first, n) in base
-        self._anchor_memo = (positions, spans, base, rows)
+        if first or positions != self._anchor_positions:
+            self._anchor_rows, self._anchor_batches, self._anchor_positions = {}, {}, positions
+        self._anchor_rows.update(zip(rows, base.split(list(batch.anchor_rows)), strict=True))
+        self._anchor_batches[key] = base
         return base
 
     def watch_activity(self, levels: Sequence[str], inputs: int = 0) -> None:
@@ -225,20 +243,25 @@ class Hive:
         return mean_activity(self.activity_totals(examples, levels))
 
     @torch.no_grad()
-    def activity_totals(self, examples: Examples, levels: Sequence[str]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-        """:meth:`activity` as per-slot sums and row counts (:meth:`ActivityProbe.totals`), which processes add up."""
-        batch, owners, _ = self._pack(examples)
-        probe = ActivityProbe(sorted(self.core.check_levels(levels) or ()), batch.attention_mask)
-        with self.core.routing.use(self.core.route(owners)), self.core.routing.probing(probe):
-            hidden_states(self.model, batch)
-        return probe.totals()
+    def activity_totals(self, examples: Examples, levels: Sequence[str], rows_per_pass: int | None = None) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """:meth:`activity` as per-slot sums and row counts (:meth:`ActivityProbe.totals`), which processes add up; in passes as :meth:`learn_async`."""
+        watched = sorted(self.core.check_levels(levels) or ())
+        out: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        for p in self._passes(examples, 0.0, 0, rows_per_pass)[0]:
+            probe = ActivityProbe(watched, p.batch.attention_mask)
+            with self.core.routing.use(self.core.route(p.owners)), self.core.routing.probing(probe):
+                hidden_states(self.model, p.batch)
+            out = _added(out, probe.totals())
+        return out
 
     @torch.no_grad()
-    def loss(self, examples: Examples, levels: Sequence[str] | None = None) -> dict[str, float]:
-        """Mean answer-token NLL per agent, without learning."""
-        batch, owners, names = self._pack(examples)
-        routing = self.core.route(owners, self.core.check_levels(levels))
-        return read_losses(self._agent_losses(batch, owners, names, routing))
+    def loss(self, examples: Examples, levels: Sequence[str] | None = None, rows_per_pass: int | None = None) -> dict[str, float]:
+        """Mean answer-token NLL per agent, without learning (in passes of at most ``rows_per_pass`` rows, as :meth:`learn_async`)."""
+        active = self.core.check_levels(levels)
+        losses: dict[str, torch.Tensor] = {}
+        for p in self._passes(examples, 0.0, 0, rows_per_pass)[0]:
+            losses.update(self._agent_losses(p.batch, p.owners, p.names, self.core.route(p.owners, active)))
+        return read_losses(losses)
 
     @torch.no_grad()
     def row_nll(self, rows: Sequence[tuple[str, str, str]], levels: Sequence[str] | None = None, chunk: int = 64) -> torch.Tensor:
@@ -286,7 +309,7 @@ class Hive:
         return read_losses(self.learn_async(examples, steps, levels, anchor, anchor_positions))
 
     def learn_async(
-        self, examples: Examples, steps: int = 1, levels: Sequence[str] | None = None, anchor: float = 0.0, anchor_positions: int = 16
+        self, examples: Examples, steps: int = 1, levels: Sequence[str] | None = None, anchor: float = 0.0, anchor_positions: int = 16, rows_per_pass: int | None = None
     ) -> dict[str, torch.Tensor]:
         """:meth:`learn` without reading anything back: each agent's last loss as a device scalar.
 
@@ -295,22 +318,23 @@ class Hive:
         foundation anchor to what is minimised: ``anchor`` × the mean ``KL(base ‖ hive)`` of the
         next-token distribution at up to ``anchor_positions`` prompt positions per row, the
         base model's own predictions on the prompts' text (one extra forward with every level
-        off); the returned losses stay the answer NLL.
+        off); the returned losses stay the answer NLL. ``rows_per_pass``: each step's forward
+        and backward run over passes of whole agents with at most that many rows, their
+        gradients added up before the step (the same step; activations of one pass at a time).
         """
         if steps < 1:
             raise ValueError(f"steps must be ≥ 1, got {steps}")
-        batch, owners, names = self._pack(examples, anchor_positions if anchor > 0 else 0)
-        base = self._anchor_base(batch, owners, anchor, examples, anchor_positions)
+        passes, names = self._passes(examples, anchor, anchor_positions, rows_per_pass)
         update = self._updated(levels)
-        routing = self.core.route(owners, training=[lv.name for lv in update])
+        routings = [self.core.route(p.owners, training=[lv.name for lv in update]) for p in passes]
         losses: dict[str, torch.Tensor] = {}
         bad = torch.zeros(1, device=self.device)
         for _ in range(steps):
-            losses, bad = self._learn_step(batch, owners, names, routing, base, anchor, update)
+            losses, bad = self._learn_step(passes, names, routings, anchor, update)
         return self._step_losses(losses, bad)
 
     def learn_and_propose(
-        self, examples: Examples, level: str = "swarm", levels: Sequence[str] | None = None, anchor: float = 0.0, anchor_positions: int = 16
+        self, examples: Examples, level: str = "swarm", levels: Sequence[str] | None = None, anchor: float = 0.0, anchor_positions: int = 16, rows_per_pass: int | None = None
     ) -> tuple[dict[str, torch.Tensor], dict[str, dict[str, torch.Tensor]]]:
         """One :meth:`learn_async` step whose own backward also yields :meth:`propose`'s proposals for ``level``.
 
@@ -323,13 +347,13 @@ class Hive:
         scalars, NaN for a skipped step) and ``{agent: {param name: grad}}`` as :meth:`propose`.
         """
         self._check_shared(level)
-        batch, owners, names = self._pack(examples, anchor_positions if anchor > 0 else 0)
-        base = self._anchor_base(batch, owners, anchor, examples, anchor_positions)
         update = self._updated(levels)
         if level in {lv.name for lv in update}:
             raise ValueError(f"learn_and_propose: {level!r} is among the levels the step trains; its proposal would be taken on a level being stepped")
-        routing, slots = self._proposal_routing(level, owners, names, [lv.name for lv in update])
-        losses, bad = self._learn_step(batch, owners, names, routing, base, anchor, update)
+        passes, names = self._passes(examples, anchor, anchor_positions, rows_per_pass)
+        slots = self._proposal_slots(level, len(names))
+        routings = [self._proposal_routing(level, p.owners, names, slots, [lv.name for lv in update]) for p in passes]
+        losses, bad = self._learn_step(passes, names, routings, anchor, update)
         grads = [t.grad if t.grad is not None else torch.zeros_like(t) for pair in slots.values() for t in pair]
         return self._step_losses(losses, bad), _by_agent(slots, grads, names)
 
@@ -338,27 +362,35 @@ class Hive:
         self.core.check_levels(levels)
         return [lv for lv in self.stack.levels if lv.trainable and (levels is None or lv.name in levels)]
 
-    def _learn_step(
-        self, batch: Batch, owners: list[str], names: list[str], routing: Routing, base: torch.Tensor | None, anchor: float, update: list[LevelSpec]
-    ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-        """One forward, backward and step of ``update``'s levels; each agent's loss and the (1,) skip flag."""
+    def _learn_step(self, passes: list[_Pass], names: list[str], routings: list[Routing], anchor: float, update: list[LevelSpec]) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """One forward and backward per pass, gradients added up, and one step of ``update``'s levels; each agent's loss and the (1,) skip flag."""
         self.model.zero_grad(set_to_none=True)
-        if self._watch is not None and self._watched is None:  # an armed measurement rides on this forward
-            probe = ActivityProbe(self._watch[0], batch.attention_mask, keep_inputs=self._watch[1])
-            with self.core.routing.probing(probe):
-                losses, total = self._objective(batch, owners, names, routing, base, anchor)
-            self._watched, self._watched_inputs = probe.totals(), probe.inputs
-        else:
-            losses, total = self._objective(batch, owners, names, routing, base, anchor)
-        bad = (~torch.isfinite(total)).float().reshape(1)  # (1,): 1 skips the step, on the device
-        total.backward()
+        watch = self._watch if self._watched is None else None  # an armed measurement rides on this step's forwards
+        losses: dict[str, torch.Tensor] = {}
+        totals: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        bad = torch.zeros(1, device=self.device)
+        for i, (p, routing) in enumerate(zip(passes, routings, strict=True)):
+            if watch is not None:
+                probe = ActivityProbe(watch[0], p.batch.attention_mask, keep_inputs=watch[1] if i == 0 else 0)
+                with self.core.routing.probing(probe):
+                    part, total = self._objective(p.batch, p.owners, p.names, routing, p.base, anchor)
+                totals = _added(totals, probe.totals())
+                if i == 0:
+                    self._watched_inputs = probe.inputs
+            else:
+                part, total = self._objective(p.batch, p.owners, p.names, routing, p.base, anchor)
+            bad = torch.maximum(bad, (~torch.isfinite(total)).float().reshape(1))  # (1,): 1 skips the step, on the device
+            total.backward()
+            losses.update(part)
+        if watch is not None:
+            self._watched = totals
         own_slots = sorted(set(self.core.agent_index(names)))
         for lv in update:
             params = self.core.level_params(lv.name)
             if lv.scope == "shared":
-                for p in params.values():
-                    if p.grad is not None:
-                        p.grad.div_(len(names))
+                for q in params.values():
+                    if q.grad is not None:
+                        q.grad.div_(len(names))
             self.core.step(lv.name, None, [0] if lv.scope == "shared" else own_slots, found_inf=bad)
         self.model.zero_grad(set_to_none=True)
         return losses, bad
@@ -369,9 +401,9 @@ class Hive:
 
     # ------------------------------------------------------------------ shared-level proposals
     def propose(
-        self, examples: Examples, level: str = "swarm", anchor: float = 0.0, anchor_positions: int = 16
+        self, examples: Examples, level: str = "swarm", anchor: float = 0.0, anchor_positions: int = 16, rows_per_pass: int | None = None
     ) -> tuple[dict[str, dict[str, torch.Tensor]], dict[str, float]]:
-        """Each agent's exact gradient on shared ``level``, from one batched backward.
+        """Each agent's exact gradient on shared ``level``, from one batched backward (one per pass with ``rows_per_pass``).
 
         The level gets one *proposal slot* per agent, all holding the level's current weights;
         row i is routed to its agent's slot, so the gradient that lands in slot k is agent k's
@@ -380,36 +412,39 @@ class Hive:
         foundation anchor to each agent's objective, as in :meth:`learn_async`.
         """
         self._check_shared(level)
-        batch, owners, names = self._pack(examples, anchor_positions if anchor > 0 else 0)
-        anchor_base = self._anchor_base(batch, owners, anchor, examples, anchor_positions)
-        routing, slots = self._proposal_routing(level, owners, names)
-        losses, objective = self._objective(batch, owners, names, routing, anchor_base, anchor)
-        grads = torch.autograd.grad(objective, [t for pair in slots.values() for t in pair])
-        return _by_agent(slots, list(grads), names), read_losses(losses)
+        passes, names = self._passes(examples, anchor, anchor_positions, rows_per_pass)
+        slots = self._proposal_slots(level, len(names))
+        leaves = [t for pair in slots.values() for t in pair]
+        grads: list[torch.Tensor] = []
+        losses: dict[str, torch.Tensor] = {}
+        for p in passes:
+            part, objective = self._objective(p.batch, p.owners, p.names, self._proposal_routing(level, p.owners, names, slots), p.base, anchor)
+            g = torch.autograd.grad(objective, leaves)  # an agent's slot gets gradient from its own pass only
+            grads = list(g) if not grads else [a.add_(b) for a, b in zip(grads, g, strict=True)]
+            losses.update(part)
+        return _by_agent(slots, grads, names), read_losses(losses)
 
     def _check_shared(self, level: str) -> None:
         if self.stack.get(level).scope != "shared":
             raise ValueError(f"proposals are for shared levels; {level!r} is scoped {self.stack.get(level).scope!r}")
 
-    def _proposal_routing(self, level: str, owners: list[str], names: list[str], training: Sequence[str] = ()) -> tuple[Routing, dict[str, tuple[torch.Tensor, torch.Tensor]]]:
-        """The batch's routing with shared ``level`` on one proposal slot per agent, and those slots per module.
-
-        Every proposal slot is a leaf holding the level's current weights; row i uses its
-        agent's slot, so the gradient that lands in slot k is agent k's own.
-        """
-        k = len(names)
+    def _proposal_slots(self, level: str, k: int) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """Per module of shared ``level``: ``k`` proposal slots ``(A, B)``, leaves each holding the level's current weights."""
         slots: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         for path, bank in self.core.named_banks(level):
             pa = bank.A.detach()[:1].expand(k, -1, -1).clone().requires_grad_()  # (K, r, in)
             pb = bank.B.detach()[:1].expand(k, -1, -1).clone().requires_grad_()  # (K, out, r)
             slots[path] = (pa, pb)
+        return slots
+
+    def _proposal_routing(self, level: str, owners: list[str], names: list[str], slots: dict[str, tuple[torch.Tensor, torch.Tensor]], training: Sequence[str] = ()) -> Routing:
+        """The rows' routing with shared ``level`` on the proposal ``slots``: a row uses its agent's (its place in ``names``), so the gradient that lands in slot k is agent k's own."""
         base = self.core.route(owners, training=[*training, level])
         rows = tuple(names.index(o) for o in owners)
-        routing = Routing(
+        return Routing(
             slots={**base.slots, level: self.core.index(rows)}, active=base.active, mix=base.mix, overrides={level: slots},
             uniform=base.uniform, host_slots={**base.host_slots, level: rows},
         )
-        return routing, slots
 
     def apply_update(self, level: str, update: Mapping[str, torch.Tensor]) -> None:
         """Step shared ``level``'s optimizer with ``update`` as its gradient (the level's current step size)."""
@@ -425,4 +460,43 @@ def _by_agent(slots: Mapping[str, tuple[torch.Tensor, torch.Tensor]], grads: Seq
     for path, g_a, g_b in zip(slots, grads[0::2], grads[1::2], strict=True):
         for i, n in enumerate(names):
             out[n][f"{path}.A"], out[n][f"{path}.B"] = g_a[i], g_b[i]
+    return out
+
+
+@dataclass(frozen=True)
+class _Pass:
+    """One forward's worth of a learning call: whole agents' rows packed, and the anchor's base log-probabilities."""
+
+    batch: Batch
+    owners: list[str]  # each row's agent
+    names: list[str]  # the pass's agents, in order
+    base: torch.Tensor | None
+
+
+def _check_mapping(examples: Examples) -> Examples:
+    if not isinstance(examples, Mapping) or not examples:
+        raise ValueError("examples must be a non-empty mapping {agent: [(prompt, answer), ...]}")
+    return examples
+
+
+def _split(examples: Examples, rows: int | None) -> list[Examples]:
+    """Whole agents in order, grouped so a group holds at most ``rows`` examples (an agent with more is a group alone)."""
+    if rows is None:
+        return [examples]
+    groups: list[dict[str, Sequence[tuple[str, str]]]] = [{}]
+    held = 0
+    for agent, exs in examples.items():
+        if groups[-1] and held + len(exs) > rows:
+            groups.append({})
+            held = 0
+        groups[-1][agent] = exs
+        held += len(exs)
+    return list(groups)
+
+
+def _added(a: Mapping[str, tuple[torch.Tensor, torch.Tensor]], b: Mapping[str, tuple[torch.Tensor, torch.Tensor]]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Activity totals (per level: sums, row counts) of two sets of rows, added up."""
+    out = dict(a)
+    for level, (sums, rows) in b.items():
+        out[level] = (out[level][0] + sums, out[level][1] + rows) if level in out else (sums, rows)
     return out

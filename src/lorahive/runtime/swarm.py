@@ -203,7 +203,7 @@ class Swarm:
         if missing:
             index = dict(zip(self.agents, self.hive.core.agent_index(list(self.agents)), strict=True))
             support = {a: [(p, as_answer(ans)) for p, ans in exs] for a, exs in ctx.support.items() if exs and self.peers.hosts(index[a])}
-            totals = add_up(self.peers, self.hive.activity_totals(support, missing) if support else None)
+            totals = add_up(self.peers, self.hive.activity_totals(support, missing, self.cfg.agent.rows_per_pass) if support else None)
             have = {**have, **mean_activity(totals or {})}
         ctx.activity = have
         return {lv: have[lv] for lv in levels if lv in have}
