@@ -9,7 +9,7 @@ config) finds them all stable at the same check and hands them to the context �
 at once. Patterns are built from the demo tasks (``common.py``): agent i's is its task's
 (i mod 4) local pattern plus a fixed real minibatch deviation, learned each tick beside fresh
 minibatch noise of a weight drawn per pattern (autocorrelation ≈ 0.9–0.99); the ``critical`` (3) agents' is the universal
-pattern, shared by every task, learned almost noise-free (autocorrelation ≥ 0.995, the bypass
+pattern, shared by every task, learned almost noise-free (autocorrelation above the bypass
 level). After the avalanche nothing more is learned or detected; the ticks that follow only
 drain the queue. Scenarios, on the same draws:
 
