@@ -86,3 +86,13 @@ def test_experiment_10_runs_the_four_scenarios_on_one_avalanche(tmp_path):
             assert r["bypassed"] == 0 or name.startswith("D")
     assert all(finite(m["summary"][s]["max_tick_share"]) for s in m["scenarios"])
     assert m["summary"]["C: adaptive"]["budget"] == pytest.approx(2 * m["summary"]["B: fixed"]["budget"])  # 1 / inertia 0.5
+
+
+@pytest.mark.parametrize("name", ["exp05", "exp06", "exp10"])
+def test_the_full_size_is_configured_like_the_small_one_on_the_embedded_model(name):
+    import yaml
+
+    tree = yaml.safe_load((ROOT / f"{name}.yaml").read_text(encoding="utf-8"))
+    assert set(tree) == {"small", "full"}
+    assert tree["small"]["base"] == "tiny-random" and tree["full"]["base"] == "embedded:smollm2-135m"
+    assert set(tree["full"]) == set(tree["small"]) - {"threads"}  # the small size pins one thread for CI
