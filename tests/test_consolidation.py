@@ -285,6 +285,33 @@ def test_a_slot_that_stays_put_becomes_ready_after_checks_stable_checks_a_rotati
     assert [cons.stable["agent"][s] for s in stable] == [5] * len(stable)
 
 
+def test_the_timer_trigger_makes_a_rotating_slot_ready_on_the_same_schedule(hive):
+    """``trigger: timer`` (experiment 6's control): every check counts, so the rotating slot is ready too."""
+    randomize_b(hive, seed=2)
+    core = hive.core
+    cfg = ConsolidationConfig(every=2, checks=2, threshold=0.9, signature_rank=2, trigger="timer")
+    cons = Consolidation(cfg, [("agent", "swarm")])
+    gen = torch.Generator().manual_seed(5)
+    ready: dict[int, list[int]] = {}
+    for t in range(2, 9, 2):
+        _rotate(core, "agent", 1, gen)
+        shared: dict = {}
+        action = cons.run(view(core, t, shared=shared))
+        assert action is not None
+        ready[t] = sorted(r.slot for r in shared["ready"])
+        if t > 2:
+            assert action.detail["channels"]["agent→swarm"]["autocorr"]["1"] < cfg.threshold  # still measured
+    every = sorted(core.written["agent"])
+    assert 1 in every and ready[2] == [] and ready[4] == []
+    assert ready[6] == every and ready[8] == every
+
+
+def test_the_trigger_is_validated():
+    assert ConsolidationConfig().trigger == "autocorrelation"
+    with pytest.raises(ValueError, match="trigger"):
+        ConsolidationConfig(trigger="clock")
+
+
 def test_after_migration_the_slot_count_restarts(tokenizer):
     """agent (rank 4) → swarm with k = 2: ready at tick 6, moved at once; its rest (rank 2) starts over."""
     hive = make_hive(tokenizer, stack_of({"agent": 4, "swarm": 8}), ["ann", "bob"])

@@ -7,6 +7,8 @@ against the same run with one switched off). The rules these numbers feed are do
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 __all__ = [
@@ -97,6 +99,9 @@ class ConsolidationConfig(_Section):
     the factors). Its autocorrelation is the mean subspace overlap with the previous
     signature; above ``threshold`` for ``checks`` checks in a row, that dominant part
     migrates along its channel (context → agent → swarm → domain) through the bandwidth queue.
+    ``trigger: timer`` is the control of seed 004's experiment 6: every check with a previous
+    signature counts, stable or not, so a written slot is ready on the same schedule
+    (``every · (checks + 1)`` ticks after it is first written) whatever its autocorrelation.
     """
 
     every: int = Field(default=5, ge=1, description="ticks between signature checks (τ)")
@@ -105,6 +110,7 @@ class ConsolidationConfig(_Section):
     signature_rank: int = Field(default=2, ge=1, description="rank of the signature and of the part that migrates")
     channels: list[str] | None = Field(default=None, description="migration channels as source>target level names; null = each level to the next slower trainable one (context>agent, agent>swarm, swarm>domain in the default stack)")
     min_norm: float = Field(default=1e-6, ge=0.0, description="slots whose ΔW is smaller than this (Frobenius, all modules) have no pattern")
+    trigger: Literal["autocorrelation", "timer"] = Field(default="autocorrelation", description="what makes a check count: autocorrelation above threshold, or (timer, the control) every check")
 
     @model_validator(mode="after")
     def _channels(self) -> ConsolidationConfig:

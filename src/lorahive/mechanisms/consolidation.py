@@ -12,7 +12,9 @@ with the previous check's signature,
 for ``checks`` checks in a row the slot's dominant part is *ready*: it is handed to the
 bandwidth queues (:mod:`lorahive.mechanisms.bandwidth`) through ``view.shared["ready"]``,
 which move it to the channel's target level within their budget. After a slot's pattern has
-migrated, its count and signature start over.
+migrated, its count and signature start over. With ``trigger: timer`` (the control of seed
+004's experiment 6) every check that has a previous signature counts, whatever the
+autocorrelation: a slot is ready ``checks`` checks after its first, stable or not.
 """
 
 from __future__ import annotations
@@ -161,7 +163,8 @@ class Consolidation:
                     self.forget(src, [s])
                     continue
                 a = auto.get(s)
-                stable[s] = stable.get(s, 0) + 1 if a is not None and a > self.cfg.threshold else 0
+                counts = a is not None and (self.cfg.trigger == "timer" or a > self.cfg.threshold)
+                stable[s] = stable.get(s, 0) + 1 if counts else 0
                 sigs[s] = {p: u[i].detach().clone() for p, u in pat.U.items()}
                 if a is not None and stable[s] >= self.cfg.checks:
                     ready.append(Ready(src, dst, s, a, view.tick))

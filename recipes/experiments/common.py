@@ -1,0 +1,205 @@
+"""What the mechanism experiments share: a hive on real tasks, and patterns built from those tasks.
+
+The data are the package's demo slice (agnews, dbpedia, yahoo: topic tasks; yelp: sentiment).
+``base: tiny-random`` is a 2-block random Llama (hidden 32, init 0.1, where a pattern's
+usefulness carries over to held-out examples) with a byte-level BPE trained on the slice's
+text; ``embedded:smollm2-135m`` (or a local model directory) is the real base.
+
+**Patterns from real tasks** (as in ``tests/test_vertical_resonance_planted.py``): ``g_t`` is task
+t's answer-NLL gradient on every wrapped module's frozen weight, read in a rank-1
+parameterisation ``ΔW_m = u_m·v_mᵀ`` (``v_m`` the top input direction of the tasks' gradients at
+module m). With ``H`` the (tasks, Σ out) matrix of the ``g_t``, ``u_S = −H⁺·1_S`` lowers, to first
+order, the loss of every task in S by the same amount and leaves the others': ``local[t]`` is
+task-local (S = {t}), ``universal`` is shared across tasks (S = every task). ``noise`` is a real
+minibatch's deviation from its task's mean gradient: what a level writes beside a pattern.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from lorahive import Hive, LevelSpec, StackSpec
+from lorahive.learning import answer_nll, pack_examples
+from lorahive.suites.demo import load_demo_suite
+
+TASKS = ("agnews", "dbpedia", "yahoo", "yelp")
+TINY = "tiny-random"
+HERE = Path(__file__).resolve().parent
+
+
+def load_size(name: str, size: str) -> dict[str, Any]:
+    """Section ``size`` of ``recipes/experiments/<name>.yaml``."""
+    tree = yaml.safe_load((HERE / f"{name}.yaml").read_text(encoding="utf-8"))
+    return dict(tree[size])
+
+
+def stack(agent_rank: int = 2, context_rank: int = 2, shared_rank: int = 4) -> StackSpec:
+    """The default stack's five levels (small ranks: the patterns are rank 1)."""
+    return StackSpec(
+        levels=(
+            LevelSpec(name="foundation", rank=shared_rank, alpha=shared_rank, scope="shared", inertia=0.99, lr=1e-2, trainable=False),
+            LevelSpec(name="domain", rank=shared_rank, alpha=shared_rank, scope="shared", inertia=0.9, lr=1e-2),
+            LevelSpec(name="swarm", rank=shared_rank, alpha=shared_rank, scope="shared", inertia=0.7, lr=1e-2),
+            LevelSpec(name="agent", rank=agent_rank, alpha=agent_rank, scope="agent", inertia=0.5, lr=2e-2),
+            LevelSpec(name="context", rank=context_rank, alpha=context_rank, scope="task", inertia=0.1, lr=2e-2),
+        )
+    )
+
+
+def _tokenizer(texts: list[str]) -> Any:
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE(unk_token=None))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=1024, special_tokens=["<pad>", "<eos>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator(texts, trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="<eos>")
+
+
+def make_hive(base: str, agents: list[str], levels: StackSpec | None = None, seed: int = 0) -> Hive:
+    """A hive over ``base`` with ``agents``; the tiny model is rebuilt identically each time (seed 0)."""
+    levels = levels or stack()
+    if base == TINY:
+        from transformers import LlamaConfig, LlamaForCausalLM
+
+        suite = load_demo_suite(TASKS)
+        tok = _tokenizer([p + " " + a for t in TASKS for p, a in suite[t].train])
+        torch.manual_seed(0)
+        cfg = LlamaConfig(
+            vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+            num_key_value_heads=2, max_position_embeddings=512, initializer_range=0.1, pad_token_id=0, eos_token_id=1, bos_token_id=1,
+        )  # fmt: skip
+        hive = Hive(LlamaForCausalLM(cfg).eval(), tok, levels, seed=seed)
+    else:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        hive = Hive.load(base, levels=levels, device=device, dtype=torch.float32, seed=seed)
+    hive.add_agents(agents)
+    return hive
+
+
+@dataclass
+class World:
+    """The tasks' data, the rank-1 parameterisation and the patterns built from the tasks."""
+
+    suite: dict[str, Any]
+    V: dict[str, torch.Tensor]  # module path -> (in,): the input direction of every rank-1 pattern
+    H: torch.Tensor  # (tasks, Σ out): the task gradients in that parameterisation
+    local: dict[str, torch.Tensor]  # task -> unit u lowering that task's loss only
+    universal: torch.Tensor  # unit u lowering every task's loss alike
+    sizes: list[int]  # out size per module, in the order of hive.core.layers
+
+
+def gradients(hive: Hive, examples: list[tuple[str, str]], agent: str) -> dict[str, torch.Tensor]:
+    """dL/dW of every wrapped module's frozen weight, every level off."""
+    weights = {p: layer.base.weight for p, layer in hive.core.layers.items()}
+    for w in weights.values():
+        w.requires_grad_(True)
+    batch = pack_examples(hive.tokenizer, examples, hive.core.max_length).to(hive.device)
+    with hive.core.routing.use(hive.core.route([agent] * len(examples), levels=[])):
+        total, count = answer_nll(hive.model, batch)
+    grads = torch.autograd.grad((total / count).mean(), list(weights.values()))
+    for w in weights.values():
+        w.requires_grad_(False)
+    return dict(zip(weights, grads, strict=True))
+
+
+def as_u(world_v: dict[str, torch.Tensor], grads: dict[str, torch.Tensor]) -> torch.Tensor:
+    return torch.cat([g.float() @ world_v[p] for p, g in grads.items()])
+
+
+def build_world(hive: Hive, train: int) -> World:
+    """Task gradients over ``train`` examples per task, and the local and universal patterns."""
+    suite = load_demo_suite(TASKS)
+    agent = hive.core.agents[0]
+    grads = {t: gradients(hive, suite[t].train[:train], agent) for t in TASKS}
+    V = {p: torch.linalg.svd(torch.cat([grads[t][p].float() for t in TASKS]), full_matrices=False)[2][0] for p in hive.core.layers}
+    H = torch.stack([as_u(V, grads[t]) for t in TASKS])
+    pinv = torch.linalg.pinv(H)
+    unit = lambda u: u / u.norm()  # noqa: E731
+    local = {t: unit(-(pinv @ torch.tensor([float(s == t) for s in TASKS], device=H.device))) for t in TASKS}
+    universal = unit(-(pinv @ torch.ones(len(TASKS), device=H.device)))
+    return World(suite, V, H, local, universal, [layer.out_features for layer in hive.core.layers.values()])
+
+
+def noise(hive: Hive, world: World, task: str, rng: random.Random, batch: int) -> torch.Tensor:
+    """A real minibatch's gradient deviation from ``task``'s mean gradient, unit norm."""
+    g = as_u(world.V, gradients(hive, rng.sample(world.suite[task].train, batch), hive.core.agents[0]))
+    d = g - world.H[TASKS.index(task)]
+    return d / d.norm()
+
+
+def delta(world: World, hive: Hive, u: torch.Tensor) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """``u`` as a ΔW-space change per module, in factor form ``(u_m, v_mᵀ)``."""
+    return {p: (c[:, None], world.V[p][None, :]) for p, c in zip(hive.core.layers, u.split(world.sizes), strict=True)}
+
+
+def energy(hive: Hive, level: str, slots: list[int]) -> torch.Tensor:
+    """``‖(a/r)·B·A‖²_F`` summed over modules, per slot ``(len(slots),)``."""
+    scale = hive.core.stack.get(level).scale
+    idx = hive.core.index(slots)
+    out = torch.zeros(len(slots), device=hive.device)
+    with torch.no_grad():
+        for bank in hive.core.banks(level):
+            b, a = bank.B.index_select(0, idx).float(), bank.A.index_select(0, idx).float()
+            out += (b.transpose(1, 2) @ b * (a @ a.transpose(1, 2))).sum((1, 2)) * scale**2
+    return out.cpu()
+
+
+@torch.no_grad()
+def task_loss(hive: Hive, agents: list[str], tasks: list[str], world: World, levels: list[str], n: int) -> list[float]:
+    """Held-out answer NLL of each agent on its task's first ``n`` test examples, with only ``levels`` on."""
+    rows = [(a, p, ans) for a, t in zip(agents, tasks, strict=True) for p, ans in world.suite[t].test[:n]]
+    nll = hive.row_nll(rows, levels=levels) if levels else _base_nll(hive, rows)
+    return [float(x) for x in nll.view(len(agents), n).mean(1)]
+
+
+def _base_nll(hive: Hive, rows: list[tuple[str, str, str]]) -> torch.Tensor:
+    out = []
+    for i in range(0, len(rows), 64):
+        part = rows[i : i + 64]
+        batch = pack_examples(hive.tokenizer, [(p, a) for _, p, a in part], hive.core.max_length).to(hive.device)
+        with hive.core.routing.use(hive.core.route([r[0] for r in part], levels=[])):
+            total, _ = answer_nll(hive.model, batch)
+        out.append(total)
+    return torch.cat(out).cpu()
+
+
+def mean_spread(values: list[float]) -> dict[str, float]:
+    """Mean and spread (sample standard deviation; 0 for one value) over seeds."""
+    vals = [float(v) for v in values]
+    return {"mean": statistics.fmean(vals), "std": statistics.stdev(vals) if len(vals) > 1 else 0.0, "n": len(vals)}
+
+
+def fmt(ms: dict[str, float], digits: int = 3) -> str:
+    return f"{ms['mean']:.{digits}f} ± {ms['std']:.{digits}f}"
+
+
+def table(rows: list[list[str]]) -> str:
+    head, *body = rows
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in body])
+
+
+def write(out: Path, metrics: dict[str, Any], markdown: str) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=1), encoding="utf-8")
+    (out / "summary.md").write_text(markdown, encoding="utf-8")
+
+
+def figure() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt

@@ -1,0 +1,172 @@
+"""Experiment 5 (seed 004): the screening / free-dispersion phase transition, and its hysteresis.
+
+    python recipes/experiments/exp05_screening.py --size small --out runs/exp05-small
+    python recipes/experiments/exp05_screening.py --size full --out runs/exp05-full     # one GPU, embedded model
+
+One pattern in LoRA_agent, used at a varied frequency. Two agents share the agent level: ann
+works every tick (her slot holds the universal pattern, shared across the tasks: the level's
+strongest, which screening measures activity relative to); bob works on agnews with
+probability ``f`` per tick (his slot holds agnews's task-local pattern, built from the task's
+gradients, see ``common.py``). Each tick the real activity probe measures both slots' pattern
+activity on the tick's support rows (bob's is 0 on a tick he does not work) and the library's
+screening mechanism (``decay`` phase) updates the EMA, the mode and decays the patterns.
+
+The frequency is swept up (``frequencies`` ascending) and then down, ``ticks`` ticks per value,
+the screening state carried over; at each value bob's pattern is re-planted at full norm (as if
+relearned), so what carries over is the mode's memory only. Per value: the share of ticks bob's
+pattern is screened and the norm it keeps over the block (its stability). The control, in the
+same run on the same draws: screening with almost no hysteresis band (``down = 0.99 · up``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import common as c  # noqa: E402
+import torch  # noqa: E402
+
+from lorahive.config import ScreeningConfig  # noqa: E402
+from lorahive.mechanisms.base import TickView  # noqa: E402
+from lorahive.mechanisms.screening import Screening  # noqa: E402
+
+CRITERION = (
+    "spec: the stability-vs-frequency curve has a sharp (phase) transition, and the forward and backward "
+    "thresholds differ (hysteresis). Read here as: in every seed the up-sweep's threshold frequency exceeds the "
+    "down-sweep's (width > 0) and the width exceeds the narrow-band control's; one step between neighbouring "
+    "frequencies carries at least half of the stability's total change"
+)
+
+
+def sweep(hive: Any, world: c.World, cfg: ScreeningConfig, freqs: list[float], ticks: int, norm: float, batch: int, seed: int) -> list[dict[str, float]]:
+    """Up then down over ``freqs``; per block: frequency, direction, screened share, kept norm."""
+    core = hive.core
+    ann, bob = core.slot_of("agent", "ann"), core.slot_of("agent", "bob")
+    screening = Screening(cfg, ["agent"])
+    rng = random.Random(seed)
+    pool = [ex for t in c.TASKS for ex in world.suite[t].train]
+    core.reset("agent", [ann, bob])
+    core.add_delta("agent", ann, c.delta(world, hive, norm * world.universal))
+    out = []
+    tick = 0
+    for direction, values in (("up", freqs), ("down", freqs[::-1])):
+        for f in values:
+            core.reset("agent", [bob])
+            core.add_delta("agent", bob, c.delta(world, hive, norm * world.local["agnews"]))
+            start = float(c.energy(hive, "agent", [bob])[0].sqrt())
+            screened = 0
+            for _ in range(ticks):
+                tick += 1
+                support = {"ann": rng.sample(pool, batch)}
+                if rng.random() < f:
+                    support["bob"] = rng.sample(world.suite["agnews"].train, batch)
+                act = hive.activity(support, ["agent"])
+                view = TickView(tick, "decay", [], (), {}, core.states, core, activity=lambda levels, a=act: a)
+                screening.run(view)
+                screened += int(screening.screened["agent"][bob, 0])
+            kept = float(c.energy(hive, "agent", [bob])[0].sqrt()) / start
+            out.append({"f": f, "direction": direction, "screened": screened / ticks, "kept": kept})
+    return out
+
+
+def threshold(blocks: list[dict[str, float]], direction: str) -> float:
+    """The lowest frequency of the sweep at which bob's pattern was screened at least half the block (1.01: never)."""
+    hit = [b["f"] for b in blocks if b["direction"] == direction and b["screened"] >= 0.5]
+    return min(hit) if hit else 1.01
+
+
+def sharpness(blocks: list[dict[str, float]]) -> float:
+    """Largest change of kept norm between neighbouring frequencies of the up-sweep, over its total change."""
+    kept = [b["kept"] for b in blocks if b["direction"] == "up"]
+    steps = [abs(b - a) for a, b in zip(kept, kept[1:], strict=False)]
+    total = max(kept) - min(kept)
+    return max(steps) / total if total > 1e-9 else 0.0
+
+
+def run(size: str, out: Path, seeds: list[int], base: str | None = None) -> dict[str, Any]:
+    spec = c.load_size("exp05", size)
+    base = base or spec["base"]
+    t0 = time.perf_counter()
+    torch.set_num_threads(spec.get("threads", torch.get_num_threads()))
+    hive = c.make_hive(base, ["ann", "bob"])
+    world = c.build_world(hive, spec["train"])
+    main = ScreeningConfig(levels=["agent"], **spec["screening"])
+    narrow = main.model_copy(update={"down": 0.99 * main.up})
+    variants = {"hysteresis": main, "control: narrow band": narrow}
+    runs: dict[str, dict[str, Any]] = {}
+    for name, cfg in variants.items():
+        per_seed = {str(s): sweep(hive, world, cfg, spec["frequencies"], spec["ticks"], spec["norm"], spec["batch"], s) for s in seeds}
+        ups = [threshold(b, "up") for b in per_seed.values()]
+        downs = [threshold(b, "down") for b in per_seed.values()]
+        runs[name] = {
+            "config": cfg.model_dump(),
+            "blocks": per_seed,
+            "f_up": c.mean_spread(ups),
+            "f_down": c.mean_spread(downs),
+            "width": c.mean_spread([u - d for u, d in zip(ups, downs, strict=True)]),
+            "sharpness": c.mean_spread([sharpness(b) for b in per_seed.values()]),
+        }
+    metrics = {
+        "experiment": 5, "size": size, "base": base, "seeds": seeds, "frequencies": spec["frequencies"],
+        "ticks_per_frequency": spec["ticks"], "variants": runs, "control": "control: narrow band",
+        "criterion": CRITERION, "verdict": "pending full-size run", "seconds": time.perf_counter() - t0,
+    }  # fmt: skip
+    c.write(out, metrics, markdown(metrics))
+    plot(metrics, out / "exp05.png")
+    return metrics
+
+
+def markdown(m: dict[str, Any]) -> str:
+    rows = [["variant", "f up (screened ≥ ½)", "f down", "width", "sharpness"]]
+    for name, r in m["variants"].items():
+        rows.append([name, c.fmt(r["f_up"], 2), c.fmt(r["f_down"], 2), c.fmt(r["width"], 2), c.fmt(r["sharpness"], 2)])
+    curve = [["variant", "direction"] + [f"{f:g}" for f in m["frequencies"]]]
+    for name, r in m["variants"].items():
+        for d in ("up", "down"):
+            kept = {f: [b["kept"] for bl in r["blocks"].values() for b in bl if b["direction"] == d and b["f"] == f] for f in m["frequencies"]}
+            curve.append([name, f"{d}, kept norm"] + [f"{sum(v) / len(v):.3f}" for v in kept.values()])
+    return "\n".join([
+        f"# Experiment 5, size {m['size']} (base {m['base']}, seeds {m['seeds']}; mean ± std over seeds)", "",
+        c.table(rows), "", "Stability (norm bob's pattern keeps over a block), mean over seeds:", "", c.table(curve), "",
+        f"Criterion — {m['criterion']}.", f"Verdict: {m['verdict']}.", "",
+    ])  # fmt: skip
+
+
+def plot(m: dict[str, Any], path: Path) -> None:
+    plt = c.figure()
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, key, label in ((axes[0], "screened", "share of ticks screened"), (axes[1], "kept", "norm kept over a block")):
+        for (name, r), color in zip(m["variants"].items(), ("C0", "C1"), strict=False):
+            for d, style in (("up", "-o"), ("down", "--s")):
+                ys = [sum(b[key] for bl in r["blocks"].values() for b in bl if b["direction"] == d and b["f"] == f) / len(r["blocks"]) for f in m["frequencies"]]
+                ax.plot(m["frequencies"], ys, style, color=color, label=f"{name}, {d}")
+        ax.set_xlabel("usage frequency of bob's pattern")
+        ax.set_ylabel(label)
+    axes[0].legend(fontsize=7)
+    fig.suptitle(f"Experiment 5: screening vs usage frequency ({m['size']}, {m['base']})")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--size", choices=["small", "full"], default="small")
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--base", default=None, help="override the size's base model")
+    args = ap.parse_args(argv)
+    m = run(args.size, args.out, args.seeds, args.base)
+    print(markdown(m))
+    print(f"{m['seconds']:.1f} s; {args.out}/metrics.json, {args.out}/exp05.png")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

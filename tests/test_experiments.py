@@ -1,0 +1,98 @@
+"""The mechanism experiments' recipes (recipes/experiments/) at their small size: they run, their
+metrics are well formed and hold the control beside the mechanism. Not their verdicts: those are
+read from the full size (docs/results.md).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent / "recipes" / "experiments"
+SEEDS = [0, 1]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def recipe(name: str):
+    spec = importlib.util.spec_from_file_location(f"recipe_{name}", ROOT / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def finite(ms) -> bool:
+    return set(ms) == {"mean", "std", "n"} and math.isfinite(ms["mean"]) and math.isfinite(ms["std"]) and ms["std"] >= 0
+
+
+def written(out: Path, figure: str) -> dict:
+    metrics = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
+    assert (out / figure).stat().st_size > 1000 and (out / "summary.md").is_file()
+    assert metrics["size"] == "small" and metrics["seeds"] == SEEDS and metrics["verdict"] == "pending full-size run"
+    assert metrics["criterion"]
+    return metrics
+
+
+def test_experiment_5_sweeps_up_and_down_beside_the_narrow_band_control(tmp_path):
+    m = recipe("exp05_screening").run("small", tmp_path, SEEDS)
+    assert written(tmp_path, "exp05.png") == json.loads(json.dumps(m))
+    assert set(m["variants"]) == {"hysteresis", m["control"]} and m["control"] == "control: narrow band"
+    freqs = m["frequencies"]
+    for v in m["variants"].values():
+        assert all(finite(v[k]) and v[k]["n"] == len(SEEDS) for k in ("f_up", "f_down", "width", "sharpness"))
+        for blocks in v["blocks"].values():
+            assert [b["f"] for b in blocks] == freqs + freqs[::-1]
+            assert all(0.0 <= b["screened"] <= 1.0 and 0.0 < b["kept"] <= 1.0 + 1e-6 for b in blocks)
+    assert m["variants"][m["control"]]["config"]["down"] == pytest.approx(0.99 * m["variants"]["hysteresis"]["config"]["up"])
+
+
+def test_experiment_6_runs_autocorrelation_and_the_timer_on_the_same_draws(tmp_path):
+    m = recipe("exp06_consolidation").run("small", tmp_path, SEEDS)
+    written(tmp_path, "exp06.png")
+    assert set(m["systems"]) == {"autocorrelation", "timer"} and m["control"] == "timer"
+    for runs in m["systems"].values():
+        assert set(runs) == {str(s) for s in SEEDS}
+        for r in runs.values():
+            assert r["migrated_stable"] + r["migrated_fluctuating"] == len(r["migrations"])
+            assert r["precision"] is None or 0.0 <= r["precision"] <= 1.0
+            assert math.isfinite(r["gain_stable"]) and -1.0 <= r["alignment_stable"] <= 1.0
+    timer = m["systems"]["timer"]
+    assert all(r["migrated_fluctuating"] + r["migrated_stable"] > 0 for r in timer.values())  # a timer always consolidates
+    assert finite(m["summary"]["timer"]["precision"])
+
+
+def test_experiment_10_runs_the_four_scenarios_on_one_avalanche(tmp_path):
+    m = recipe("exp10_bandwidth").run("small", tmp_path, SEEDS)
+    written(tmp_path, "exp10.png")
+    assert list(m["scenarios"]) == ["A: no limit", "B: fixed", "C: adaptive", "D: adaptive + bypass"] and m["control"] == "A: no limit"
+    n = m["config"]["patterns"]
+    for name, runs in m["scenarios"].items():
+        for r in runs.values():
+            assert 0 < r["ready_at_once"] <= n and r["migrated"] + r["dropped"] <= r["ready_at_once"]
+            assert 0.0 < r["max_tick_share"] <= 1.0 + 1e-6 and r["max_loss_change"] >= 0.0
+            assert (r["budget"] is None) == name.startswith("A")
+            assert r["bypassed"] == 0 or name.startswith("D")
+    assert all(finite(m["summary"][s]["max_tick_share"]) for s in m["scenarios"])
+    assert m["summary"]["C: adaptive"]["budget"] == pytest.approx(2 * m["summary"]["B: fixed"]["budget"])  # 1 / inertia 0.5
+
+
+@pytest.mark.parametrize("name", ["exp05", "exp06", "exp10"])
+def test_the_full_size_is_configured_like_the_small_one_on_the_embedded_model(name):
+    import yaml
+
+    tree = yaml.safe_load((ROOT / f"{name}.yaml").read_text(encoding="utf-8"))
+    assert set(tree) == {"small", "full"}
+    assert tree["small"]["base"] == "tiny-random" and tree["full"]["base"] == "embedded:smollm2-135m"
+    assert set(tree["full"]) == set(tree["small"]) - {"threads"}  # the small size pins one thread for CI
