@@ -25,20 +25,26 @@ Factors = dict[str, tuple[torch.Tensor, torch.Tensor]]
 
 
 @torch.no_grad()
-def delta_factors(core: HiveCore, levels: Sequence[str], agent: str) -> Factors:
-    """The ΔW that ``levels`` add to ``agent``'s view, per module, as factors (mix and scale folded into U)."""
+def delta_factors(core: HiveCore, levels: Sequence[str], agent: str, device: torch.device | str | None = "cpu") -> Factors:
+    """The ΔW that ``levels`` add to ``agent``'s view, per module, as float64 factors (mix and scale folded into U).
+
+    On ``device`` (``None``: where the banks are, so nothing is copied to the host).
+    """
     parts: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {}
     for lv in levels:
         slot = core.slot_of(lv, agent)
         coef = core.states[lv].mix * core.stack.get(lv).scale
         for path, bank in core.named_banks(lv):
-            parts.setdefault(path, []).append((bank.B[slot].detach().double().cpu() * coef, bank.A[slot].detach().double().cpu()))
+            b, a = bank.B[slot].detach().double(), bank.A[slot].detach().double()
+            parts.setdefault(path, []).append(((b if device is None else b.to(device)) * coef, a if device is None else a.to(device)))
     return {p: (torch.cat([u for u, _ in fs], 1), torch.cat([v for _, v in fs], 0)) for p, fs in parts.items()}
 
 
 def delta_norm(factors: Factors) -> float:
-    """‖ΔW‖_F over every module: sqrt(Σ_m tr((UᵀU)(VVᵀ))), without forming ΔW."""
-    total = sum(float(torch.trace((u.T @ u) @ (v @ v.T))) for u, v in factors.values())
+    """‖ΔW‖_F over every module: sqrt(Σ_m tr((UᵀU)(VVᵀ))), without forming ΔW; one read-back wherever the factors are."""
+    if not factors:
+        return 0.0
+    total = float(torch.stack([torch.trace((u.T @ u) @ (v @ v.T)) for u, v in factors.values()]).sum())
     return math.sqrt(max(total, 0.0))
 
 

@@ -165,12 +165,12 @@ def _dpo_step(hive: Hive, batch: list[Pair], levels: list[str], others: list[str
 
 def _project(hive: Hive, levels: list[str], cap: float | None) -> tuple[float, float]:
     """The stage's ‖ΔW‖ before and after scaling it back onto its budget ``cap`` (no cap: unchanged)."""
-    norm = delta_norm(delta_factors(hive.core, levels, LEARNER))
+    norm = delta_norm(delta_factors(hive.core, levels, LEARNER, device=None))  # on the banks' device: one read-back, not two per module
     if cap is None or norm <= cap:
         return norm, norm
     for lv in levels:
         hive.core.scale(lv, hive.core.slots_of(lv, [LEARNER]), cap / norm)
-    return norm, delta_norm(delta_factors(hive.core, levels, LEARNER))
+    return norm, delta_norm(delta_factors(hive.core, levels, LEARNER, device=None))
 
 
 def train_step(hive: Hive, cfg: StagesConfig, index: int, batch: list[Pair]) -> dict[str, Any]:
