@@ -16,9 +16,11 @@ minibatch's deviation from its task's mean gradient: what a level writes beside 
 
 from __future__ import annotations
 
+import argparse
 import json
 import random
 import statistics
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -203,3 +205,26 @@ def figure() -> Any:
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def save_figure(fig: Any, path: Path, title: str) -> None:
+    """Title, lay out and write ``fig`` as a PNG, then close it."""
+    plt = figure()
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def main(doc: str, run: Callable[[str, Path, list[int], str | None], dict[str, Any]], markdown: Callable[[dict[str, Any]], str], png: str, argv: list[str] | None = None) -> int:
+    """An experiment's command line: ``--size``, ``--out``, ``--seeds``, ``--base``; runs it, prints its table and where it wrote."""
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
+    ap.add_argument("--size", choices=["small", "full"], default="small")
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--base", default=None, help="override the size's base model")
+    args = ap.parse_args(argv)
+    m = run(args.size, args.out, args.seeds, args.base)
+    print(markdown(m))
+    print(f"{m['seconds']:.1f} s; {args.out}/metrics.json, {args.out}/{png}")
+    return 0

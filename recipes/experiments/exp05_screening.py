@@ -20,7 +20,6 @@ same run on the same draws: screening with almost no hysteresis band (``down = 0
 
 from __future__ import annotations
 
-import argparse
 import random
 import sys
 import time
@@ -149,23 +148,11 @@ def plot(m: dict[str, Any], path: Path) -> None:
         ax.set_xlabel("usage frequency of bob's pattern")
         ax.set_ylabel(label)
     axes[0].legend(fontsize=7)
-    fig.suptitle(f"Experiment 5: screening vs usage frequency ({m['size']}, {m['base']})")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    c.save_figure(fig, path, f"Experiment 5: screening vs usage frequency ({m['size']}, {m['base']})")
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--size", choices=["small", "full"], default="small")
-    ap.add_argument("--out", type=Path, required=True)
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--base", default=None, help="override the size's base model")
-    args = ap.parse_args(argv)
-    m = run(args.size, args.out, args.seeds, args.base)
-    print(markdown(m))
-    print(f"{m['seconds']:.1f} s; {args.out}/metrics.json, {args.out}/exp05.png")
-    return 0
+    return c.main(__doc__ or "", run, markdown, "exp05.png", argv)
 
 
 if __name__ == "__main__":

@@ -26,7 +26,6 @@ wait (latency); migrated and dropped (stale) patterns and their autocorrelation 
 
 from __future__ import annotations
 
-import argparse
 import random
 import sys
 import time
@@ -195,23 +194,11 @@ def plot(m: dict[str, Any], path: Path) -> None:
     axes[1].set_xlabel("tick")
     axes[1].set_ylabel("mean held-out loss, agent level alone")
     axes[0].legend(fontsize=7)
-    fig.suptitle(f"Experiment 10: migration avalanche ({m['size']}, {m['base']})")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    c.save_figure(fig, path, f"Experiment 10: migration avalanche ({m['size']}, {m['base']})")
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--size", choices=["small", "full"], default="small")
-    ap.add_argument("--out", type=Path, required=True)
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--base", default=None, help="override the size's base model")
-    args = ap.parse_args(argv)
-    m = run(args.size, args.out, args.seeds, args.base)
-    print(markdown(m))
-    print(f"{m['seconds']:.1f} s; {args.out}/metrics.json, {args.out}/exp10.png")
-    return 0
+    return c.main(__doc__ or "", run, markdown, "exp10.png", argv)
 
 
 if __name__ == "__main__":
