@@ -123,8 +123,8 @@ class CachedDecoder:
         width = max(self.lengths[i] for i in keep)
         idx = torch.tensor(keep, device=self.hive.device)
         for layer in self._layers():
-            layer.keys = layer.keys.index_select(0, idx)[..., -width:, :]
-            layer.values = layer.values.index_select(0, idx)[..., -width:, :]
+            keys, values = _kv(layer)
+            layer.keys, layer.values = keys.index_select(0, idx)[..., -width:, :], values.index_select(0, idx)[..., -width:, :]
         self.owners, self.agents = [self.owners[i] for i in keep], [self.agents[i] for i in keep]
         self.lengths, self.pending = [self.lengths[i] for i in keep], [self.pending[i] for i in keep]
 
@@ -135,7 +135,7 @@ class CachedDecoder:
         return self._routing[1]
 
     def _width(self) -> int:
-        return self._layers()[0].keys.shape[-2]
+        return _kv(self._layers()[0])[0].shape[-2]
 
     def _decode(self) -> list[int]:
         """One token for every cache row: its pending token in, its next token out."""
@@ -164,10 +164,9 @@ class CachedDecoder:
         if self.cache is None:
             self.cache = cache
         else:
-            a, b = self._width(), cache.layers[0].keys.shape[-2]
             for mine, new in zip(self._layers(), cast(list[DynamicLayer], cache.layers), strict=True):
-                mine.keys = torch.cat([F.pad(mine.keys, (0, 0, b - a, 0)) if b > a else mine.keys, F.pad(new.keys, (0, 0, a - b, 0)) if a > b else new.keys])
-                mine.values = torch.cat([F.pad(mine.values, (0, 0, b - a, 0)) if b > a else mine.values, F.pad(new.values, (0, 0, a - b, 0)) if a > b else new.values])
+                (k1, v1), (k2, v2) = _kv(mine), _kv(new)
+                mine.keys, mine.values = _stack(k1, k2), _stack(v1, v2)
         self.owners += owners
         self.agents += agents
         self.lengths += [len(r) for r in rows]
@@ -182,3 +181,14 @@ class CachedDecoder:
 
     def _head(self, h: torch.Tensor) -> torch.Tensor:
         return cast(torch.Tensor, cast(nn.Module, self.hive.model.get_output_embeddings())(h)).float()
+
+
+def _kv(layer: DynamicLayer) -> tuple[torch.Tensor, torch.Tensor]:
+    assert layer.keys is not None and layer.values is not None
+    return layer.keys, layer.values
+
+
+def _stack(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Rows of ``a`` (B1, h, L1, d) then of ``b`` (B2, h, L2, d), the shorter left-padded with zeros (masked)."""
+    width = max(a.shape[-2], b.shape[-2])
+    return torch.cat([F.pad(t, (0, 0, width - t.shape[-2], 0)) if t.shape[-2] < width else t for t in (a, b)])
