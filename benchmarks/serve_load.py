@@ -89,6 +89,7 @@ def main() -> None:
     ap.add_argument("--feedback-every", type=int, default=2)
     ap.add_argument("--seconds", type=float, default=300.0)
     ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--plain", type=int, default=-1, help="requests replayed by plain generation one at a time (-1: all; 0: none)")
     ap.add_argument("--run", default=None, help="serve this run directory (its agents) instead of --base")
     ap.add_argument("--tick-every", type=int, default=4, help="with --run: taught examples per serve tick")
     ap.add_argument("--checkpoint-every", type=int, default=8, help="with --run: learned events per checkpoint")
@@ -173,14 +174,16 @@ def measure(args: argparse.Namespace, engine: Engine, hive: Hive, agents: list[s
     one: list[float] = []
     gen_tokens = 0
     t0 = time.perf_counter()
-    for i in range(len(latencies)):
+    if args.plain == 0:
+        return
+    for i in range(len(latencies) if args.plain < 0 else min(args.plain, len(latencies))):
         agent, prompt = agents[i % len(agents)], PROMPTS[i % len(PROMPTS)]
         t = time.perf_counter()
         text = hive.generate([prompt], [agent], max_new_tokens=args.max_tokens)[0]
         one.append(time.perf_counter() - t)
         gen_tokens += len(hive.tokenizer(text, add_special_tokens=False)["input_ids"])
     wall = time.perf_counter() - t0
-    print(f"plain generate, one request at a time: latency p50 {pct(one, 0.5):.3f} s, p99 {pct(one, 0.99):.3f} s; "
+    print(f"plain generate, one request at a time ({len(one)} requests): latency p50 {pct(one, 0.5):.3f} s, p99 {pct(one, 0.99):.3f} s; "
           f"{gen_tokens / wall:.1f} tokens/s (tokens re-counted from the text); wall {wall:.1f} s; mean {statistics.mean(one):.3f} s")
 
 
