@@ -21,7 +21,7 @@ source benchmarks/gpu/setup_env.sh
 if ! python3 -c "import fastapi, uvicorn, openai" 2>/dev/null; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$setup/site" "$setup"/whl/*.whl
 fi
-python3 -c "import torch, transformers, fastapi, uvicorn, openai; print('torch', torch.__version__, 'transformers', transformers.__version__, 'fastapi', fastapi.__version__, 'uvicorn', uvicorn.__version__, 'openai', openai.__version__, torch.cuda.get_device_name())"
+python3 -c "import torch, transformers, fastapi, uvicorn, openai; print('torch', torch.__version__, 'transformers', transformers.__version__, 'fastapi', fastapi.__version__, 'uvicorn', uvicorn.__version__, 'openai', openai.__version__, torch.cuda.get_device_name() if torch.cuda.is_available() else 'no GPU')"
 load=(--clients "${CLIENTS:-16}" --agents "${AGENTS:-8}" --requests "${REQUESTS:-4}" --max-tokens "${TOKENS:-64}" --seconds "${LOAD_SECONDS:-120}" --feedback-every 0)
 plain=(--plain "${PLAIN:-16}")
 load() {
