@@ -74,30 +74,37 @@ def _complete(engine: Engine, agent: str, prompt: str, n: int) -> tuple[str, str
 def test_a_learned_update_is_in_the_next_step_and_the_agents_next_request():
     engine = Engine(make_hive(), None, Settings(max_tokens=64, feedback_steps=20)).start()
     try:
-        hive = engine.hive
+        hive, n = engine.hive, 60
         first_id, first = _complete(engine, "ann", PROMPT, 6)
-        with engine.gate:
-            before = hive.generate([OTHER], ["ann"], max_new_tokens=30)[0]
         events: queue.Queue[tuple[str, str]] = queue.Queue()
-        long = engine.make_sequence("ann", OTHER, 30, events.put)
-        engine.submit(long)
+        long = engine.make_sequence("ann", OTHER, n, events.put)
+        with engine.gate:
+            old = _greedy(hive, long.ids, [], n)  # ann's answer before the learning
+        learned_at: list[int] = []
+        learn = engine._learn
+        engine._learn = lambda *a, **k: (learned_at.append(len(long.out)), learn(*a, **k))[1]  # type: ignore[method-assign]
         steps = engine.stats["steps"]
+        engine.submit(long)
         wait_for(lambda: engine.stats["steps"] >= steps + 3)
-        with engine.gate:  # the worker waits between two steps: the correction is learned before the next one
-            k = len(long.out)
-            ack = engine.feedback(Feedback(first_id, -1.0, " blue"))
-        ack.result(timeout=60)
-        text = ""
-        while (e := events.get(timeout=60))[0] == "delta":
-            text += e[1]
-        with engine.gate:  # what recomputing every step gives: long's first k tokens, then the learned level
-            want = list(long.out[:k])
-            while len(want) < 30 and (tok := next_tokens(hive, [long.ids + want], ["ann"])[0]) != hive.tokenizer.eos_token_id:
-                want.append(tok)
+        engine.feedback(Feedback(first_id, -1.0, " blue")).result(timeout=60)  # learned between two of long's steps
+        while events.get(timeout=60)[0] == "delta":
+            pass
+        k = learned_at[0]
+        assert 3 <= k < len(long.out)  # long was decoding when ann's level changed
+        with engine.gate:
+            want = _greedy(hive, long.ids, long.out[:k], n)  # what recomputing every step gives: the learned level from token k on
             fresh = hive.generate([PROMPT], ["ann"], max_new_tokens=6)[0]
-        assert long.out == want and text != before  # the running row saw the learning at its next step
+        assert long.out == want != old  # the running row saw the learning at its next step
         _, after = _complete(engine, "ann", PROMPT, 6)
         assert after == fresh == " blue" != first  # and the agent's next request: no stale cache, no stale prepared weights
         assert engine.decoder is not None and engine.decoder.enabled
     finally:
         engine.stop()
+
+
+def _greedy(hive, prompt: list[int], start: list[int], n: int) -> list[int]:
+    """``start`` continued greedily for ann, recomputing every step, up to ``n`` tokens or the end of sequence."""
+    out = list(start)
+    while len(out) < n and (tok := next_tokens(hive, [prompt + out], ["ann"])[0]) != hive.tokenizer.eos_token_id:
+        out.append(tok)
+    return out
