@@ -18,26 +18,32 @@ running request, so a step feeds each row only its newest token:
   every row again (prompt + answer so far) with the new weights: no stale keys, values or
   prepared weights, and a row's tokens are exactly what the cache-less path gives.
 
-Models whose cache is not plain full attention (sliding-window layers) fall back to
-:func:`next_tokens`.
+Models whose cache is not plain full attention (sliding-window layers), and transformers
+before 4.56 (no per-layer cache objects), fall back to :func:`next_tokens`.
 """
 
 from __future__ import annotations
 
 import inspect
 from collections.abc import Sequence
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import DynamicCache
-from transformers.cache_utils import DynamicLayer
 
 from lorahive.adapters.routing import Routing
 from lorahive.learning.batching import Batch, _pad_id, _positions
 from lorahive.learning.objective import last_logits
 from lorahive.runtime.hive import Hive
+
+if TYPE_CHECKING:
+    from transformers.cache_utils import DynamicLayer
+try:
+    from transformers.cache_utils import DynamicLayer as _Plain
+except ImportError:  # transformers before 4.56 keeps its cache in per-layer lists: every step recomputes
+    _Plain = None  # type: ignore[assignment,misc]
 
 
 @torch.no_grad()
@@ -65,7 +71,7 @@ class CachedDecoder:
 
     def __init__(self, hive: Hive) -> None:
         self.hive = hive
-        self.enabled = True  # False once the model's cache turned out not to be plain full attention
+        self.enabled = _Plain is not None  # False once the model's cache turned out not to be plain full attention
         self.prefilled = 0  # rows prefilled so far (joins, and every row after a reset)
         forward = cast(nn.Module, hive.model.get_decoder()).forward
         self._cache_arg = "cache" if "cache" in inspect.signature(forward).parameters else "past_key_values"  # renamed in transformers 5.x
@@ -111,7 +117,7 @@ class CachedDecoder:
     # ------------------------------------------------------------------ the cache's rows
     def _layers(self) -> list[DynamicLayer]:
         assert self.cache is not None
-        return cast(list[DynamicLayer], self.cache.layers)
+        return cast("list[DynamicLayer]", self.cache.layers)
 
     def _select(self, keep: list[int]) -> None:
         """Keep cache rows ``keep`` (in that order) and cut the columns none of them needs."""
@@ -157,14 +163,14 @@ class CachedDecoder:
         cache = DynamicCache(config=self.hive.model.config)
         with self.hive.core.routing.use(self.hive.core.route(agents)):
             h = self._forward(batch.input_ids, batch.attention_mask, batch.position_ids, cache)
-        if not all(type(layer) is DynamicLayer for layer in cache.layers):
+        if not all(type(layer) is _Plain for layer in cache.layers):
             return None
         toks = [int(t) for t in self._head(h).argmax(-1).tolist()]
         self.prefilled += len(rows)
         if self.cache is None:
             self.cache = cache
         else:
-            for mine, new in zip(self._layers(), cast(list[DynamicLayer], cache.layers), strict=True):
+            for mine, new in zip(self._layers(), cast("list[DynamicLayer]", cache.layers), strict=True):
                 (k1, v1), (k2, v2) = _kv(mine), _kv(new)
                 mine.keys, mine.values = _stack(k1, k2), _stack(v1, v2)
         self.owners += owners

@@ -4,7 +4,9 @@ Every model call (decoding, learning) runs on this one thread, so the routing in
 never raced on; a batch's routing is per row (each row its own agent's levels). Between two
 decode steps the worker takes new requests in (continuous batching: a request joins at the
 next step and leaves when it is done), writes feedback to the ledger and acknowledges it,
-then turns queued corrections into learning on the agent's own levels.
+then turns queued corrections into learning on the agent's own levels. The decode batch
+keeps a KV cache that rows join and leave (:class:`~lorahive.serve.decode.CachedDecoder`);
+every write to the levels drops it, so the next step rebuilds it with the new weights.
 """
 
 from __future__ import annotations
