@@ -33,6 +33,7 @@ def serve(
     tick_every: Annotated[int, typer.Option("--tick-every", min=0, help="taught examples per serve tick (swarm proposals); 0: none")] = 16,
     checkpoint_every: Annotated[int, typer.Option("--checkpoint-every", min=1, help="learned feedback events between two checkpoints")] = 32,
     checkpoint_seconds: Annotated[float, typer.Option("--checkpoint-seconds", min=0.01, help="the longest a learned event waits for a checkpoint")] = 60.0,
+    no_kv_cache: Annotated[bool, typer.Option("--no-kv-cache", help="decode without the KV cache: every step recomputes every row")] = False,
     log_json: Annotated[bool, typer.Option("--log-json", help="one JSON line on stderr per completion, learned feedback and error (docs/serving.md)")] = False,
 ) -> None:
     """Serve a run's agents over an OpenAI-compatible API; feedback becomes learning, checkpointed and replayed after a crash."""
@@ -52,6 +53,7 @@ def serve(
     settings = Settings(
         max_tokens=max_tokens, default_max_tokens=min(16, max_tokens), max_batch=max_batch, feedback_steps=feedback_steps,
         reward_threshold=reward_threshold, tick_every=tick_every, checkpoint_every=checkpoint_every, checkpoint_seconds=checkpoint_seconds,
+        kv_cache=not no_kv_cache,
     )
     try:
         with run_lock(run_dir):

@@ -4,7 +4,9 @@ Every model call (decoding, learning) runs on this one thread, so the routing in
 never raced on; a batch's routing is per row (each row its own agent's levels). Between two
 decode steps the worker takes new requests in (continuous batching: a request joins at the
 next step and leaves when it is done), writes feedback to the ledger and acknowledges it,
-then turns queued corrections into learning on the agent's own levels.
+then turns queued corrections into learning on the agent's own levels. The decode batch
+keeps a KV cache that rows join and leave (:class:`~lorahive.serve.decode.CachedDecoder`);
+every write to the levels drops it, so the next step rebuilds it with the new weights.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 from lorahive.learning.batching import encode_answer, encode_prompt
 from lorahive.observe.ledger import Ledger
 from lorahive.runtime.hive import Hive
-from lorahive.serve.decode import next_tokens
+from lorahive.serve.decode import CachedDecoder, next_tokens
 from lorahive.serve.durable import Keeper, Queued
 from lorahive.serve.feedback import lesson
 from lorahive.serve.swarm_feed import SwarmFeed
@@ -61,6 +63,7 @@ class Settings:
     checkpoint_every: int = 32  # learned feedback events between two checkpoints (over a run directory)
     checkpoint_seconds: float = 60.0  # the longest a learned event waits for a checkpoint
     tick_every: int = 16  # taught examples per serve tick (swarm proposals); 0: no serve ticks
+    kv_cache: bool = True  # keep the decode batch's KV cache (serve/decode.py); False: every step recomputes every row
 
 
 @dataclass(eq=False)
@@ -119,6 +122,7 @@ class Engine:
         self._completions: OrderedDict[str, tuple[str, str, str]] = OrderedDict()  # id → (agent, prompt, answer); worker only
         self._arrived: dict[str, float] = {}  # feedback id → when its request arrived (feedback lag); worker only
         self.learn_levels = self._learn_levels()
+        self.decoder = CachedDecoder(hive) if self.settings.kv_cache else None
         self.recent: deque[tuple[str, ...]] = deque(maxlen=1000)  # the request ids of each recent decode step
         self.timeline: deque[tuple[str, float]] = deque(maxlen=5000)  # ("step" | "tick" | "checkpoint", seconds), in order
         self.keeper: Keeper | None = None
@@ -301,6 +305,8 @@ class Engine:
         active = [s for s in active if not s.cancelled]
         if active:
             active = self._step(active)
+        if not active:
+            self._drop_cache()  # idle: the cache's memory is given back
         return active
 
     def _refuse(self, job: Any) -> None:
@@ -321,14 +327,21 @@ class Engine:
             log.exception("a serve tick failed; its examples are dropped from the swarm's queue")
             self.feed.tick = None
             record = None
+            self._drop_cache()
         spent = time.perf_counter() - t
         self.timeline.append(("tick", spent))
         self.stats["tick_seconds"] += spent
         self.stats["tick_stall_max"] = max(self.stats["tick_stall_max"], spent)
-        if record is not None:
+        if record is not None:  # the swarm level was written
+            self._drop_cache()
             self.stats["serve_ticks"] += 1
             if self.keeper is not None:
                 self.keeper.changed(learned=False)
+
+    def _drop_cache(self) -> None:
+        """The levels were written (or no row is left): the decode batch's cache — keys, values, prepared weights — is rebuilt at the next step."""
+        if self.decoder is not None:
+            self.decoder.reset()
 
     def _checkpoint(self) -> None:
         assert self.keeper is not None
@@ -388,6 +401,7 @@ class Engine:
         except Exception as e:
             log.exception("learning from feedback failed")
             detail = {"feedback_id": q.feedback_id, "agent": q.agent, "error": str(e), "replay": replay}
+        self._drop_cache()
         detail["seconds"] = round(time.perf_counter() - t, 4)
         self.stats["learn_seconds"] += detail["seconds"]
         if self.keeper is not None:
@@ -411,9 +425,11 @@ class Engine:
         """One decode step for every active sequence; returns those still running."""
         t = time.perf_counter()
         try:
-            toks = next_tokens(self.hive, [s.ids + s.out for s in active], [s.agent for s in active])
+            rows, agents = [s.ids + s.out for s in active], [s.agent for s in active]
+            toks = next_tokens(self.hive, rows, agents) if self.decoder is None else self.decoder.step(active, rows, agents)
         except Exception as e:
             log.exception("decode step failed")
+            self._drop_cache()
             for s in active:
                 s.emit(("error", f"decoding failed: {e}"))
             return []
