@@ -59,6 +59,15 @@ def small_stack() -> StackSpec:
     )
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Small ops on a shared 2-core machine: a second torch thread only spins (≈ 10× slower here). Use with ``pytestmark``."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def tokenizer() -> PreTrainedTokenizerFast:
     return make_tokenizer()

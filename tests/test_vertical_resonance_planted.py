@@ -78,13 +78,7 @@ SETTLED = 3  # compared ticks before the running directions are read as settled
 EPS = 0.1  # usefulness is measured after a change that lowers the train loss by EPS to first order
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Small ops on a shared 2-core machine: a second torch thread only spins (≈ 10× slower here)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @dataclass
