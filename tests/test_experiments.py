@@ -82,7 +82,31 @@ def test_experiment_10_runs_the_four_scenarios_on_one_avalanche(tmp_path):
     assert m["summary"]["C: adaptive"]["budget"] == pytest.approx(2 * m["summary"]["B: fixed"]["budget"])  # 1 / inertia 0.5
 
 
-@pytest.mark.parametrize("name", ["exp05", "exp06", "exp10"])
+def test_experiment_11_runs_the_three_pattern_types_and_the_random_control_with_and_without_vertical_resonance(tmp_path):
+    m = recipe("exp11_vertical").run("small", tmp_path, SEEDS)
+    written(tmp_path, "exp11.png")
+    kinds = ["type 1: local", "type 2: family", "type 3: universal", "random (control)"]
+    assert list(m["scenarios"]) == ["A: no vertical resonance", "B: vertical resonance"] and m["control"] == "A: no vertical resonance"
+    assert list(m["utility"]) == kinds and m["utility"]["random (control)"]["mean"] == 0.0
+    for name, per in m["scenarios"].items():
+        assert list(per) == kinds
+        for runs in per.values():
+            assert set(runs) == {str(s) for s in SEEDS}
+            for r in runs.values():
+                assert r["resonant_ticks"] + r["dissonant_ticks"] <= r["compared_ticks"] == len(r["modes"])
+                assert set(r["final"]) == {"context", "agent", "swarm"} and all(math.isfinite(v) for v in r["final"].values())
+                if name.startswith("A"):  # the control runs no vertical resonance
+                    assert r["compared_ticks"] == 0 and r["settled_c"] is None and r["bypassed"] == 0
+                else:
+                    assert r["compared_ticks"] > 0 and -1.0 <= r["settled_c"] <= 1.0
+    assert m["points"] == len(kinds) * len(SEEDS)
+    r = m["correlation_alignment_utility"]
+    assert r is None or -1.0 <= r <= 1.0
+    assert 0.0 <= m["false_positive_rate"] <= 1.0
+    assert all(finite(m["summary"]["B: vertical resonance"][k]["resonant_share"]) for k in kinds)
+
+
+@pytest.mark.parametrize("name", ["exp05", "exp06", "exp10", "exp11"])
 def test_the_full_size_is_configured_like_the_small_one_on_the_embedded_model(name):
     import yaml
 
