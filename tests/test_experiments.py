@@ -82,6 +82,25 @@ def test_experiment_10_runs_the_four_scenarios_on_one_avalanche(tmp_path):
     assert m["summary"]["C: adaptive"]["budget"] == pytest.approx(2 * m["summary"]["B: fixed"]["budget"])  # 1 / inertia 0.5
 
 
+def test_experiment_9_runs_the_four_budget_scenarios_at_every_complexity(tmp_path):
+    m = recipe("exp09_entropy").run("small", tmp_path, SEEDS)
+    written(tmp_path, "exp09.png")
+    assert list(m["scenarios"]) == ["A: no budget", "B: fixed", "C: adaptive", "D: dynamic boundaries"] and m["control"] == "A: no budget"
+    ks = [str(k) for k in m["config"]["complexity"]]
+    for name, by_k in m["scenarios"].items():
+        assert list(by_k) == ks
+        for runs in by_k.values():
+            assert set(runs) == {str(s) for s in SEEDS}
+            for r in runs.values():
+                assert 0.0 <= r["screened_final"] <= 1.0 and 0.0 <= r["screened_mean"] <= 1.0
+                assert r["state"] in {"crystallised", "balanced", "amnesic"} and -1e-6 <= r["forgetting"] <= 1.0
+                assert len(r["curve"]["screened"]) == 2 * m["config"]["ticks"]
+                if name.startswith("A"):  # the control runs no budget: the thresholds never move
+                    assert r["scale_final"] == 1.0
+                assert (r["band_centre_spread"] is None) != name.startswith("D")
+    assert all(finite(m["summary"][s][k]["screened_final"]) for s in m["scenarios"] for k in ks)
+
+
 def test_experiment_11_runs_the_three_pattern_types_and_the_random_control_with_and_without_vertical_resonance(tmp_path):
     m = recipe("exp11_vertical").run("small", tmp_path, SEEDS)
     written(tmp_path, "exp11.png")
@@ -106,7 +125,7 @@ def test_experiment_11_runs_the_three_pattern_types_and_the_random_control_with_
     assert all(finite(m["summary"]["B: vertical resonance"][k]["resonant_share"]) for k in kinds)
 
 
-@pytest.mark.parametrize("name", ["exp05", "exp06", "exp10", "exp11"])
+@pytest.mark.parametrize("name", ["exp05", "exp06", "exp09", "exp10", "exp11"])
 def test_the_full_size_is_configured_like_the_small_one_on_the_embedded_model(name):
     import yaml
 
