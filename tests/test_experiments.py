@@ -82,6 +82,24 @@ def test_experiment_10_runs_the_four_scenarios_on_one_avalanche(tmp_path):
     assert m["summary"]["C: adaptive"]["budget"] == pytest.approx(2 * m["summary"]["B: fixed"]["budget"])  # 1 / inertia 0.5
 
 
+def test_experiment_7_composes_linearly_and_resonantly_with_and_without_outliers(tmp_path):
+    m = recipe("exp07_resonance").run("small", tmp_path, SEEDS)
+    written(tmp_path, "exp07.png")
+    k = m["config"]["outliers"]
+    assert list(m["cases"]) == [f"A: linear, {k} outliers", f"B: resonant, {k} outliers", "A: linear, 0 outliers", "B: resonant, 0 outliers"]
+    assert m["control"] == f"A: linear, {k} outliers" and k > 0
+    for name, runs in m["cases"].items():
+        assert set(runs) == {str(s) for s in SEEDS}
+        for r in runs.values():
+            assert len(r["cosine"]) == m["config"]["ticks"] and all(-1.0 <= x <= 1.0 + 1e-6 for x in r["cosine"])
+            assert set(r["gain"]) == {"agnews", "dbpedia", "yahoo", "yelp"} and math.isfinite(r["loss"])
+            if name.startswith("A") or "0 outliers" in name:  # linear composition weighs nothing; no outliers to weigh
+                assert r["outlier_factor"] is None
+            else:
+                assert 0.0 <= r["outlier_factor"] <= m["config"]["resonance"]["cap"]
+    assert all(finite(m["summary"][n]["final_cosine"]) for n in m["cases"])
+
+
 def test_experiment_9_runs_the_four_budget_scenarios_at_every_complexity(tmp_path):
     m = recipe("exp09_entropy").run("small", tmp_path, SEEDS)
     written(tmp_path, "exp09.png")
@@ -125,7 +143,7 @@ def test_experiment_11_runs_the_three_pattern_types_and_the_random_control_with_
     assert all(finite(m["summary"]["B: vertical resonance"][k]["resonant_share"]) for k in kinds)
 
 
-@pytest.mark.parametrize("name", ["exp05", "exp06", "exp09", "exp10", "exp11"])
+@pytest.mark.parametrize("name", ["exp05", "exp06", "exp07", "exp09", "exp10", "exp11"])
 def test_the_full_size_is_configured_like_the_small_one_on_the_embedded_model(name):
     import yaml
 
