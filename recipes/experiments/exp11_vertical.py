@@ -25,8 +25,9 @@ resonant ticks fast-track their ready migrations. Scenarios, on the same noise d
     B  + the library's vertical resonance (defaults: ema 0.8, threshold 0.3, boost ×2)
 
 Measured per type: the settled vertical alignment ``c`` (mean after ``settled`` compared ticks),
-its share of resonant ticks, the first tick a migration of ann's pattern reached each level
-(migration speed), the final distribution (the pattern's component in each level's ΔW), and
+its share of resonant ticks, the first tick an accepted migration (of whatever ann's slot held:
+noise migrates too) reached agent and swarm (migration speed), the final distribution (the
+pattern's component in each level's ΔW), and
 the pattern's real utility: the mean over the three levels of the held-out loss drop on the
 level's data with the pattern (× ``eps``) in the swarm level. The spec's criteria: Pearson
 correlation of ``c`` with real utility > 0.7 over every (type, seed) run; false-positive rate
