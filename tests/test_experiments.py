@@ -82,7 +82,68 @@ def test_experiment_10_runs_the_four_scenarios_on_one_avalanche(tmp_path):
     assert m["summary"]["C: adaptive"]["budget"] == pytest.approx(2 * m["summary"]["B: fixed"]["budget"])  # 1 / inertia 0.5
 
 
-@pytest.mark.parametrize("name", ["exp05", "exp06", "exp10"])
+def test_experiment_7_composes_linearly_and_resonantly_with_and_without_outliers(tmp_path):
+    m = recipe("exp07_resonance").run("small", tmp_path, SEEDS)
+    written(tmp_path, "exp07.png")
+    k = m["config"]["outliers"]
+    assert list(m["cases"]) == [f"A: linear, {k} outliers", f"B: resonant, {k} outliers", "A: linear, 0 outliers", "B: resonant, 0 outliers"]
+    assert m["control"] == f"A: linear, {k} outliers" and k > 0
+    for name, runs in m["cases"].items():
+        assert set(runs) == {str(s) for s in SEEDS}
+        for r in runs.values():
+            assert len(r["cosine"]) == m["config"]["ticks"] and all(-1.0 <= x <= 1.0 + 1e-6 for x in r["cosine"])
+            assert set(r["gain"]) == {"agnews", "dbpedia", "yahoo", "yelp"} and math.isfinite(r["loss"])
+            if name.startswith("A") or "0 outliers" in name:  # linear composition weighs nothing; no outliers to weigh
+                assert r["outlier_factor"] is None
+            else:
+                assert 0.0 <= r["outlier_factor"] <= m["config"]["resonance"]["cap"]
+    assert all(finite(m["summary"][n]["final_cosine"]) for n in m["cases"])
+
+
+def test_experiment_9_runs_the_four_budget_scenarios_at_every_complexity(tmp_path):
+    m = recipe("exp09_entropy").run("small", tmp_path, SEEDS)
+    written(tmp_path, "exp09.png")
+    assert list(m["scenarios"]) == ["A: no budget", "B: fixed", "C: adaptive", "D: dynamic boundaries"] and m["control"] == "A: no budget"
+    ks = [str(k) for k in m["config"]["complexity"]]
+    for name, by_k in m["scenarios"].items():
+        assert list(by_k) == ks
+        for runs in by_k.values():
+            assert set(runs) == {str(s) for s in SEEDS}
+            for r in runs.values():
+                assert 0.0 <= r["screened_final"] <= 1.0 and 0.0 <= r["screened_mean"] <= 1.0
+                assert r["state"] in {"crystallised", "balanced", "amnesic"} and -1e-6 <= r["forgetting"] <= 1.0
+                assert len(r["curve"]["screened"]) == 2 * m["config"]["ticks"]
+                if name.startswith("A"):  # the control runs no budget: the thresholds never move
+                    assert r["scale_final"] == 1.0
+                assert (r["band_centre_spread"] is None) != name.startswith("D")
+    assert all(finite(m["summary"][s][k]["screened_final"]) for s in m["scenarios"] for k in ks)
+
+
+def test_experiment_11_runs_the_three_pattern_types_and_the_random_control_with_and_without_vertical_resonance(tmp_path):
+    m = recipe("exp11_vertical").run("small", tmp_path, SEEDS)
+    written(tmp_path, "exp11.png")
+    kinds = ["type 1: local", "type 2: family", "type 3: universal", "random (control)"]
+    assert list(m["scenarios"]) == ["A: no vertical resonance", "B: vertical resonance"] and m["control"] == "A: no vertical resonance"
+    assert list(m["utility"]) == kinds and m["utility"]["random (control)"]["mean"] == 0.0
+    for name, per in m["scenarios"].items():
+        assert list(per) == kinds
+        for runs in per.values():
+            assert set(runs) == {str(s) for s in SEEDS}
+            for r in runs.values():
+                assert r["resonant_ticks"] + r["dissonant_ticks"] <= r["compared_ticks"] == len(r["modes"])
+                assert set(r["final"]) == {"context", "agent", "swarm"} and all(math.isfinite(v) for v in r["final"].values())
+                if name.startswith("A"):  # the control runs no vertical resonance
+                    assert r["compared_ticks"] == 0 and r["settled_c"] is None and r["bypassed"] == 0
+                else:
+                    assert r["compared_ticks"] > 0 and -1.0 <= r["settled_c"] <= 1.0
+    assert m["points"] == len(kinds) * len(SEEDS)
+    r = m["correlation_alignment_utility"]
+    assert r is None or -1.0 <= r <= 1.0
+    assert 0.0 <= m["false_positive_rate"] <= 1.0
+    assert all(finite(m["summary"]["B: vertical resonance"][k]["resonant_share"]) for k in kinds)
+
+
+@pytest.mark.parametrize("name", ["exp05", "exp06", "exp07", "exp09", "exp10", "exp11"])
 def test_the_full_size_is_configured_like_the_small_one_on_the_embedded_model(name):
     import yaml
 

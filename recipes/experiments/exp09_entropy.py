@@ -1,0 +1,201 @@
+"""Experiment 9 (seed 004): the entropy budget's homeostasis, scenarios A–D, over tasks of different complexity.
+
+    python recipes/experiments/exp09_entropy.py --size small --out runs/exp09-small
+    python recipes/experiments/exp09_entropy.py --size full --out runs/exp09-full     # one GPU, embedded model
+
+One level, LoRA_agent, screened by the library's screening (``decay`` phase) on activity the
+library's probe measures on real support rows. ``agents`` agents, agent i on task i mod 4 of the
+demo slice. *Complexity* k is how many patterns the level must hold at once: in phase 1 agents
+0…k−1 work every tick, in phase 2 (the new tasks) agents k…2k−1. A working agent's slot learns,
+each tick, its task's local pattern plus a real minibatch deviation (``common.py``), times
+``step``; an idle one learns nothing, and screening decays it. Scenarios, on the same draws:
+
+    A  control: no entropy budget (screening alone)
+    B  fixed budget       the library's EntropyBudget, band [low, high], free_target 0.5
+    C  adaptive budget    B with free_target = 0.5 / (1 + ln k): optimal entropy falls as log(complexity)
+                          grows (the recipe's rule, not a library option)
+    D  dynamic boundaries B with the band re-centred every tick on an EMA (``drift``) of the ratio it
+                          observed: [low, high] = centre · [low, high] (the recipe's rule)
+
+Measured per scenario and complexity: the share of written patterns screened (mean and at the
+end), the end state (crystallised: ≥ 95 % screened; amnesic: ≤ 5 %), forgetting (the ΔW norm the
+phase-1 slots lose over phase 2, as a share), adaptation speed (ticks into phase 2 until every new
+slot's leading pattern is screened), the entropy ratio at the end, and D's band centre's spread
+over phase 2 (its stability).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import common as c  # noqa: E402
+import torch  # noqa: E402
+
+from lorahive.config import EntropyBudgetConfig, ScreeningConfig  # noqa: E402
+from lorahive.mechanisms.base import TickView  # noqa: E402
+from lorahive.mechanisms.entropy_budget import EntropyBudget  # noqa: E402
+from lorahive.mechanisms.screening import Screening  # noqa: E402
+
+SCENARIOS = ("A: no budget", "B: fixed", "C: adaptive", "D: dynamic boundaries")
+CRITERION = (
+    "spec's hypothesis: without a budget the system drifts to an extreme (all screened or all free); a fixed budget "
+    "is stable for one complexity but does not adapt; an adaptive budget keeps homeostasis at any complexity; dynamic "
+    "boundaries adapt to the task complexity. Read here as: A ends crystallised or amnesic at some complexity, B–D "
+    "at none; C's end entropy ratio within [low, high] at every complexity; D's band centre's spread over phase 2 "
+    "below 0.1 of its mean"
+)
+
+
+def scenario(hive: Any, world: c.World, spec: dict[str, Any], name: str, k: int, plan: dict[str, Any]) -> dict[str, Any]:
+    core = hive.core
+    agents = core.agents
+    slots = [core.slot_of("agent", a) for a in agents]
+    core.reset("agent", slots)
+    core.states["agent"].thresholds["screening"] = 1.0
+    screening = Screening(ScreeningConfig(levels=["agent"], **spec["screening"]), ["agent"])
+    band = EntropyBudgetConfig(enabled=True, **spec["budget"])
+    free_target = 0.5 / (1.0 + math.log(k)) if name.startswith("C") else 0.5
+    budget = EntropyBudget(band, screening, free_target) if not name.startswith("A") else None
+    centre, centres = 1.0, []
+    phase1, phase2 = list(range(k)), list(range(k, 2 * k))
+    half = spec["ticks"]
+    screened_share, ratios, scales = [], [], []
+    adapted, norm_end1 = None, None
+    for tick in range(1, 2 * half + 1):
+        working = phase1 if tick <= half else phase2
+        shared: dict[str, Any] = {}
+        if budget is not None:
+            if name.startswith("D"):
+                budget.cfg = band.model_copy(update={"low": centre * band.low, "high": centre * band.high})
+            act = budget.run(TickView(tick, "budget", [], (), {}, core.states, core, shared=shared))
+            if act is not None and name.startswith("D"):
+                centre = spec["drift"] * centre + (1 - spec["drift"]) * act.detail["levels"]["agent"]["entropy_ratio"]
+                if tick > half:
+                    centres.append(centre)
+        core.add_deltas("agent", [slots[i] for i in working], [c.delta(world, hive, spec["step"] * plan["updates"][tick - 1][i]) for i in working])
+        support = {agents[i]: plan["support"][tick - 1][i] for i in working}
+        a = hive.activity(support, ["agent"])
+        screening.run(TickView(tick, "decay", [], (), {}, core.states, core, shared=shared, activity=lambda levels, a=a: a))
+        scr = screening.screened["agent"]
+        written = [s for s, e in zip(slots, c.energy(hive, "agent", slots).tolist(), strict=True) if e > 0]
+        if written:
+            screened_share.append(float(scr[core.index(written)].float().mean()))
+        r = screening.entropy(TickView(tick, "budget", [], (), {}, core.states, core), "agent", free_target)
+        ratios.append(r)
+        scales.append(core.states["agent"].thresholds.get("screening", 1.0))
+        if tick == half:
+            norm_end1 = c.energy(hive, "agent", [slots[i] for i in phase1]).sqrt()
+        if tick > half and adapted is None and bool(scr[core.index([slots[i] for i in phase2]), 0].all()):
+            adapted = tick - half
+    kept = c.energy(hive, "agent", [slots[i] for i in phase1]).sqrt()
+    assert norm_end1 is not None
+    final = screened_share[-1] if screened_share else 0.0
+    return {
+        "screened_mean": statistics.fmean(screened_share) if screened_share else 0.0,
+        "screened_final": final,
+        "state": "crystallised" if final >= 0.95 else "amnesic" if final <= 0.05 else "balanced",
+        "forgetting": float(1.0 - (kept / norm_end1.clamp_min(1e-12)).mean()),
+        "adaptation_ticks": adapted,
+        "entropy_final": ratios[-1],
+        "scale_final": scales[-1],
+        "free_target": free_target,
+        "band_centre_spread": (statistics.pstdev(centres) / statistics.fmean(centres)) if len(centres) > 1 else None,
+        "curve": {"screened": screened_share, "entropy": ratios, "scale": scales},
+    }
+
+
+def plan_draws(hive: Any, world: c.World, spec: dict[str, Any], seed: int) -> dict[str, Any]:
+    """Per tick, each agent's update (its task's local pattern plus real minibatch noise) and support rows."""
+    rng = random.Random(seed)
+    agents = hive.core.agents
+    tasks = [c.TASKS[i % len(c.TASKS)] for i in range(len(agents))]
+    pool = {t: [c.noise(hive, world, t, rng, spec["batch"]) for _ in range(spec["pool"])] for t in c.TASKS}
+    updates, support = [], []
+    for _ in range(2 * spec["ticks"]):
+        updates.append([world.local[tasks[i]] + spec["noise"] * rng.choice(pool[tasks[i]]) for i in range(len(agents))])
+        support.append([rng.sample(world.suite[tasks[i]].train, spec["batch"]) for i in range(len(agents))])
+    return {"updates": updates, "support": support}
+
+
+KEYS = ("screened_mean", "screened_final", "forgetting", "adaptation_ticks", "entropy_final", "scale_final", "band_centre_spread")
+
+
+def run(size: str, out: Path, seeds: list[int], base: str | None = None) -> dict[str, Any]:
+    spec = c.load_size("exp09", size)
+    base = base or spec["base"]
+    t0 = time.perf_counter()
+    torch.set_num_threads(spec.get("threads", torch.get_num_threads()))
+    hive = c.make_hive(base, [f"agent{i}" for i in range(spec["agents"])])
+    world = c.build_world(hive, spec["train"])
+    per: dict[str, dict[str, dict[str, Any]]] = {s: {str(k): {} for k in spec["complexity"]} for s in SCENARIOS}
+    for seed in seeds:
+        plan = plan_draws(hive, world, spec, seed)
+        for name in SCENARIOS:
+            for k in spec["complexity"]:
+                per[name][str(k)][str(seed)] = scenario(hive, world, spec, name, k, plan)
+    summary: dict[str, Any] = {}
+    for name, by_k in per.items():
+        summary[name] = {}
+        for k, runs in by_k.items():
+            rs = list(runs.values())
+            s: dict[str, Any] = {key: (c.mean_spread([r[key] for r in rs if r[key] is not None]) if any(r[key] is not None for r in rs) else None) for key in KEYS}
+            s["states"] = [r["state"] for r in rs]
+            s["adapted_runs"] = sum(r["adaptation_ticks"] is not None for r in rs)
+            summary[name][k] = s
+    metrics = {
+        "experiment": 9, "size": size, "base": base, "seeds": seeds, "config": spec, "scenarios": per,
+        "summary": summary, "control": "A: no budget", "criterion": CRITERION, "verdict": "pending full-size run",
+        "seconds": time.perf_counter() - t0,
+    }  # fmt: skip
+    c.write(out, metrics, markdown(metrics))
+    plot(metrics, out / "exp09.png")
+    return metrics
+
+
+def markdown(m: dict[str, Any]) -> str:
+    rows = [["scenario", "k", "screened (mean)", "screened (end)", "end states", "forgetting", "adaptation (ticks)", "entropy ratio (end)", "threshold scale (end)", "band centre spread"]]
+    for name, by_k in m["summary"].items():
+        for k, s in by_k.items():
+            cell = lambda key, d=3, s=s: "–" if s[key] is None else c.fmt(s[key], d)  # noqa: E731
+            states = ", ".join(f"{n} {st}" for st in ("crystallised", "balanced", "amnesic") if (n := s["states"].count(st)))
+            rows.append([name, k, cell("screened_mean"), cell("screened_final"), states, cell("forgetting"), cell("adaptation_ticks", 1) + f" ({s['adapted_runs']} runs)", cell("entropy_final"), cell("scale_final"), cell("band_centre_spread")])
+    return "\n".join([
+        f"# Experiment 9, size {m['size']} (base {m['base']}, {m['config']['agents']} agents, seeds {m['seeds']}; mean ± std over seeds)", "",
+        c.table(rows), "",
+        "k: patterns the level holds at once (agents working per phase); forgetting: share of ΔW norm the phase-1 slots lose "
+        "over phase 2; adaptation: ticks into phase 2 until every new slot's leading pattern is screened (runs in which it happened).", "",
+        f"Criterion — {m['criterion']}.", f"Verdict: {m['verdict']}.", "",
+    ])  # fmt: skip
+
+
+def plot(m: dict[str, Any], path: Path) -> None:
+    plt = c.figure()
+    ks = list(next(iter(m["scenarios"].values())))
+    fig, axes = plt.subplots(2, len(ks), figsize=(4 * len(ks), 6), squeeze=False)
+    for j, k in enumerate(ks):
+        for name in m["scenarios"]:
+            r = next(iter(m["scenarios"][name][k].values()))
+            axes[0][j].plot(r["curve"]["screened"], label=name)
+            axes[1][j].plot([x if x is not None else float("nan") for x in r["curve"]["entropy"]], label=name)
+        axes[0][j].set_title(f"k = {k} (first seed)", fontsize=9)
+        axes[0][j].set_ylabel("share of patterns screened")
+        axes[1][j].set_ylabel("entropy ratio")
+        axes[1][j].set_xlabel("tick (phase 2 from the middle)")
+    axes[0][0].legend(fontsize=7)
+    c.save_figure(fig, path, f"Experiment 9: entropy budget ({m['size']}, {m['base']})")
+
+
+def main(argv: list[str] | None = None) -> int:
+    return c.main(__doc__ or "", run, markdown, "exp09.png", argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,315 @@
+"""Experiment 11 (seed 004): vertical resonance as a detector of universal patterns, three pattern types.
+
+    python recipes/experiments/exp11_vertical.py --size small --out runs/exp11-small
+    python recipes/experiments/exp11_vertical.py --size full --out runs/exp11-full     # one GPU, embedded model
+
+A three-level system, context → agent → swarm (ann's slots). The patterns are built from the
+demo tasks (``common.py``): ``u_S = −H⁺·1_S`` lowers, to first order, exactly the tasks in S.
+Each level sees its own data — context agnews, agent the topic family (agnews, dbpedia,
+yahoo), swarm every task — so a pattern is *useful at* the levels whose data it helps, and
+arrives (is learned) there, as in ``tests/test_vertical_resonance_planted.py``:
+
+    type 1  local      S = {agnews}                 learned at context
+    type 2  family     S = {agnews, dbpedia, yahoo} learned at context + agent
+    type 3  universal  S = every task               learned at context + agent + swarm
+    random  (control)  no pattern: each level learns its real minibatch noise only
+
+Each tick every level writes a real minibatch's deviation from its data's mean gradient (unit
+norm) plus, at the levels it arrives at, the pattern (unit), times ``step`` and times the
+level's current learning-rate factor (``lr / lr₀``: what vertical resonance changes). The
+library's consolidation (context → agent → swarm) and bandwidth queues run after the step;
+resonant ticks fast-track their ready migrations. Scenarios, on the same noise draws:
+
+    A  control: vertical resonance off (migration by autocorrelation only; no horizontal
+       resonance runs here: one agent)
+    B  + the library's vertical resonance (defaults: ema 0.8, threshold 0.3, boost ×2)
+
+Measured per type: the settled vertical alignment ``c`` (mean after ``settled`` compared ticks),
+its share of resonant ticks, the first tick an accepted migration (of whatever ann's slot held:
+noise migrates too) reached agent and swarm (migration speed), the final distribution (the
+pattern's component in each level's ΔW), and
+the pattern's real utility: the mean over the three levels of the held-out loss drop on the
+level's data with the pattern (× ``eps``) in the swarm level. The spec's criteria: Pearson
+correlation of ``c`` with real utility > 0.7 over every (type, seed) run; false-positive rate
+< 5 %: the share of compared ticks on which a low-utility run (local, random) was resonant.
+"""
+
+from __future__ import annotations
+
+import random
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import common as c  # noqa: E402
+import torch  # noqa: E402
+
+from lorahive.adapters import ActivityProbe  # noqa: E402
+from lorahive.config import BandwidthConfig, ConsolidationConfig, VerticalResonanceConfig  # noqa: E402
+from lorahive.learning import answer_nll, pack_examples  # noqa: E402
+from lorahive.mechanisms.bandwidth import Bandwidth  # noqa: E402
+from lorahive.mechanisms.base import TickView  # noqa: E402
+from lorahive.mechanisms.consolidation import Consolidation  # noqa: E402
+from lorahive.mechanisms.vertical_resonance import VerticalResonance  # noqa: E402
+
+LEVELS = ("context", "agent", "swarm")  # fast → slow
+SEES = {"context": ("agnews",), "agent": ("agnews", "dbpedia", "yahoo"), "swarm": c.TASKS}
+TYPES = {"type 1: local": ("agnews",), "type 2: family": ("agnews", "dbpedia", "yahoo"), "type 3: universal": c.TASKS, "random (control)": ()}
+ARRIVES = {"type 1: local": ("context",), "type 2: family": ("context", "agent"), "type 3: universal": LEVELS, "random (control)": ()}
+LOW_UTILITY = ("type 1: local", "random (control)")
+SCENARIOS = ("A: no vertical resonance", "B: vertical resonance")
+CRITERION = (
+    "spec: universal patterns settle in the slow levels faster than by autocorrelation alone; type 1 stays in "
+    "context, type 2 in agent; the correlation of vertical alignment with real utility > 0.7; false-positive rate "
+    "< 5 % (random patterns must not pass). Read here as: B's Pearson r(settled c, utility) over every (type, seed) "
+    "run > 0.7; B's share of resonant compared ticks over the local and random runs < 0.05; type 3 reaches the swarm "
+    "earlier in B than in A"
+)
+
+
+def patterns(world: c.World) -> dict[str, torch.Tensor]:
+    pinv = torch.linalg.pinv(world.H)
+    out = {}
+    for kind, useful in TYPES.items():
+        if useful:
+            u = -(pinv @ torch.tensor([float(t in useful) for t in c.TASKS], device=world.H.device))
+            out[kind] = u / u.norm()
+    return out
+
+
+def utility(hive: Any, world: c.World, pats: dict[str, torch.Tensor], eps: float, n: int) -> dict[str, dict[str, float]]:
+    """Per type, the held-out loss drop per level's data with ``eps``·pattern in the swarm level; ``mean``: over the levels."""
+    slot = hive.core.slot_of("swarm", "ann")
+    agents = ["ann"] * len(c.TASKS)
+    hive.core.reset("swarm", [slot])
+    base = dict(zip(c.TASKS, c.task_loss(hive, agents, list(c.TASKS), world, [], n), strict=True))
+    out = {}
+    for kind in TYPES:
+        if kind not in pats:
+            out[kind] = {lv: 0.0 for lv in LEVELS} | {"mean": 0.0}
+            continue
+        hive.core.reset("swarm", [slot])
+        hive.core.add_delta("swarm", slot, c.delta(world, hive, eps * pats[kind]))
+        loss = dict(zip(c.TASKS, c.task_loss(hive, agents, list(c.TASKS), world, ["swarm"], n), strict=True))
+        per = {lv: statistics.fmean(base[t] - loss[t] for t in SEES[lv]) for lv in LEVELS}
+        out[kind] = per | {"mean": statistics.fmean(per.values())}
+    hive.core.reset("swarm", [slot])
+    return out
+
+
+def grad_inputs(hive: Any, world: c.World, examples: list[tuple[str, str]], keep: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """A minibatch's gradient in the rank-1 parameterisation, and its rows' module inputs (the sketches' probes)."""
+    weights = {p: layer.base.weight for p, layer in hive.core.layers.items()}
+    for w in weights.values():
+        w.requires_grad_(True)
+    batch = pack_examples(hive.tokenizer, examples, hive.core.max_length).to(hive.device)
+    probe = ActivityProbe([], batch.attention_mask, keep_inputs=keep)
+    with hive.core.routing.use(hive.core.route(["ann"] * len(examples), levels=[])), hive.core.routing.probing(probe):
+        total, count = answer_nll(hive.model, batch)
+    grads = torch.autograd.grad((total / count).mean(), list(weights.values()))
+    for w in weights.values():
+        w.requires_grad_(False)
+    return c.as_u(world.V, dict(zip(weights, grads, strict=True))), probe.inputs
+
+
+def noise_draw(hive: Any, world: c.World, spec: dict[str, Any], seed: int) -> tuple[list[dict[str, torch.Tensor]], list[dict[str, torch.Tensor]]]:
+    """Per tick, each level's unit minibatch deviation from its data's mean gradient; and the context minibatch's inputs."""
+    rng = random.Random(seed)
+    mean = {lv: world.H[[c.TASKS.index(t) for t in SEES[lv]]].mean(0) for lv in LEVELS}
+    ticks, inputs = [], []
+    for _ in range(spec["ticks"]):
+        tick = {}
+        for lv in LEVELS:
+            pool = [ex for t in SEES[lv] for ex in world.suite[t].train]
+            g, seen = grad_inputs(hive, world, rng.sample(pool, spec["batch"]), spec["batch"] if lv == "context" else 0)
+            d = g - mean[lv]
+            tick[lv] = d / d.norm()
+            if lv == "context":
+                inputs.append(seen)
+        ticks.append(tick)
+    return ticks, inputs
+
+
+def component(hive: Any, world: c.World, level: str, slot: int, u: torch.Tensor) -> float:
+    """The pattern's component in the slot's ΔW: ``Σ_m u_mᵀ·(a/r)·B·A·v_m`` (u unit; 1 = the pattern at unit norm)."""
+    core = hive.core
+    scale = core.stack.get(level).scale
+    idx = core.index([slot])
+    parts = dict(zip(core.layers, u.split(world.sizes), strict=True))
+    total = 0.0
+    with torch.no_grad():
+        for path, bank in core.named_banks(level):
+            w = scale * bank.B.index_select(0, idx)[0].float() @ bank.A.index_select(0, idx)[0].float()
+            total += float(parts[path] @ w @ world.V[path])
+    return total
+
+
+def plant(hive: Any, world: c.World, spec: dict[str, Any], kind: str, pattern: torch.Tensor | None, draws: tuple[list, list], vertical: bool) -> dict[str, Any]:
+    core, stack = hive.core, hive.core.stack
+    slots = {lv: core.slot_of(lv, "ann") for lv in LEVELS}
+    for lv in LEVELS:
+        core.reset(lv, [slots[lv]])
+    base_lr = {lv.name: lv.lr for lv in stack.levels}
+    for lv in LEVELS:
+        core.states[lv].lr = base_lr[lv]
+    vr = VerticalResonance(VerticalResonanceConfig(enabled=True, **spec["vertical"]), list(LEVELS), base_lr, {lv.name: lv.inertia for lv in stack.levels})
+    cons = Consolidation(ConsolidationConfig(**spec["consolidation"]), [("context", "agent"), ("agent", "swarm")])
+    queues = Bandwidth(BandwidthConfig(**spec["bandwidth"]), cons, rank=1)
+    cosines: list[float | None] = []
+    modes: list[str] = []
+    migrations: list[dict[str, Any]] = []
+    for tick, (updates, seen) in enumerate(zip(*draws, strict=True), start=1):
+        shared: dict[str, Any] = {}
+
+        def view(phase: str, tick: int = tick, shared: dict[str, Any] = shared) -> TickView:
+            return TickView(tick, phase, [], (), {}, core.states, core, shared=shared)
+
+        if vertical:
+            vr.run(view("draw"))
+        for lv in LEVELS:
+            u = updates[lv] + (pattern if pattern is not None and lv in ARRIVES[kind] else 0.0)
+            factor = core.states[lv].lr / base_lr[lv]
+            core.add_delta(lv, slots[lv], c.delta(world, hive, spec["step"] * factor * u))
+        if vertical:
+            shared["module_inputs"] = seen
+            action = vr.run(view("apply"))
+            if action is not None:
+                cosines.append(action.detail["cosine"])
+                modes.append(action.detail["mode"])
+        cons.run(view("detect"))
+        for phase in ("migrate", "drain"):
+            done = queues.run(view(phase))
+            if done is not None:
+                migrations += [{"tick": tick, "channel": m["channel"], "bypass": bool(m["bypass"])} for m in done.detail["migrations"] if m["accepted"]]
+    live = [x for x in cosines if x is not None]
+    settled = live[spec["settled"] :] or live
+    first = {ch: min((m["tick"] for m in migrations if m["channel"] == ch), default=None) for ch in ("context→agent", "agent→swarm")}
+    final = {lv: component(hive, world, lv, slots[lv], pattern) if pattern is not None else 0.0 for lv in LEVELS}
+    for lv in LEVELS:
+        core.states[lv].lr = base_lr[lv]
+    return {
+        "settled_c": statistics.fmean(settled) if settled else None,
+        "resonant_ticks": modes.count("resonant"),
+        "dissonant_ticks": modes.count("dissonant"),
+        "compared_ticks": len(modes),
+        "modes": "".join(m[0] for m in modes),
+        "first_to_agent": first["context→agent"],
+        "first_to_swarm": first["agent→swarm"],
+        "migrations": len(migrations),
+        "bypassed": sum(m["bypass"] for m in migrations),
+        "final": final,
+    }
+
+
+def pearson(xs: list[float], ys: list[float]) -> float | None:
+    if len(xs) < 3 or statistics.pstdev(xs) == 0 or statistics.pstdev(ys) == 0:
+        return None
+    return statistics.correlation(xs, ys)
+
+
+def run(size: str, out: Path, seeds: list[int], base: str | None = None) -> dict[str, Any]:
+    spec = c.load_size("exp11", size)
+    base = base or spec["base"]
+    t0 = time.perf_counter()
+    torch.set_num_threads(spec.get("threads", torch.get_num_threads()))
+    hive = c.make_hive(base, ["ann", "bob"])
+    world = c.build_world(hive, spec["train"])
+    pats = patterns(world)
+    useful = utility(hive, world, pats, spec["eps"], spec["eval"])
+    per: dict[str, dict[str, dict[str, Any]]] = {s: {k: {} for k in TYPES} for s in SCENARIOS}
+    for seed in seeds:
+        draws = noise_draw(hive, world, spec, seed)
+        for name in SCENARIOS:
+            for kind in TYPES:
+                per[name][kind][str(seed)] = plant(hive, world, spec, kind, pats.get(kind), draws, name.startswith("B"))
+    summary: dict[str, Any] = {}
+    for name, kinds in per.items():
+        summary[name] = {}
+        for kind, runs in kinds.items():
+            rs = list(runs.values())
+            s: dict[str, Any] = {
+                "resonant_share": c.mean_spread([r["resonant_ticks"] / r["compared_ticks"] if r["compared_ticks"] else 0.0 for r in rs]),
+                "reached_agent": sum(r["first_to_agent"] is not None for r in rs),
+                "reached_swarm": sum(r["first_to_swarm"] is not None for r in rs),
+                "final": {lv: c.mean_spread([r["final"][lv] for r in rs]) for lv in LEVELS},
+            }
+            for key in ("settled_c", "first_to_agent", "first_to_swarm"):
+                vals = [r[key] for r in rs if r[key] is not None]
+                s[key] = c.mean_spread(vals) if vals else None
+            summary[name][kind] = s
+    b = per["B: vertical resonance"]
+    xs = [r["settled_c"] for k in TYPES for r in b[k].values() if r["settled_c"] is not None]
+    ys = [useful[k]["mean"] for k in TYPES for r in b[k].values() if r["settled_c"] is not None]
+    low = [r for k in LOW_UTILITY for r in b[k].values()]
+    compared = sum(r["compared_ticks"] for r in low)
+    metrics = {
+        "experiment": 11, "size": size, "base": base, "seeds": seeds, "config": spec, "utility": useful,
+        "scenarios": per, "summary": summary, "control": "A: no vertical resonance",
+        "correlation_alignment_utility": pearson(xs, ys), "points": len(xs),
+        "false_positive_rate": sum(r["resonant_ticks"] for r in low) / compared if compared else None,
+        "false_positive_ticks": [sum(r["resonant_ticks"] for r in low), compared],
+        "criterion": CRITERION, "verdict": "pending full-size run", "seconds": time.perf_counter() - t0,
+    }  # fmt: skip
+    c.write(out, metrics, markdown(metrics))
+    plot(metrics, out / "exp11.png")
+    return metrics
+
+
+def _f(ms: dict[str, float] | None, digits: int = 2) -> str:
+    return "never" if ms is None else c.fmt(ms, digits)
+
+
+def markdown(m: dict[str, Any]) -> str:
+    rows = [["scenario", "type", "utility", "settled c", "resonant share", "first tick → agent", "first tick → swarm", "final: context / agent / swarm"]]
+    for name, kinds in m["summary"].items():
+        for kind, s in kinds.items():
+            fin = " / ".join(f"{s['final'][lv]['mean']:.3f}" for lv in LEVELS)
+            rows.append([name, kind, f"{m['utility'][kind]['mean']:.4f}", _f(s["settled_c"]), _f(s["resonant_share"]), _f(s["first_to_agent"], 1), _f(s["first_to_swarm"], 1), fin])
+    r = m["correlation_alignment_utility"]
+    fp, n = m["false_positive_ticks"]
+    return "\n".join([
+        f"# Experiment 11, size {m['size']} (base {m['base']}, seeds {m['seeds']}; mean ± std over seeds)", "",
+        c.table(rows), "",
+        f"Pearson r(settled c, real utility), scenario B, {m['points']} runs: {'undefined' if r is None else f'{r:.3f}'} (spec: > 0.7).",
+        f"False-positive rate, scenario B (resonant ticks of the local and random runs): {fp} / {n}"
+        + ("" if not n else f" = {fp / n:.3f}") + " (spec: < 0.05).",
+        "utility: mean over the levels of the held-out loss drop on the level's data (nats, pattern × eps in the swarm level); "
+        "final: the pattern's component in each level's ΔW of ann at the end (unit = the pattern at unit norm).", "",
+        f"Criterion — {m['criterion']}.", f"Verdict: {m['verdict']}.", "",
+    ])  # fmt: skip
+
+
+def plot(m: dict[str, Any], path: Path) -> None:
+    plt = c.figure()
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for kind, color in zip(TYPES, ("C0", "C1", "C2", "C7"), strict=True):
+        runs = m["scenarios"]["B: vertical resonance"][kind]
+        xs = [m["utility"][kind]["mean"]] * len(runs)
+        ys = [r["settled_c"] if r["settled_c"] is not None else float("nan") for r in runs.values()]
+        axes[0].scatter(xs, ys, color=color, label=kind)
+    axes[0].axhline(m["config"]["vertical"].get("threshold", 0.3), ls=":", color="k")
+    axes[0].set_xlabel("real utility (mean held-out loss drop over the levels)")
+    axes[0].set_ylabel("settled vertical alignment c (B)")
+    axes[0].legend(fontsize=7)
+    width = 0.2
+    for i, lv in enumerate(LEVELS):
+        for j, name in enumerate(SCENARIOS):
+            ys = [m["summary"][name][k]["final"][lv]["mean"] for k in TYPES]
+            xs = [t + (2 * i + j - 2.5) * width / 2 for t in range(len(TYPES))]
+            axes[1].bar(xs, ys, width / 2, color=f"C{i}", alpha=0.5 if j == 0 else 1.0, label=f"{lv}, {name[0]}")
+    axes[1].set_xticks(range(len(TYPES)), [k.split(":")[0] for k in TYPES], fontsize=7)
+    axes[1].set_ylabel("pattern's component at the end")
+    axes[1].legend(fontsize=6)
+    c.save_figure(fig, path, f"Experiment 11: vertical resonance, three pattern types ({m['size']}, {m['base']})")
+
+
+def main(argv: list[str] | None = None) -> int:
+    return c.main(__doc__ or "", run, markdown, "exp11.png", argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
