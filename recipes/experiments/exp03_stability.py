@@ -14,7 +14,7 @@ same draws and seed:
 The foundation level is frozen in both; the context level is left out of learning and scoring (the
 persistent view). Held-out answer NLL (summed per example) on every type after every phase, and on
 the current type every tick. Measured: catastrophic forgetting (per type, its loss at the run's end
-minus at the end of its last training phase, mean over types; > 0 forgets), retention (per type, its
+minus at the end of its last training phase, mean over the types trained before the last phase; > 0 forgets), retention (per type, its
 gain from the start kept at the end ÷ its best gain at a phase end), adaptation speed (the new type's
 loss drop over the first ``adapt`` ticks of a phase, mean over phases) and the final mean loss.
 """
@@ -77,7 +77,7 @@ def simulate(base: str, spec: dict[str, Any], learns: list[str], seed: int) -> d
     kept = [v for v in retention.values() if v is not None]
     return {
         "start": start, "phases": phases, "current": current, "forgetting": forgetting, "retention": retention,
-        "forgetting_mean": statistics.fmean(forgetting.values()), "retention_mean": statistics.fmean(kept) if kept else None,
+        "forgetting_mean": statistics.fmean(v for t, v in forgetting.items() if t != phases[-1]["task"]), "retention_mean": statistics.fmean(kept) if kept else None,
         "adaptation": statistics.fmean(adapt), "final_loss": statistics.fmean(end),
     }  # fmt: skip
 
