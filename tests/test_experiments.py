@@ -39,6 +39,41 @@ def written(out: Path, figure: str) -> dict:
     return metrics
 
 
+def test_experiment_2_runs_the_swarm_and_the_isolated_control_on_the_same_draws(tmp_path):
+    m = recipe("exp02_swarm").run("small", tmp_path, SEEDS)
+    written(tmp_path, "exp02.png")
+    assert list(m["systems"]) == ["A: isolated", "B: swarm"] and m["control"] == "A: isolated" and m["target"] == 0.9
+    n, tasks = m["config"]["agents"], ["agnews", "dbpedia", "yahoo", "yelp"]
+    assert 3 <= n <= 5
+    for runs in m["systems"].values():
+        assert set(runs) == {str(s) for s in SEEDS}
+        for r in runs.values():
+            assert len(r["gain"]) == n and all(len(g) == len(tasks) and all(math.isfinite(x) for x in g) for g in r["gain"])
+            assert set(r["per_task"]) <= set(tasks) and r["curve"][-1]["tick"] == m["config"]["ticks"]
+            assert r["efficiency"] is None or math.isfinite(r["efficiency"])
+            assert -1.0 - 1e-6 <= r["agent_cosine"] <= 1.0 + 1e-6
+    a, b = (m["systems"][s][str(SEEDS[0])] for s in m["systems"])
+    assert a["before"] == b["before"]  # the same model, seed and draws before any swarm update
+    assert set(m["through_swarm"]["per_seed"]) <= {str(s) for s in SEEDS}
+    assert all(finite(m["summary"][s]["efficiency"]) for s in m["systems"])
+
+
+def test_experiment_3_runs_the_hierarchy_and_the_flat_control_through_the_same_periodic_shift(tmp_path):
+    m = recipe("exp03_stability").run("small", tmp_path, SEEDS)
+    written(tmp_path, "exp03.png")
+    assert list(m["systems"]) == ["A: flat (agent level)", "B: hierarchy (domain, swarm, agent)"] and m["control"] == "A: flat (agent level)"
+    cfg, tasks = m["config"], ["agnews", "dbpedia", "yahoo", "yelp"]
+    for runs in m["systems"].values():
+        assert set(runs) == {str(s) for s in SEEDS}
+        for r in runs.values():
+            assert [p["task"] for p in r["phases"]] == tasks * cfg["cycles"] and len(r["current"]) == 4 * cfg["cycles"] * cfg["phase_ticks"]
+            assert set(r["forgetting"]) == set(tasks) and r["forgetting"]["yelp"] == 0.0  # the last phase's type: nothing after it
+            assert all(math.isfinite(x) for x in [r["forgetting_mean"], r["adaptation"], r["final_loss"], *r["current"]])
+    a, b = (m["systems"][s][str(SEEDS[0])] for s in m["systems"])
+    assert a["start"] == b["start"]  # the same model and seed before any step
+    assert all(finite(m["summary"][s][k]) for s in m["systems"] for k in ("forgetting_mean", "adaptation", "final_loss"))
+
+
 def test_experiment_5_sweeps_up_and_down_beside_the_narrow_band_control(tmp_path):
     m = recipe("exp05_screening").run("small", tmp_path, SEEDS)
     assert written(tmp_path, "exp05.png") == json.loads(json.dumps(m))
@@ -143,7 +178,7 @@ def test_experiment_11_runs_the_three_pattern_types_and_the_random_control_with_
     assert all(finite(m["summary"]["B: vertical resonance"][k]["resonant_share"]) for k in kinds)
 
 
-@pytest.mark.parametrize("name", ["exp05", "exp06", "exp07", "exp09", "exp10", "exp11"])
+@pytest.mark.parametrize("name", ["exp02", "exp03", "exp05", "exp06", "exp07", "exp09", "exp10", "exp11"])
 def test_the_full_size_is_configured_like_the_small_one_on_the_embedded_model(name):
     import yaml
 

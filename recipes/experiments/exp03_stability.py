@@ -1,0 +1,151 @@
+"""Experiment 3 (seed 004): hierarchical stability under a periodic distribution shift.
+
+    python recipes/experiments/exp03_stability.py --size small --out runs/exp03-small
+    python recipes/experiments/exp03_stability.py --size full --out runs/exp03-full     # one GPU, embedded model
+
+One agent learns a long stream of the demo slice's four task types in a fixed order, each for
+``phase_ticks`` ticks, the order repeated ``cycles`` times (a periodic shift). Each tick is one real
+learning step (``Hive.learn``) on ``batch`` support examples of the current type. Two systems on the
+same draws and seed:
+
+    A  control: a flat LoRA, the agent level alone learns (step 2e-2·(1 − 0.5))
+    B  the hierarchy: domain, swarm and agent levels learn together at their own speeds (lr·(1 − inertia))
+
+The foundation level is frozen in both; the context level is left out of learning and scoring (the
+persistent view). Held-out answer NLL (summed per example) on every type after every phase, and on
+the current type every tick. Measured: catastrophic forgetting (per type, its loss at the run's end
+minus at the end of its last training phase, mean over the types trained before the last phase; > 0 forgets), retention (per type, its
+gain from the start kept at the end ÷ its best gain at a phase end), adaptation speed (the new type's
+loss drop over the first ``adapt`` ticks of a phase, mean over phases) and the final mean loss.
+"""
+
+from __future__ import annotations
+
+import random
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import common as c  # noqa: E402
+import torch  # noqa: E402
+
+from lorahive.suites.demo import load_demo_suite  # noqa: E402
+
+SYSTEMS = {"A: flat (agent level)": ["agent"], "B: hierarchy (domain, swarm, agent)": ["domain", "swarm", "agent"]}
+VIEW = ["foundation", "domain", "swarm", "agent"]
+CRITERION = (
+    "spec: catastrophic forgetting minimal, fast adaptation to new tasks, retention of old skills. Read here as: "
+    "B forgets less than A (lower forgetting, higher retention) while adapting at least 0.8 as fast"
+)
+
+
+def held_out(hive: Any, suite: dict[str, Any], tasks: list[str], n: int) -> list[float]:
+    rows = [("ann", p, a) for t in tasks for p, a in suite[t].test[:n]]
+    return [float(x) for x in hive.row_nll(rows, levels=VIEW).view(len(tasks), n).mean(1)]
+
+
+def simulate(base: str, spec: dict[str, Any], learns: list[str], seed: int) -> dict[str, Any]:
+    stack = c.stack()
+    stack = type(stack)(levels=tuple(lv.model_copy(update={"lr": lv.lr * spec["lr_scale"]}) for lv in stack.levels))
+    hive = c.make_hive(base, ["ann"], stack, seed=seed)
+    suite = load_demo_suite(c.TASKS)
+    rng = random.Random(seed)
+    start = held_out(hive, suite, list(c.TASKS), spec["eval"])
+    phases, current, adapt = [], [], []
+    last_phase: dict[str, int] = {}
+    for cycle in range(spec["cycles"]):
+        for t in c.TASKS:
+            before = held_out(hive, suite, [t], spec["eval"])[0]
+            curve = []
+            for _ in range(spec["phase_ticks"]):
+                hive.learn({"ann": rng.sample(suite[t].train, spec["batch"])}, levels=learns)
+                curve.append(held_out(hive, suite, [t], spec["eval"])[0])
+            adapt.append(before - curve[min(spec["adapt"], len(curve)) - 1])
+            current += curve
+            last_phase[t] = len(phases)
+            phases.append({"cycle": cycle, "task": t, "losses": held_out(hive, suite, list(c.TASKS), spec["eval"])})
+    end = phases[-1]["losses"]
+    forgetting, retention = {}, {}
+    for j, t in enumerate(c.TASKS):
+        forgetting[t] = end[j] - phases[last_phase[t]]["losses"][j]
+        best = max(start[j] - p["losses"][j] for p in phases)
+        retention[t] = (start[j] - end[j]) / best if best > 0 else None
+    kept = [v for v in retention.values() if v is not None]
+    return {
+        "start": start, "phases": phases, "current": current, "forgetting": forgetting, "retention": retention,
+        "forgetting_mean": statistics.fmean(v for t, v in forgetting.items() if t != phases[-1]["task"]), "retention_mean": statistics.fmean(kept) if kept else None,
+        "adaptation": statistics.fmean(adapt), "final_loss": statistics.fmean(end),
+    }  # fmt: skip
+
+
+KEYS = ("forgetting_mean", "retention_mean", "adaptation", "final_loss")
+
+
+def run(size: str, out: Path, seeds: list[int], base: str | None = None) -> dict[str, Any]:
+    spec = c.load_size("exp03", size)
+    base = base or spec["base"]
+    t0 = time.perf_counter()
+    torch.set_num_threads(spec.get("threads", torch.get_num_threads()))
+    per = {name: {str(s): simulate(base, spec, learns, s) for s in seeds} for name, learns in SYSTEMS.items()}
+    summary: dict[str, Any] = {}
+    for name, runs in per.items():
+        rs = list(runs.values())
+        summary[name] = {k: (c.mean_spread([r[k] for r in rs if r[k] is not None]) if any(r[k] is not None for r in rs) else None) for k in KEYS}
+    metrics = {
+        "experiment": 3, "size": size, "base": base, "seeds": seeds, "config": spec, "systems": per, "summary": summary,
+        "control": "A: flat (agent level)", "criterion": CRITERION, "verdict": "pending full-size run",
+        "seconds": time.perf_counter() - t0,
+    }  # fmt: skip
+    c.write(out, metrics, markdown(metrics))
+    plot(metrics, out / "exp03.png")
+    return metrics
+
+
+def markdown(m: dict[str, Any]) -> str:
+    rows = [["system", "forgetting (nats)", "retention", "adaptation (nats)", "final mean loss"]]
+    for name, s in m["summary"].items():
+        cell = lambda k, s=s: "–" if s[k] is None else c.fmt(s[k])  # noqa: E731
+        rows.append([name, cell("forgetting_mean"), cell("retention_mean"), cell("adaptation"), cell("final_loss")])
+    first = next(iter(next(iter(m["systems"].values())).values()))
+    return "\n".join([
+        f"# Experiment 3, size {m['size']} (base {m['base']}, {m['config']['cycles']} cycles × 4 types × {m['config']['phase_ticks']} ticks, seeds {m['seeds']}; mean ± std over seeds)", "",
+        c.table(rows), "",
+        f"held-out answer NLL summed per example (nats); mean loss at the start: {statistics.fmean(first['start']):.3f}. "
+        f"adaptation: the new type's loss drop over the first {m['config']['adapt']} ticks of a phase.", "",
+        f"Criterion — {m['criterion']}.", f"Verdict: {m['verdict']}.", "",
+    ])  # fmt: skip
+
+
+def plot(m: dict[str, Any], path: Path) -> None:
+    plt = c.figure()
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    k = m["config"]["phase_ticks"]
+    for name, runs in m["systems"].items():
+        r = next(iter(runs.values()))
+        axes[0].plot(range(1, len(r["current"]) + 1), r["current"], label=name)
+    for i in range(1, 4 * m["config"]["cycles"]):
+        axes[0].axvline(i * k + 0.5, color="k", lw=0.3)
+    axes[0].set_xlabel("tick (a new type every phase)")
+    axes[0].set_ylabel("held-out loss on the current type (first seed)")
+    axes[0].legend(fontsize=7)
+    names = list(m["systems"])
+    for j, t in enumerate(c.TASKS):
+        ys = [statistics.fmean(r["forgetting"][t] for r in m["systems"][n].values()) for n in names]
+        axes[1].bar([i + (j - 1.5) * 0.2 for i in range(len(names))], ys, 0.2, label=t)
+    axes[1].axhline(0, color="k", lw=0.5)
+    axes[1].set_xticks(range(len(names)), [n.split(" (")[0] for n in names])
+    axes[1].set_ylabel("forgetting per type (nats; > 0 forgets)")
+    axes[1].legend(fontsize=7)
+    c.save_figure(fig, path, f"Experiment 3: stability under periodic shift ({m['size']}, {m['base']})")
+
+
+def main(argv: list[str] | None = None) -> int:
+    return c.main(__doc__ or "", run, markdown, "exp03.png", argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
