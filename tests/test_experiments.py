@@ -143,7 +143,7 @@ def test_experiment_11_runs_the_three_pattern_types_and_the_random_control_with_
     assert all(finite(m["summary"]["B: vertical resonance"][k]["resonant_share"]) for k in kinds)
 
 
-@pytest.mark.parametrize("name", ["exp05", "exp06", "exp07", "exp09", "exp10", "exp11"])
+@pytest.mark.parametrize("name", ["exp04", "exp05", "exp06", "exp07", "exp09", "exp10", "exp11"])
 def test_the_full_size_is_configured_like_the_small_one_on_the_embedded_model(name):
     import yaml
 
@@ -151,3 +151,20 @@ def test_the_full_size_is_configured_like_the_small_one_on_the_embedded_model(na
     assert set(tree) == {"small", "full"}
     assert tree["small"]["base"] == "tiny-random" and tree["full"]["base"] == "embedded:smollm2-135m"
     assert set(tree["full"]) == set(tree["small"]) - {"threads"}  # the small size pins one thread for CI
+
+
+def test_experiment_4_tracks_each_level_s_emergent_inertia_beside_the_inertia_off_control(tmp_path):
+    m = recipe("exp04_temporal").run("small", tmp_path, SEEDS)
+    written(tmp_path, "exp04.png")
+    assert list(m["scenarios"]) == ["constant alone", "episodic alone", "both", "control: inertia off"] and m["control"] == "control: inertia off"
+    beta, ticks = m["config"]["beta"], m["config"]["ticks"]
+    for name, runs in m["scenarios"].items():
+        assert set(runs) == {str(s) for s in SEEDS}
+        for r in runs.values():
+            assert all(len(v) == ticks for v in r["curve"].values())
+            assert all(beta - 1e-9 <= x <= 1.0 for lv in ("swarm", "agent") for x in r["curve"][f"{lv}_inertia"])
+            assert r["swarm_scale"] >= 1.0 and all(math.isfinite(x) for x in r["loss"].values())
+            if name.startswith("control"):  # no emergent inertia: every level stays at its base
+                assert r["swarm_inertia"] == pytest.approx(beta) and r["agent_inertia"] == pytest.approx(beta)
+    assert m["scenarios"]["constant alone"]["0"]["ticks_worked"]["constant"] == ticks
+    assert all(finite(m["summary"][s][k]) for s in m["scenarios"] for k in ("swarm_inertia", "agent_inertia", "swarm_step", "swarm_scale"))
