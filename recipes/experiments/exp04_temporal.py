@@ -5,7 +5,7 @@
 
 Two levels over the base: ``swarm`` (shared: one slot for every agent) and ``agent`` (one slot per
 agent), both at base inertia β. Two agents: ``constant`` works agnews every tick, ``episodic`` works
-yelp on a tick with probability ``p`` (the same work ticks in every scenario of a seed). Each tick the
+yelp on ``p · ticks`` ticks drawn at random (the same work ticks in every scenario of a seed). Each tick the
 library's ``EmergentInertia`` runs in its ``draw`` phase on the tick's support rows, then the
 working agents take ``fast_steps`` real fast steps (``Hive.learn``) on them, every level's step
 size ``lr·(1 − inertia)`` as the mechanism set it. Scenarios, on the same draws:
@@ -67,9 +67,10 @@ def stack(spec: dict[str, Any]) -> StackSpec:
 
 
 def plan_draws(suite: dict[str, Any], spec: dict[str, Any], seed: int) -> dict[str, Any]:
-    """Per tick: whether the episodic agent works, and each agent's support rows."""
+    """Per tick: whether the episodic agent works (``p · ticks`` ticks drawn at random), and each agent's support rows."""
     rng = random.Random(seed)
-    works = [rng.random() < spec["p"] for _ in range(spec["ticks"])]
+    on = set(rng.sample(range(spec["ticks"]), round(spec["p"] * spec["ticks"])))
+    works = [t in on for t in range(spec["ticks"])]
     support = [{a: rng.sample(suite[t].train, spec["batch"]) for a, t in AGENTS.items()} for _ in range(spec["ticks"])]
     return {"episodic_works": works, "support": support}
 
