@@ -143,7 +143,7 @@ def test_experiment_11_runs_the_three_pattern_types_and_the_random_control_with_
     assert all(finite(m["summary"]["B: vertical resonance"][k]["resonant_share"]) for k in kinds)
 
 
-@pytest.mark.parametrize("name", ["exp04", "exp05", "exp06", "exp07", "exp09", "exp10", "exp11"])
+@pytest.mark.parametrize("name", ["exp01", "exp04", "exp05", "exp06", "exp07", "exp09", "exp10", "exp11"])
 def test_the_full_size_is_configured_like_the_small_one_on_the_embedded_model(name):
     import yaml
 
@@ -168,3 +168,20 @@ def test_experiment_4_tracks_each_level_s_emergent_inertia_beside_the_inertia_of
                 assert r["swarm_inertia"] == pytest.approx(beta) and r["agent_inertia"] == pytest.approx(beta)
     assert m["scenarios"]["constant alone"]["0"]["ticks_worked"]["constant"] == ticks
     assert all(finite(m["summary"][s][k]) for s in m["scenarios"] for k in ("swarm_inertia", "agent_inertia", "swarm_step", "swarm_scale"))
+
+
+def test_experiment_1_runs_the_slow_and_fast_levels_beside_the_one_level_control_on_the_same_rows(tmp_path):
+    m = recipe("exp01_two_layer").run("small", tmp_path, SEEDS)
+    written(tmp_path, "exp01.png")
+    assert list(m["systems"]) == ["two levels: slow agent + fast context", "control: one level"] and m["control"] == "control: one level"
+    cfg = m["config"]
+    for name, runs in m["systems"].items():
+        assert set(runs) == {str(s) for s in SEEDS}
+        for r in runs.values():
+            assert len(r["episodes"]) == cfg["rounds"] * 4 and len(r["start_by_round"]) == cfg["rounds"]
+            assert [ep["task"] for ep in r["episodes"][:4]] == ["agnews", "dbpedia", "yahoo", "yelp"]
+            assert all(math.isfinite(ep["start"]) and math.isfinite(ep["end"]) for ep in r["episodes"])
+            assert set(r["retention"]) == {"agnews", "dbpedia", "yahoo", "yelp"} and r["slow_drift"] >= 0.0
+            assert (r["fast_plasticity"] is None) == (name == m["control"])  # the control has no fast level
+    for key in ("improvement", "slow_drift", "retention_mean", "episode_gain"):
+        assert all(finite(m["summary"][s][key]) for s in m["systems"])
