@@ -143,7 +143,7 @@ def test_experiment_11_runs_the_three_pattern_types_and_the_random_control_with_
     assert all(finite(m["summary"]["B: vertical resonance"][k]["resonant_share"]) for k in kinds)
 
 
-@pytest.mark.parametrize("name", ["exp01", "exp04", "exp05", "exp06", "exp07", "exp09", "exp10", "exp11"])
+@pytest.mark.parametrize("name", ["exp05", "exp06", "exp07", "exp09", "exp10", "exp11"])
 def test_the_full_size_is_configured_like_the_small_one_on_the_embedded_model(name):
     import yaml
 
@@ -185,3 +185,28 @@ def test_experiment_1_runs_the_slow_and_fast_levels_beside_the_one_level_control
             assert (r["fast_plasticity"] is None) == (name == m["control"])  # the control has no fast level
     for key in ("improvement", "slow_drift", "retention_mean", "episode_gain"):
         assert all(finite(m["summary"][s][key]) for s in m["systems"])
+
+
+def test_experiment_8_tracks_the_depth_per_difficulty_beside_the_topology_off_control(tmp_path):
+    m = recipe("exp08_growth").run("small", tmp_path, SEEDS)
+    written(tmp_path, "exp08.png")
+    assert list(m["systems"]) == ["topology", "control: topology off"] and m["control"] == "control: topology off"
+    cfg = m["config"]
+    ks = [str(k) for k in cfg["difficulty"]]
+    for name, by_k in m["systems"].items():
+        assert list(by_k) == ks
+        for runs in by_k.values():
+            assert set(runs) == {str(s) for s in SEEDS}
+            for r in runs.values():
+                assert len(r["depth"]) == cfg["ticks"] and 1 <= r["final_depth"] <= r["max_depth"] <= cfg["topology"]["max_levels"]
+                assert r["splits"] + r["merges"] == len(r["changes"]) and math.isfinite(r["loss"]) and "context" in r["levels"]
+                if name == m["control"]:  # no topology: the stack never changes
+                    assert r["depth"] == [1] * cfg["ticks"] and r["excess"] == [] and r["changes"] == []
+                else:
+                    assert len(r["excess"]) == cfg["ticks"] and r["final_depth"] == 1 + r["splits"] - r["merges"]
+    assert all(finite(m["summary"][s][k]["final_depth"]) for s in m["systems"] for k in ks)
+
+
+@pytest.mark.parametrize("name", ["exp01", "exp04", "exp08"])
+def test_experiments_1_4_and_8_are_configured_at_full_size_like_the_small_one(name):
+    test_the_full_size_is_configured_like_the_small_one_on_the_embedded_model(name)
