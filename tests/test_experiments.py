@@ -186,3 +186,62 @@ def test_the_full_size_is_configured_like_the_small_one_on_the_embedded_model(na
     assert set(tree) == {"small", "full"}
     assert tree["small"]["base"] == "tiny-random" and tree["full"]["base"] == "embedded:smollm2-135m"
     assert set(tree["full"]) == set(tree["small"]) - {"threads"}  # the small size pins one thread for CI
+
+
+def test_experiment_4_tracks_each_level_s_emergent_inertia_beside_the_inertia_off_control(tmp_path):
+    m = recipe("exp04_temporal").run("small", tmp_path, SEEDS)
+    written(tmp_path, "exp04.png")
+    assert list(m["scenarios"]) == ["constant alone", "episodic alone", "both", "control: inertia off"] and m["control"] == "control: inertia off"
+    beta, ticks = m["config"]["beta"], m["config"]["ticks"]
+    for name, runs in m["scenarios"].items():
+        assert set(runs) == {str(s) for s in SEEDS}
+        for r in runs.values():
+            assert all(len(v) == ticks for v in r["curve"].values())
+            assert all(beta - 1e-9 <= x <= 1.0 for lv in ("swarm", "agent") for x in r["curve"][f"{lv}_inertia"])
+            assert r["swarm_scale"] >= 1.0 and all(math.isfinite(x) for x in r["loss"].values())
+            if name.startswith("control"):  # no emergent inertia: every level stays at its base
+                assert r["swarm_inertia"] == pytest.approx(beta) and r["agent_inertia"] == pytest.approx(beta)
+    assert m["scenarios"]["constant alone"]["0"]["ticks_worked"]["constant"] == ticks
+    assert all(finite(m["summary"][s][k]) for s in m["scenarios"] for k in ("swarm_inertia", "agent_inertia", "swarm_step", "swarm_scale"))
+
+
+def test_experiment_1_runs_the_slow_and_fast_levels_beside_the_one_level_control_on_the_same_rows(tmp_path):
+    m = recipe("exp01_two_layer").run("small", tmp_path, SEEDS)
+    written(tmp_path, "exp01.png")
+    assert list(m["systems"]) == ["two levels: slow agent + fast context", "control: one level"] and m["control"] == "control: one level"
+    cfg = m["config"]
+    for name, runs in m["systems"].items():
+        assert set(runs) == {str(s) for s in SEEDS}
+        for r in runs.values():
+            assert len(r["episodes"]) == cfg["rounds"] * 4 and len(r["start_by_round"]) == cfg["rounds"]
+            assert [ep["task"] for ep in r["episodes"][:4]] == ["agnews", "dbpedia", "yahoo", "yelp"]
+            assert all(math.isfinite(ep["start"]) and math.isfinite(ep["end"]) for ep in r["episodes"])
+            assert set(r["retention"]) == {"agnews", "dbpedia", "yahoo", "yelp"} and r["slow_drift"] >= 0.0
+            assert (r["fast_plasticity"] is None) == (name == m["control"])  # the control has no fast level
+    for key in ("improvement", "slow_drift", "retention_mean", "episode_gain"):
+        assert all(finite(m["summary"][s][key]) for s in m["systems"])
+
+
+def test_experiment_8_tracks_the_depth_per_difficulty_beside_the_topology_off_control(tmp_path):
+    m = recipe("exp08_growth").run("small", tmp_path, SEEDS)
+    written(tmp_path, "exp08.png")
+    assert list(m["systems"]) == ["topology", "control: topology off"] and m["control"] == "control: topology off"
+    cfg = m["config"]
+    ks = [str(k) for k in cfg["difficulty"]]
+    for name, by_k in m["systems"].items():
+        assert list(by_k) == ks
+        for runs in by_k.values():
+            assert set(runs) == {str(s) for s in SEEDS}
+            for r in runs.values():
+                assert len(r["depth"]) == cfg["ticks"] and 1 <= r["final_depth"] <= r["max_depth"] <= cfg["topology"]["max_levels"]
+                assert r["splits"] + r["merges"] == len(r["changes"]) and math.isfinite(r["loss"]) and "context" in r["levels"]
+                if name == m["control"]:  # no topology: the stack never changes
+                    assert r["depth"] == [1] * cfg["ticks"] and r["excess"] == [] and r["changes"] == []
+                else:
+                    assert len(r["excess"]) == cfg["ticks"] and r["final_depth"] == 1 + r["splits"] - r["merges"]
+    assert all(finite(m["summary"][s][k]["final_depth"]) for s in m["systems"] for k in ks)
+
+
+@pytest.mark.parametrize("name", ["exp01", "exp04", "exp08"])
+def test_experiments_1_4_and_8_are_configured_at_full_size_like_the_small_one(name):
+    test_the_full_size_is_configured_like_the_small_one_on_the_embedded_model(name)

@@ -1,0 +1,175 @@
+"""Experiment 8 (seed 004): meta-architecture, whether the hierarchy's depth grows with the tasks' difficulty.
+
+    python recipes/experiments/exp08_growth.py --size small --out runs/exp08-small
+    python recipes/experiments/exp08_growth.py --size full --out runs/exp08-full     # one GPU, embedded model
+
+The stack starts as the base model plus one level, ``context`` (per agent: it carries over between
+ticks, so its updates have a history). One agent; *difficulty* k is how many of the demo slice's
+task types (agnews, dbpedia, yahoo, yelp: the first k) it works, one drawn at random per tick, and
+each tick it takes a real fast step (``Hive.learn``) on that task's fresh support rows. The library's
+``Topology`` mechanism runs in its ``draw`` and ``apply`` phases around the step: it splits a level
+whose updates show two time scales (``C(2) − C(1)² ≥ split_excess``) into a new slower level above
+it, and merges redundant neighbours. Control, on the same rows: topology off (the depth stays 1).
+
+Measured per difficulty and system: the depth (number of levels) per tick, the final depth, the tick
+of the first split, the splits and merges, the context level's two-scale excess per tick, and the
+held-out answer NLL over the k tasks at the end (every level on).
+"""
+
+from __future__ import annotations
+
+import random
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import common as c  # noqa: E402
+import torch  # noqa: E402
+
+from lorahive import LevelSpec, StackSpec  # noqa: E402
+from lorahive.config import TopologyConfig  # noqa: E402
+from lorahive.mechanisms.base import TickView  # noqa: E402
+from lorahive.mechanisms.topology import Topology  # noqa: E402
+from lorahive.suites.demo import load_demo_suite  # noqa: E402
+
+AGENT = "solver"
+SYSTEMS = ("topology", "control: topology off")
+CRITERION = (
+    "spec's hypothesis: simple tasks give a shallow hierarchy, complex tasks a deep one; the structure emerges, not "
+    "set. Read as: with topology on, the final depth does not fall as k grows and is larger at the largest k than at "
+    "k = 1 in the mean over seeds; the control stays at depth 1"
+)
+
+
+def stack(spec: dict[str, Any]) -> StackSpec:
+    r = spec["rank"]
+    return StackSpec(levels=(LevelSpec(name="context", rank=r, alpha=r, scope="agent", inertia=spec["beta"], lr=spec["lr"]),))
+
+
+def plan_draws(suite: dict[str, Any], spec: dict[str, Any], k: int, seed: int) -> list[tuple[str, list[tuple[str, str]]]]:
+    """Per tick: the task drawn among the first ``k`` and its support rows."""
+    rng = random.Random(seed * 1000 + k)
+    out = []
+    for _ in range(spec["ticks"]):
+        task = rng.choice(c.TASKS[:k])
+        out.append((task, rng.sample(suite[task].train, spec["batch"])))
+    return out
+
+
+def system(base: str, suite: dict[str, Any], spec: dict[str, Any], name: str, k: int, plan: list[Any], seed: int) -> dict[str, Any]:
+    hive = c.make_hive(base, [AGENT], levels=stack(spec))
+    core = hive.core
+    torch.manual_seed(seed)
+    topo = Topology(TopologyConfig(enabled=True, **spec["topology"]), ["context"], seed=seed) if name == SYSTEMS[0] else None
+    depth, excess, changes = [], [], []
+    for tick, (_task, rows) in enumerate(plan, start=1):
+        if topo is not None:
+            topo.run(TickView(tick, "draw", [], (), {}, core.states, core))
+        hive.learn({AGENT: rows}, steps=spec["fast_steps"])
+        if topo is not None:
+            act = topo.run(TickView(tick, "apply", [], (), {}, core.states, core))
+            assert act is not None
+            excess.append(act.detail["levels"].get("context", {}).get("excess"))
+            if act.kind in ("split", "merge"):
+                changes.append({"tick": tick, "kind": act.kind, **{key: v for key, v in act.detail.items() if key != "levels"}})
+        depth.append(len(core.levels))
+    evals = [(AGENT, p, a) for t in c.TASKS[:k] for p, a in suite[t].test[: spec["eval"]]]
+    splits = [ch for ch in changes if ch["kind"] == "split"]
+    return {
+        "depth": depth,
+        "final_depth": depth[-1],
+        "max_depth": max(depth),
+        "first_split": splits[0]["tick"] if splits else None,
+        "splits": len(splits),
+        "merges": sum(ch["kind"] == "merge" for ch in changes),
+        "changes": changes,
+        "levels": core.stack.names(),
+        "excess": excess,
+        "loss": float(hive.row_nll(evals).mean()),
+    }
+
+
+KEYS = ("final_depth", "max_depth", "splits", "merges", "loss", "first_split")
+
+
+def run(size: str, out: Path, seeds: list[int], base: str | None = None) -> dict[str, Any]:
+    spec = c.load_size("exp08", size)
+    base = base or spec["base"]
+    t0 = time.perf_counter()
+    torch.set_num_threads(spec.get("threads", torch.get_num_threads()))
+    suite = load_demo_suite(c.TASKS)
+    per: dict[str, dict[str, dict[str, Any]]] = {s: {str(k): {} for k in spec["difficulty"]} for s in SYSTEMS}
+    for seed in seeds:
+        for k in spec["difficulty"]:
+            plan = plan_draws(suite, spec, k, seed)
+            for name in SYSTEMS:
+                per[name][str(k)][str(seed)] = system(base, suite, spec, name, k, plan, seed)
+    summary: dict[str, Any] = {}
+    for name, by_k in per.items():
+        summary[name] = {}
+        for k, runs in by_k.items():
+            rs = list(runs.values())
+            s: dict[str, Any] = {key: (c.mean_spread([r[key] for r in rs if r[key] is not None]) if any(r[key] is not None for r in rs) else None) for key in KEYS}
+            s["split_runs"] = sum(r["first_split"] is not None for r in rs)
+            summary[name][k] = s
+    metrics = {
+        "experiment": 8, "size": size, "base": base, "seeds": seeds, "config": spec, "systems": per,
+        "summary": summary, "control": SYSTEMS[1], "criterion": CRITERION, "verdict": "pending full-size run",
+        "seconds": time.perf_counter() - t0,
+    }  # fmt: skip
+    c.write(out, metrics, markdown(metrics))
+    plot(metrics, out / "exp08.png")
+    return metrics
+
+
+def markdown(m: dict[str, Any]) -> str:
+    rows = [["system", "k (task types)", "final depth", "max depth", "splits", "merges", "first split (tick)", "held-out NLL (end)"]]
+    for name, by_k in m["summary"].items():
+        for k, s in by_k.items():
+            cell = lambda key, d=2, s=s: "–" if s[key] is None else c.fmt(s[key], d)  # noqa: E731
+            rows.append([name, k, cell("final_depth"), cell("max_depth"), cell("splits"), cell("merges"), cell("first_split", 1) + f" ({s['split_runs']} runs)", cell("loss")])
+    cfg = m["config"]
+    return "\n".join([
+        f"# Experiment 8, size {m['size']} (base {m['base']}, one context level of rank {cfg['rank']} at the start, {cfg['ticks']} ticks, "
+        f"seeds {m['seeds']}; mean ± std over seeds)", "",
+        c.table(rows), "",
+        "Depth: levels in the stack (1 at the start); first split: over the runs that split (their number in brackets); "
+        "NLL: held-out answer NLL per example (nats) over the k tasks.", "",
+        f"Criterion — {m['criterion']}.", f"Verdict: {m['verdict']}.", "",
+    ])  # fmt: skip
+
+
+def plot(m: dict[str, Any], path: Path) -> None:
+    plt = c.figure()
+    fig, axes = plt.subplots(1, 3, figsize=(14, 4))
+    topo = m["systems"][SYSTEMS[0]]
+    for k, runs in topo.items():
+        r = next(iter(runs.values()))
+        axes[0].plot(r["depth"], label=f"k = {k}")
+        axes[1].plot([x if x is not None else float("nan") for x in r["excess"]], label=f"k = {k}")
+    ks = list(topo)
+    for name in m["systems"]:
+        means = [m["summary"][name][k]["final_depth"]["mean"] for k in ks]
+        stds = [m["summary"][name][k]["final_depth"]["std"] for k in ks]
+        axes[2].errorbar([int(k) for k in ks], means, yerr=stds, marker="o", capsize=3, label=name)
+    axes[1].axhline(m["config"]["topology"]["split_excess"], color="grey", linestyle=":", label="split_excess")
+    axes[0].set_ylabel("depth (levels), topology on")
+    axes[1].set_ylabel("context's C(2) − C(1)²")
+    for ax in axes[:2]:
+        ax.set_xlabel("tick (first seed)")
+        ax.legend(fontsize=7)
+    axes[2].set_xlabel("difficulty k (task types)")
+    axes[2].set_ylabel("final depth (mean ± std over seeds)")
+    axes[2].legend(fontsize=7)
+    c.save_figure(fig, path, f"Experiment 8: meta-architecture growth ({m['size']}, {m['base']})")
+
+
+def main(argv: list[str] | None = None) -> int:
+    return c.main(__doc__ or "", run, markdown, "exp08.png", argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
