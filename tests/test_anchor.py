@@ -83,7 +83,7 @@ def test_proposals_carry_the_anchor(tokenizer):
 
 def _forget(hive: Hive) -> None:
     """Drop the base log-probabilities ``hive`` keeps, so its next anchored call pays the base pass."""
-    hive._anchor_rows, hive._anchor_batches = {}, {}
+    hive._anchor_memo.clear()
 
 
 def test_the_base_pass_is_paid_once_for_rows_already_seen_and_learning_is_unchanged(tokenizer, monkeypatch):

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from conftest import make_model, randomize_b, small_stack
-from lorahive.runtime.hive import Hive, _split
+from lorahive.runtime.hive import Hive
+from lorahive.runtime.passes import split
 
 EXAMPLES = {
     "ann": [("is the sky blue?", " yes"), ("is fire cold?", " no")],
@@ -35,10 +36,10 @@ def _same_levels(a: Hive, b: Hive) -> None:
 
 
 def test_whole_agents_are_grouped_in_order_and_a_large_agent_is_a_pass_alone():
-    assert [list(g) for g in _split(EXAMPLES, 3)] == [["ann", "bob"], ["cyd"], ["dee"]]
-    assert [list(g) for g in _split(EXAMPLES, 2)] == [["ann"], ["bob"], ["cyd"], ["dee"]]  # cyd's 3 rows: alone
-    assert [list(g) for g in _split(EXAMPLES, None)] == [list(EXAMPLES)]
-    assert [list(g) for g in _split(EXAMPLES, 100)] == [list(EXAMPLES)]
+    assert [list(g) for g in split(EXAMPLES, 3)] == [["ann", "bob"], ["cyd"], ["dee"]]
+    assert [list(g) for g in split(EXAMPLES, 2)] == [["ann"], ["bob"], ["cyd"], ["dee"]]  # cyd's 3 rows: alone
+    assert [list(g) for g in split(EXAMPLES, None)] == [list(EXAMPLES)]
+    assert [list(g) for g in split(EXAMPLES, 100)] == [list(EXAMPLES)]
 
 
 @pytest.mark.parametrize("anchor", [0.0, 1.0])

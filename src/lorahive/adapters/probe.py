@@ -12,7 +12,7 @@ probe sums activities and row counts per slot on the device; nothing is read bac
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 
@@ -20,6 +20,14 @@ __all__ = ["ActivityProbe", "mean_activity"]
 
 #: Per level: per-slot sums ``(S, r)`` of pattern activity and row-module observations ``(S,)``.
 Totals = dict[str, tuple[torch.Tensor, torch.Tensor]]
+
+
+def add_totals(a: Mapping[str, tuple[torch.Tensor, torch.Tensor]], b: Mapping[str, tuple[torch.Tensor, torch.Tensor]]) -> Totals:
+    """Two sets of rows' totals (per level: sums, row counts) added up, level by level."""
+    out = dict(a)
+    for level, (sums, rows) in b.items():
+        out[level] = (out[level][0] + sums, out[level][1] + rows) if level in out else (sums, rows)
+    return out
 
 
 def mean_activity(totals: Totals) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:

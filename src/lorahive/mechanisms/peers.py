@@ -14,10 +14,13 @@ is given: the helpers reduce to the single-process computation, bit for bit.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Hashable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar, final
 
 import torch
+
+from lorahive.adapters.probe import add_totals
 
 if TYPE_CHECKING:
     from lorahive.core import HiveCore
@@ -97,8 +100,5 @@ def add_up(peers: Peers, totals: Mapping[str, tuple[torch.Tensor, torch.Tensor]]
     parts = [p for p in peers.gather(None if totals is None else dict(totals)) if p is not None]
     if len(parts) <= 1:
         return parts[0] if parts else None
-    out: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-    for part in parts:
-        for lv, (a, b) in part.items():
-            out[lv] = (out[lv][0] + a, out[lv][1] + b) if lv in out else (a, b)
-    return out
+    start: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+    return functools.reduce(add_totals, parts, start)

@@ -13,12 +13,11 @@ device tensors for a caller that gathers a whole phase at once.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from lorahive.adapters import ActivityProbe, Routing, mean_activity
+from lorahive.adapters import ActivityProbe, Routing, add_totals, mean_activity
 from lorahive.base import load_base
 from lorahive.config import DEFAULT_BASE, LevelSpec, StackSpec
 from lorahive.core import HiveCore
@@ -26,8 +25,7 @@ from lorahive.learning import answer_nll, last_logits, pack_examples, pack_promp
 from lorahive.learning.batching import Batch
 from lorahive.learning.choice import option_pass, prompt_pass
 from lorahive.learning.objective import anchor_logp, anchored_nll, hidden_states
-
-Examples = Mapping[str, Sequence[tuple[str, str]]]
+from lorahive.runtime.passes import BaseMemo, Examples, Pass, check_examples, split
 
 
 def read_losses(losses: Mapping[str, torch.Tensor]) -> dict[str, float]:
@@ -48,9 +46,7 @@ class Hive:
         self.core = HiveCore(model, tokenizer, levels, seed=seed, max_length=max_length)
         self._watch: tuple[list[str], int] | None = None  # armed activity measurement: levels, input rows kept
         self._watched: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None
-        self._anchor_rows: dict[tuple[str, str], torch.Tensor] = {}  # row text -> its base log-probs at the anchor positions
-        self._anchor_batches: dict[tuple[tuple[str, str], ...], torch.Tensor] = {}  # the same, per batch of rows packed
-        self._anchor_positions = 0  # positions per row the kept log-probs were taken at
+        self._anchor_memo = BaseMemo()  # the base log-probs at the anchor positions, per row text
         self._watched_inputs: dict[str, torch.Tensor] = {}
 
     @classmethod
@@ -138,7 +134,7 @@ class Hive:
 
     # ------------------------------------------------------------------ learning
     def _pack(self, examples: Examples, anchor_positions: int = 0) -> tuple[Batch, list[str], list[str]]:
-        _check_mapping(examples)
+        check_examples(examples)
         self.core.agent_index(list(examples))
         rows: list[tuple[str, str]] = []
         owners: list[str] = []
@@ -171,46 +167,35 @@ class Hive:
             objective = objective + anchor * (zeros.index_add(0, row_agent, kl) / rows.clamp_min(1.0)).sum()
         return {n: means[i] for i, n in enumerate(names)}, objective
 
-    def _passes(self, examples: Examples, anchor: float, positions: int, rows_per_pass: int | None) -> tuple[list[_Pass], list[str]]:
+    def _passes(self, examples: Examples, anchor: float, positions: int, rows_per_pass: int | None) -> tuple[list[Pass], list[str]]:
         """The examples packed in passes of whole agents, at most ``rows_per_pass`` rows each (``None``: one pass), and every agent's name.
 
         An agent with more rows than that is a pass of its own. Each agent's loss and gradient
         come from its own rows only, so passes whose gradients are added up learn exactly what
         one pass over every row learns, with the activations of one pass held at a time.
         """
-        names = list(_check_mapping(examples))
-        if rows_per_pass is not None and rows_per_pass < 1:
-            raise ValueError(f"rows_per_pass must be ≥ 1 or None, got {rows_per_pass}")
-        passes: list[_Pass] = []
-        for i, part in enumerate(_split(examples, rows_per_pass)):
+        names = list(check_examples(examples))
+        passes: list[Pass] = []
+        for i, part in enumerate(split(examples, rows_per_pass)):
             batch, owners, part_names = self._pack(part, positions if anchor > 0 else 0)
-            passes.append(_Pass(batch, owners, part_names, self._anchor_base(batch, owners, anchor, part, positions, first=i == 0)))
+            passes.append(Pass(batch, owners, part_names, self._anchor_base(batch, owners, anchor, part, positions, first=i == 0)))
         return passes, names
 
     def _anchor_base(self, batch: Batch, owners: list[str], anchor: float, examples: Examples, positions: int, first: bool = True) -> torch.Tensor | None:
         """The foundation's log-probabilities at the anchor positions (every level off), or ``None`` without an anchor.
 
-        They depend only on each row's text (every level is off), so they are kept per row: the
-        fast steps of a tick, and its proposals (all agents' rows, or those of the agents that
-        cleared the bar), pack rows already seen and pay for one pass, not one each. What was
-        kept is dropped when the first pass of a call brings a row not seen (a new tick's rows).
+        Kept per row (:class:`~lorahive.runtime.passes.BaseMemo`): the fast steps of a tick, and
+        its proposals (all agents' rows, or those of the agents that cleared the bar), pack rows
+        already seen and pay for one pass, not one each.
         """
         if anchor <= 0 or batch.anchor_at is None:
             return None
-        rows = [(p, a) for exs in examples.values() for p, a in exs]
-        key = tuple(rows)
-        if positions == self._anchor_positions:
-            if key in self._anchor_batches:
-                return self._anchor_batches[key]
-            if all(r in self._anchor_rows for r in rows):
-                return torch.cat([self._anchor_rows[r] for r in rows])
-        with self.core.routing.use(self.core.route(owners, levels=[])):
-            base = anchor_logp(self.model, batch)
-        if first or positions != self._anchor_positions:
-            self._anchor_rows, self._anchor_batches, self._anchor_positions = {}, {}, positions
-        self._anchor_rows.update(zip(rows, base.split(list(batch.anchor_rows)), strict=True))
-        self._anchor_batches[key] = base
-        return base
+
+        def compute() -> torch.Tensor:
+            with self.core.routing.use(self.core.route(owners, levels=[])):
+                return anchor_logp(self.model, batch)
+
+        return self._anchor_memo.get([(p, a) for exs in examples.values() for p, a in exs], positions, batch, compute, first)
 
     def watch_activity(self, levels: Sequence[str], inputs: int = 0) -> None:
         """Measure the pattern activity of ``levels`` during the next learning forward (no extra pass).
@@ -251,7 +236,7 @@ class Hive:
             probe = ActivityProbe(watched, p.batch.attention_mask)
             with self.core.routing.use(self.core.route(p.owners)), self.core.routing.probing(probe):
                 hidden_states(self.model, p.batch)
-            out = _added(out, probe.totals())
+            out = add_totals(out, probe.totals())
         return out
 
     @torch.no_grad()
@@ -362,7 +347,7 @@ class Hive:
         self.core.check_levels(levels)
         return [lv for lv in self.stack.levels if lv.trainable and (levels is None or lv.name in levels)]
 
-    def _learn_step(self, passes: list[_Pass], names: list[str], routings: list[Routing], anchor: float, update: list[LevelSpec]) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    def _learn_step(self, passes: list[Pass], names: list[str], routings: list[Routing], anchor: float, update: list[LevelSpec]) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         """One forward and backward per pass, gradients added up, and one step of ``update``'s levels; each agent's loss and the (1,) skip flag."""
         self.model.zero_grad(set_to_none=True)
         watch = self._watch if self._watched is None else None  # an armed measurement rides on this step's forwards
@@ -374,7 +359,7 @@ class Hive:
                 probe = ActivityProbe(watch[0], p.batch.attention_mask, keep_inputs=watch[1] if i == 0 else 0)
                 with self.core.routing.probing(probe):
                     part, total = self._objective(p.batch, p.owners, p.names, routing, p.base, anchor)
-                totals = _added(totals, probe.totals())
+                totals = add_totals(totals, probe.totals())
                 if i == 0:
                     self._watched_inputs = probe.inputs
             else:
@@ -460,43 +445,4 @@ def _by_agent(slots: Mapping[str, tuple[torch.Tensor, torch.Tensor]], grads: Seq
     for path, g_a, g_b in zip(slots, grads[0::2], grads[1::2], strict=True):
         for i, n in enumerate(names):
             out[n][f"{path}.A"], out[n][f"{path}.B"] = g_a[i], g_b[i]
-    return out
-
-
-@dataclass(frozen=True)
-class _Pass:
-    """One forward's worth of a learning call: whole agents' rows packed, and the anchor's base log-probabilities."""
-
-    batch: Batch
-    owners: list[str]  # each row's agent
-    names: list[str]  # the pass's agents, in order
-    base: torch.Tensor | None
-
-
-def _check_mapping(examples: Examples) -> Examples:
-    if not isinstance(examples, Mapping) or not examples:
-        raise ValueError("examples must be a non-empty mapping {agent: [(prompt, answer), ...]}")
-    return examples
-
-
-def _split(examples: Examples, rows: int | None) -> list[Examples]:
-    """Whole agents in order, grouped so a group holds at most ``rows`` examples (an agent with more is a group alone)."""
-    if rows is None:
-        return [examples]
-    groups: list[dict[str, Sequence[tuple[str, str]]]] = [{}]
-    held = 0
-    for agent, exs in examples.items():
-        if groups[-1] and held + len(exs) > rows:
-            groups.append({})
-            held = 0
-        groups[-1][agent] = exs
-        held += len(exs)
-    return list(groups)
-
-
-def _added(a: Mapping[str, tuple[torch.Tensor, torch.Tensor]], b: Mapping[str, tuple[torch.Tensor, torch.Tensor]]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    """Activity totals (per level: sums, row counts) of two sets of rows, added up."""
-    out = dict(a)
-    for level, (sums, rows) in b.items():
-        out[level] = (out[level][0] + sums, out[level][1] + rows) if level in out else (sums, rows)
     return out
