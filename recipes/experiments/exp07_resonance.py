@@ -26,7 +26,6 @@ from __future__ import annotations
 import random
 import statistics
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -103,11 +102,9 @@ KEYS = ("ticks_to_consensus", "final_cosine", "outlier_factor", "gain_min", "gai
 
 
 def run(size: str, out: Path, seeds: list[int], base: str | None = None) -> dict[str, Any]:
-    spec = c.load_size("exp07", size)
-    base = base or spec["base"]
-    t0 = time.perf_counter()
-    torch.set_num_threads(spec.get("threads", torch.get_num_threads()))
-    hive = c.make_hive(base, ["ann"])
+    r = c.begin(7, size, seeds, base)
+    spec = r.spec
+    hive = c.make_hive(r.base, ["ann"])
     world = c.build_world(hive, spec["train"])
     base_loss = statistics.fmean(c.task_loss(hive, ["ann"] * len(c.TASKS), list(c.TASKS), world, [], spec["eval"]))
     cases = {f"{s}, {o} outliers": (s, o) for o in (spec["outliers"], 0) for s in SYSTEMS}
@@ -116,58 +113,29 @@ def run(size: str, out: Path, seeds: list[int], base: str | None = None) -> dict
         draws = plan_draws(hive, world, spec, seed)
         for name, (system, outliers) in cases.items():
             per[name][str(seed)] = compose(hive, world, spec, system, draws, outliers)
-    summary = {}
-    for name, runs in per.items():
-        rs = list(runs.values())
-        summary[name] = {k: (c.mean_spread([r[k] for r in rs if r[k] is not None]) if any(r[k] is not None for r in rs) else None) for k in KEYS}
-        summary[name]["reached"] = sum(r["ticks_to_consensus"] is not None for r in rs)
-    metrics = {
-        "experiment": 7, "size": size, "base": base, "seeds": seeds, "config": spec, "base_loss": base_loss,
-        "cases": per, "summary": summary, "control": f"A: linear, {spec['outliers']} outliers",
-        "criterion": CRITERION, "verdict": "pending full-size run", "seconds": time.perf_counter() - t0,
-    }  # fmt: skip
-    c.write(out, metrics, markdown(metrics))
-    plot(metrics, out / "exp07.png")
-    return metrics
+    summary = {name: c.summarise(runs, KEYS) | {"reached": sum(x["ticks_to_consensus"] is not None for x in runs.values())} for name, runs in per.items()}
+    results = {"base_loss": base_loss, "cases": per, "summary": summary, "control": f"A: linear, {spec['outliers']} outliers"}
+    return c.finish(r, out, results, CRITERION, markdown, plot)
 
 
 def markdown(m: dict[str, Any]) -> str:
-    rows = [["case", "ticks to consensus (runs reaching it)", "final cosine", "outliers' factor", "worst task's gain", "mean gain", "held-out loss, swarm alone"]]
-    for name, s in m["summary"].items():
-        cell = lambda k, d=3, s=s: "–" if s[k] is None else c.fmt(s[k], d)  # noqa: E731
-        rows.append([name, cell("ticks_to_consensus", 1) + f" ({s['reached']})", cell("final_cosine"), cell("outlier_factor"), cell("gain_min"), cell("gain_mean"), cell("loss")])
-    return "\n".join([
-        f"# Experiment 7, size {m['size']} (base {m['base']}, {m['config']['agents']} agents, seeds {m['seeds']}; mean ± std over seeds)", "",
-        c.table(rows), "",
+    columns = [("ticks to consensus (runs reaching it)", lambda s: c.cell(s["ticks_to_consensus"], 1) + f" ({s['reached']})", 1), ("final cosine", "final_cosine", 3),
+               ("outliers' factor", "outlier_factor", 3), ("worst task's gain", "gain_min", 3), ("mean gain", "gain_mean", 3), ("held-out loss, swarm alone", "loss", 3)]  # fmt: skip
+    return c.report(
+        m, f"{m['config']['agents']} agents", c.summary_table(["case"], c.named(m["summary"]), columns),
         f"consensus: cosine of the accumulated swarm update with the universal pattern ≥ {m['config']['target']}; gain: first-order "
-        f"drop −H·U of each task's train answer NLL (mean per answer token, nats); held-out loss (answer NLL summed per example) before any update: {m['base_loss']:.3f}.", "",
-        f"Criterion — {m['criterion']}.", f"Verdict: {m['verdict']}.", "",
-    ])  # fmt: skip
+        f"drop −H·U of each task's train answer NLL (mean per answer token, nats); held-out loss (answer NLL summed per example) before any update: {m['base_loss']:.3f}.",
+    )  # fmt: skip
 
 
 def plot(m: dict[str, Any], path: Path) -> None:
-    plt = c.figure()
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for (name, runs), style in zip(m["cases"].items(), ("-", "-", "--", "--"), strict=True):
-        r = next(iter(runs.values()))
-        axes[0].plot(range(1, len(r["cosine"]) + 1), r["cosine"], style, label=name)
+    fig, axes = c.panels()
+    c.lines(axes[0], {name: c.first(runs)["cosine"] for name, runs in m["cases"].items()}, "tick", "cosine to the consensus (first seed)", start=1, styles=("-", "-", "--", "--"))
     axes[0].axhline(m["config"]["target"], ls=":", color="k")
-    axes[0].set_xlabel("tick")
-    axes[0].set_ylabel("cosine to the consensus (first seed)")
-    axes[0].legend(fontsize=7)
     names = list(m["cases"])
-    for j, t in enumerate(c.TASKS):
-        ys = [statistics.fmean(r["gain"][t] for r in m["cases"][n].values()) for n in names]
-        axes[1].bar([i + (j - 1.5) * 0.2 for i in range(len(names))], ys, 0.2, label=t)
-    axes[1].set_xticks(range(len(names)), [n.replace(", ", "\n") for n in names], fontsize=7)
-    axes[1].set_ylabel("first-order loss drop per task")
-    axes[1].legend(fontsize=7)
+    c.task_bars(axes[1], names, c.TASKS, lambda n, t: statistics.fmean(r["gain"][t] for r in m["cases"][n].values()), "first-order loss drop per task", [n.replace(", ", "\n") for n in names], fontsize=7)
     c.save_figure(fig, path, f"Experiment 7: resonant vs linear composition ({m['size']}, {m['base']})")
 
 
-def main(argv: list[str] | None = None) -> int:
-    return c.main(__doc__ or "", run, markdown, "exp07.png", argv)
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(c.main(__doc__, run, markdown))

@@ -39,7 +39,6 @@ from __future__ import annotations
 import random
 import statistics
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -212,11 +211,9 @@ def pearson(xs: list[float], ys: list[float]) -> float | None:
 
 
 def run(size: str, out: Path, seeds: list[int], base: str | None = None) -> dict[str, Any]:
-    spec = c.load_size("exp11", size)
-    base = base or spec["base"]
-    t0 = time.perf_counter()
-    torch.set_num_threads(spec.get("threads", torch.get_num_threads()))
-    hive = c.make_hive(base, ["ann", "bob"])
+    r = c.begin(11, size, seeds, base)
+    spec = r.spec
+    hive = c.make_hive(r.base, ["ann", "bob"])
     world = c.build_world(hive, spec["train"])
     pats = patterns(world)
     useful = utility(hive, world, pats, spec["eps"], spec["eval"])
@@ -231,61 +228,47 @@ def run(size: str, out: Path, seeds: list[int], base: str | None = None) -> dict
         summary[name] = {}
         for kind, runs in kinds.items():
             rs = list(runs.values())
-            s: dict[str, Any] = {
+            summary[name][kind] = c.summarise(runs, ("settled_c", "first_to_agent", "first_to_swarm")) | {
                 "resonant_share": c.mean_spread([r["resonant_ticks"] / r["compared_ticks"] if r["compared_ticks"] else 0.0 for r in rs]),
                 "reached_agent": sum(r["first_to_agent"] is not None for r in rs),
                 "reached_swarm": sum(r["first_to_swarm"] is not None for r in rs),
                 "final": {lv: c.mean_spread([r["final"][lv] for r in rs]) for lv in LEVELS},
             }
-            for key in ("settled_c", "first_to_agent", "first_to_swarm"):
-                vals = [r[key] for r in rs if r[key] is not None]
-                s[key] = c.mean_spread(vals) if vals else None
-            summary[name][kind] = s
     b = per["B: vertical resonance"]
     xs = [r["settled_c"] for k in TYPES for r in b[k].values() if r["settled_c"] is not None]
     ys = [useful[k]["mean"] for k in TYPES for r in b[k].values() if r["settled_c"] is not None]
     low = [r for k in LOW_UTILITY for r in b[k].values()]
     compared = sum(r["compared_ticks"] for r in low)
-    metrics = {
-        "experiment": 11, "size": size, "base": base, "seeds": seeds, "config": spec, "utility": useful,
-        "scenarios": per, "summary": summary, "control": "A: no vertical resonance",
+    results = {
+        "utility": useful, "scenarios": per, "summary": summary, "control": "A: no vertical resonance",
         "correlation_alignment_utility": pearson(xs, ys), "points": len(xs),
         "false_positive_rate": sum(r["resonant_ticks"] for r in low) / compared if compared else None,
         "false_positive_ticks": [sum(r["resonant_ticks"] for r in low), compared],
-        "criterion": CRITERION, "verdict": "pending full-size run", "seconds": time.perf_counter() - t0,
     }  # fmt: skip
-    c.write(out, metrics, markdown(metrics))
-    plot(metrics, out / "exp11.png")
-    return metrics
-
-
-def _f(ms: dict[str, float] | None, digits: int = 2) -> str:
-    return "never" if ms is None else c.fmt(ms, digits)
+    return c.finish(r, out, results, CRITERION, markdown, plot)
 
 
 def markdown(m: dict[str, Any]) -> str:
-    rows = [["scenario", "type", "utility", "settled c", "resonant share", "first tick → agent", "first tick → swarm", "final: context / agent / swarm"]]
-    for name, kinds in m["summary"].items():
-        for kind, s in kinds.items():
-            fin = " / ".join(f"{s['final'][lv]['mean']:.3f}" for lv in LEVELS)
-            rows.append([name, kind, f"{m['utility'][kind]['mean']:.4f}", _f(s["settled_c"]), _f(s["resonant_share"]), _f(s["first_to_agent"], 1), _f(s["first_to_swarm"], 1), fin])
+    def final(s: dict[str, Any]) -> str:
+        return " / ".join(f"{s['final'][lv]['mean']:.3f}" for lv in LEVELS)
+
+    columns = [("utility", lambda s: f"{s['utility']:.4f}", 0), ("settled c", lambda s: c.cell(s["settled_c"], 2, "never"), 2),
+               ("resonant share", "resonant_share", 2), ("first tick → agent", lambda s: c.cell(s["first_to_agent"], 1, "never"), 1),
+               ("first tick → swarm", lambda s: c.cell(s["first_to_swarm"], 1, "never"), 1), ("final: context / agent / swarm", final, 0)]  # fmt: skip
+    entries = [([name, kind], s | {"utility": m["utility"][kind]["mean"]}) for name, kinds in m["summary"].items() for kind, s in kinds.items()]
     r = m["correlation_alignment_utility"]
     fp, n = m["false_positive_ticks"]
-    return "\n".join([
-        f"# Experiment 11, size {m['size']} (base {m['base']}, seeds {m['seeds']}; mean ± std over seeds)", "",
-        c.table(rows), "",
-        f"Pearson r(settled c, real utility), scenario B, {m['points']} runs: {'undefined' if r is None else f'{r:.3f}'} (spec: > 0.7).",
-        f"False-positive rate, scenario B (resonant ticks of the local and random runs): {fp} / {n}"
-        + ("" if not n else f" = {fp / n:.3f}") + " (spec: < 0.05).",
+    return c.report(
+        m, "", c.summary_table(["scenario", "type"], entries, columns),
+        f"Pearson r(settled c, real utility), scenario B, {m['points']} runs: {'undefined' if r is None else f'{r:.3f}'} (spec: > 0.7).\n"
+        f"False-positive rate, scenario B (resonant ticks of the local and random runs): {fp} / {n}" + ("" if not n else f" = {fp / n:.3f}") + " (spec: < 0.05).\n"
         "utility: mean over the levels of the held-out loss drop on the level's data (nats, pattern × eps in the swarm level); "
-        "final: the pattern's component in each level's ΔW of ann at the end (unit = the pattern at unit norm).", "",
-        f"Criterion — {m['criterion']}.", f"Verdict: {m['verdict']}.", "",
-    ])  # fmt: skip
+        "final: the pattern's component in each level's ΔW of ann at the end (unit = the pattern at unit norm).",
+    )  # fmt: skip
 
 
 def plot(m: dict[str, Any], path: Path) -> None:
-    plt = c.figure()
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    fig, axes = c.panels()
     for kind, color in zip(TYPES, ("C0", "C1", "C2", "C7"), strict=True):
         runs = m["scenarios"]["B: vertical resonance"][kind]
         xs = [m["utility"][kind]["mean"]] * len(runs)
@@ -307,9 +290,5 @@ def plot(m: dict[str, Any], path: Path) -> None:
     c.save_figure(fig, path, f"Experiment 11: vertical resonance, three pattern types ({m['size']}, {m['base']})")
 
 
-def main(argv: list[str] | None = None) -> int:
-    return c.main(__doc__ or "", run, markdown, "exp11.png", argv)
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(c.main(__doc__, run, markdown))
