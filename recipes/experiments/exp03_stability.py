@@ -5,11 +5,13 @@
 
 One agent learns a long stream of the demo slice's four task types in a fixed order, each for
 ``phase_ticks`` ticks, the order repeated ``cycles`` times (a periodic shift). Each tick is one real
-learning step (``Hive.learn``) on ``batch`` support examples of the current type. Two systems on the
-same draws and seed:
+learning step (``Hive.learn``) on ``batch`` support examples of the current type. Three systems on
+the same draws and seed:
 
     A  control: a flat LoRA, the agent level alone learns (step 2e-2·(1 − 0.5))
     B  the hierarchy: domain, swarm and agent levels learn together at their own speeds (lr·(1 − inertia))
+    C  step-matched control: the flat LoRA with the hierarchy's step budget, its agent level's lr
+       scaled so that its step equals the sum of B's three levels' steps (B is not just a larger step)
 
 The foundation level is frozen in both; the context level is left out of learning and scoring (the
 persistent view). Held-out answer NLL (summed per example) on every type after every phase, and on
@@ -33,11 +35,13 @@ import common as c  # noqa: E402
 
 from lorahive.suites.demo import load_demo_suite  # noqa: E402
 
-SYSTEMS = {"A: flat (agent level)": ["agent"], "B: hierarchy (domain, swarm, agent)": ["domain", "swarm", "agent"]}
+SYSTEMS = {"A: flat (agent level)": ["agent"], "B: hierarchy (domain, swarm, agent)": ["domain", "swarm", "agent"], "C: flat, step-matched": ["agent"]}
+MATCHED, HIERARCHY = "C: flat, step-matched", "B: hierarchy (domain, swarm, agent)"
 VIEW = ["foundation", "domain", "swarm", "agent"]
 CRITERION = (
     "spec: catastrophic forgetting minimal, fast adaptation to new tasks, retention of old skills. Read here as: "
-    "B forgets less than A (lower forgetting, higher retention) while adapting at least 0.8 as fast"
+    "B forgets less than A (lower forgetting, higher retention) while adapting at least 0.8 as fast, and so against C, "
+    "the flat LoRA at B's step budget (else B's adaptation is a larger step)"
 )
 
 
@@ -46,9 +50,19 @@ def held_out(hive: Any, suite: dict[str, Any], tasks: list[str], n: int) -> list
     return [float(x) for x in hive.row_nll(rows, levels=VIEW).view(len(tasks), n).mean(1)]
 
 
-def simulate(base: str, spec: dict[str, Any], learns: list[str], seed: int) -> dict[str, Any]:
+def levels(spec: dict[str, Any], agent_lr: float = 1.0) -> Any:
+    """The stack at the size's ``lr_scale``, the agent level's lr × ``agent_lr``."""
     stack = c.stack()
-    stack = type(stack)(levels=tuple(lv.model_copy(update={"lr": lv.lr * spec["lr_scale"]}) for lv in stack.levels))
+    return type(stack)(levels=tuple(lv.model_copy(update={"lr": lv.lr * spec["lr_scale"] * (agent_lr if lv.name == "agent" else 1.0)}) for lv in stack.levels))
+
+
+def step_budget(stack: Any, learns: list[str]) -> float:
+    """A tick's total step: Σ over the learning levels of lr·(1 − inertia)."""
+    return sum(stack.get(lv).step_size for lv in learns)
+
+
+def simulate(base: str, spec: dict[str, Any], learns: list[str], seed: int, agent_lr: float = 1.0) -> dict[str, Any]:
+    stack = levels(spec, agent_lr)
     hive = c.make_hive(base, ["ann"], stack, seed=seed)
     suite = load_demo_suite(c.TASKS)
     rng = random.Random(seed)
@@ -85,19 +99,25 @@ KEYS = ("forgetting_mean", "retention_mean", "adaptation", "final_loss")
 
 def run(size: str, out: Path, seeds: list[int], base: str | None = None) -> dict[str, Any]:
     r = c.begin(3, size, seeds, base)
-    per = {name: {str(s): simulate(r.base, r.spec, learns, s) for s in seeds} for name, learns in SYSTEMS.items()}
-    summary = {name: c.summarise(runs, KEYS) for name, runs in per.items()}
-    return c.finish(r, out, {"systems": per, "summary": summary, "control": "A: flat (agent level)"}, CRITERION, markdown, plot)
+    stack = levels(r.spec)
+    factor = step_budget(stack, SYSTEMS[HIERARCHY]) / step_budget(stack, ["agent"])  # C's agent lr: B's budget in one level
+    per = {name: {str(s): simulate(r.base, r.spec, learns, s, factor if name == MATCHED else 1.0) for s in seeds} for name, learns in SYSTEMS.items()}
+    budget = {name: step_budget(levels(r.spec, factor if name == MATCHED else 1.0), learns) for name, learns in SYSTEMS.items()}
+    summary = {name: c.summarise(runs, KEYS) | {"step_budget": budget[name]} for name, runs in per.items()}
+    results = {"systems": per, "summary": summary, "control": "A: flat (agent level)", "step_matched": MATCHED, "agent_lr_factor": factor}
+    return c.finish(r, out, results, CRITERION, markdown, plot)
 
 
 def markdown(m: dict[str, Any]) -> str:
-    columns = [("forgetting (nats)", "forgetting_mean", 3), ("retention", "retention_mean", 3), ("adaptation (nats)", "adaptation", 3), ("final mean loss", "final_loss", 3)]
+    columns = [("step budget / tick", lambda s: f"{s['step_budget']:.4g}", 0), ("forgetting (nats)", "forgetting_mean", 3), ("retention", "retention_mean", 3),
+               ("adaptation (nats)", "adaptation", 3), ("final mean loss", "final_loss", 3)]  # fmt: skip
     start = statistics.fmean(c.first(c.first(m["systems"]))["start"])
     return c.report(
         m, f"{m['config']['cycles']} cycles × 4 types × {m['config']['phase_ticks']} ticks",
         c.summary_table(["system"], c.named(m["summary"]), columns),
         f"held-out answer NLL summed per example (nats); mean loss at the start: {start:.3f}. "
-        f"adaptation: the new type's loss drop over the first {m['config']['adapt']} ticks of a phase.",
+        f"adaptation: the new type's loss drop over the first {m['config']['adapt']} ticks of a phase; step budget: Σ lr·(1 − inertia) "
+        f"over the learning levels (C: the agent level's lr × {m['agent_lr_factor']:.3g}).",
     )
 
 
