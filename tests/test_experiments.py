@@ -263,3 +263,30 @@ def test_experiment_8_tracks_the_depth_per_difficulty_beside_the_topology_off_co
 @pytest.mark.parametrize("name", ["exp01", "exp04", "exp08"])
 def test_experiments_1_4_and_8_are_configured_at_full_size_like_the_small_one(name):
     test_the_full_size_is_configured_like_the_small_one_on_the_embedded_model(name)
+
+
+SHARED_CL = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cl" / "standard"
+
+
+@pytest.mark.skipif(not SHARED_CL.is_dir(), reason="../shared/data/cl is absent")
+def test_the_cl_table_runs_every_stream_and_method_over_the_seeds_and_collects_them_again(tmp_path):
+    table = recipe("cl_table")
+    m = table.run("small", tmp_path, SEEDS, root=str(SHARED_CL))
+    assert (tmp_path / "cl_table.png").stat().st_size > 1000 and (tmp_path / "summary.md").is_file()
+    assert list(m["runs"]) == ["order 1", "order 2", "order 3", "5-task"] and m["methods"] == ["hive", "seq-lora", "replay", "multitask"]
+    assert m["streams"]["order 1"] == ["dbpedia", "amazon", "yahoo", "agnews"] and len(m["streams"]["5-task"]) == 5
+    assert m["missing"] == [] and m["seeds"] == SEEDS and set(m["published_t5_large"]) == {"O-LoRA", "MIGU + FT", "multitask"}
+    for stream, by_method in m["runs"].items():
+        n = len(m["streams"][stream])
+        for method, runs in by_method.items():
+            assert set(runs) == {str(s) for s in SEEDS}
+            for r in runs.values():
+                assert len(r["R"]) == n + 1 and all(len(row) == n and all(0.0 <= v <= 1.0 for v in row) for row in r["R"])
+                assert 0.0 <= r["ACC"] <= 1.0 and -1.0 <= r["BWT"] <= 1.0 and -1.0 <= r["FWT"] <= 1.0 and r["ppl_before"] > 1.0
+            s = m["summary"][stream][method]
+            assert s["runs"] == len(SEEDS) and all(finite(s[k]) for k in ("ACC", "BWT", "FWT", "ppl_after", "ppl_change"))
+        for seed in map(str, SEEDS):  # every method starts from the same model: the same R before learning
+            assert len({str(by_method[method][seed]["R"][0]) for method in by_method}) == 1
+    assert all(finite(v) for v in m["orders_mean_acc"].values())
+    again = table.collect(tmp_path / "runs", tmp_path / "again", "small")  # --collect: the table from the run directories alone
+    assert again["summary"] == m["summary"] and again["orders_mean_acc"] == m["orders_mean_acc"]
