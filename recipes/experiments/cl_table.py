@@ -158,8 +158,9 @@ def markdown(m: dict[str, Any]) -> str:
     return "\n\n".join([
         f"# The standard CL table, size {m['size']} (seeds {m['seeds']}; mean ± std over seeds)",
         c.summary_table(["stream", "method"], entries, columns), c.table(means),
-        "ACC / BWT / FWT: from R, the accuracy on every task type's test split after each stage (fractions); retention perplexity: "
-        "held-out WikiText-2 with every agent's levels on, after the stream (its change against before).",
+        "ACC / BWT / FWT: from R, each task type's accuracy on its held-out test examples (suite.eval_query of them) before "
+        "and after each stage (fractions); retention perplexity: held-out WikiText-2 with every agent's levels on, after the "
+        "stream (its change against before).",
         f"**Published, T5-large — not comparable run for run** (another model, about 5.7× the parameters, other training budgets; "
         f"ACC × 100, mean over orders 1–3 of the 4-task stream): {published}.",
         "Missing (no finished run): " + (", ".join(m["missing"]) or "none") + ".",

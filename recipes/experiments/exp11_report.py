@@ -36,14 +36,15 @@ def markdown(m: dict[str, Any]) -> str:
                ("first tick → swarm", lambda s: c.cell(s["first_to_swarm"], 1, "never"), 1), (f"final: {' / '.join(levels)}", final, 0)]  # fmt: skip
     entries = [([name, kind], s | {"utility": utility(m, name, kind)}) for name, kinds in m["summary"].items() for kind, s in kinds.items()]
     several = m["several_agents"]
-    return c.report(
-        m, f"several agents: {several['agents']}", c.summary_table(["scenario", "type"], entries, columns),
-        figures(m, "Scenario B (one agent)") + "\n" + figures(several, f"Scenario D ({several['agents']} agents)") + "\n"
+    spec_figures = [figures(m, "Scenario B (one agent)"), figures(several, f"Scenario D ({several['agents']} agents)")]
+    legend = (
         "utility: one agent (A, B): mean over the levels of the held-out loss drop on the level's data; several agents (C, D): "
         "mean over the agents' own tasks (nats, pattern × eps in the swarm level). Several agents: agent i works task i mod 4 "
         "at its context and agent levels, the swarm level learns their mean. final: the pattern's component in each level's "
-        "ΔW at the end, mean over the agents' slots (unit = the pattern at unit norm).",
-    )  # fmt: skip
+        "ΔW at the end, mean over the agents' slots (unit = the pattern at unit norm)."
+    )
+    table = c.summary_table(["scenario", "type"], entries, columns)
+    return c.report(m, f"several agents: {several['agents']}", table, "\n".join([*spec_figures, legend]))
 
 
 def plot(m: dict[str, Any], path: Path) -> None:
