@@ -1,4 +1,6 @@
-"""What the mechanism experiments share: a hive on real tasks, and patterns built from those tasks.
+"""What the mechanism experiments share: a hive on real tasks, patterns built from those tasks, and the
+shape of a recipe's run and report (``begin`` … ``finish``: the size's config, the metrics, a summary of
+set-up, mean ± spread table, notes, criterion and verdict, and the figure; ``plots.py`` draws).
 
 The data are the package's demo slice (agnews, dbpedia, yahoo: topic tasks; yelp: sentiment).
 ``base: tiny-random`` is a 2-block random Llama (hidden 32, init 0.1, where a pattern's

@@ -23,15 +23,20 @@ resonant ticks fast-track their ready migrations. Scenarios, on the same noise d
     A  control: vertical resonance off (migration by autocorrelation only; no horizontal
        resonance runs here: one agent)
     B  + the library's vertical resonance (defaults: ema 0.8, threshold 0.3, boost ×2)
+    C  several agents (the multi-agent control): ``agents`` agents, agent i works task i mod 4
+       at its own context and agent levels (its task's noise, plus the pattern where it helps that
+       task) and the shared swarm level learns their mean, so the levels' alignment comes from the
+       swarm, not from one agent's planted view of every level's data; vertical resonance off
+    D  C + vertical resonance (their own noise draws, per agent and level, of the same seeds)
 
 Measured per type: the settled vertical alignment ``c`` (mean after ``settled`` compared ticks),
 its share of resonant ticks, the first tick an accepted migration (of whatever ann's slot held:
 noise migrates too) reached agent and swarm (migration speed), the final distribution (the
 pattern's component in each level's ΔW), and
 the pattern's real utility: the mean over the three levels of the held-out loss drop on the
-level's data with the pattern (× ``eps``) in the swarm level. The spec's criteria: Pearson
+level's data with the pattern (× ``eps``) in the swarm level (C, D: over the agents' own tasks). The spec's criteria: Pearson
 correlation of ``c`` with real utility > 0.7 over every (type, seed) run; false-positive rate
-< 5 %: the share of compared ticks on which a low-utility run (local, random) was resonant.
+< 5 %: the share of compared ticks on which a low-utility run (local, random) was resonant; for B and for D.
 """
 
 from __future__ import annotations
