@@ -61,7 +61,10 @@ def test_experiment_2_runs_the_swarm_and_the_isolated_control_on_the_same_draws(
 def test_experiment_3_runs_the_hierarchy_and_the_flat_control_through_the_same_periodic_shift(tmp_path):
     m = recipe("exp03_stability").run("small", tmp_path, SEEDS)
     written(tmp_path, "exp03.png")
-    assert list(m["systems"]) == ["A: flat (agent level)", "B: hierarchy (domain, swarm, agent)"] and m["control"] == "A: flat (agent level)"
+    a, b, matched = "A: flat (agent level)", "B: hierarchy (domain, swarm, agent)", "C: flat, step-matched"
+    assert list(m["systems"]) == [a, b, matched] and m["control"] == a and m["step_matched"] == matched
+    budget = {n: m["summary"][n]["step_budget"] for n in m["systems"]}
+    assert budget[matched] == pytest.approx(budget[b]) and budget[b] > budget[a] and m["agent_lr_factor"] > 1
     cfg, tasks = m["config"], ["agnews", "dbpedia", "yahoo", "yelp"]
     for runs in m["systems"].values():
         assert set(runs) == {str(s) for s in SEEDS}
@@ -69,9 +72,10 @@ def test_experiment_3_runs_the_hierarchy_and_the_flat_control_through_the_same_p
             assert [p["task"] for p in r["phases"]] == tasks * cfg["cycles"] and len(r["current"]) == 4 * cfg["cycles"] * cfg["phase_ticks"]
             assert set(r["forgetting"]) == set(tasks) and r["forgetting"]["yelp"] == 0.0  # the last phase's type: nothing after it
             assert all(math.isfinite(x) for x in [r["forgetting_mean"], r["adaptation"], r["final_loss"], *r["current"]])
-    a, b = (m["systems"][s][str(SEEDS[0])] for s in m["systems"])
-    assert a["start"] == b["start"]  # the same model and seed before any step
+    starts = [m["systems"][s][str(SEEDS[0])]["start"] for s in m["systems"]]
+    assert starts[0] == starts[1] == starts[2]  # the same model and seed before any step
     assert all(finite(m["summary"][s][k]) for s in m["systems"] for k in ("forgetting_mean", "adaptation", "final_loss"))
+    assert m["systems"][matched]["0"]["current"] != m["systems"][a]["0"]["current"]  # the larger step moves it differently
 
 
 def test_experiment_5_sweeps_up_and_down_beside_the_narrow_band_control(tmp_path):
@@ -121,18 +125,25 @@ def test_experiment_7_composes_linearly_and_resonantly_with_and_without_outliers
     m = recipe("exp07_resonance").run("small", tmp_path, SEEDS)
     written(tmp_path, "exp07.png")
     k = m["config"]["outliers"]
-    assert list(m["cases"]) == [f"A: linear, {k} outliers", f"B: resonant, {k} outliers", "A: linear, 0 outliers", "B: resonant, 0 outliers"]
-    assert m["control"] == f"A: linear, {k} outliers" and k > 0
+    systems = ["A: linear", "B: resonant", "C: linear, norm-matched"]
+    assert list(m["cases"]) == [f"{s}, {o} outliers" for o in (k, 0) for s in systems]
+    assert m["control"] == f"A: linear, {k} outliers" and m["norm_matched"] == f"C: linear, norm-matched, {k} outliers" and k > 0
     for name, runs in m["cases"].items():
         assert set(runs) == {str(s) for s in SEEDS}
         for r in runs.values():
             assert len(r["cosine"]) == m["config"]["ticks"] and all(-1.0 <= x <= 1.0 + 1e-6 for x in r["cosine"])
             assert set(r["gain"]) == {"agnews", "dbpedia", "yahoo", "yelp"} and math.isfinite(r["loss"])
-            if name.startswith("A") or "0 outliers" in name:  # linear composition weighs nothing; no outliers to weigh
+            assert len(r["update_norms"]) == m["config"]["ticks"] and r["total_norm"] > 0
+            if not name.startswith("B") or "0 outliers" in name:  # linear composition weighs nothing; no outliers to weigh
                 assert r["outlier_factor"] is None
             else:
                 assert 0.0 <= r["outlier_factor"] <= m["config"]["resonance"]["cap"]
-    assert all(finite(m["summary"][n]["final_cosine"]) for n in m["cases"])
+    for o in (k, 0):  # the norm-matched control steps as far as resonance every tick, in Mean's direction
+        for s in map(str, SEEDS):
+            b, c = m["cases"][f"B: resonant, {o} outliers"][s], m["cases"][f"C: linear, norm-matched, {o} outliers"][s]
+            assert c["update_norms"] == pytest.approx(b["update_norms"], rel=1e-5)
+            assert c["cosine"] != b["cosine"] or o == 0
+    assert all(finite(m["summary"][n]["final_cosine"]) and finite(m["summary"][n]["total_norm"]) for n in m["cases"])
 
 
 def test_experiment_9_runs_the_four_budget_scenarios_at_every_complexity(tmp_path):
@@ -158,7 +169,8 @@ def test_experiment_11_runs_the_three_pattern_types_and_the_random_control_with_
     m = recipe("exp11_vertical").run("small", tmp_path, SEEDS)
     written(tmp_path, "exp11.png")
     kinds = ["type 1: local", "type 2: family", "type 3: universal", "random (control)"]
-    assert list(m["scenarios"]) == ["A: no vertical resonance", "B: vertical resonance"] and m["control"] == "A: no vertical resonance"
+    scenarios = ["A: no vertical resonance", "B: vertical resonance", "C: several agents, no vertical resonance", "D: several agents, vertical resonance"]
+    assert list(m["scenarios"]) == scenarios and m["control"] == "A: no vertical resonance"
     assert list(m["utility"]) == kinds and m["utility"]["random (control)"]["mean"] == 0.0
     for name, per in m["scenarios"].items():
         assert list(per) == kinds
@@ -167,15 +179,21 @@ def test_experiment_11_runs_the_three_pattern_types_and_the_random_control_with_
             for r in runs.values():
                 assert r["resonant_ticks"] + r["dissonant_ticks"] <= r["compared_ticks"] == len(r["modes"])
                 assert set(r["final"]) == {"context", "agent", "swarm"} and all(math.isfinite(v) for v in r["final"].values())
-                if name.startswith("A"):  # the control runs no vertical resonance
+                if "no vertical" in name:  # the controls run no vertical resonance
                     assert r["compared_ticks"] == 0 and r["settled_c"] is None and r["bypassed"] == 0
                 else:
                     assert r["compared_ticks"] > 0 and -1.0 <= r["settled_c"] <= 1.0
-    assert m["points"] == len(kinds) * len(SEEDS)
-    r = m["correlation_alignment_utility"]
-    assert r is None or -1.0 <= r <= 1.0
-    assert 0.0 <= m["false_positive_rate"] <= 1.0
-    assert all(finite(m["summary"]["B: vertical resonance"][k]["resonant_share"]) for k in kinds)
+    several = m["several_agents"]
+    assert several["agents"] > 1 and several["tasks"] == [["agnews", "dbpedia", "yahoo", "yelp"][i % 4] for i in range(several["agents"])]
+    assert list(several["utility"]) == kinds and several["utility"]["random (control)"] == 0.0
+    for figures in (m, several):  # one agent (B) and several (D)
+        assert figures["points"] == len(kinds) * len(SEEDS)
+        r = figures["correlation_alignment_utility"]
+        assert r is None or -1.0 <= r <= 1.0
+        assert 0.0 <= figures["false_positive_rate"] <= 1.0 and figures["false_positive_ticks"][1] > 0
+    assert all(finite(m["summary"][s][k]["resonant_share"]) for s in ("B: vertical resonance", "D: several agents, vertical resonance") for k in kinds)
+    one, many = (m["scenarios"][s]["type 3: universal"]["0"]["final"] for s in ("A: no vertical resonance", "C: several agents, no vertical resonance"))
+    assert one != many  # several agents learn their own draws, not the one agent's
 
 
 @pytest.mark.parametrize("name", ["exp02", "exp03", "exp05", "exp06", "exp07", "exp09", "exp10", "exp11"])
@@ -245,3 +263,30 @@ def test_experiment_8_tracks_the_depth_per_difficulty_beside_the_topology_off_co
 @pytest.mark.parametrize("name", ["exp01", "exp04", "exp08"])
 def test_experiments_1_4_and_8_are_configured_at_full_size_like_the_small_one(name):
     test_the_full_size_is_configured_like_the_small_one_on_the_embedded_model(name)
+
+
+SHARED_CL = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cl" / "standard"
+
+
+@pytest.mark.skipif(not SHARED_CL.is_dir(), reason="../shared/data/cl is absent")
+def test_the_cl_table_runs_every_stream_and_method_over_the_seeds_and_collects_them_again(tmp_path):
+    table = recipe("cl_table")
+    m = table.run("small", tmp_path, SEEDS, root=str(SHARED_CL))
+    assert (tmp_path / "cl_table.png").stat().st_size > 1000 and (tmp_path / "summary.md").is_file()
+    assert list(m["runs"]) == ["order 1", "order 2", "order 3", "5-task"] and m["methods"] == ["hive", "seq-lora", "replay", "multitask"]
+    assert m["streams"]["order 1"] == ["dbpedia", "amazon", "yahoo", "agnews"] and len(m["streams"]["5-task"]) == 5
+    assert m["missing"] == [] and m["seeds"] == SEEDS and set(m["published_t5_large"]) == {"O-LoRA", "MIGU + FT", "multitask"}
+    for stream, by_method in m["runs"].items():
+        n = len(m["streams"][stream])
+        for method, runs in by_method.items():
+            assert set(runs) == {str(s) for s in SEEDS}
+            for r in runs.values():
+                assert len(r["R"]) == n + 1 and all(len(row) == n and all(0.0 <= v <= 1.0 for v in row) for row in r["R"])
+                assert 0.0 <= r["ACC"] <= 1.0 and -1.0 <= r["BWT"] <= 1.0 and -1.0 <= r["FWT"] <= 1.0 and r["ppl_before"] > 1.0
+            s = m["summary"][stream][method]
+            assert s["runs"] == len(SEEDS) and all(finite(s[k]) for k in ("ACC", "BWT", "FWT", "ppl_after", "ppl_change"))
+        for seed in map(str, SEEDS):  # every method starts from the same model: the same R before learning
+            assert len({str(by_method[method][seed]["R"][0]) for method in by_method}) == 1
+    assert all(finite(v) for v in m["orders_mean_acc"].values())
+    again = table.collect(tmp_path / "runs", tmp_path / "again", "small")  # --collect: the table from the run directories alone
+    assert again["summary"] == m["summary"] and again["orders_mean_acc"] == m["orders_mean_acc"]

@@ -1,4 +1,6 @@
-"""What the mechanism experiments share: a hive on real tasks, and patterns built from those tasks.
+"""What the mechanism experiments share: a hive on real tasks, patterns built from those tasks, and the
+shape of a recipe's run and report (``begin`` … ``finish``: the size's config, the metrics, a summary of
+set-up, mean ± spread table, notes, criterion and verdict, and the figure; ``plots.py`` draws).
 
 The data are the package's demo slice (agnews, dbpedia, yahoo: topic tasks; yelp: sentiment).
 ``base: tiny-random`` is a 2-block random Llama (hidden 32, init 0.1, where a pattern's
@@ -20,13 +22,15 @@ import argparse
 import json
 import random
 import statistics
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 import yaml
+from plots import figure, lines, panels, save_figure, task_bars  # noqa: F401  (the recipes use them as c.lines, …)
 
 from lorahive import Hive, LevelSpec, StackSpec
 from lorahive.learning import answer_nll, pack_examples
@@ -68,20 +72,25 @@ def _tokenizer(texts: list[str]) -> Any:
     return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="<eos>")
 
 
+def tiny_model(vocab: int) -> Any:
+    """The tiny random Llama (2 blocks, hidden 32, init 0.1), the same weights each time (seed 0)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(
+        vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=512, initializer_range=0.1, pad_token_id=0, eos_token_id=1, bos_token_id=1,
+    )  # fmt: skip
+    return LlamaForCausalLM(cfg).eval()
+
+
 def make_hive(base: str, agents: list[str], levels: StackSpec | None = None, seed: int = 0) -> Hive:
-    """A hive over ``base`` with ``agents``; the tiny model is rebuilt identically each time (seed 0)."""
+    """A hive over ``base`` with ``agents``; the tiny model is rebuilt identically each time."""
     levels = levels or stack()
     if base == TINY:
-        from transformers import LlamaConfig, LlamaForCausalLM
-
         suite = load_demo_suite(TASKS)
         tok = _tokenizer([p + " " + a for t in TASKS for p, a in suite[t].train])
-        torch.manual_seed(0)
-        cfg = LlamaConfig(
-            vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-            num_key_value_heads=2, max_position_embeddings=512, initializer_range=0.1, pad_token_id=0, eos_token_id=1, bos_token_id=1,
-        )  # fmt: skip
-        hive = Hive(LlamaForCausalLM(cfg).eval(), tok, levels, seed=seed)
+        hive = Hive(tiny_model(len(tok)), tok, levels, seed=seed)
     else:
         device = "cuda" if torch.cuda.is_available() else "cpu"
         hive = Hive.load(base, levels=levels, device=device, dtype=torch.float32, seed=seed)
@@ -182,43 +191,97 @@ def mean_spread(values: list[float]) -> dict[str, float]:
     return {"mean": statistics.fmean(vals), "std": statistics.stdev(vals) if len(vals) > 1 else 0.0, "n": len(vals)}
 
 
+def summarise(runs: dict[str, dict[str, Any]], keys: Sequence[str]) -> dict[str, Any]:
+    """Per key, mean ± spread over the seeds' runs where it is not None (None where it is None in every run)."""
+    out: dict[str, Any] = {}
+    for k in keys:
+        vals = [r[k] for r in runs.values() if r[k] is not None]
+        out[k] = mean_spread(vals) if vals else None
+    return out
+
+
+# ---------------------------------------------------------------------- a recipe's run, report and figure
+@dataclass
+class Run:
+    """One recipe run: the experiment, its size section (``spec``), base model, seeds and start time."""
+
+    experiment: int
+    size: str
+    base: str
+    seeds: list[int]
+    spec: dict[str, Any]
+    t0: float
+
+    @property
+    def png(self) -> str:
+        return f"exp{self.experiment:02d}.png"
+
+
+def begin(experiment: int, size: str, seeds: list[int], base: str | None) -> Run:
+    """Read ``expNN.yaml``'s ``size`` section and pin its torch threads (``threads``; the small size pins one)."""
+    spec = load_size(f"exp{experiment:02d}", size)
+    torch.set_num_threads(spec.get("threads", torch.get_num_threads()))
+    return Run(experiment, size, base or spec["base"], seeds, spec, time.perf_counter())
+
+
+def finish(run: Run, out: Path, results: dict[str, Any], criterion: str, markdown: Callable[[dict[str, Any]], str], plot: Callable[[dict[str, Any], Path], None]) -> dict[str, Any]:
+    """The run's metrics (its set-up, ``results``, the criterion, the verdict, the time), written with its summary and figure."""
+    metrics = {
+        "experiment": run.experiment, "size": run.size, "base": run.base, "seeds": run.seeds, "config": run.spec, **results,
+        "criterion": criterion, "verdict": "pending full-size run", "seconds": time.perf_counter() - run.t0,
+    }  # fmt: skip
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=1), encoding="utf-8")
+    (out / "summary.md").write_text(markdown(metrics), encoding="utf-8")
+    plot(metrics, out / run.png)
+    return metrics
+
+
 def fmt(ms: dict[str, float], digits: int = 3) -> str:
     return f"{ms['mean']:.{digits}f} ± {ms['std']:.{digits}f}"
 
 
+def cell(ms: dict[str, float] | None, digits: int = 3, none: str = "–") -> str:
+    """``mean ± std`` of a summary entry, ``none`` where it is undefined."""
+    return none if ms is None else fmt(ms, digits)
+
+
 def table(rows: list[list[str]]) -> str:
     head, *body = rows
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in body])
+    out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    return "\n".join(out + ["| " + " | ".join(r) + " |" for r in body])
 
 
-def write(out: Path, metrics: dict[str, Any], markdown: str) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=1), encoding="utf-8")
-    (out / "summary.md").write_text(markdown, encoding="utf-8")
+Column = tuple[str, str | Callable[[dict[str, Any]], str], int]  # header, summary key (or a cell of its own), digits
 
 
-def figure() -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def save_figure(fig: Any, path: Path, title: str) -> None:
-    """Title, lay out and write ``fig`` as a PNG, then close it."""
-    plt = figure()
-    fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+def summary_table(heads: Sequence[str], entries: Iterable[tuple[Sequence[str], dict[str, Any]]], columns: Sequence[Column]) -> str:
+    """The mean ± spread table: one row per (labels, summary) entry, a cell per column."""
+    rows = [[*heads, *(h for h, _, _ in columns)]]
+    for labels, s in entries:
+        rows.append([*labels, *(key(s) if callable(key) else cell(s[key], digits) for _, key, digits in columns)])
+    return table(rows)
 
 
-def main(doc: str, run: Callable[[str, Path, list[int], str | None], dict[str, Any]], markdown: Callable[[dict[str, Any]], str], png: str, argv: list[str] | None = None) -> int:
+def named(summary: dict[str, Any], control: str | None = None) -> list[tuple[list[str], Any]]:
+    """``summary_table`` entries, one per system, the control marked."""
+    return [([f"{n} (control)" if n == control else n], s) for n, s in summary.items()]
+
+
+def first(runs: dict[str, Any]) -> Any:
+    """The first seed's run (what the figures' curves show)."""
+    return next(iter(runs.values()))
+
+
+def report(m: dict[str, Any], setup: str, *blocks: str) -> str:
+    """A recipe's summary: the heading (experiment, size, base, ``setup``, seeds), the blocks, the criterion, the verdict."""
+    head = f"# Experiment {m['experiment']}, size {m['size']} (base {m['base']}, {setup + ', ' if setup else ''}seeds {m['seeds']}; mean ± std over seeds)"
+    return "\n\n".join([head, *blocks, f"Criterion — {m['criterion']}.\nVerdict: {m['verdict']}."]) + "\n"
+
+
+def main(doc: str | None, run: Callable[[str, Path, list[int], str | None], dict[str, Any]], markdown: Callable[[dict[str, Any]], str], argv: list[str] | None = None) -> int:
     """An experiment's command line: ``--size``, ``--out``, ``--seeds``, ``--base``; runs it, prints its table and where it wrote."""
-    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
+    ap = argparse.ArgumentParser(description=(doc or "").splitlines()[0])
     ap.add_argument("--size", choices=["small", "full"], default="small")
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -226,5 +289,5 @@ def main(doc: str, run: Callable[[str, Path, list[int], str | None], dict[str, A
     args = ap.parse_args(argv)
     m = run(args.size, args.out, args.seeds, args.base)
     print(markdown(m))
-    print(f"{m['seconds']:.1f} s; {args.out}/metrics.json, {args.out}/{png}")
+    print(f"{m['seconds']:.1f} s; {args.out}/metrics.json, {args.out}/exp{m['experiment']:02d}.png")
     return 0

@@ -24,7 +24,6 @@ from __future__ import annotations
 import random
 import statistics
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -110,55 +109,38 @@ KEYS = ("improvement", "slow_drift", "fast_plasticity", "retention_mean", "episo
 
 
 def run(size: str, out: Path, seeds: list[int], base: str | None = None) -> dict[str, Any]:
-    spec = c.load_size("exp01", size)
-    base = base or spec["base"]
-    t0 = time.perf_counter()
-    torch.set_num_threads(spec.get("threads", torch.get_num_threads()))
+    r = c.begin(1, size, seeds, base)
+    spec = r.spec
     suite = load_demo_suite(c.TASKS)
     per: dict[str, dict[str, dict[str, Any]]] = {s: {} for s in SYSTEMS}
-    hives = {name: c.make_hive(base, [AGENT], levels=st) for name, st in stacks(spec).items()}
+    hives = {name: c.make_hive(r.base, [AGENT], levels=st) for name, st in stacks(spec).items()}
     for seed in seeds:
         rng = random.Random(seed)
         plan = [[rng.sample(suite[c.TASKS[e % len(c.TASKS)]].train, spec["batch"]) for _ in range(spec["ticks"])] for e in range(spec["rounds"] * len(c.TASKS))]
         for name, hive in hives.items():
             torch.manual_seed(seed)
             per[name][str(seed)] = system(hive, suite, spec, name, plan)
-    summary = {
-        name: {key: (c.mean_spread([r[key] for r in runs.values()]) if all(r[key] is not None for r in runs.values()) else None) for key in KEYS}
-        for name, runs in per.items()
-    }
-    metrics = {
-        "experiment": 1, "size": size, "base": base, "seeds": seeds, "config": spec, "systems": per,
-        "summary": summary, "control": SYSTEMS[1], "criterion": CRITERION, "verdict": "pending full-size run",
-        "seconds": time.perf_counter() - t0,
-    }  # fmt: skip
-    c.write(out, metrics, markdown(metrics))
-    plot(metrics, out / "exp01.png")
-    return metrics
+    summary = {name: c.summarise(runs, KEYS) for name, runs in per.items()}
+    return c.finish(r, out, {"systems": per, "summary": summary, "control": SYSTEMS[1]}, CRITERION, markdown, plot)
 
 
 def markdown(m: dict[str, Any]) -> str:
-    rows = [["system", "improvement (round 1 − last, start NLL)", "gain within an episode", "slow level's change per episode", "fast plasticity", "retention (slow level − base NLL)"]]
-    for name, s in m["summary"].items():
-        cell = lambda key, d=3, s=s: "–" if s[key] is None else c.fmt(s[key], d)  # noqa: E731
-        rows.append([name, cell("improvement"), cell("episode_gain"), cell("slow_drift"), cell("fast_plasticity", 2), cell("retention_mean")])
     cfg = m["config"]
-    return "\n".join([
-        f"# Experiment 1, size {m['size']} (base {m['base']}, {cfg['rounds']} rounds × 4 tasks × {cfg['ticks']} steps, "
-        f"β slow {cfg['slow_beta']} / fast {cfg['fast_beta']} / single {cfg['single_beta']}, seeds {m['seeds']}; mean ± std over seeds)", "",
-        c.table(rows), "",
+    columns = [("improvement (round 1 − last, start NLL)", "improvement", 3), ("gain within an episode", "episode_gain", 3), ("slow level's change per episode", "slow_drift", 3),
+               ("fast plasticity", "fast_plasticity", 2), ("retention (slow level − base NLL)", "retention_mean", 3)]  # fmt: skip
+    return c.report(
+        m, f"{cfg['rounds']} rounds × 4 tasks × {cfg['ticks']} steps, β slow {cfg['slow_beta']} / fast {cfg['fast_beta']} / single {cfg['single_beta']}",
+        c.summary_table(["system"], c.named(m["summary"]), columns),
         "NLL: held-out answer NLL per example (nats) of the episode's task; improvement: round 1's mean episode-start NLL minus the "
         "last round's; slow level's change: ‖ΔW_end − ΔW_start‖ / ‖ΔW_end‖ per episode after round 1; fast plasticity: the "
-        "context's ΔW norm at an episode's end over the slow level's change in it; retention: mean over tasks.", "",
-        f"Criterion — {m['criterion']}.", f"Verdict: {m['verdict']}.", "",
-    ])  # fmt: skip
+        "context's ΔW norm at an episode's end over the slow level's change in it; retention: mean over tasks.",
+    )
 
 
 def plot(m: dict[str, Any], path: Path) -> None:
-    plt = c.figure()
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    fig, axes = c.panels()
     for name, runs in m["systems"].items():
-        r = next(iter(runs.values()))
+        r = c.first(runs)
         axes[0].plot([ep["start"] for ep in r["episodes"]], marker="o", label=f"{name}: start")
         axes[0].plot([ep["end"] for ep in r["episodes"]], marker="x", linestyle="--", label=f"{name}: end")
         axes[1].bar([f"{t}\n{name[:3]}" for t in r["retention"]], list(r["retention"].values()), label=name)
@@ -170,9 +152,5 @@ def plot(m: dict[str, Any], path: Path) -> None:
     c.save_figure(fig, path, f"Experiment 1: two-layer proof of concept ({m['size']}, {m['base']})")
 
 
-def main(argv: list[str] | None = None) -> int:
-    return c.main(__doc__ or "", run, markdown, "exp01.png", argv)
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(c.main(__doc__, run, markdown))

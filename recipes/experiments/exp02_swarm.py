@@ -25,7 +25,6 @@ from __future__ import annotations
 import random
 import statistics
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -114,52 +113,38 @@ KEYS = ("efficiency", "trainers_gain", "others_gain", "ticks_to_convergence", "a
 
 
 def run(size: str, out: Path, seeds: list[int], base: str | None = None) -> dict[str, Any]:
-    spec = c.load_size("exp02", size)
-    base = base or spec["base"]
-    t0 = time.perf_counter()
-    torch.set_num_threads(spec.get("threads", torch.get_num_threads()))
-    per: dict[str, dict[str, Any]] = {s: {str(seed): simulate(base, spec, s, seed) for seed in seeds} for s in SYSTEMS}
+    r = c.begin(2, size, seeds, base)
+    per: dict[str, dict[str, Any]] = {s: {str(seed): simulate(r.base, r.spec, s, seed) for seed in seeds} for s in SYSTEMS}
     summary: dict[str, Any] = {}
     for name, runs in per.items():
-        rs = list(runs.values())
-        summary[name] = {k: (c.mean_spread([r[k] for r in rs if r[k] is not None]) if any(r[k] is not None for r in rs) else None) for k in KEYS}
-        summary[name]["defined"] = sum(r["efficiency"] is not None for r in rs)
+        summary[name] = c.summarise(runs, KEYS) | {"defined": sum(x["efficiency"] is not None for x in runs.values())}
     # the part of the others' gain the swarm level carried: B's others' gain above the isolated control's, ÷ B's trainers' gain
     a, b = per[SYSTEMS[0]], per[SYSTEMS[1]]
     through = {s: (b[s]["others_gain"] - a[s]["others_gain"]) / b[s]["trainers_gain"] for s in b if b[s]["trainers_gain"] > 0}
-    metrics = {
-        "experiment": 2, "size": size, "base": base, "seeds": seeds, "config": spec, "systems": per, "summary": summary,
-        "through_swarm": {"per_seed": through, **(c.mean_spread(list(through.values())) if through else {})},
-        "control": "A: isolated", "target": 0.9, "criterion": CRITERION, "verdict": "pending full-size run",
-        "seconds": time.perf_counter() - t0,
+    results = {
+        "systems": per, "summary": summary, "through_swarm": {"per_seed": through, **(c.mean_spread(list(through.values())) if through else {})},
+        "control": "A: isolated", "target": 0.9,
     }  # fmt: skip
-    c.write(out, metrics, markdown(metrics))
-    plot(metrics, out / "exp02.png")
-    return metrics
+    return c.finish(r, out, results, CRITERION, markdown, plot)
 
 
 def markdown(m: dict[str, Any]) -> str:
     t = m["through_swarm"]
-    through = c.fmt(t) if "mean" in t else "–"
-    rows = [["system", "transfer efficiency (runs defined)", "trainers' gain", "others' gain", "ticks to convergence", "agents' ΔW cosine"]]
-    for name, s in m["summary"].items():
-        cell = lambda k, d=3, s=s: "–" if s[k] is None else c.fmt(s[k], d)  # noqa: E731
-        rows.append([name, cell("efficiency") + f" ({s['defined']})", cell("trainers_gain"), cell("others_gain"), cell("ticks_to_convergence", 1), cell("agent_cosine")])
-    return "\n".join([
-        f"# Experiment 2, size {m['size']} (base {m['base']}, {m['config']['agents']} agents, {m['config']['ticks']} ticks, seeds {m['seeds']}; mean ± std over seeds)", "",
-        c.table(rows), "",
+    columns = [("transfer efficiency (runs defined)", lambda s: c.cell(s["efficiency"]) + f" ({s['defined']})", 3), ("trainers' gain", "trainers_gain", 3),
+               ("others' gain", "others_gain", 3), ("ticks to convergence", "ticks_to_convergence", 1), ("agents' ΔW cosine", "agent_cosine", 3)]  # fmt: skip
+    return c.report(
+        m, f"{m['config']['agents']} agents, {m['config']['ticks']} ticks",
+        c.summary_table(["system"], c.named(m["summary"]), columns),
         "gain: held-out answer NLL (summed per example, nats) before − after, each agent with its swarm and agent levels; "
-        "transfer efficiency: others' gain on a type ÷ its trainers' gain (target ≥ 0.9).",
-        f"Through the swarm level alone (B's others' gain above the isolated control's, ÷ B's trainers' gain): {through}.", "",
-        f"Criterion — {m['criterion']}.", f"Verdict: {m['verdict']}.", "",
-    ])  # fmt: skip
+        "transfer efficiency: others' gain on a type ÷ its trainers' gain (target ≥ 0.9).\n"
+        f"Through the swarm level alone (B's others' gain above the isolated control's, ÷ B's trainers' gain): {c.fmt(t) if 'mean' in t else '–'}.",
+    )
 
 
 def plot(m: dict[str, Any], path: Path) -> None:
-    plt = c.figure()
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    fig, axes = c.panels()
     for name, runs in m["systems"].items():
-        r = next(iter(runs.values()))
+        r = c.first(runs)
         ticks = [p["tick"] for p in r["curve"]]
         line = axes[0].plot(ticks, [p["trainers_gain"] for p in r["curve"]], "-", label=f"{name}: trainers")[0]
         axes[0].plot(ticks, [p["others_gain"] for p in r["curve"]], "--", color=line.get_color(), label=f"{name}: others")
@@ -167,20 +152,15 @@ def plot(m: dict[str, Any], path: Path) -> None:
     axes[0].set_xlabel("tick")
     axes[0].set_ylabel("held-out gain (nats, first seed)")
     axes[0].legend(fontsize=7)
-    names = list(m["systems"])
-    for j, t in enumerate(c.TASKS):
-        ys = [statistics.fmean(r["per_task"][t]["others"] / max(r["per_task"][t]["trainers"], 1e-9) for r in m["systems"][n].values()) if t in next(iter(m["systems"][n].values()))["per_task"] else 0.0 for n in names]
-        axes[1].bar([i + (j - 1.5) * 0.2 for i in range(len(names))], ys, 0.2, label=t)
+
+    def ratio(name: str, t: str) -> float:
+        runs = m["systems"][name]
+        return statistics.fmean(r["per_task"][t]["others"] / max(r["per_task"][t]["trainers"], 1e-9) for r in runs.values()) if t in c.first(runs)["per_task"] else 0.0
+
+    c.task_bars(axes[1], list(m["systems"]), c.TASKS, ratio, "transfer efficiency per task type")
     axes[1].axhline(m["target"], ls=":", color="k")
-    axes[1].set_xticks(range(len(names)), names)
-    axes[1].set_ylabel("transfer efficiency per task type")
-    axes[1].legend(fontsize=7)
     c.save_figure(fig, path, f"Experiment 2: swarm communication ({m['size']}, {m['base']})")
 
 
-def main(argv: list[str] | None = None) -> int:
-    return c.main(__doc__ or "", run, markdown, "exp02.png", argv)
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(c.main(__doc__, run, markdown))

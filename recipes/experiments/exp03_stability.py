@@ -5,11 +5,13 @@
 
 One agent learns a long stream of the demo slice's four task types in a fixed order, each for
 ``phase_ticks`` ticks, the order repeated ``cycles`` times (a periodic shift). Each tick is one real
-learning step (``Hive.learn``) on ``batch`` support examples of the current type. Two systems on the
-same draws and seed:
+learning step (``Hive.learn``) on ``batch`` support examples of the current type. Three systems on
+the same draws and seed:
 
     A  control: a flat LoRA, the agent level alone learns (step 2e-2·(1 − 0.5))
     B  the hierarchy: domain, swarm and agent levels learn together at their own speeds (lr·(1 − inertia))
+    C  step-matched control: the flat LoRA with the hierarchy's step budget, its agent level's lr
+       scaled so that its step equals the sum of B's three levels' steps (B is not just a larger step)
 
 The foundation level is frozen in both; the context level is left out of learning and scoring (the
 persistent view). Held-out answer NLL (summed per example) on every type after every phase, and on
@@ -24,22 +26,22 @@ from __future__ import annotations
 import random
 import statistics
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import common as c  # noqa: E402
-import torch  # noqa: E402
 
 from lorahive.suites.demo import load_demo_suite  # noqa: E402
 
-SYSTEMS = {"A: flat (agent level)": ["agent"], "B: hierarchy (domain, swarm, agent)": ["domain", "swarm", "agent"]}
+SYSTEMS = {"A: flat (agent level)": ["agent"], "B: hierarchy (domain, swarm, agent)": ["domain", "swarm", "agent"], "C: flat, step-matched": ["agent"]}
+MATCHED, HIERARCHY = "C: flat, step-matched", "B: hierarchy (domain, swarm, agent)"
 VIEW = ["foundation", "domain", "swarm", "agent"]
 CRITERION = (
     "spec: catastrophic forgetting minimal, fast adaptation to new tasks, retention of old skills. Read here as: "
-    "B forgets less than A (lower forgetting, higher retention) while adapting at least 0.8 as fast"
+    "B forgets less than A (lower forgetting, higher retention) while adapting at least 0.8 as fast, and so against C, "
+    "the flat LoRA at B's step budget (else B's adaptation is a larger step)"
 )
 
 
@@ -48,9 +50,19 @@ def held_out(hive: Any, suite: dict[str, Any], tasks: list[str], n: int) -> list
     return [float(x) for x in hive.row_nll(rows, levels=VIEW).view(len(tasks), n).mean(1)]
 
 
-def simulate(base: str, spec: dict[str, Any], learns: list[str], seed: int) -> dict[str, Any]:
+def levels(spec: dict[str, Any], agent_lr: float = 1.0) -> Any:
+    """The stack at the size's ``lr_scale``, the agent level's lr × ``agent_lr``."""
     stack = c.stack()
-    stack = type(stack)(levels=tuple(lv.model_copy(update={"lr": lv.lr * spec["lr_scale"]}) for lv in stack.levels))
+    return type(stack)(levels=tuple(lv.model_copy(update={"lr": lv.lr * spec["lr_scale"] * (agent_lr if lv.name == "agent" else 1.0)}) for lv in stack.levels))
+
+
+def step_budget(stack: Any, learns: list[str]) -> float:
+    """A tick's total step: Σ over the learning levels of lr·(1 − inertia)."""
+    return sum(stack.get(lv).step_size for lv in learns)
+
+
+def simulate(base: str, spec: dict[str, Any], learns: list[str], seed: int, agent_lr: float = 1.0) -> dict[str, Any]:
+    stack = levels(spec, agent_lr)
     hive = c.make_hive(base, ["ann"], stack, seed=seed)
     suite = load_demo_suite(c.TASKS)
     rng = random.Random(seed)
@@ -86,66 +98,39 @@ KEYS = ("forgetting_mean", "retention_mean", "adaptation", "final_loss")
 
 
 def run(size: str, out: Path, seeds: list[int], base: str | None = None) -> dict[str, Any]:
-    spec = c.load_size("exp03", size)
-    base = base or spec["base"]
-    t0 = time.perf_counter()
-    torch.set_num_threads(spec.get("threads", torch.get_num_threads()))
-    per = {name: {str(s): simulate(base, spec, learns, s) for s in seeds} for name, learns in SYSTEMS.items()}
-    summary: dict[str, Any] = {}
-    for name, runs in per.items():
-        rs = list(runs.values())
-        summary[name] = {k: (c.mean_spread([r[k] for r in rs if r[k] is not None]) if any(r[k] is not None for r in rs) else None) for k in KEYS}
-    metrics = {
-        "experiment": 3, "size": size, "base": base, "seeds": seeds, "config": spec, "systems": per, "summary": summary,
-        "control": "A: flat (agent level)", "criterion": CRITERION, "verdict": "pending full-size run",
-        "seconds": time.perf_counter() - t0,
-    }  # fmt: skip
-    c.write(out, metrics, markdown(metrics))
-    plot(metrics, out / "exp03.png")
-    return metrics
+    r = c.begin(3, size, seeds, base)
+    stack = levels(r.spec)
+    factor = step_budget(stack, SYSTEMS[HIERARCHY]) / step_budget(stack, ["agent"])  # C's agent lr: B's budget in one level
+    per = {name: {str(s): simulate(r.base, r.spec, learns, s, factor if name == MATCHED else 1.0) for s in seeds} for name, learns in SYSTEMS.items()}
+    budget = {name: step_budget(levels(r.spec, factor if name == MATCHED else 1.0), learns) for name, learns in SYSTEMS.items()}
+    summary = {name: c.summarise(runs, KEYS) | {"step_budget": budget[name]} for name, runs in per.items()}
+    results = {"systems": per, "summary": summary, "control": "A: flat (agent level)", "step_matched": MATCHED, "agent_lr_factor": factor}
+    return c.finish(r, out, results, CRITERION, markdown, plot)
 
 
 def markdown(m: dict[str, Any]) -> str:
-    rows = [["system", "forgetting (nats)", "retention", "adaptation (nats)", "final mean loss"]]
-    for name, s in m["summary"].items():
-        cell = lambda k, s=s: "–" if s[k] is None else c.fmt(s[k])  # noqa: E731
-        rows.append([name, cell("forgetting_mean"), cell("retention_mean"), cell("adaptation"), cell("final_loss")])
-    first = next(iter(next(iter(m["systems"].values())).values()))
-    return "\n".join([
-        f"# Experiment 3, size {m['size']} (base {m['base']}, {m['config']['cycles']} cycles × 4 types × {m['config']['phase_ticks']} ticks, seeds {m['seeds']}; mean ± std over seeds)", "",
-        c.table(rows), "",
-        f"held-out answer NLL summed per example (nats); mean loss at the start: {statistics.fmean(first['start']):.3f}. "
-        f"adaptation: the new type's loss drop over the first {m['config']['adapt']} ticks of a phase.", "",
-        f"Criterion — {m['criterion']}.", f"Verdict: {m['verdict']}.", "",
-    ])  # fmt: skip
+    columns = [("step budget / tick", lambda s: f"{s['step_budget']:.4g}", 0), ("forgetting (nats)", "forgetting_mean", 3), ("retention", "retention_mean", 3),
+               ("adaptation (nats)", "adaptation", 3), ("final mean loss", "final_loss", 3)]  # fmt: skip
+    start = statistics.fmean(c.first(c.first(m["systems"]))["start"])
+    return c.report(
+        m, f"{m['config']['cycles']} cycles × 4 types × {m['config']['phase_ticks']} ticks",
+        c.summary_table(["system"], c.named(m["summary"]), columns),
+        f"held-out answer NLL summed per example (nats); mean loss at the start: {start:.3f}. "
+        f"adaptation: the new type's loss drop over the first {m['config']['adapt']} ticks of a phase; step budget: Σ lr·(1 − inertia) "
+        f"over the learning levels (C: the agent level's lr × {m['agent_lr_factor']:.3g}).",
+    )
 
 
 def plot(m: dict[str, Any], path: Path) -> None:
-    plt = c.figure()
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    k = m["config"]["phase_ticks"]
-    for name, runs in m["systems"].items():
-        r = next(iter(runs.values()))
-        axes[0].plot(range(1, len(r["current"]) + 1), r["current"], label=name)
+    fig, axes = c.panels()
+    c.lines(axes[0], {name: c.first(runs)["current"] for name, runs in m["systems"].items()}, "tick (a new type every phase)", "held-out loss on the current type (first seed)", start=1)
     for i in range(1, 4 * m["config"]["cycles"]):
-        axes[0].axvline(i * k + 0.5, color="k", lw=0.3)
-    axes[0].set_xlabel("tick (a new type every phase)")
-    axes[0].set_ylabel("held-out loss on the current type (first seed)")
-    axes[0].legend(fontsize=7)
+        axes[0].axvline(i * m["config"]["phase_ticks"] + 0.5, color="k", lw=0.3)
     names = list(m["systems"])
-    for j, t in enumerate(c.TASKS):
-        ys = [statistics.fmean(r["forgetting"][t] for r in m["systems"][n].values()) for n in names]
-        axes[1].bar([i + (j - 1.5) * 0.2 for i in range(len(names))], ys, 0.2, label=t)
+    c.task_bars(axes[1], names, c.TASKS, lambda n, t: statistics.fmean(r["forgetting"][t] for r in m["systems"][n].values()), "forgetting per type (nats; > 0 forgets)", [n.split(" (")[0] for n in names])
     axes[1].axhline(0, color="k", lw=0.5)
-    axes[1].set_xticks(range(len(names)), [n.split(" (")[0] for n in names])
-    axes[1].set_ylabel("forgetting per type (nats; > 0 forgets)")
-    axes[1].legend(fontsize=7)
     c.save_figure(fig, path, f"Experiment 3: stability under periodic shift ({m['size']}, {m['base']})")
 
 
-def main(argv: list[str] | None = None) -> int:
-    return c.main(__doc__ or "", run, markdown, "exp03.png", argv)
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(c.main(__doc__, run, markdown))

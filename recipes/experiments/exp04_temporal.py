@@ -25,7 +25,6 @@ from __future__ import annotations
 import random
 import statistics
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -117,62 +116,39 @@ KEYS = ("swarm_inertia", "agent_inertia", "swarm_step", "swarm_scale")
 
 
 def run(size: str, out: Path, seeds: list[int], base: str | None = None) -> dict[str, Any]:
-    spec = c.load_size("exp04", size)
-    base = base or spec["base"]
-    t0 = time.perf_counter()
-    torch.set_num_threads(spec.get("threads", torch.get_num_threads()))
-    hive = c.make_hive(base, list(AGENTS), levels=stack(spec))
+    r = c.begin(4, size, seeds, base)
+    hive = c.make_hive(r.base, list(AGENTS), levels=stack(r.spec))
     suite = load_demo_suite(c.TASKS)
     per: dict[str, dict[str, dict[str, Any]]] = {s: {} for s in SCENARIOS}
     for seed in seeds:
-        plan = plan_draws(suite, spec, seed)
+        plan = plan_draws(suite, r.spec, seed)
         for name in SCENARIOS:
-            per[name][str(seed)] = scenario(hive, suite, spec, name, plan, seed)
-    summary = {name: {key: c.mean_spread([r[key] for r in runs.values()]) for key in KEYS} for name, runs in per.items()}
-    metrics = {
-        "experiment": 4, "size": size, "base": base, "seeds": seeds, "config": spec, "scenarios": per,
-        "summary": summary, "control": "control: inertia off", "criterion": CRITERION, "verdict": "pending full-size run",
-        "seconds": time.perf_counter() - t0,
-    }  # fmt: skip
-    c.write(out, metrics, markdown(metrics))
-    plot(metrics, out / "exp04.png")
-    return metrics
+            per[name][str(seed)] = scenario(hive, suite, r.spec, name, plan, seed)
+    summary = {name: c.summarise(runs, KEYS) for name, runs in per.items()}
+    return c.finish(r, out, {"scenarios": per, "summary": summary, "control": "control: inertia off"}, CRITERION, markdown, plot)
 
 
 def markdown(m: dict[str, Any]) -> str:
-    rows = [["scenario", "swarm inertia", "agent inertia", "swarm step size", "swarm temporal scale (ticks)", "held-out NLL (end)"]]
-    for name, s in m["summary"].items():
+    def nll(s: dict[str, Any], name: str) -> str:
         losses = [r["loss"] for r in m["scenarios"][name].values()]
-        nll = ", ".join(f"{a} {c.fmt(c.mean_spread([x[a] for x in losses]), 2)}" for a in losses[0])
-        rows.append([name, c.fmt(s["swarm_inertia"]), c.fmt(s["agent_inertia"]), c.fmt(s["swarm_step"], 5), c.fmt(s["swarm_scale"], 2), nll])
+        return ", ".join(f"{a} {c.fmt(c.mean_spread([x[a] for x in losses]), 2)}" for a in losses[0])
+
+    columns = [("swarm inertia", "swarm_inertia", 3), ("agent inertia", "agent_inertia", 3), ("swarm step size", "swarm_step", 5), ("swarm temporal scale (ticks)", "swarm_scale", 2)]
+    entries = [([name], s | {"nll": nll(s, name)}) for name, s in m["summary"].items()]
     cfg = m["config"]
-    return "\n".join([
-        f"# Experiment 4, size {m['size']} (base {m['base']}, β {cfg['beta']}, k {cfg['inertia']['k']}, episodic p {cfg['p']}, "
-        f"{cfg['ticks']} ticks, seeds {m['seeds']}; mean ± std over seeds)", "",
-        c.table(rows), "",
-        "Inertia and step size: mean over the run's second half; temporal scale 1 / (1 − inertia).", "",
-        f"Criterion — {m['criterion']}.", f"Verdict: {m['verdict']}.", "",
-    ])  # fmt: skip
+    return c.report(
+        m, f"β {cfg['beta']}, k {cfg['inertia']['k']}, episodic p {cfg['p']}, {cfg['ticks']} ticks",
+        c.summary_table(["scenario"], entries, [*columns, ("held-out NLL (end)", lambda s: s["nll"], 2)]),
+        "Inertia and step size: mean over the run's second half; temporal scale 1 / (1 − inertia).",
+    )
 
 
 def plot(m: dict[str, Any], path: Path) -> None:
-    plt = c.figure()
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for name, runs in m["scenarios"].items():
-        r = next(iter(runs.values()))
-        axes[0].plot(r["curve"]["swarm_inertia"], label=name)
-        axes[1].plot(r["curve"]["agent_inertia"], label=name)
-    axes[0].set_ylabel("swarm level inertia")
-    axes[1].set_ylabel("agent level inertia")
-    for ax in axes:
-        ax.set_xlabel("tick (first seed)")
-    axes[0].legend(fontsize=7)
+    fig, axes = c.panels()
+    for ax, lv in zip(axes, ("swarm", "agent"), strict=True):
+        c.lines(ax, {name: c.first(runs)["curve"][f"{lv}_inertia"] for name, runs in m["scenarios"].items()}, "tick (first seed)", f"{lv} level inertia", legend=7 if lv == "swarm" else None)
     c.save_figure(fig, path, f"Experiment 4: emergent temporal scales ({m['size']}, {m['base']})")
 
 
-def main(argv: list[str] | None = None) -> int:
-    return c.main(__doc__ or "", run, markdown, "exp04.png", argv)
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(c.main(__doc__, run, markdown))

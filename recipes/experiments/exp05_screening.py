@@ -22,14 +22,12 @@ from __future__ import annotations
 
 import random
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import common as c  # noqa: E402
-import torch  # noqa: E402
 
 from lorahive.config import ScreeningConfig  # noqa: E402
 from lorahive.mechanisms.base import TickView  # noqa: E402
@@ -89,11 +87,9 @@ def sharpness(blocks: list[dict[str, float]]) -> float:
 
 
 def run(size: str, out: Path, seeds: list[int], base: str | None = None) -> dict[str, Any]:
-    spec = c.load_size("exp05", size)
-    base = base or spec["base"]
-    t0 = time.perf_counter()
-    torch.set_num_threads(spec.get("threads", torch.get_num_threads()))
-    hive = c.make_hive(base, ["ann", "bob"])
+    r = c.begin(5, size, seeds, base)
+    spec = r.spec
+    hive = c.make_hive(r.base, ["ann", "bob"])
     world = c.build_world(hive, spec["train"])
     main = ScreeningConfig(levels=["agent"], **spec["screening"])
     narrow = main.model_copy(update={"down": 0.99 * main.up})
@@ -111,35 +107,25 @@ def run(size: str, out: Path, seeds: list[int], base: str | None = None) -> dict
             "width": c.mean_spread([u - d for u, d in zip(ups, downs, strict=True)]),
             "sharpness": c.mean_spread([sharpness(b) for b in per_seed.values()]),
         }
-    metrics = {
-        "experiment": 5, "size": size, "base": base, "seeds": seeds, "frequencies": spec["frequencies"],
-        "ticks_per_frequency": spec["ticks"], "variants": runs, "control": "control: narrow band",
-        "criterion": CRITERION, "verdict": "pending full-size run", "seconds": time.perf_counter() - t0,
-    }  # fmt: skip
-    c.write(out, metrics, markdown(metrics))
-    plot(metrics, out / "exp05.png")
-    return metrics
+    results = {"frequencies": spec["frequencies"], "ticks_per_frequency": spec["ticks"], "variants": runs, "control": "control: narrow band"}
+    return c.finish(r, out, results, CRITERION, markdown, plot)
 
 
 def markdown(m: dict[str, Any]) -> str:
-    rows = [["variant", "f up (screened ≥ ½)", "f down", "width", "sharpness"]]
-    for name, r in m["variants"].items():
-        rows.append([name, c.fmt(r["f_up"], 2), c.fmt(r["f_down"], 2), c.fmt(r["width"], 2), c.fmt(r["sharpness"], 2)])
+    columns = [("f up (screened ≥ ½)", "f_up", 2), ("f down", "f_down", 2), ("width", "width", 2), ("sharpness", "sharpness", 2)]
     curve = [["variant", "direction"] + [f"{f:g}" for f in m["frequencies"]]]
     for name, r in m["variants"].items():
         for d in ("up", "down"):
             kept = {f: [b["kept"] for bl in r["blocks"].values() for b in bl if b["direction"] == d and b["f"] == f] for f in m["frequencies"]}
             curve.append([name, f"{d}, kept norm"] + [f"{sum(v) / len(v):.3f}" for v in kept.values()])
-    return "\n".join([
-        f"# Experiment 5, size {m['size']} (base {m['base']}, seeds {m['seeds']}; mean ± std over seeds)", "",
-        c.table(rows), "", "Stability (norm bob's pattern keeps over a block), mean over seeds:", "", c.table(curve), "",
-        f"Criterion — {m['criterion']}.", f"Verdict: {m['verdict']}.", "",
-    ])  # fmt: skip
+    return c.report(
+        m, "", c.summary_table(["variant"], c.named(m["variants"]), columns),
+        "Stability (norm bob's pattern keeps over a block), mean over seeds:", c.table(curve),
+    )  # fmt: skip
 
 
 def plot(m: dict[str, Any], path: Path) -> None:
-    plt = c.figure()
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    fig, axes = c.panels()
     for ax, key, label in ((axes[0], "screened", "share of ticks screened"), (axes[1], "kept", "norm kept over a block")):
         for (name, r), color in zip(m["variants"].items(), ("C0", "C1"), strict=False):
             for d, style in (("up", "-o"), ("down", "--s")):
@@ -151,9 +137,5 @@ def plot(m: dict[str, Any], path: Path) -> None:
     c.save_figure(fig, path, f"Experiment 5: screening vs usage frequency ({m['size']}, {m['base']})")
 
 
-def main(argv: list[str] | None = None) -> int:
-    return c.main(__doc__ or "", run, markdown, "exp05.png", argv)
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(c.main(__doc__, run, markdown))

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import random
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -119,12 +118,10 @@ KEYS = ("precision", "migrated_stable", "migrated_fluctuating", "first_tick_stab
 
 
 def run(size: str, out: Path, seeds: list[int], base: str | None = None) -> dict[str, Any]:
-    spec = c.load_size("exp06", size)
-    base = base or spec["base"]
-    t0 = time.perf_counter()
-    torch.set_num_threads(spec.get("threads", torch.get_num_threads()))
+    r = c.begin(6, size, seeds, base)
+    spec = r.spec
     agents = [f"agent{i}" for i in range(spec["agents"])]
-    hive = c.make_hive(base, agents)
+    hive = c.make_hive(r.base, agents)
     world = c.build_world(hive, spec["train"])
     tasks = [c.TASKS[i % len(c.TASKS)] for i in range(len(agents))]
     per_seed: dict[str, dict[str, Any]] = {"autocorrelation": {}, "timer": {}}
@@ -133,35 +130,23 @@ def run(size: str, out: Path, seeds: list[int], base: str | None = None) -> dict
         draws = [[c.noise(hive, world, t, rng, spec["batch"]) for t in tasks] for _ in range(spec["ticks"])]
         for trigger in per_seed:
             per_seed[trigger][str(s)] = system(hive, world, spec, trigger, draws)
-    summary = {
-        trig: {k: c.mean_spread([r[k] for r in runs.values() if r[k] is not None]) if any(r[k] is not None for r in runs.values()) else None for k in KEYS}
-        for trig, runs in per_seed.items()
-    }
-    metrics = {
-        "experiment": 6, "size": size, "base": base, "seeds": seeds, "agents": len(agents),
-        "stable_agents": [a for i, a in enumerate(agents) if stable_agent(i)], "config": spec, "systems": per_seed,
-        "summary": summary, "control": "timer", "criterion": CRITERION, "verdict": "pending full-size run",
-        "seconds": time.perf_counter() - t0,
+    results = {
+        "agents": len(agents), "stable_agents": [a for i, a in enumerate(agents) if stable_agent(i)], "systems": per_seed,
+        "summary": {trig: c.summarise(runs, KEYS) for trig, runs in per_seed.items()}, "control": "timer",
     }  # fmt: skip
-    c.write(out, metrics, markdown(metrics))
-    plot(metrics, out / "exp06.png")
-    return metrics
+    return c.finish(r, out, results, CRITERION, markdown, plot)
 
 
 def markdown(m: dict[str, Any]) -> str:
-    rows = [["system"] + list(KEYS)]
-    for trig, s in m["summary"].items():
-        rows.append([trig if trig != "timer" else "timer (control)"] + ["–" if s[k] is None else c.fmt(s[k], 2 if "tick" in k or "migrated" in k else 3) for k in KEYS])
-    return "\n".join([
-        f"# Experiment 6, size {m['size']} (base {m['base']}, {m['agents']} agents, seeds {m['seeds']}; mean ± std over seeds)", "",
-        c.table(rows), "", "gain: held-out loss of the agent's task without levels minus with the agent level alone (nats; > 0 helps).", "",
-        f"Criterion — {m['criterion']}.", f"Verdict: {m['verdict']}.", "",
-    ])  # fmt: skip
+    columns = [(k, k, 2 if "tick" in k or "migrated" in k else 3) for k in KEYS]
+    return c.report(
+        m, f"{m['agents']} agents", c.summary_table(["system"], c.named(m["summary"], m["control"]), columns),
+        "gain: held-out loss of the agent's task without levels minus with the agent level alone (nats; > 0 helps).",
+    )  # fmt: skip
 
 
 def plot(m: dict[str, Any], path: Path) -> None:
-    plt = c.figure()
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    fig, axes = c.panels()
     for (trig, runs), color in zip(m["systems"].items(), ("C0", "C1"), strict=False):
         for j, r in enumerate(runs.values()):
             for flag, marker in ((True, "o"), (False, "x")):
@@ -181,9 +166,5 @@ def plot(m: dict[str, Any], path: Path) -> None:
     c.save_figure(fig, path, f"Experiment 6: autocorrelation vs timer ({m['size']}, {m['base']})")
 
 
-def main(argv: list[str] | None = None) -> int:
-    return c.main(__doc__ or "", run, markdown, "exp06.png", argv)
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(c.main(__doc__, run, markdown))

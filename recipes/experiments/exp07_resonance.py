@@ -12,6 +12,8 @@ the norm, plus their noise. Each tick's proposals are composed by
 
     A  control: linear superposition, the library's ``Mean`` aggregator
     B  resonant composition, the library's ``Resonance(Mean)`` (1 + α·cos aligned, 1 + β·cos opposed, ≤ cap)
+    C  norm-matched control: A's update rescaled every tick to the norm of B's update on the same
+       draws (Mean's direction at resonance's step: what B gains beyond a larger step)
 
 and the update is added to the swarm level (× ``step``), on the same draws, with ``outliers`` and
 with none. Measured: consensus convergence (cosine of the accumulated swarm update with the
@@ -26,7 +28,6 @@ from __future__ import annotations
 import random
 import statistics
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -38,12 +39,13 @@ import torch  # noqa: E402
 from lorahive.mechanisms.aggregation import Mean, Proposal  # noqa: E402
 from lorahive.mechanisms.resonance import Resonance  # noqa: E402
 
-SYSTEMS = ("A: linear", "B: resonant")
+SYSTEMS = ("A: linear", "B: resonant", "C: linear, norm-matched")  # C after B: it takes B's norms
 CRITERION = (
     "spec's hypothesis: resonance speeds up consensus by amplification and filters contradictory contributions "
     "automatically; diversity is measured. Read here as: with outliers, B reaches the consensus cosine target in "
     "fewer ticks than A and ends at a higher cosine, its outliers' weight factor below 1, and its worst task's "
-    "first-order gain not below A's"
+    "first-order gain not below A's; and B's gains and held-out loss better than C's, the linear composition at B's "
+    "update norm (else resonance's gain is a larger step, not a better direction)"
 )
 
 
@@ -66,19 +68,24 @@ def plan_draws(hive: Any, world: c.World, spec: dict[str, Any], seed: int) -> li
     return ticks
 
 
-def compose(hive: Any, world: c.World, spec: dict[str, Any], system: str, draws: list[list[torch.Tensor]], outliers: int) -> dict[str, Any]:
+def compose(hive: Any, world: c.World, spec: dict[str, Any], system: str, draws: list[list[torch.Tensor]], outliers: int, match: list[float] | None = None) -> dict[str, Any]:
+    """One case over the draws; ``match``: per tick, the update norm to rescale the composed update to (C)."""
     inner = Mean()
     agg = Resonance(inner, **spec["resonance"]) if system.startswith("B") else inner
     skip = spec["outliers"] - outliers  # without outliers: the same draws, the outlier agents left out
     total = torch.zeros_like(world.universal)
-    cosines, factors = [], []
+    cosines, factors, norms = [], [], []
     for tick, row in enumerate(draws, start=1):
         props = [Proposal(f"agent{i}", "swarm", tick, {"u": u}) for i, u in enumerate(row) if i >= skip]
         res = agg.aggregate(tick, props)
         if outliers:
             factors += [d.resonance for d in res.decisions[:outliers] if d.resonance is not None]
         assert res.update is not None
-        total = total + spec["step"] * res.update["u"]
+        u = res.update["u"]
+        if match is not None:
+            u = u * (match[tick - 1] / float(u.norm().clamp_min(1e-12)))
+        norms.append(float(u.norm()))
+        total = total + spec["step"] * u
         cosines.append(float(total @ world.universal / total.norm().clamp_min(1e-12)))
     gain = [float(x) for x in -(world.H @ total)]
     slot = hive.core.slot_of("swarm", hive.core.agents[0])
@@ -96,18 +103,18 @@ def compose(hive: Any, world: c.World, spec: dict[str, Any], system: str, draws:
         "gain_min": min(gain),
         "gain_mean": statistics.fmean(gain),
         "loss": statistics.fmean(loss),
+        "update_norms": norms,
+        "total_norm": float(total.norm()),
     }
 
 
-KEYS = ("ticks_to_consensus", "final_cosine", "outlier_factor", "gain_min", "gain_mean", "loss")
+KEYS = ("ticks_to_consensus", "final_cosine", "outlier_factor", "gain_min", "gain_mean", "loss", "total_norm")
 
 
 def run(size: str, out: Path, seeds: list[int], base: str | None = None) -> dict[str, Any]:
-    spec = c.load_size("exp07", size)
-    base = base or spec["base"]
-    t0 = time.perf_counter()
-    torch.set_num_threads(spec.get("threads", torch.get_num_threads()))
-    hive = c.make_hive(base, ["ann"])
+    r = c.begin(7, size, seeds, base)
+    spec = r.spec
+    hive = c.make_hive(r.base, ["ann"])
     world = c.build_world(hive, spec["train"])
     base_loss = statistics.fmean(c.task_loss(hive, ["ann"] * len(c.TASKS), list(c.TASKS), world, [], spec["eval"]))
     cases = {f"{s}, {o} outliers": (s, o) for o in (spec["outliers"], 0) for s in SYSTEMS}
@@ -115,59 +122,34 @@ def run(size: str, out: Path, seeds: list[int], base: str | None = None) -> dict
     for seed in seeds:
         draws = plan_draws(hive, world, spec, seed)
         for name, (system, outliers) in cases.items():
-            per[name][str(seed)] = compose(hive, world, spec, system, draws, outliers)
-    summary = {}
-    for name, runs in per.items():
-        rs = list(runs.values())
-        summary[name] = {k: (c.mean_spread([r[k] for r in rs if r[k] is not None]) if any(r[k] is not None for r in rs) else None) for k in KEYS}
-        summary[name]["reached"] = sum(r["ticks_to_consensus"] is not None for r in rs)
-    metrics = {
-        "experiment": 7, "size": size, "base": base, "seeds": seeds, "config": spec, "base_loss": base_loss,
-        "cases": per, "summary": summary, "control": f"A: linear, {spec['outliers']} outliers",
-        "criterion": CRITERION, "verdict": "pending full-size run", "seconds": time.perf_counter() - t0,
-    }  # fmt: skip
-    c.write(out, metrics, markdown(metrics))
-    plot(metrics, out / "exp07.png")
-    return metrics
+            match = per[f"{SYSTEMS[1]}, {outliers} outliers"][str(seed)]["update_norms"] if system == SYSTEMS[2] else None
+            per[name][str(seed)] = compose(hive, world, spec, system, draws, outliers, match)
+    summary = {name: c.summarise(runs, KEYS) | {"reached": sum(x["ticks_to_consensus"] is not None for x in runs.values())} for name, runs in per.items()}
+    k = spec["outliers"]
+    results = {"base_loss": base_loss, "cases": per, "summary": summary, "control": f"A: linear, {k} outliers", "norm_matched": f"{SYSTEMS[2]}, {k} outliers"}
+    return c.finish(r, out, results, CRITERION, markdown, plot)
 
 
 def markdown(m: dict[str, Any]) -> str:
-    rows = [["case", "ticks to consensus (runs reaching it)", "final cosine", "outliers' factor", "worst task's gain", "mean gain", "held-out loss, swarm alone"]]
-    for name, s in m["summary"].items():
-        cell = lambda k, d=3, s=s: "–" if s[k] is None else c.fmt(s[k], d)  # noqa: E731
-        rows.append([name, cell("ticks_to_consensus", 1) + f" ({s['reached']})", cell("final_cosine"), cell("outlier_factor"), cell("gain_min"), cell("gain_mean"), cell("loss")])
-    return "\n".join([
-        f"# Experiment 7, size {m['size']} (base {m['base']}, {m['config']['agents']} agents, seeds {m['seeds']}; mean ± std over seeds)", "",
-        c.table(rows), "",
+    columns = [("ticks to consensus (runs reaching it)", lambda s: c.cell(s["ticks_to_consensus"], 1) + f" ({s['reached']})", 1), ("final cosine", "final_cosine", 3),
+               ("outliers' factor", "outlier_factor", 3), ("worst task's gain", "gain_min", 3), ("mean gain", "gain_mean", 3), ("held-out loss, swarm alone", "loss", 3),
+               ("‖accumulated update‖", "total_norm", 3)]  # fmt: skip
+    return c.report(
+        m, f"{m['config']['agents']} agents", c.summary_table(["case"], c.named(m["summary"]), columns),
         f"consensus: cosine of the accumulated swarm update with the universal pattern ≥ {m['config']['target']}; gain: first-order "
-        f"drop −H·U of each task's train answer NLL (mean per answer token, nats); held-out loss (answer NLL summed per example) before any update: {m['base_loss']:.3f}.", "",
-        f"Criterion — {m['criterion']}.", f"Verdict: {m['verdict']}.", "",
-    ])  # fmt: skip
+        f"drop −H·U of each task's train answer NLL (mean per answer token, nats); held-out loss (answer NLL summed per example) before any update: {m['base_loss']:.3f}; "
+        "C: A's update rescaled every tick to B's update norm on the same draws.",
+    )  # fmt: skip
 
 
 def plot(m: dict[str, Any], path: Path) -> None:
-    plt = c.figure()
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for (name, runs), style in zip(m["cases"].items(), ("-", "-", "--", "--"), strict=True):
-        r = next(iter(runs.values()))
-        axes[0].plot(range(1, len(r["cosine"]) + 1), r["cosine"], style, label=name)
+    fig, axes = c.panels()
+    c.lines(axes[0], {name: c.first(runs)["cosine"] for name, runs in m["cases"].items()}, "tick", "cosine to the consensus (first seed)", start=1, styles=("-",) * 3 + ("--",) * 3)
     axes[0].axhline(m["config"]["target"], ls=":", color="k")
-    axes[0].set_xlabel("tick")
-    axes[0].set_ylabel("cosine to the consensus (first seed)")
-    axes[0].legend(fontsize=7)
     names = list(m["cases"])
-    for j, t in enumerate(c.TASKS):
-        ys = [statistics.fmean(r["gain"][t] for r in m["cases"][n].values()) for n in names]
-        axes[1].bar([i + (j - 1.5) * 0.2 for i in range(len(names))], ys, 0.2, label=t)
-    axes[1].set_xticks(range(len(names)), [n.replace(", ", "\n") for n in names], fontsize=7)
-    axes[1].set_ylabel("first-order loss drop per task")
-    axes[1].legend(fontsize=7)
+    c.task_bars(axes[1], names, c.TASKS, lambda n, t: statistics.fmean(r["gain"][t] for r in m["cases"][n].values()), "first-order loss drop per task", [n.replace(", ", "\n") for n in names], fontsize=7)
     c.save_figure(fig, path, f"Experiment 7: resonant vs linear composition ({m['size']}, {m['base']})")
 
 
-def main(argv: list[str] | None = None) -> int:
-    return c.main(__doc__ or "", run, markdown, "exp07.png", argv)
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(c.main(__doc__, run, markdown))

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import random
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -96,80 +95,50 @@ KEYS = ("final_depth", "max_depth", "splits", "merges", "loss", "first_split")
 
 
 def run(size: str, out: Path, seeds: list[int], base: str | None = None) -> dict[str, Any]:
-    spec = c.load_size("exp08", size)
-    base = base or spec["base"]
-    t0 = time.perf_counter()
-    torch.set_num_threads(spec.get("threads", torch.get_num_threads()))
+    r = c.begin(8, size, seeds, base)
+    spec = r.spec
     suite = load_demo_suite(c.TASKS)
     per: dict[str, dict[str, dict[str, Any]]] = {s: {str(k): {} for k in spec["difficulty"]} for s in SYSTEMS}
     for seed in seeds:
         for k in spec["difficulty"]:
             plan = plan_draws(suite, spec, k, seed)
             for name in SYSTEMS:
-                per[name][str(k)][str(seed)] = system(base, suite, spec, name, k, plan, seed)
-    summary: dict[str, Any] = {}
-    for name, by_k in per.items():
-        summary[name] = {}
-        for k, runs in by_k.items():
-            rs = list(runs.values())
-            s: dict[str, Any] = {key: (c.mean_spread([r[key] for r in rs if r[key] is not None]) if any(r[key] is not None for r in rs) else None) for key in KEYS}
-            s["split_runs"] = sum(r["first_split"] is not None for r in rs)
-            summary[name][k] = s
-    metrics = {
-        "experiment": 8, "size": size, "base": base, "seeds": seeds, "config": spec, "systems": per,
-        "summary": summary, "control": SYSTEMS[1], "criterion": CRITERION, "verdict": "pending full-size run",
-        "seconds": time.perf_counter() - t0,
-    }  # fmt: skip
-    c.write(out, metrics, markdown(metrics))
-    plot(metrics, out / "exp08.png")
-    return metrics
+                per[name][str(k)][str(seed)] = system(r.base, suite, spec, name, k, plan, seed)
+    summary = {
+        name: {k: c.summarise(runs, KEYS) | {"split_runs": sum(x["first_split"] is not None for x in runs.values())} for k, runs in by_k.items()}
+        for name, by_k in per.items()
+    }
+    return c.finish(r, out, {"systems": per, "summary": summary, "control": SYSTEMS[1]}, CRITERION, markdown, plot)
 
 
 def markdown(m: dict[str, Any]) -> str:
-    rows = [["system", "k (task types)", "final depth", "max depth", "splits", "merges", "first split (tick)", "held-out NLL (end)"]]
-    for name, by_k in m["summary"].items():
-        for k, s in by_k.items():
-            cell = lambda key, d=2, s=s: "–" if s[key] is None else c.fmt(s[key], d)  # noqa: E731
-            rows.append([name, k, cell("final_depth"), cell("max_depth"), cell("splits"), cell("merges"), cell("first_split", 1) + f" ({s['split_runs']} runs)", cell("loss")])
-    cfg = m["config"]
-    return "\n".join([
-        f"# Experiment 8, size {m['size']} (base {m['base']}, one context level of rank {cfg['rank']} at the start, {cfg['ticks']} ticks, "
-        f"seeds {m['seeds']}; mean ± std over seeds)", "",
-        c.table(rows), "",
+    columns = [("final depth", "final_depth", 2), ("max depth", "max_depth", 2), ("splits", "splits", 2), ("merges", "merges", 2),
+               ("first split (tick)", lambda s: c.cell(s["first_split"], 1) + f" ({s['split_runs']} runs)", 1), ("held-out NLL (end)", "loss", 2)]  # fmt: skip
+    entries = [([name, k], s) for name, by_k in m["summary"].items() for k, s in by_k.items()]
+    return c.report(
+        m, f"one context level of rank {m['config']['rank']} at the start, {m['config']['ticks']} ticks",
+        c.summary_table(["system", "k (task types)"], entries, columns),
         "Depth: levels in the stack (1 at the start); first split: over the runs that split (their number in brackets); "
-        "NLL: held-out answer NLL per example (nats) over the k tasks.", "",
-        f"Criterion — {m['criterion']}.", f"Verdict: {m['verdict']}.", "",
-    ])  # fmt: skip
+        "NLL: held-out answer NLL per example (nats) over the k tasks.",
+    )
 
 
 def plot(m: dict[str, Any], path: Path) -> None:
-    plt = c.figure()
-    fig, axes = plt.subplots(1, 3, figsize=(14, 4))
+    fig, axes = c.panels(3, (14 / 3, 4))
     topo = m["systems"][SYSTEMS[0]]
-    for k, runs in topo.items():
-        r = next(iter(runs.values()))
-        axes[0].plot(r["depth"], label=f"k = {k}")
-        axes[1].plot([x if x is not None else float("nan") for x in r["excess"]], label=f"k = {k}")
+    c.lines(axes[0], {f"k = {k}": c.first(runs)["depth"] for k, runs in topo.items()}, "tick (first seed)", "depth (levels), topology on")
+    axes[1].axhline(m["config"]["topology"]["split_excess"], color="grey", linestyle=":", label="split_excess")
+    c.lines(axes[1], {f"k = {k}": c.first(runs)["excess"] for k, runs in topo.items()}, "tick (first seed)", "context's C(2) − C(1)²")
     ks = list(topo)
     for name in m["systems"]:
         means = [m["summary"][name][k]["final_depth"]["mean"] for k in ks]
         stds = [m["summary"][name][k]["final_depth"]["std"] for k in ks]
         axes[2].errorbar([int(k) for k in ks], means, yerr=stds, marker="o", capsize=3, label=name)
-    axes[1].axhline(m["config"]["topology"]["split_excess"], color="grey", linestyle=":", label="split_excess")
-    axes[0].set_ylabel("depth (levels), topology on")
-    axes[1].set_ylabel("context's C(2) − C(1)²")
-    for ax in axes[:2]:
-        ax.set_xlabel("tick (first seed)")
-        ax.legend(fontsize=7)
     axes[2].set_xlabel("difficulty k (task types)")
     axes[2].set_ylabel("final depth (mean ± std over seeds)")
     axes[2].legend(fontsize=7)
     c.save_figure(fig, path, f"Experiment 8: meta-architecture growth ({m['size']}, {m['base']})")
 
 
-def main(argv: list[str] | None = None) -> int:
-    return c.main(__doc__ or "", run, markdown, "exp08.png", argv)
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(c.main(__doc__, run, markdown))

@@ -30,14 +30,12 @@ import math
 import random
 import statistics
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import common as c  # noqa: E402
-import torch  # noqa: E402
 
 from lorahive.config import EntropyBudgetConfig, ScreeningConfig  # noqa: E402
 from lorahive.mechanisms.base import TickView  # noqa: E402
@@ -129,11 +127,9 @@ KEYS = ("screened_mean", "screened_final", "forgetting", "adaptation_ticks", "en
 
 
 def run(size: str, out: Path, seeds: list[int], base: str | None = None) -> dict[str, Any]:
-    spec = c.load_size("exp09", size)
-    base = base or spec["base"]
-    t0 = time.perf_counter()
-    torch.set_num_threads(spec.get("threads", torch.get_num_threads()))
-    hive = c.make_hive(base, [f"agent{i}" for i in range(spec["agents"])])
+    r = c.begin(9, size, seeds, base)
+    spec = r.spec
+    hive = c.make_hive(r.base, [f"agent{i}" for i in range(spec["agents"])])
     world = c.build_world(hive, spec["train"])
     per: dict[str, dict[str, dict[str, Any]]] = {s: {str(k): {} for k in spec["complexity"]} for s in SCENARIOS}
     for seed in seeds:
@@ -141,61 +137,38 @@ def run(size: str, out: Path, seeds: list[int], base: str | None = None) -> dict
         for name in SCENARIOS:
             for k in spec["complexity"]:
                 per[name][str(k)][str(seed)] = scenario(hive, world, spec, name, k, plan)
-    summary: dict[str, Any] = {}
-    for name, by_k in per.items():
-        summary[name] = {}
-        for k, runs in by_k.items():
-            rs = list(runs.values())
-            s: dict[str, Any] = {key: (c.mean_spread([r[key] for r in rs if r[key] is not None]) if any(r[key] is not None for r in rs) else None) for key in KEYS}
-            s["states"] = [r["state"] for r in rs]
-            s["adapted_runs"] = sum(r["adaptation_ticks"] is not None for r in rs)
-            summary[name][k] = s
-    metrics = {
-        "experiment": 9, "size": size, "base": base, "seeds": seeds, "config": spec, "scenarios": per,
-        "summary": summary, "control": "A: no budget", "criterion": CRITERION, "verdict": "pending full-size run",
-        "seconds": time.perf_counter() - t0,
-    }  # fmt: skip
-    c.write(out, metrics, markdown(metrics))
-    plot(metrics, out / "exp09.png")
-    return metrics
+    summary = {
+        name: {k: c.summarise(runs, KEYS) | {"states": [x["state"] for x in runs.values()], "adapted_runs": sum(x["adaptation_ticks"] is not None for x in runs.values())} for k, runs in by_k.items()}
+        for name, by_k in per.items()
+    }
+    return c.finish(r, out, {"scenarios": per, "summary": summary, "control": "A: no budget"}, CRITERION, markdown, plot)
 
 
 def markdown(m: dict[str, Any]) -> str:
-    rows = [["scenario", "k", "screened (mean)", "screened (end)", "end states", "forgetting", "adaptation (ticks)", "entropy ratio (end)", "threshold scale (end)", "band centre spread"]]
-    for name, by_k in m["summary"].items():
-        for k, s in by_k.items():
-            cell = lambda key, d=3, s=s: "–" if s[key] is None else c.fmt(s[key], d)  # noqa: E731
-            states = ", ".join(f"{n} {st}" for st in ("crystallised", "balanced", "amnesic") if (n := s["states"].count(st)))
-            rows.append([name, k, cell("screened_mean"), cell("screened_final"), states, cell("forgetting"), cell("adaptation_ticks", 1) + f" ({s['adapted_runs']} runs)", cell("entropy_final"), cell("scale_final"), cell("band_centre_spread")])
-    return "\n".join([
-        f"# Experiment 9, size {m['size']} (base {m['base']}, {m['config']['agents']} agents, seeds {m['seeds']}; mean ± std over seeds)", "",
-        c.table(rows), "",
+    def states(s: dict[str, Any]) -> str:
+        return ", ".join(f"{n} {st}" for st in ("crystallised", "balanced", "amnesic") if (n := s["states"].count(st)))
+
+    columns = [("screened (mean)", "screened_mean", 3), ("screened (end)", "screened_final", 3), ("end states", states, 0), ("forgetting", "forgetting", 3),
+               ("adaptation (ticks)", lambda s: c.cell(s["adaptation_ticks"], 1) + f" ({s['adapted_runs']} runs)", 1), ("entropy ratio (end)", "entropy_final", 3),
+               ("threshold scale (end)", "scale_final", 3), ("band centre spread", "band_centre_spread", 3)]  # fmt: skip
+    entries = [([name, k], s) for name, by_k in m["summary"].items() for k, s in by_k.items()]
+    return c.report(
+        m, f"{m['config']['agents']} agents", c.summary_table(["scenario", "k"], entries, columns),
         "k: patterns the level holds at once (agents working per phase); forgetting: share of ΔW norm the phase-1 slots lose "
-        "over phase 2; adaptation: ticks into phase 2 until every new slot's leading pattern is screened (runs in which it happened).", "",
-        f"Criterion — {m['criterion']}.", f"Verdict: {m['verdict']}.", "",
-    ])  # fmt: skip
+        "over phase 2; adaptation: ticks into phase 2 until every new slot's leading pattern is screened (runs in which it happened).",
+    )  # fmt: skip
 
 
 def plot(m: dict[str, Any], path: Path) -> None:
-    plt = c.figure()
-    ks = list(next(iter(m["scenarios"].values())))
-    fig, axes = plt.subplots(2, len(ks), figsize=(4 * len(ks), 6), squeeze=False)
+    ks = list(c.first(m["scenarios"]))
+    fig, axes = c.panels(len(ks), (4, 3), rows=2)
     for j, k in enumerate(ks):
-        for name in m["scenarios"]:
-            r = next(iter(m["scenarios"][name][k].values()))
-            axes[0][j].plot(r["curve"]["screened"], label=name)
-            axes[1][j].plot([x if x is not None else float("nan") for x in r["curve"]["entropy"]], label=name)
+        first = {name: c.first(by_k[k])["curve"] for name, by_k in m["scenarios"].items()}
+        c.lines(axes[0][j], {n: cv["screened"] for n, cv in first.items()}, "", "share of patterns screened", legend=7 if j == 0 else None)
+        c.lines(axes[1][j], {n: cv["entropy"] for n, cv in first.items()}, "tick (phase 2 from the middle)", "entropy ratio", legend=None)
         axes[0][j].set_title(f"k = {k} (first seed)", fontsize=9)
-        axes[0][j].set_ylabel("share of patterns screened")
-        axes[1][j].set_ylabel("entropy ratio")
-        axes[1][j].set_xlabel("tick (phase 2 from the middle)")
-    axes[0][0].legend(fontsize=7)
     c.save_figure(fig, path, f"Experiment 9: entropy budget ({m['size']}, {m['base']})")
 
 
-def main(argv: list[str] | None = None) -> int:
-    return c.main(__doc__ or "", run, markdown, "exp09.png", argv)
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(c.main(__doc__, run, markdown))

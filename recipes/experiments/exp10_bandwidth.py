@@ -28,14 +28,12 @@ from __future__ import annotations
 
 import random
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import common as c  # noqa: E402
-import torch  # noqa: E402
 
 from lorahive.config import BandwidthConfig, ConsolidationConfig  # noqa: E402
 from lorahive.mechanisms.bandwidth import Bandwidth  # noqa: E402
@@ -140,66 +138,42 @@ KEYS = ("ready_at_once", "migrated", "dropped", "bypassed", "max_tick_share", "m
 
 
 def run(size: str, out: Path, seeds: list[int], base: str | None = None) -> dict[str, Any]:
-    spec = c.load_size("exp10", size)
-    base = base or spec["base"]
-    t0 = time.perf_counter()
-    torch.set_num_threads(spec.get("threads", torch.get_num_threads()))
-    hive = c.make_hive(base, [f"agent{i}" for i in range(spec["patterns"])])
-    world = c.build_world(hive, spec["train"])
+    r = c.begin(10, size, seeds, base)
+    hive = c.make_hive(r.base, [f"agent{i}" for i in range(r.spec["patterns"])])
+    world = c.build_world(hive, r.spec["train"])
     per_seed: dict[str, dict[str, Any]] = {s: {} for s in SCENARIOS}
     for seed in seeds:
-        plan = plan_draws(hive, world, spec, seed)
+        plan = plan_draws(hive, world, r.spec, seed)
         for name in SCENARIOS:
-            per_seed[name][str(seed)] = scenario(hive, world, spec, name, plan)
-    summary = {}
-    for name, runs in per_seed.items():
-        summary[name] = {k: c.mean_spread([r[k] for r in runs.values() if r[k] is not None]) if any(r[k] is not None for r in runs.values()) else None for k in KEYS}
-        summary[name]["budget"] = next(iter(runs.values()))["budget"]
-    metrics = {
-        "experiment": 10, "size": size, "base": base, "seeds": seeds, "config": spec, "scenarios": per_seed,
-        "summary": summary, "control": "A: no limit", "criterion": CRITERION, "verdict": "pending full-size run",
-        "seconds": time.perf_counter() - t0,
-    }  # fmt: skip
-    c.write(out, metrics, markdown(metrics))
-    plot(metrics, out / "exp10.png")
-    return metrics
+            per_seed[name][str(seed)] = scenario(hive, world, r.spec, name, plan)
+    summary = {name: c.summarise(runs, KEYS) | {"budget": c.first(runs)["budget"]} for name, runs in per_seed.items()}
+    return c.finish(r, out, {"scenarios": per_seed, "summary": summary, "control": "A: no limit"}, CRITERION, markdown, plot)
 
 
 def markdown(m: dict[str, Any]) -> str:
-    rows = [["scenario", "budget / tick"] + list(KEYS)]
-    for name, s in m["summary"].items():
-        budget = "∞" if s["budget"] is None else f"{s['budget']:.3g}"
-        rows.append([name, budget] + ["–" if s[k] is None else c.fmt(s[k], 3 if k in ("max_tick_share", "max_loss_change", "autocorr_migrated", "final_loss") else 1) for k in KEYS])
-    return "\n".join([
-        f"# Experiment 10, size {m['size']} (base {m['base']}, {m['config']['patterns']} patterns, {m['config']['critical']} critical, seeds {m['seeds']}; mean ± std)", "",
-        c.table(rows), "", "max_tick_share: largest share of the target level's total arrivals (ΔW energy) in one tick; "
+    budget = ("budget / tick", lambda s: "∞" if s["budget"] is None else f"{s['budget']:.3g}", 0)
+    columns = [(k, k, 3 if k in ("max_tick_share", "max_loss_change", "autocorr_migrated", "final_loss") else 1) for k in KEYS]
+    return c.report(
+        m, f"{m['config']['patterns']} patterns, {m['config']['critical']} critical", c.summary_table(["scenario"], c.named(m["summary"]), [budget, *columns]),
+        "max_tick_share: largest share of the target level's total arrivals (ΔW energy) in one tick; "
         "max_loss_change: largest one-tick change of the agents' mean held-out loss with the agent level alone (nats); "
-        "time_to_stable, critical_latency: ticks after the avalanche.", "",
-        f"Criterion — {m['criterion']}.", f"Verdict: {m['verdict']}.", "",
-    ])  # fmt: skip
+        "time_to_stable, critical_latency: ticks after the avalanche.",
+    )  # fmt: skip
 
 
 def plot(m: dict[str, Any], path: Path) -> None:
-    plt = c.figure()
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    fig, axes = c.panels()
     warm = m["config"]["warmup"]
+    ticks = range(warm, warm + m["config"]["horizon"] + 1)
+    moved = {name: {p["tick"]: p["moved"] for p in c.first(runs)["curve"]} for name, runs in m["scenarios"].items()}
+    c.lines(axes[0], {name: [sum(v for t, v in per.items() if t <= x) for x in ticks] for name, per in moved.items()}, "tick", "patterns migrated (first seed)", start=warm)
     for name, runs in m["scenarios"].items():
-        r = next(iter(runs.values()))
-        ticks = range(warm, warm + m["config"]["horizon"] + 1)
-        per = {p["tick"]: p["moved"] for p in r["curve"]}
-        axes[0].plot(list(ticks), [sum(v for t, v in per.items() if t <= x) for x in ticks], label=name)
+        r = c.first(runs)
         axes[1].plot([warm - 1] + [p["tick"] for p in r["curve"]], [r["final_loss"] - sum(p["change"] for p in r["curve"])] + [p["loss"] for p in r["curve"]], "-o", ms=3, label=name)
-    axes[0].set_xlabel("tick")
-    axes[0].set_ylabel("patterns migrated (first seed)")
     axes[1].set_xlabel("tick")
     axes[1].set_ylabel("mean held-out loss, agent level alone")
-    axes[0].legend(fontsize=7)
     c.save_figure(fig, path, f"Experiment 10: migration avalanche ({m['size']}, {m['base']})")
 
 
-def main(argv: list[str] | None = None) -> int:
-    return c.main(__doc__ or "", run, markdown, "exp10.png", argv)
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(c.main(__doc__, run, markdown))

@@ -23,15 +23,20 @@ resonant ticks fast-track their ready migrations. Scenarios, on the same noise d
     A  control: vertical resonance off (migration by autocorrelation only; no horizontal
        resonance runs here: one agent)
     B  + the library's vertical resonance (defaults: ema 0.8, threshold 0.3, boost ×2)
+    C  several agents (the multi-agent control): ``agents`` agents, agent i works task i mod 4
+       at its own context and agent levels (its task's noise, plus the pattern where it helps that
+       task) and the shared swarm level learns their mean, so the levels' alignment comes from the
+       swarm, not from one agent's planted view of every level's data; vertical resonance off
+    D  C + vertical resonance (their own noise draws, per agent and level, of the same seeds)
 
 Measured per type: the settled vertical alignment ``c`` (mean after ``settled`` compared ticks),
 its share of resonant ticks, the first tick an accepted migration (of whatever ann's slot held:
 noise migrates too) reached agent and swarm (migration speed), the final distribution (the
 pattern's component in each level's ΔW), and
 the pattern's real utility: the mean over the three levels of the held-out loss drop on the
-level's data with the pattern (× ``eps``) in the swarm level. The spec's criteria: Pearson
+level's data with the pattern (× ``eps``) in the swarm level (C, D: over the agents' own tasks). The spec's criteria: Pearson
 correlation of ``c`` with real utility > 0.7 over every (type, seed) run; false-positive rate
-< 5 %: the share of compared ticks on which a low-utility run (local, random) was resonant.
+< 5 %: the share of compared ticks on which a low-utility run (local, random) was resonant; for B and for D.
 """
 
 from __future__ import annotations
@@ -39,7 +44,6 @@ from __future__ import annotations
 import random
 import statistics
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +51,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import common as c  # noqa: E402
 import torch  # noqa: E402
+from exp11_report import markdown, plot  # noqa: E402
 
 from lorahive.adapters import ActivityProbe  # noqa: E402
 from lorahive.config import BandwidthConfig, ConsolidationConfig, VerticalResonanceConfig  # noqa: E402
@@ -59,15 +64,20 @@ from lorahive.mechanisms.vertical_resonance import VerticalResonance  # noqa: E4
 LEVELS = ("context", "agent", "swarm")  # fast → slow
 SEES = {"context": ("agnews",), "agent": ("agnews", "dbpedia", "yahoo"), "swarm": c.TASKS}
 TYPES = {"type 1: local": ("agnews",), "type 2: family": ("agnews", "dbpedia", "yahoo"), "type 3: universal": c.TASKS, "random (control)": ()}
-ARRIVES = {"type 1: local": ("context",), "type 2: family": ("context", "agent"), "type 3: universal": LEVELS, "random (control)": ()}
 LOW_UTILITY = ("type 1: local", "random (control)")
-SCENARIOS = ("A: no vertical resonance", "B: vertical resonance")
+SCENARIOS = {  # name: (several agents, vertical resonance)
+    "A: no vertical resonance": (False, False),
+    "B: vertical resonance": (False, True),
+    "C: several agents, no vertical resonance": (True, False),
+    "D: several agents, vertical resonance": (True, True),
+}
 CRITERION = (
     "spec: universal patterns settle in the slow levels faster than by autocorrelation alone; type 1 stays in "
     "context, type 2 in agent; the correlation of vertical alignment with real utility > 0.7; false-positive rate "
     "< 5 % (random patterns must not pass). Read here as: B's Pearson r(settled c, utility) over every (type, seed) "
     "run > 0.7; B's share of resonant compared ticks over the local and random runs < 0.05; type 3 reaches the swarm "
-    "earlier in B than in A"
+    "earlier in B than in A; and so in D, where the alignment comes from several agents (the swarm), not one agent's "
+    "planted view of every level's data"
 )
 
 
@@ -90,13 +100,13 @@ def utility(hive: Any, world: c.World, pats: dict[str, torch.Tensor], eps: float
     out = {}
     for kind in TYPES:
         if kind not in pats:
-            out[kind] = {lv: 0.0 for lv in LEVELS} | {"mean": 0.0}
+            out[kind] = {lv: 0.0 for lv in LEVELS} | {"mean": 0.0, "tasks": dict.fromkeys(c.TASKS, 0.0)}
             continue
         hive.core.reset("swarm", [slot])
         hive.core.add_delta("swarm", slot, c.delta(world, hive, eps * pats[kind]))
         loss = dict(zip(c.TASKS, c.task_loss(hive, agents, list(c.TASKS), world, ["swarm"], n), strict=True))
         per = {lv: statistics.fmean(base[t] - loss[t] for t in SEES[lv]) for lv in LEVELS}
-        out[kind] = per | {"mean": statistics.fmean(per.values())}
+        out[kind] = per | {"mean": statistics.fmean(per.values()), "tasks": {t: base[t] - loss[t] for t in c.TASKS}}
     hive.core.reset("swarm", [slot])
     return out
 
@@ -108,7 +118,7 @@ def grad_inputs(hive: Any, world: c.World, examples: list[tuple[str, str]], keep
         w.requires_grad_(True)
     batch = pack_examples(hive.tokenizer, examples, hive.core.max_length).to(hive.device)
     probe = ActivityProbe([], batch.attention_mask, keep_inputs=keep)
-    with hive.core.routing.use(hive.core.route(["ann"] * len(examples), levels=[])), hive.core.routing.probing(probe):
+    with hive.core.routing.use(hive.core.route([hive.core.agents[0]] * len(examples), levels=[])), hive.core.routing.probing(probe):
         total, count = answer_nll(hive.model, batch)
     grads = torch.autograd.grad((total / count).mean(), list(weights.values()))
     for w in weights.values():
@@ -116,20 +126,33 @@ def grad_inputs(hive: Any, world: c.World, examples: list[tuple[str, str]], keep
     return c.as_u(world.V, dict(zip(weights, grads, strict=True))), probe.inputs
 
 
-def noise_draw(hive: Any, world: c.World, spec: dict[str, Any], seed: int) -> tuple[list[dict[str, torch.Tensor]], list[dict[str, torch.Tensor]]]:
-    """Per tick, each level's unit minibatch deviation from its data's mean gradient; and the context minibatch's inputs."""
+def sees(level: str, task: str | None) -> tuple[str, ...]:
+    """The data a level's slot learns from: one agent's (``task`` None) as ``SEES``; an agent of several, its own task."""
+    return SEES[level] if task is None else (task,)
+
+
+def arrives(kind: str, seen: tuple[str, ...]) -> bool:
+    """Whether the pattern is learned from ``seen``: it helps every task there (the random control: nowhere)."""
+    return bool(TYPES[kind]) and set(seen) <= set(TYPES[kind])
+
+
+def noise_draw(hive: Any, world: c.World, spec: dict[str, Any], seed: int, tasks: list[str | None]) -> tuple[list[dict[str, list[torch.Tensor]]], list[dict[str, torch.Tensor]]]:
+    """Per tick, level and agent (``tasks``: each one's task), a unit minibatch deviation from the data's mean gradient;
+    and the first agent's context minibatch's inputs."""
     rng = random.Random(seed)
-    mean = {lv: world.H[[c.TASKS.index(t) for t in SEES[lv]]].mean(0) for lv in LEVELS}
     ticks, inputs = [], []
     for _ in range(spec["ticks"]):
-        tick = {}
+        tick: dict[str, list[torch.Tensor]] = {lv: [] for lv in LEVELS}
         for lv in LEVELS:
-            pool = [ex for t in SEES[lv] for ex in world.suite[t].train]
-            g, seen = grad_inputs(hive, world, rng.sample(pool, spec["batch"]), spec["batch"] if lv == "context" else 0)
-            d = g - mean[lv]
-            tick[lv] = d / d.norm()
-            if lv == "context":
-                inputs.append(seen)
+            for i, task in enumerate(tasks):
+                seen = sees(lv, task)
+                pool = [ex for t in seen for ex in world.suite[t].train]
+                keep = spec["batch"] if lv == "context" and i == 0 else 0
+                g, probed = grad_inputs(hive, world, rng.sample(pool, spec["batch"]), keep)
+                d = g - world.H[[c.TASKS.index(t) for t in seen]].mean(0)
+                tick[lv].append(d / d.norm())
+                if keep:
+                    inputs.append(probed)
         ticks.append(tick)
     return ticks, inputs
 
@@ -148,11 +171,13 @@ def component(hive: Any, world: c.World, level: str, slot: int, u: torch.Tensor)
     return total
 
 
-def plant(hive: Any, world: c.World, spec: dict[str, Any], kind: str, pattern: torch.Tensor | None, draws: tuple[list, list], vertical: bool) -> dict[str, Any]:
+def plant(hive: Any, world: c.World, spec: dict[str, Any], kind: str, pattern: torch.Tensor | None, draws: tuple[list, list], vertical: bool, tasks: list[str | None]) -> dict[str, Any]:
+    """One pattern type over the draws, learned by the hive's first ``len(tasks)`` agents (a shared level: their mean)."""
     core, stack = hive.core, hive.core.stack
-    slots = {lv: core.slot_of(lv, "ann") for lv in LEVELS}
+    agents = core.agents[: len(tasks)]
+    slots = {lv: sorted({core.slot_of(lv, a) for a in agents}) if stack.get(lv).scope == "shared" else [core.slot_of(lv, a) for a in agents] for lv in LEVELS}
     for lv in LEVELS:
-        core.reset(lv, [slots[lv]])
+        core.reset(lv, slots[lv])
     base_lr = {lv.name: lv.lr for lv in stack.levels}
     for lv in LEVELS:
         core.states[lv].lr = base_lr[lv]
@@ -171,9 +196,11 @@ def plant(hive: Any, world: c.World, spec: dict[str, Any], kind: str, pattern: t
         if vertical:
             vr.run(view("draw"))
         for lv in LEVELS:
-            u = updates[lv] + (pattern if pattern is not None and lv in ARRIVES[kind] else 0.0)
+            us = [n + (pattern if pattern is not None and arrives(kind, sees(lv, t)) else 0.0) for n, t in zip(updates[lv], tasks, strict=True)]
+            if len(slots[lv]) < len(us):  # a shared level learns the agents' mean
+                us = [sum(us) / len(us)]
             factor = core.states[lv].lr / base_lr[lv]
-            core.add_delta(lv, slots[lv], c.delta(world, hive, spec["step"] * factor * u))
+            core.add_deltas(lv, slots[lv], [c.delta(world, hive, spec["step"] * factor * u) for u in us])
         if vertical:
             shared["module_inputs"] = seen
             action = vr.run(view("apply"))
@@ -188,7 +215,7 @@ def plant(hive: Any, world: c.World, spec: dict[str, Any], kind: str, pattern: t
     live = [x for x in cosines if x is not None]
     settled = live[spec["settled"] :] or live
     first = {ch: min((m["tick"] for m in migrations if m["channel"] == ch), default=None) for ch in ("context→agent", "agent→swarm")}
-    final = {lv: component(hive, world, lv, slots[lv], pattern) if pattern is not None else 0.0 for lv in LEVELS}
+    final = {lv: statistics.fmean(component(hive, world, lv, s, pattern) for s in slots[lv]) if pattern is not None else 0.0 for lv in LEVELS}
     for lv in LEVELS:
         core.states[lv].lr = base_lr[lv]
     return {
@@ -211,105 +238,51 @@ def pearson(xs: list[float], ys: list[float]) -> float | None:
     return statistics.correlation(xs, ys)
 
 
+def criteria(per: dict[str, dict[str, Any]], utility_of: dict[str, float]) -> dict[str, Any]:
+    """The spec's two figures over a scenario's runs: Pearson r(settled c, utility) and the false-positive rate."""
+    points = [(r["settled_c"], utility_of[k]) for k in TYPES for r in per[k].values() if r["settled_c"] is not None]
+    low = [r for k in LOW_UTILITY for r in per[k].values()]
+    fp, compared = sum(r["resonant_ticks"] for r in low), sum(r["compared_ticks"] for r in low)
+    return {
+        "correlation_alignment_utility": pearson([x for x, _ in points], [y for _, y in points]), "points": len(points),
+        "false_positive_rate": fp / compared if compared else None, "false_positive_ticks": [fp, compared],
+    }  # fmt: skip
+
+
 def run(size: str, out: Path, seeds: list[int], base: str | None = None) -> dict[str, Any]:
-    spec = c.load_size("exp11", size)
-    base = base or spec["base"]
-    t0 = time.perf_counter()
-    torch.set_num_threads(spec.get("threads", torch.get_num_threads()))
-    hive = c.make_hive(base, ["ann", "bob"])
+    r = c.begin(11, size, seeds, base)
+    spec = r.spec
+    hive = c.make_hive(r.base, ["ann", "bob"])
     world = c.build_world(hive, spec["train"])
+    several = [c.TASKS[i % len(c.TASKS)] for i in range(spec["agents"])]  # agent i works task i mod 4
+    swarm = c.make_hive(r.base, [f"agent{i}" for i in range(spec["agents"])])  # the same base: the same world
     pats = patterns(world)
     useful = utility(hive, world, pats, spec["eps"], spec["eval"])
+    swarm_useful = {k: statistics.fmean(useful[k]["tasks"][t] for t in several) for k in TYPES}  # the agents' own tasks
     per: dict[str, dict[str, dict[str, Any]]] = {s: {k: {} for k in TYPES} for s in SCENARIOS}
     for seed in seeds:
-        draws = noise_draw(hive, world, spec, seed)
-        for name in SCENARIOS:
+        draws = {False: noise_draw(hive, world, spec, seed, [None]), True: noise_draw(swarm, world, spec, seed, list(several))}
+        for name, (multi, vertical) in SCENARIOS.items():
             for kind in TYPES:
-                per[name][kind][str(seed)] = plant(hive, world, spec, kind, pats.get(kind), draws, name.startswith("B"))
+                per[name][kind][str(seed)] = plant(swarm if multi else hive, world, spec, kind, pats.get(kind), draws[multi], vertical, list(several) if multi else [None])
     summary: dict[str, Any] = {}
     for name, kinds in per.items():
         summary[name] = {}
         for kind, runs in kinds.items():
             rs = list(runs.values())
-            s: dict[str, Any] = {
+            summary[name][kind] = c.summarise(runs, ("settled_c", "first_to_agent", "first_to_swarm")) | {
                 "resonant_share": c.mean_spread([r["resonant_ticks"] / r["compared_ticks"] if r["compared_ticks"] else 0.0 for r in rs]),
                 "reached_agent": sum(r["first_to_agent"] is not None for r in rs),
                 "reached_swarm": sum(r["first_to_swarm"] is not None for r in rs),
                 "final": {lv: c.mean_spread([r["final"][lv] for r in rs]) for lv in LEVELS},
             }
-            for key in ("settled_c", "first_to_agent", "first_to_swarm"):
-                vals = [r[key] for r in rs if r[key] is not None]
-                s[key] = c.mean_spread(vals) if vals else None
-            summary[name][kind] = s
-    b = per["B: vertical resonance"]
-    xs = [r["settled_c"] for k in TYPES for r in b[k].values() if r["settled_c"] is not None]
-    ys = [useful[k]["mean"] for k in TYPES for r in b[k].values() if r["settled_c"] is not None]
-    low = [r for k in LOW_UTILITY for r in b[k].values()]
-    compared = sum(r["compared_ticks"] for r in low)
-    metrics = {
-        "experiment": 11, "size": size, "base": base, "seeds": seeds, "config": spec, "utility": useful,
-        "scenarios": per, "summary": summary, "control": "A: no vertical resonance",
-        "correlation_alignment_utility": pearson(xs, ys), "points": len(xs),
-        "false_positive_rate": sum(r["resonant_ticks"] for r in low) / compared if compared else None,
-        "false_positive_ticks": [sum(r["resonant_ticks"] for r in low), compared],
-        "criterion": CRITERION, "verdict": "pending full-size run", "seconds": time.perf_counter() - t0,
+    results = {
+        "utility": useful, "scenarios": per, "summary": summary, "control": "A: no vertical resonance",
+        **criteria(per["B: vertical resonance"], {k: useful[k]["mean"] for k in TYPES}),
+        "several_agents": {"agents": spec["agents"], "tasks": several, "utility": swarm_useful, **criteria(per["D: several agents, vertical resonance"], swarm_useful)},
     }  # fmt: skip
-    c.write(out, metrics, markdown(metrics))
-    plot(metrics, out / "exp11.png")
-    return metrics
-
-
-def _f(ms: dict[str, float] | None, digits: int = 2) -> str:
-    return "never" if ms is None else c.fmt(ms, digits)
-
-
-def markdown(m: dict[str, Any]) -> str:
-    rows = [["scenario", "type", "utility", "settled c", "resonant share", "first tick → agent", "first tick → swarm", "final: context / agent / swarm"]]
-    for name, kinds in m["summary"].items():
-        for kind, s in kinds.items():
-            fin = " / ".join(f"{s['final'][lv]['mean']:.3f}" for lv in LEVELS)
-            rows.append([name, kind, f"{m['utility'][kind]['mean']:.4f}", _f(s["settled_c"]), _f(s["resonant_share"]), _f(s["first_to_agent"], 1), _f(s["first_to_swarm"], 1), fin])
-    r = m["correlation_alignment_utility"]
-    fp, n = m["false_positive_ticks"]
-    return "\n".join([
-        f"# Experiment 11, size {m['size']} (base {m['base']}, seeds {m['seeds']}; mean ± std over seeds)", "",
-        c.table(rows), "",
-        f"Pearson r(settled c, real utility), scenario B, {m['points']} runs: {'undefined' if r is None else f'{r:.3f}'} (spec: > 0.7).",
-        f"False-positive rate, scenario B (resonant ticks of the local and random runs): {fp} / {n}"
-        + ("" if not n else f" = {fp / n:.3f}") + " (spec: < 0.05).",
-        "utility: mean over the levels of the held-out loss drop on the level's data (nats, pattern × eps in the swarm level); "
-        "final: the pattern's component in each level's ΔW of ann at the end (unit = the pattern at unit norm).", "",
-        f"Criterion — {m['criterion']}.", f"Verdict: {m['verdict']}.", "",
-    ])  # fmt: skip
-
-
-def plot(m: dict[str, Any], path: Path) -> None:
-    plt = c.figure()
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for kind, color in zip(TYPES, ("C0", "C1", "C2", "C7"), strict=True):
-        runs = m["scenarios"]["B: vertical resonance"][kind]
-        xs = [m["utility"][kind]["mean"]] * len(runs)
-        ys = [r["settled_c"] if r["settled_c"] is not None else float("nan") for r in runs.values()]
-        axes[0].scatter(xs, ys, color=color, label=kind)
-    axes[0].axhline(m["config"]["vertical"].get("threshold", 0.3), ls=":", color="k")
-    axes[0].set_xlabel("real utility (mean held-out loss drop over the levels)")
-    axes[0].set_ylabel("settled vertical alignment c (B)")
-    axes[0].legend(fontsize=7)
-    width = 0.2
-    for i, lv in enumerate(LEVELS):
-        for j, name in enumerate(SCENARIOS):
-            ys = [m["summary"][name][k]["final"][lv]["mean"] for k in TYPES]
-            xs = [t + (2 * i + j - 2.5) * width / 2 for t in range(len(TYPES))]
-            axes[1].bar(xs, ys, width / 2, color=f"C{i}", alpha=0.5 if j == 0 else 1.0, label=f"{lv}, {name[0]}")
-    axes[1].set_xticks(range(len(TYPES)), [k.split(":")[0] for k in TYPES], fontsize=7)
-    axes[1].set_ylabel("pattern's component at the end")
-    axes[1].legend(fontsize=6)
-    c.save_figure(fig, path, f"Experiment 11: vertical resonance, three pattern types ({m['size']}, {m['base']})")
-
-
-def main(argv: list[str] | None = None) -> int:
-    return c.main(__doc__ or "", run, markdown, "exp11.png", argv)
+    return c.finish(r, out, results, CRITERION, markdown, plot)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(c.main(__doc__, run, markdown))
