@@ -18,8 +18,8 @@ from lorahive.config.load import apply_overrides
 __all__ = ["IMPLANT_METHODS", "ImplantConfig", "parse_implant"]
 
 #: What a run can compare: the hive's band-limited slot + consolidation, a plain LoRA, the base model.
-IMPLANT_METHODS = ("hive", "lora", "unedited")
 Method = Literal["hive", "lora", "unedited"]
+IMPLANT_METHODS: tuple[Method, ...] = ("hive", "lora", "unedited")
 
 
 class ImplantConfig(BaseModel):

@@ -2,7 +2,15 @@
 
 from lorahive.implant.edits import Edit, EditScorer, Scores, load_edits, shipped_edits, token_scores
 from lorahive.implant.probe import ProbeResult, probe_implant
-from lorahive.implant.sequential import AGENT, MethodResult, PlainWriter, Writer, consolidate, run_implant, run_method
+from lorahive.implant.sequential import (
+    AGENT,
+    MethodResult,
+    PlainWriter,
+    Writer,
+    consolidate,
+    run_implant,
+    run_method,
+)
 
 __all__ = [
     "AGENT",
