@@ -79,3 +79,14 @@ def test_a_non_empty_out_needs_force(base_dir, data, tmp_path):
     res = runner.invoke(app, ["implant", str(data), "--out", str(out), "--base", str(base_dir), "--edits", "2", *SMALL])
     assert res.exit_code == 2 and "--force" in res.output
     assert sorted(p.name for p in out.iterdir()) == ["keep.txt"]
+
+
+@pytest.mark.parametrize("name", ["implant.yaml", "implant-small.yaml"])
+def test_shipped_configs_parse(name):
+    from pathlib import Path
+
+    from lorahive.config import read_tree
+    from lorahive.config.implant import parse_implant
+
+    cfg = parse_implant(read_tree(Path(__file__).parent.parent / "configs" / name))
+    assert cfg.score_points()[-1] == cfg.edits and cfg.band[1] < 30  # SmolLM2-135M has 30 blocks

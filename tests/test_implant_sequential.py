@@ -17,6 +17,7 @@ from lorahive.implant.probe import fit_logistic, probe_implant, subject_prefix
 from lorahive.implant.results import write_results
 from lorahive.implant.sequential import (
     AGENT,
+    PlainWriter,
     build_hive,
     consolidate,
     level_parameters,
@@ -123,3 +124,17 @@ def test_logistic_probe_separates_a_shift_it_was_not_trained_on():
     w, b, mean, dev = fit_logistic(torch.cat([old[:40], new[:40]]), torch.cat([torch.zeros(40), torch.ones(40)]))
     pred = (((torch.cat([old[40:], new[40:]]) - mean) / dev) @ w + b) > 0
     assert (pred == torch.cat([torch.zeros(40), torch.ones(40)]).bool()).float().mean() > 0.9  # the Bayes rate here is about 0.98
+
+
+def test_plain_writer_replays_earlier_edits_and_keeps_neighbours_at_the_hives_answer(loader):
+    hive = build_hive(small_cfg(), "hive", loader)
+    edits = tiny_edits(3)
+    writer = PlainWriter(steps=4, check_every=2, margin=0.5, anchor=0.0, replay=1, neighbours=2, subjects=[e.subject for e in edits])
+    assert writer.replayed(edits[0]) == []
+    writer(hive, AGENT, "edit", edits[0])
+    assert writer.replayed(edits[1]) == [(edits[0].prompt, spaced(edits[0].target_new))]
+    rows = writer.neighbour_rows(hive, AGENT, edits[2])
+    assert sorted(p for p, _ in rows) == sorted(edits[2].prompt.replace(edits[2].subject, e.subject) for e in edits[:2])
+    width = len(hive.tokenizer(spaced(edits[2].target_new), add_special_tokens=False)["input_ids"])  # as many tokens as the new object
+    assert [a for _, a in rows] == hive.generate([p for p, _ in rows], [AGENT] * len(rows), max_new_tokens=width)
+    assert writer.steps_taken and writer.steps_taken[0] in (2, 4)

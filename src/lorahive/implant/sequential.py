@@ -22,6 +22,7 @@ After each checkpoint count of edits, all edits made so far are scored
 
 from __future__ import annotations
 
+import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -61,13 +62,22 @@ def make_contexts(hive: Hive, agent: str, n: int, tokens: int = 8) -> list[str]:
 
 @dataclass
 class PlainWriter:
-    """Fine-tune one edit into a level: the prompt and the generated contexts, a KL anchor, early stopping.
+    """Fine-tune one edit into a level, guarded: contexts, replay, neighbours, a KL anchor, early stopping.
 
-    Learns ``prompt → target_new`` after the bare prompt and after each context prefix (so
-    the fact does not hang on the prompt's first tokens), with ``anchor`` × the KL to the
-    base model on the rows' prompt text; every ``check_every`` steps it stops once every
-    training row prefers the new object over the old one by ``margin`` (mean log-probability
-    per token, or whole-sequence with ``length_normalised`` off).
+    The rows of each step:
+
+    * ``prompt → target_new`` after the bare prompt and after each generated context prefix
+      (so the fact does not hang on the prompt's first tokens);
+    * ``replay`` earlier edits' ``prompt → target_new`` (drawn with the seed from the edits
+      this writer wrote before), so later edits do not overwrite them;
+    * ``neighbours`` prompts of the same relation about other subjects of the run (the
+      prompt with its subject swapped), each with the continuation the hive gives *now*, so
+      the edit keys on its subject and not on the relation's wording.
+
+    ``anchor`` × the KL to the base model on the rows' prompt text is added; every
+    ``check_every`` steps it stops once the edit's own rows prefer the new object over the
+    old one by ``margin`` (mean log-probability per token, or whole-sequence with
+    ``length_normalised`` off). No row is a scored prompt (paraphrase or neighbourhood).
     """
 
     steps: int
@@ -76,11 +86,16 @@ class PlainWriter:
     anchor: float
     contexts: list[str] = field(default_factory=list)
     length_normalised: bool = True
+    replay: int = 0
+    neighbours: int = 0
+    subjects: list[str] = field(default_factory=list)
+    seed: int = 0
     steps_taken: list[int] = field(default_factory=list)
+    written: list[Edit] = field(default_factory=list)
 
     def __call__(self, hive: Hive, agent: str, level: str, edit: Edit) -> None:
         prompts = [edit.prompt] + [f"{c} {edit.prompt}" for c in self.contexts]
-        rows = [(p, spaced(edit.target_new)) for p in prompts]
+        rows = [(p, spaced(edit.target_new)) for p in prompts] + self.replayed(edit) + self.neighbour_rows(hive, agent, edit)
         done = 0
         while done < self.steps:
             n = min(self.check_every, self.steps - done)
@@ -89,6 +104,24 @@ class PlainWriter:
             if self.margin_met(hive, agent, prompts, edit):
                 break
         self.steps_taken.append(done)
+        self.written.append(edit)
+
+    def replayed(self, edit: Edit) -> list[tuple[str, str]]:
+        """Up to ``replay`` earlier edits, drawn with the seed and the edit's place in the run."""
+        rng = random.Random(f"{self.seed}/replay/{len(self.written)}")
+        picked = rng.sample(self.written, min(self.replay, len(self.written)))
+        return [(e.prompt, spaced(e.target_new)) for e in picked]
+
+    def neighbour_rows(self, hive: Hive, agent: str, edit: Edit) -> list[tuple[str, str]]:
+        """The edit's prompt about up to ``neighbours`` other subjects, with the hive's own greedy continuation."""
+        others = sorted({s for s in self.subjects if s != edit.subject and s not in edit.prompt})
+        if self.neighbours == 0 or edit.subject not in edit.prompt or not others:
+            return []
+        rng = random.Random(f"{self.seed}/neighbours/{edit.case_id}")
+        prompts = [edit.prompt.replace(edit.subject, s, 1) for s in rng.sample(others, min(self.neighbours, len(others)))]
+        width = len(hive.tokenizer(spaced(edit.target_new), add_special_tokens=False)["input_ids"])
+        answers = hive.generate(prompts, [agent] * len(prompts), max_new_tokens=max(1, width))
+        return [(p, a) for p, a in zip(prompts, answers, strict=True) if a.strip()]
 
     def margin_met(self, hive: Hive, agent: str, prompts: list[str], edit: Edit) -> bool:
         ts = token_scores(hive, agent, [(p, spaced(a)) for p in prompts for a in (edit.target_new, edit.ground_truth)])
@@ -105,10 +138,10 @@ def fixed_steps(steps: int) -> Writer:
     return write
 
 
-def resolve_writer(cfg: ImplantConfig, contexts: list[str]) -> Writer:
+def resolve_writer(cfg: ImplantConfig, contexts: list[str], subjects: list[str] | None = None) -> Writer:
     """The hive's writer by name; ``curriculum`` is part A's (:mod:`lorahive.implant.curriculum`), imported only here."""
     if cfg.writer == "plain":
-        return PlainWriter(cfg.steps, cfg.check_every, cfg.margin, cfg.anchor, contexts, cfg.length_normalised)
+        return PlainWriter(cfg.steps, cfg.check_every, cfg.margin, cfg.anchor, contexts, cfg.length_normalised, cfg.replay, cfg.neighbours, subjects or [], cfg.seed)
     try:
         from lorahive.implant.curriculum import curriculum_writer  # type: ignore[import-not-found]
     except ImportError as e:
@@ -202,7 +235,7 @@ def run_method(method: str, cfg: ImplantConfig, edits: list[Edit], load: Loader,
                 on_score(method, result.checkpoints[-1])
         return result
     level = "lora" if method == "lora" else "edit"
-    writer = fixed_steps(cfg.steps) if method == "lora" else resolve_writer(cfg, make_contexts(hive, AGENT, cfg.contexts))
+    writer = fixed_steps(cfg.steps) if method == "lora" else resolve_writer(cfg, make_contexts(hive, AGENT, cfg.contexts), [e.subject for e in edits])
     layer = cfg.probe_layer if cfg.probe_layer is not None else cfg.band[1] + 1
     result.probe_before = probe_implant(hive, AGENT, edits, layer, cfg.seed)
     spent = 0.0
