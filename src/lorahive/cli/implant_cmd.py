@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
@@ -20,7 +20,7 @@ console = Console(stderr=True)
 METHOD_CHOICES = (*IMPLANT_METHODS, "all")
 
 
-def fail(msg: str) -> None:
+def fail(msg: str) -> NoReturn:
     """Print ``msg`` as an error and exit with code 2 (bad input, nothing written)."""
     console.print(f"[red]error:[/red] {escape(msg)}", soft_wrap=True, highlight=False)
     raise typer.Exit(2)
@@ -66,11 +66,9 @@ def _setup(tree: dict[str, Any], overrides: list[str], out: Path, force: bool) -
         edits = load_edits(cfg.data, cfg.edits)
         check_writer(cfg)
     except PairsError as e:
-        fail(str(e) if e.field != "data" else f"data: {str(e).removeprefix('data: ')}")
-        raise
+        fail(str(e))
     except ConfigError as e:
         fail(str(e))
-        raise
     _check_out(out, force)
     return cfg, edits
 

@@ -191,10 +191,10 @@ class EditScorer:
         ts = token_scores(hive, agent, self.rows(k), levels)
         p = (ts.mean_logp if self.normalised else ts.logp).view(k, 6)
         acc = ts.accuracy.view(k, 6)
-        ends = torch.tensor(ts.lengths).view(k, 6)
+        lengths = torch.tensor(ts.lengths).view(k, 6)
         m = int(sum(self.base_lengths[:k]))
         starts = torch.tensor([0, *ts.lengths]).cumsum(0)[:-1].view(k, 6)  # each row's first token in ts.argmax
-        loc_now = torch.cat([ts.argmax[s : s + n] for s, n in zip(starts[:, 4].tolist(), ends[:, 4].tolist(), strict=True)])
+        loc_now = torch.cat([ts.argmax[s : s + n] for s, n in zip(starts[:, 4].tolist(), lengths[:, 4].tolist(), strict=True)])
         same = (loc_now == self.base_argmax[:m]).float()
         owner = torch.repeat_interleave(torch.arange(k), torch.tensor(self.base_lengths[:k]))
         locality = torch.zeros(k).index_add(0, owner, same) / torch.tensor(self.base_lengths[:k], dtype=torch.float)

@@ -4,7 +4,7 @@ Protocol (:func:`probe_implant`), for a list of edits ``E`` already written into
 
 1. **Features.** For every edit, the hidden state at layer ``layer`` (0 = embeddings, ``i``
    = the output of block ``i − 1``) at the **last token of the subject** in its prompt,
-   read twice: under the base model (every level off) — label 0, "old object" — and under
+   read twice (the last layer is the final norm's output, as Hugging Face returns it): under the base model (every level off) — label 0, "old object" — and under
    the hive as it is — label 1, "new object". The prompt is cut after the subject, so the
    last position of each row is the subject's last token (the model is causal: nothing
    after it changes that state).

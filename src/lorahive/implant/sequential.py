@@ -11,6 +11,8 @@ Methods (each on a fresh hive over the same base; one agent, ``editor``):
   memory's rank by truncated SVD — exact when ``memory_rank`` is the hidden size, the
   default — the same primitive migration uses, DESIGN.md §3) and the slot is reset
   (:meth:`HiveCore.reset`) for the next edit. The parameters held never grow with edits.
+  The stability test of :mod:`lorahive.mechanisms.consolidation` (a pattern's subspace
+  held for N checks) is not waited for: a written edit is one finished pattern, moved whole.
 * ``lora`` — the plain baseline: one ordinary LoRA level over every block and every
   projection, each edit fine-tuned into it for exactly ``steps`` steps on its prompt,
   no band, no anchor, no early stop, no consolidation.
