@@ -38,6 +38,7 @@ class ImplantConfig(BaseModel):
     lr: float = Field(default=1e-2, gt=0, description="learning rate of the per-edit slot and of the lora baseline")
     rank: int = Field(default=4, strict=True, gt=0, le=256, description="rank of the per-edit slot")
     alpha: float = Field(default=8.0, gt=0, description="LoRA alpha of the per-edit slot and the lora baseline")
+    lora_lr: float | None = Field(default=None, gt=0, description="learning rate of the lora baseline; null = lr")
     lora_rank: int = Field(default=8, strict=True, gt=0, le=1024, description="rank of the lora baseline's one level (every block)")
     memory_rank: int | None = Field(default=None, gt=0, description="rank of the slow memory level; null = the model's hidden size (consolidation is exact)")
     band: tuple[int, int] = Field(default=(4, 8), description="first and last decoder block (inclusive) the per-edit slot and memory wrap")

@@ -171,7 +171,7 @@ def hive_stack(cfg: ImplantConfig, hidden: int) -> StackSpec:
 
 def lora_stack(cfg: ImplantConfig) -> StackSpec:
     """The baseline's one ordinary level: every block, every projection."""
-    return StackSpec(levels=(LevelSpec(name="lora", rank=cfg.lora_rank, alpha=cfg.alpha, scope="agent", inertia=0.0, lr=cfg.lr, targets=DEFAULT_TARGETS),))
+    return StackSpec(levels=(LevelSpec(name="lora", rank=cfg.lora_rank, alpha=cfg.alpha, scope="agent", inertia=0.0, lr=cfg.lora_lr or cfg.lr, targets=DEFAULT_TARGETS),))
 
 
 def build_hive(cfg: ImplantConfig, method: str, load: Loader) -> Hive:
