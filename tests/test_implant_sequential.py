@@ -129,7 +129,7 @@ def test_logistic_probe_separates_a_shift_it_was_not_trained_on():
 def test_plain_writer_replays_earlier_edits_and_keeps_neighbours_at_the_hives_answer(loader):
     hive = build_hive(small_cfg(), "hive", loader)
     edits = tiny_edits(3)
-    writer = PlainWriter(steps=4, check_every=2, margin=0.5, anchor=0.0, replay=1, neighbours=2, subjects=[e.subject for e in edits])
+    writer = PlainWriter(steps=4, check_every=2, margin=0.5, anchor=0.0, replay=1, neighbours=2, subjects=[e.subject for e in edits], neighbour_answers="hive")
     assert writer.replayed(edits[0]) == []
     writer(hive, AGENT, "edit", edits[0])
     assert writer.replayed(edits[1]) == [(edits[0].prompt, spaced(edits[0].target_new))]
@@ -138,3 +138,6 @@ def test_plain_writer_replays_earlier_edits_and_keeps_neighbours_at_the_hives_an
     width = len(hive.tokenizer(spaced(edits[2].target_new), add_special_tokens=False)["input_ids"])  # as many tokens as the new object
     assert [a for _, a in rows] == hive.generate([p for p, _ in rows], [AGENT] * len(rows), max_new_tokens=width)
     assert writer.steps_taken and writer.steps_taken[0] in (2, 4)
+    writer.neighbour_answers = "base"
+    rows = writer.neighbour_rows(hive, AGENT, edits[2])
+    assert [a for _, a in rows] == hive.generate([p for p, _ in rows], [AGENT] * len(rows), max_new_tokens=width, levels=[])

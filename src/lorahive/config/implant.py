@@ -47,6 +47,7 @@ class ImplantConfig(BaseModel):
     contexts: int = Field(default=2, strict=True, ge=0, le=16, description="generated prefixes the prompt is also learned after (paraphrase-like contexts)")
     replay: int = Field(default=2, strict=True, ge=0, le=64, description="earlier edits replayed as rows of each edit's steps (hive, plain writer)")
     neighbours: int = Field(default=2, strict=True, ge=0, le=16, description="the prompt about other subjects, kept at the hive's current answer (hive, plain writer)")
+    neighbour_answers: Literal["base", "hive"] = Field(default="base", description="what the neighbour rows keep: the base model's continuation or the hive's current one")
     anchor: float = Field(default=0.5, ge=0.0, description="weight of the KL to the base model on the training rows' prompt text")
     checkpoints: tuple[int, ...] = Field(default=(1, 10, 100, 1000), min_length=1, description="edit counts after which all edits so far are scored")
     length_normalised: bool = Field(default=True, description="compare mean per-token log-probabilities (ROME's evaluation code); false: whole-sequence probabilities")

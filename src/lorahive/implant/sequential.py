@@ -73,8 +73,9 @@ class PlainWriter:
     * ``replay`` earlier edits' ``prompt → target_new`` (drawn with the seed from the edits
       this writer wrote before), so later edits do not overwrite them;
     * ``neighbours`` prompts of the same relation about other subjects of the run (the
-      prompt with its subject swapped), each with the continuation the hive gives *now*, so
-      the edit keys on its subject and not on the relation's wording.
+      prompt with its subject swapped), each with the base model's greedy continuation
+      (``neighbour_answers="base"``) or the hive's as it is now (``"hive"``: what earlier
+      edits made of it), so the edit keys on its subject and not on the relation's wording.
 
     ``anchor`` × the KL to the base model on the rows' prompt text is added; every
     ``check_every`` steps it stops once the edit's own rows prefer the new object over the
@@ -92,6 +93,7 @@ class PlainWriter:
     neighbours: int = 0
     subjects: list[str] = field(default_factory=list)
     seed: int = 0
+    neighbour_answers: str = "base"
     steps_taken: list[int] = field(default_factory=list)
     written: list[Edit] = field(default_factory=list)
 
@@ -115,14 +117,14 @@ class PlainWriter:
         return [(e.prompt, spaced(e.target_new)) for e in picked]
 
     def neighbour_rows(self, hive: Hive, agent: str, edit: Edit) -> list[tuple[str, str]]:
-        """The edit's prompt about up to ``neighbours`` other subjects, with the hive's own greedy continuation."""
+        """The edit's prompt about up to ``neighbours`` other subjects, with the base's (or the hive's) greedy continuation."""
         others = sorted({s for s in self.subjects if s != edit.subject and s not in edit.prompt})
         if self.neighbours == 0 or edit.subject not in edit.prompt or not others:
             return []
         rng = random.Random(f"{self.seed}/neighbours/{edit.case_id}")
         prompts = [edit.prompt.replace(edit.subject, s, 1) for s in rng.sample(others, min(self.neighbours, len(others)))]
         width = len(hive.tokenizer(spaced(edit.target_new), add_special_tokens=False)["input_ids"])
-        answers = hive.generate(prompts, [agent] * len(prompts), max_new_tokens=max(1, width))
+        answers = hive.generate(prompts, [agent] * len(prompts), max_new_tokens=max(1, width), levels=[] if self.neighbour_answers == "base" else None)
         return [(p, a) for p, a in zip(prompts, answers, strict=True) if a.strip()]
 
     def margin_met(self, hive: Hive, agent: str, prompts: list[str], edit: Edit) -> bool:
@@ -143,7 +145,7 @@ def fixed_steps(steps: int) -> Writer:
 def resolve_writer(cfg: ImplantConfig, contexts: list[str], subjects: list[str] | None = None) -> Writer:
     """The hive's writer by name; ``curriculum`` is part A's (:mod:`lorahive.implant.curriculum`), imported only here."""
     if cfg.writer == "plain":
-        return PlainWriter(cfg.steps, cfg.check_every, cfg.margin, cfg.anchor, contexts, cfg.length_normalised, cfg.replay, cfg.neighbours, subjects or [], cfg.seed)
+        return PlainWriter(cfg.steps, cfg.check_every, cfg.margin, cfg.anchor, contexts, cfg.length_normalised, cfg.replay, cfg.neighbours, subjects or [], cfg.seed, cfg.neighbour_answers)
     try:
         from lorahive.implant.curriculum import curriculum_writer  # type: ignore[import-not-found]
     except ImportError as e:
