@@ -6,6 +6,7 @@ import typer
 
 from lorahive.cli import (
     compare_cmd,
+    implant_cmd,
     inspect_cmd,
     interop_cmd,
     keys_cmd,
@@ -24,6 +25,7 @@ app.command("import-peft")(interop_cmd.import_peft)
 app.command("report")(report_cmd.report)
 app.command("compare")(compare_cmd.compare)
 app.command("serve")(serve_cmd.serve)
+app.command("implant")(implant_cmd.implant)
 app.add_typer(keys_cmd.app, name="keys")
 
 

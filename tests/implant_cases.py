@@ -1,0 +1,38 @@
+"""CounterFact-like edits for the implant tests, in words the tiny test tokenizer knows (tests/conftest.py)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from lorahive.implant.edits import Edit
+
+TEMPLATES = ["The capital of {} is", "The team of {} won the", "The sky over {} is"]
+WORDS = ["Paris", "blue", "team", "match", "summit", "great", "terrible", "fine", "sky", "France", "positive", "neutral"]
+
+
+def tiny_edits(n: int = 8) -> list[Edit]:
+    """``n`` edits (distinct for n ≤ 36): "The capital of W is" → a new word instead of an old one; a paraphrase and a neighbour of its own."""
+    out = []
+    for i in range(n):
+        w = WORDS[i % len(WORDS)]
+        ask = TEMPLATES[(i // len(WORDS)) % len(TEMPLATES)]
+        out.append(
+            Edit(
+                case_id=i,
+                prompt=ask.format(w),
+                subject=w,
+                target_new=WORDS[(i + 1) % len(WORDS)],
+                ground_truth=WORDS[(i + 2) % len(WORDS)],
+                rephrase_prompt=f"Question: what is the capital of {w}? Answer:",
+                locality_prompt=f"Sports: the {WORDS[(i + 3) % len(WORDS)]} won the",
+                locality_ground_truth=WORDS[(i + 4) % len(WORDS)],
+            )
+        )
+    return out
+
+
+def write_records(path: Path, edits: list[Edit]) -> Path:
+    """``edits`` as a CounterFact JSON file."""
+    path.write_text(json.dumps([e.__dict__ for e in edits]))
+    return path
