@@ -5,10 +5,17 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import make_model, randomize_b, small_stack
 
+from conftest import make_model, randomize_b, small_stack
 from lorahive import Hive
-from lorahive.implant import DriftMap, drift_map, layer_band, level_blocks, make_variants, plot_drift
+from lorahive.implant import (
+    DriftMap,
+    drift_map,
+    layer_band,
+    level_blocks,
+    make_variants,
+    plot_drift,
+)
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import make_model, randomize_b, small_stack
 
+from conftest import make_model, randomize_b, small_stack
 from lorahive import Hive
 from lorahive.adapters import Routing
 from lorahive.implant import KINDS, edit_distance, make_variants

@@ -14,7 +14,14 @@ from lorahive.implant.curriculum import (
 )
 from lorahive.implant.drift import DriftMap, drift_map, plot_drift
 from lorahive.implant.measure import mean_kl, probe_logp, target_fit
-from lorahive.implant.variants import DEFAULT_MARKERS, KINDS, Variant, VariantSpec, edit_distance, make_variants
+from lorahive.implant.variants import (
+    DEFAULT_MARKERS,
+    KINDS,
+    Variant,
+    VariantSpec,
+    edit_distance,
+    make_variants,
+)
 
 __all__ = [
     "DEFAULT_MARKERS",

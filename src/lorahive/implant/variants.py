@@ -180,6 +180,9 @@ class _Builder:
         self.offset = len(original) - len(self.plain)  # special tokens the tokenizer puts in front
         self.special = set(tok.all_special_ids)
 
+    def _decode(self, ids: list[int]) -> str:
+        return str(self.tok.decode(ids))
+
     def _variant(self, kind: str, text: str, detail: str) -> Variant | None:
         ids = tuple(encode_prompt(self.tok, text))
         if ids == self.original or not ids:
@@ -192,7 +195,7 @@ class _Builder:
         out = []
         for k in [m, *range(1, m, g)]:
             ids = self.target_ids[:k]
-            text = self.tok.decode(list(ids))
+            text = self._decode(list(ids))
             if tuple(encode_answer(self.tok, text, eos=False)) == ids:  # only prefixes whose text the hive reads back as these ids
                 out.append(Variant("growth", self.spec.prompt, text, self.original, ids, 0, f"first {k} of {m} target tokens"))
         return out
@@ -210,7 +213,7 @@ class _Builder:
 
     def _words(self) -> list[tuple[int, int, str]]:
         """Word spans ``(start, stop, text)`` in the prompt's plain ids: a token with a leading space (or the first) and its letter-only continuations."""
-        pieces = [self.tok.decode([i]) for i in self.plain]
+        pieces = [self._decode([i]) for i in self.plain]
         spans: list[tuple[int, int, str]] = []
         for j, piece in enumerate(pieces):
             if (j == 0 or piece.startswith(" ")) and piece.strip().isalpha():
@@ -233,7 +236,7 @@ class _Builder:
         out = []
         for start, stop, word, cands in options:
             for c in cands:
-                v = self._swap([(start, stop, c)], f"{word.strip()!r} -> {self.tok.decode([c]).strip()!r}")
+                v = self._swap([(start, stop, c)], f"{word.strip()!r} -> {self._decode([c]).strip()!r}")
                 if v is not None:
                     out.append(v)
         for (s1, e1, w1, c1), (s2, e2, w2, c2) in itertools.combinations(options, 2):
@@ -243,14 +246,14 @@ class _Builder:
         return out
 
     def _word_like(self, c: int, word: str) -> bool:
-        piece = self.tok.decode([c])
+        piece = self._decode([c])
         return c not in self.special and piece.startswith(" ") and piece.strip().isalpha() and piece.strip().lower() != word.strip().lower()
 
     def _swap(self, swaps: list[tuple[int, int, int]], detail: str) -> Variant | None:
         ids = list(self.plain)
         for start, stop, c in sorted(swaps, reverse=True):  # right to left: earlier spans keep their indices
             ids[start:stop] = [c]
-        return self._variant("synonym", self.tok.decode(ids), detail)
+        return self._variant("synonym", self._decode(ids), detail)
 
     def reorders(self) -> list[Variant]:
         """Permutations of every clause but the last (which the answer continues); needs three clauses."""
