@@ -108,3 +108,13 @@ def test_edit_distance_counts_insertions_deletions_and_substitutions():
     assert edit_distance((1, 2, 3), (1, 9, 3)) == 1
     assert edit_distance((1, 2, 3), (7, 8, 1, 2, 3)) == 2
     assert edit_distance((), (4, 5)) == 2
+
+
+def test_kept_phrases_are_never_swapped_or_split(hive, tokenizer):
+    kept = "the team"
+    vs = make_variants(hive, CLAUSES, " Paris", n=50, seed=0, keep=(kept,))
+    free = make_variants(hive, CLAUSES, " Paris", n=50, seed=0)
+    assert any(kept not in v.prompt for v in free if v.kind in ("synonym", "marker"))  # without keep, some do break it
+    assert all(kept in v.prompt for v in vs if v.kind in ("synonym", "marker"))
+    with pytest.raises(ValueError, match="keep"):
+        make_variants(hive, CLAUSES, " Paris", keep=("Danielle",))

@@ -240,10 +240,13 @@ def _check_pacing(per_step: int, rounds: int, halvings: int, variants: Sequence[
 
 def curriculum_writer(
     hive: Hive, agent: str, level: str, prompt: str, target: str, probe: Sequence[str], budget: float, seed: int, variants: int = 50,
-    *, per_step: int = 5, rounds: int = 2, halvings: int = 4, anchor: float = 0.0,
+    *, per_step: int = 5, rounds: int = 2, halvings: int = 4, anchor: float = 0.0, keep: Sequence[str] = (),
 ) -> CurriculumLog:  # fmt: skip
-    """Write one fact (``prompt`` → ``target``) into ``agent``'s slot of ``level`` through the budgeted curriculum of ``variants`` micro-variants."""
-    vs = make_variants(hive, prompt, target, n=variants, seed=seed)
+    """Write one fact (``prompt`` → ``target``) into ``agent``'s slot of ``level`` through the budgeted curriculum of ``variants`` micro-variants.
+
+    ``keep``: phrases of the prompt the variants leave whole (:func:`make_variants`), e.g. the subject.
+    """
+    vs = make_variants(hive, prompt, target, n=variants, seed=seed, keep=tuple(keep))
     return run_curriculum(hive, agent, level, prompt, target, vs, probe, budget, per_step=per_step, rounds=rounds, halvings=halvings, anchor=anchor)
 
 
@@ -258,13 +261,13 @@ def plain_writer(hive: Hive, agent: str, level: str, prompt: str, target: str, s
 
 def compare_with_plain(
     hive: Hive, agent: str, level: str, prompt: str, target: str, probe: Sequence[str], budget: float, seed: int, variants: int = 50,
-    *, per_step: int = 5, rounds: int = 2, halvings: int = 4,
+    *, per_step: int = 5, rounds: int = 2, halvings: int = 4, keep: Sequence[str] = (),
 ) -> Comparison:  # fmt: skip
     """The curriculum, then — from the same start — plain fine-tuning on the same variants for as many steps as the curriculum kept.
 
     The hive is left as it was found (the level's slot restored after each run).
     """
-    vs = make_variants(hive, prompt, target, n=variants, seed=seed)
+    vs = make_variants(hive, prompt, target, n=variants, seed=seed, keep=tuple(keep))
     s = _Session(hive, agent, level, prompt, target, ())
     start = s.snapshot()
     try:

@@ -9,8 +9,10 @@ different clause order, or a target continuation that grows one or two tokens pe
   target (g = ``growth``, 1 or 2), up to the whole target. Its ``answer_ids`` are prefixes of
   the target's tokens.
 * ``marker`` — a short marker phrase ("Fact:", "Note that", …) inserted before one word.
-* ``synonym`` — one or two words replaced by a token among the base model's own top-k
-  next-token predictions at that position (a word-like token: a leading space, letters only).
+* ``synonym`` — one or two words replaced by a word-like token (a leading space, letters only)
+  among the base model's own next-token predictions at that position; of those, the ``top_k``
+  whose swapped prompt the base model finds most probable as a whole are kept, so a swap fits
+  the words after it too.
 * ``reorder`` — the prompt's clauses (split at commas, " that ", " of ") permuted, the last
   clause kept last because the answer continues it. Needs three clauses or more.
 
@@ -23,98 +25,34 @@ only: distance 0, and ``len(answer_ids)`` says how far they grew).
 
 from __future__ import annotations
 
-import itertools
 import random
-import re
-from dataclasses import dataclass
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+import torch.nn.functional as F
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from lorahive.adapters import Routing
+from lorahive.implant.kinds import VariantBuilder
+from lorahive.implant.spec import DEFAULT_MARKERS, KINDS, Variant, VariantSpec, edit_distance
 from lorahive.learning.batching import encode_answer, encode_prompt
 from lorahive.runtime.hive import Hive
 
-__all__ = ["DEFAULT_MARKERS", "KINDS", "Variant", "VariantSpec", "edit_distance", "make_variants"]
-
-KINDS: tuple[str, ...] = ("growth", "marker", "synonym", "reorder")
-DEFAULT_MARKERS: tuple[str, ...] = (
-    "Fact:", "Note that", "Remember:", "Key point:", "In short,", "Indeed,",
-    "Recall that", "Notably,", "True:", "Known:", "Note:", "Important:",
-)  # fmt: skip
-_CLAUSE = re.compile(r"(,\s*|\s+that\s+|\s+of\s+)")
-_MAX_PERMUTATIONS = 120
-
-
-class VariantSpec(BaseModel):
-    """What to vary and how much; a bad value fails with the field's name and what is allowed."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    prompt: str = Field(min_length=1, description="the text the target continues")
-    target: str = Field(min_length=1, description="the continuation to learn (e.g. ' Paris')")
-    n: int = Field(default=50, strict=True, ge=1, le=10_000, description="how many variants")
-    seed: int = Field(default=0, strict=True, description="same seed, same variants")
-    top_k: int = Field(default=8, strict=True, ge=1, le=256, description="synonym candidates: the model's top-k predictions")
-    growth: int = Field(default=1, strict=True, ge=1, le=2, description="target tokens added per growth variant: 1 or 2")
-    markers: tuple[str, ...] = Field(default=DEFAULT_MARKERS, min_length=1, description="marker phrases to insert")
-
-    @field_validator("prompt", "target")
-    @classmethod
-    def _not_blank(cls, text: str) -> str:
-        if not text.strip():
-            raise ValueError("must contain a non-space character")
-        return text
-
-    @field_validator("markers")
-    @classmethod
-    def _markers(cls, markers: tuple[str, ...]) -> tuple[str, ...]:
-        if any(not m.strip() for m in markers):
-            raise ValueError("every marker must contain a non-space character")
-        return markers
-
-
-@dataclass(frozen=True)
-class Variant:
-    """One micro-variant: its kind, text, token ids, distance to the original, and the answer to learn."""
-
-    kind: str
-    prompt: str
-    answer: str
-    prompt_ids: tuple[int, ...]  # encode_prompt(prompt): what the hive sees
-    answer_ids: tuple[int, ...]  # the answer's tokens, without EOS
-    distance: int  # token edit distance of prompt_ids to the original prompt's ids
-    detail: str  # what changed, in words
-
-    @property
-    def example(self) -> tuple[str, str]:
-        """The ``(prompt, answer)`` pair :meth:`Hive.learn` takes."""
-        return self.prompt, self.answer
-
-
-def edit_distance(a: tuple[int, ...] | list[int], b: tuple[int, ...] | list[int]) -> int:
-    """Levenshtein distance between two token sequences (insert, delete, substitute: 1 each)."""
-    row = list(range(len(b) + 1))
-    for i, x in enumerate(a, 1):
-        prev, row[0] = row[0], i
-        for j, y in enumerate(b, 1):
-            prev, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, prev + (x != y))
-    return row[-1]
-
+__all__ = ["DEFAULT_MARKERS", "KINDS", "Variant", "VariantSpec", "edit_distance", "make_variants"]  # the first five live in spec.py
 
 def make_variants(
     model: Hive | PreTrainedModel, prompt: str, target: str, n: int = 50, seed: int = 0, *,
     tokenizer: PreTrainedTokenizerBase | None = None, top_k: int = 8, growth: int = 1, markers: tuple[str, ...] = DEFAULT_MARKERS,
+    keep: tuple[str, ...] = (),
 ) -> list[Variant]:  # fmt: skip
     """``n`` distinct micro-variants of ``prompt`` → ``target``, every applicable kind present.
 
     ``model`` is a :class:`Hive` (its base model runs with every level off) or a plain causal
     LM with its ``tokenizer``; it supplies the synonym candidates. Kinds are taken in turn
     (growth, marker, synonym, reorder), each from its own seeded shuffle, so the mix is even
-    and the same seed gives the same list. Returned sorted by kind, then distance.
+    and the same seed gives the same list. Returned sorted by kind, then distance. ``keep``
+    names phrases (a fact's subject, say) that no swap replaces a word of and no marker splits.
     """
-    spec = VariantSpec(prompt=prompt, target=target, n=n, seed=seed, top_k=top_k, growth=growth, markers=tuple(markers))
+    spec = VariantSpec(prompt=prompt, target=target, n=n, seed=seed, top_k=top_k, growth=growth, markers=tuple(markers), keep=tuple(keep))
     tok = model.tokenizer if isinstance(model, Hive) else tokenizer
     if tok is None:
         raise ValueError("tokenizer: needed with a plain model (a Hive brings its own)")
@@ -124,11 +62,11 @@ def make_variants(
         raise ValueError(f"prompt: {spec.prompt!r} tokenizes to nothing")
     if not target_ids:
         raise ValueError(f"target: {spec.target!r} tokenizes to nothing")
-    build = _Builder(tok, spec, original, target_ids)
+    build = VariantBuilder(tok, spec, original, target_ids)
     pools = {
         "growth": build.growth(),
         "marker": build.markers(),
-        "synonym": build.synonyms(_top_k(model, tok, original, spec.top_k)),
+        "synonym": build.synonyms(_top_k(model, tok, original, 4 * spec.top_k), lambda rows: _sequence_logp(model, rows)),
         "reorder": build.reorders(),
     }
     for kind in KINDS[1:]:
@@ -156,117 +94,36 @@ def _round_robin(pools: dict[str, list[Variant]], n: int) -> list[Variant]:
     return chosen
 
 
+def _forward(model: Hive | PreTrainedModel, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Logits (B, T, V) of the base model: a Hive's with every level off, a plain model as it is."""
+    lm = model.model if isinstance(model, Hive) else model
+    if isinstance(model, Hive):
+        with model.core.routing.use(Routing(active=frozenset())):
+            return lm(input_ids=ids, attention_mask=mask).logits
+    return lm(input_ids=ids, attention_mask=mask).logits
+
+
+def _device(model: Hive | PreTrainedModel) -> torch.device:
+    return model.device if isinstance(model, Hive) else next(model.parameters()).device
+
+
 @torch.no_grad()
 def _top_k(model: Hive | PreTrainedModel, tok: PreTrainedTokenizerBase, ids: tuple[int, ...], k: int) -> torch.Tensor:
     """The base model's top-``k`` next-token ids (T, k) after every prefix of ``ids``, in one forward."""
-    lm = model.model if isinstance(model, Hive) else model
-    device = next(lm.parameters()).device
-    x = torch.tensor([ids], device=device)
-    if isinstance(model, Hive):
-        with model.core.routing.use(Routing(active=frozenset())):  # every level off: the base's own predictions
-            logits = lm(input_ids=x).logits[0]
-    else:
-        logits = lm(input_ids=x).logits[0]  # (T, V)
-    logits = logits[:, : len(tok)]  # ids past the tokenizer's vocabulary are never proposed
-    return logits.topk(min(k * 4, logits.shape[-1]), dim=-1).indices.cpu()  # room for the filter
+    x = torch.tensor([ids], device=_device(model))
+    logits = _forward(model, x, torch.ones_like(x))[0, :, : len(tok)]  # (T, V): ids past the tokenizer's vocabulary are never proposed
+    return logits.topk(min(k, logits.shape[-1]), dim=-1).indices.cpu()
 
 
-class _Builder:
-    """Candidate variants of each kind for one prompt (deterministic, before any shuffle)."""
-
-    def __init__(self, tok: PreTrainedTokenizerBase, spec: VariantSpec, original: tuple[int, ...], target_ids: tuple[int, ...]) -> None:
-        self.tok, self.spec, self.original, self.target_ids = tok, spec, original, target_ids
-        self.plain = list(tok(spec.prompt, add_special_tokens=False)["input_ids"])
-        self.offset = len(original) - len(self.plain)  # special tokens the tokenizer puts in front
-        self.special = set(tok.all_special_ids)
-
-    def _decode(self, ids: list[int]) -> str:
-        return str(self.tok.decode(ids))
-
-    def _variant(self, kind: str, text: str, detail: str) -> Variant | None:
-        ids = tuple(encode_prompt(self.tok, text))
-        if ids == self.original or not ids:
-            return None
-        return Variant(kind, text, self.spec.target, ids, self.target_ids, edit_distance(ids, self.original), detail)
-
-    def growth(self) -> list[Variant]:
-        """The whole target first (so a short share still holds it), then its prefixes, shortest first."""
-        m, g = len(self.target_ids), self.spec.growth
-        out = []
-        for k in [m, *range(1, m, g)]:
-            ids = self.target_ids[:k]
-            text = self._decode(list(ids))
-            if tuple(encode_answer(self.tok, text, eos=False)) == ids:  # only prefixes whose text the hive reads back as these ids
-                out.append(Variant("growth", self.spec.prompt, text, self.original, ids, 0, f"first {k} of {m} target tokens"))
-        return out
-
-    def markers(self) -> list[Variant]:
-        """Each marker before each word of the prompt."""
-        text = self.spec.prompt
-        starts = [m.start() for m in re.finditer(r"\S+", text)]
-        out = []
-        for marker, (w, at) in itertools.product(self.spec.markers, enumerate(starts)):
-            v = self._variant("marker", f"{text[:at]}{marker} {text[at:]}", f"{marker!r} before word {w}")
-            if v is not None:
-                out.append(v)
-        return out
-
-    def _words(self) -> list[tuple[int, int, str]]:
-        """Word spans ``(start, stop, text)`` in the prompt's plain ids: a token with a leading space (or the first) and its letter-only continuations."""
-        pieces = [self._decode([i]) for i in self.plain]
-        spans: list[tuple[int, int, str]] = []
-        for j, piece in enumerate(pieces):
-            if (j == 0 or piece.startswith(" ")) and piece.strip().isalpha():
-                spans.append((j, j + 1, piece))
-            elif spans and spans[-1][1] == j and piece.isalpha():
-                s, _, w = spans[-1]
-                spans[-1] = (s, j + 1, w + piece)
-        return spans
-
-    def synonyms(self, top: torch.Tensor) -> list[Variant]:
-        """Single swaps (every word, every accepted candidate), then double swaps with each word's first candidate."""
-        options: list[tuple[int, int, str, list[int]]] = []
-        for start, stop, word in self._words():
-            at = self.offset + start - 1  # the position predicting the word's first token
-            if at < 0:
-                continue
-            cands = [c for c in top[at].tolist() if self._word_like(c, word)][: self.spec.top_k]
-            if cands:
-                options.append((start, stop, word, cands))
-        out = []
-        for start, stop, word, cands in options:
-            for c in cands:
-                v = self._swap([(start, stop, c)], f"{word.strip()!r} -> {self._decode([c]).strip()!r}")
-                if v is not None:
-                    out.append(v)
-        for (s1, e1, w1, c1), (s2, e2, w2, c2) in itertools.combinations(options, 2):
-            v = self._swap([(s1, e1, c1[0]), (s2, e2, c2[0])], f"{w1.strip()!r}, {w2.strip()!r} swapped")
-            if v is not None:
-                out.append(v)
-        return out
-
-    def _word_like(self, c: int, word: str) -> bool:
-        piece = self._decode([c])
-        return c not in self.special and piece.startswith(" ") and piece.strip().isalpha() and piece.strip().lower() != word.strip().lower()
-
-    def _swap(self, swaps: list[tuple[int, int, int]], detail: str) -> Variant | None:
-        ids = list(self.plain)
-        for start, stop, c in sorted(swaps, reverse=True):  # right to left: earlier spans keep their indices
-            ids[start:stop] = [c]
-        return self._variant("synonym", self._decode(ids), detail)
-
-    def reorders(self) -> list[Variant]:
-        """Permutations of every clause but the last (which the answer continues); needs three clauses."""
-        parts = _CLAUSE.split(self.spec.prompt)
-        clauses, seps = parts[0::2], parts[1::2]
-        if len(clauses) < 3 or any(not c.strip() for c in clauses):
-            return []
-        out = []
-        head = clauses[:-1]
-        for perm in itertools.islice(itertools.permutations(range(len(head))), 1, _MAX_PERMUTATIONS + 1):  # 1: skip the identity
-            order = [head[i] for i in perm] + [clauses[-1]]
-            text = "".join(c + s for c, s in zip(order, [*seps, ""], strict=True))
-            v = self._variant("reorder", text, f"clauses in order {list(perm)} + last")
-            if v is not None:
-                out.append(v)
-        return out
+@torch.no_grad()
+def _sequence_logp(model: Hive | PreTrainedModel, rows: list[list[int]], chunk: int = 32) -> list[float]:
+    """The base model's log-probability of each token sequence (every token after the first), in batched forwards; one read-back."""
+    out = []
+    for i in range(0, len(rows), chunk):
+        part = rows[i : i + chunk]
+        width = max(len(r) for r in part)
+        ids = torch.tensor([r + [0] * (width - len(r)) for r in part], device=_device(model))  # (B, T) right-padded
+        mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in part], device=ids.device)
+        logp = F.log_softmax(_forward(model, ids, mask)[:, :-1].float(), -1).gather(-1, ids[:, 1:, None])[..., 0]  # (B, T-1)
+        out.append((logp * mask[:, 1:]).sum(-1))
+    return torch.cat(out).tolist() if out else []
