@@ -79,6 +79,17 @@ def test_every_kept_step_stays_under_the_budget_and_the_logged_kl_is_the_models(
     assert log.final_nll == pytest.approx(float(target_fit(hive, "ann", PROMPT, TARGET)[0]), rel=1e-5)
 
 
+def test_a_budget_on_the_kl_to_the_base_bounds_the_drift_the_kept_steps_add_up_to(hive, variants):
+    free = run_curriculum(hive, "ann", "agent", PROMPT, TARGET, variants, PROBE, budget=1e9)
+    hive.reset_slots("agent", ["ann"])
+    budget = free.final_kl_base / 3  # the unbounded run drifts three times further than this
+    log = run_curriculum(hive, "ann", "agent", PROMPT, TARGET, variants, PROBE, budget=budget, reference="base")
+    assert log.reference == "base" and log.accepted_steps > 0 and log.undone_steps > 0
+    assert all(s.probe_kl_base <= budget for s in log.steps if s.accepted)
+    assert float(mean_kl(probe_logp(hive, "ann", PROBE, levels=[]), probe_logp(hive, "ann", PROBE))) <= budget * (1 + 1e-4)
+    assert log.final_nll < log.nll_before
+
+
 def test_an_undone_step_puts_the_slot_back_bit_for_bit_optimizer_state_included(hive, variants):
     run_plain(hive, "ann", "agent", PROMPT, TARGET, [v.example for v in variants], steps=2)  # the slot and its moments are non-trivial
     before = _slots(hive)
@@ -136,7 +147,7 @@ def test_plain_fine_tuning_takes_as_many_steps_as_the_curriculum_kept_and_the_hi
     summary = cmp.summary()
     assert set(summary) == {"curriculum", "plain"}
     for part in summary.values():
-        assert {"kl_series", "max_kl", "final_nll", "final_correct"} <= set(part)
+        assert {"kl_series", "max_kl", "final_kl_base", "final_nll", "final_correct"} <= set(part)
         assert len(part["kl_series"]) == cmp.curriculum.accepted_steps
 
 
@@ -158,10 +169,10 @@ def test_the_order_runs_from_the_smallest_change_to_the_largest(variants):
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [({"budget": 0.0}, "budget"), ({"budget": math.inf}, "budget"), ({"probe": []}, "probe"), ({"level": "foundation"}, "level"),
-     ({"agent": "zed"}, "unknown agents"), ({"per_step": 0}, "per_step"), ({"rounds": 0}, "rounds"), ({"halvings": -1}, "halvings")],
+     ({"agent": "zed"}, "unknown agents"), ({"per_step": 0}, "per_step"), ({"rounds": 0}, "rounds"), ({"halvings": -1}, "halvings"), ({"reference": "both"}, "reference")],
 )  # fmt: skip
 def test_bad_input_is_refused_naming_what_is_wrong(hive, variants, kwargs, match):
     args = {"agent": "ann", "level": "agent", "probe": PROBE, "budget": 0.1} | kwargs
-    extra = {k: args.pop(k) for k in ("per_step", "rounds", "halvings") if k in args}
+    extra = {k: args.pop(k) for k in ("per_step", "rounds", "halvings", "reference") if k in args}
     with pytest.raises(ValueError, match=match):
         run_curriculum(hive, args["agent"], args["level"], PROMPT, TARGET, variants, args["probe"], args["budget"], **extra)

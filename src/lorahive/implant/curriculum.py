@@ -11,6 +11,8 @@ factors, init snapshot and optimizer state — restored from a snapshot) and ret
 the step size, down to ``2**-halvings`` of the level's own; a batch still over budget there
 is skipped. The step size reached carries on to the next batches. Each attempt is recorded
 with its KL, its KL to the base (every level off: the cumulative drift), and the target's NLL.
+With ``reference="base"`` the budget bounds the KL to the base instead — the drift all kept
+steps add up to — so the probe set ends within it; the step's KL is still recorded.
 
 :func:`run_plain` is the counterpart without ordering or budget: the same examples in a
 seeded shuffle, the level's own step size, every step kept. :func:`compare_with_plain` runs
@@ -59,6 +61,7 @@ class CurriculumLog:
     nll_before: float
     correct_before: bool
     steps: list[StepRecord] = field(default_factory=list)
+    reference: str = "step"  # what the budget bounds: "step" (KL before ‖ after) or "base" (KL base ‖ after)
 
     @property
     def accepted_steps(self) -> int:
@@ -83,13 +86,19 @@ class CurriculumLog:
         return kept[-1].target_nll if kept else self.nll_before
 
     @property
+    def final_kl_base(self) -> float:
+        """The probe KL to the base after the last kept step: the drift all the steps added up to (0 if none was kept)."""
+        kept = [s for s in self.steps if s.accepted]
+        return kept[-1].probe_kl_base if kept else 0.0
+
+    @property
     def final_correct(self) -> bool:
         kept = [s for s in self.steps if s.accepted]
         return kept[-1].correct if kept else self.correct_before
 
     def summary(self) -> dict:
         """The numbers a comparison reports."""
-        return {"method": self.method, "steps": self.accepted_steps, "undone": self.undone_steps, "kl_series": self.kl_series, "max_kl": self.max_kl,
+        return {"method": self.method, "steps": self.accepted_steps, "undone": self.undone_steps, "kl_series": self.kl_series, "max_kl": self.max_kl, "final_kl_base": self.final_kl_base,
                 "nll_before": self.nll_before, "final_nll": self.final_nll, "correct_before": self.correct_before, "final_correct": self.final_correct}  # fmt: skip
 
     def to_dict(self) -> dict:
@@ -170,28 +179,34 @@ def _log(method: str, s: _Session, budget: float | None, examples: list[tuple[st
 
 def run_curriculum(
     hive: Hive, agent: str, level: str, prompt: str, target: str, variants: Sequence[Variant], probe: Sequence[str], budget: float,
-    *, per_step: int = 5, rounds: int = 2, halvings: int = 4, anchor: float = 0.0,
+    *, per_step: int = 5, rounds: int = 2, halvings: int = 4, anchor: float = 0.0, reference: str = "step",
 ) -> CurriculumLog:  # fmt: skip
     """Write ``prompt`` → ``target`` into ``agent``'s slot of ``level`` through ``variants``, every kept step's probe KL ≤ ``budget``.
+
+    ``reference``: ``"step"`` bounds each step's KL (before ‖ after), ``"base"`` the KL to the
+    base after each step (the cumulative drift).
 
     The ordered variants are learned ``per_step`` per step, ``rounds`` times over. ``anchor``
     is passed to :meth:`Hive.learn` (the foundation anchor). Returns every attempt's record.
     """
     if not budget > 0 or not math.isfinite(budget):
         raise ValueError(f"budget must be a finite KL > 0, got {budget}")
+    if reference not in ("step", "base"):
+        raise ValueError(f"reference must be 'step' (each step's KL) or 'base' (the KL to the base), got {reference!r}")
     if not probe:
         raise ValueError("probe: give at least one probe prompt (unrelated text the step must not disturb)")
     _check_pacing(per_step, rounds, halvings, variants)
     s = _Session(hive, agent, level, prompt, target, probe)
     ordered = curriculum_order(variants)
     log = _log("curriculum", s, budget, [v.example for v in ordered])
+    log.reference = reference
     batches = [list(range(i, min(i + per_step, len(ordered)))) for i in range(0, len(ordered), per_step)] * rounds
     scale, floor = 1.0, 2.0**-halvings
     for batch in batches:
         snap = s.snapshot()
         while True:
             lr, kl, kl_base, nll, ok = s.step([log.examples[i] for i in batch], scale, anchor)
-            accepted = kl <= budget  # NaN (a non-finite probe) is never accepted
+            accepted = (kl if reference == "step" else kl_base) <= budget  # NaN (a non-finite probe) is never accepted
             log.steps.append(StepRecord(len(log.steps), tuple(batch), lr, kl, kl_base, nll, ok, accepted))
             if accepted:
                 s.keep()
@@ -240,14 +255,14 @@ def _check_pacing(per_step: int, rounds: int, halvings: int, variants: Sequence[
 
 def curriculum_writer(
     hive: Hive, agent: str, level: str, prompt: str, target: str, probe: Sequence[str], budget: float, seed: int, variants: int = 50,
-    *, per_step: int = 5, rounds: int = 2, halvings: int = 4, anchor: float = 0.0, keep: Sequence[str] = (),
+    *, per_step: int = 5, rounds: int = 2, halvings: int = 4, anchor: float = 0.0, keep: Sequence[str] = (), reference: str = "step",
 ) -> CurriculumLog:  # fmt: skip
     """Write one fact (``prompt`` → ``target``) into ``agent``'s slot of ``level`` through the budgeted curriculum of ``variants`` micro-variants.
 
     ``keep``: phrases of the prompt the variants leave whole (:func:`make_variants`), e.g. the subject.
     """
     vs = make_variants(hive, prompt, target, n=variants, seed=seed, keep=tuple(keep))
-    return run_curriculum(hive, agent, level, prompt, target, vs, probe, budget, per_step=per_step, rounds=rounds, halvings=halvings, anchor=anchor)
+    return run_curriculum(hive, agent, level, prompt, target, vs, probe, budget, per_step=per_step, rounds=rounds, halvings=halvings, anchor=anchor, reference=reference)
 
 
 def plain_writer(hive: Hive, agent: str, level: str, prompt: str, target: str, steps: int, seed: int, *, probe: Sequence[str] = (), anchor: float = 0.0) -> CurriculumLog:
@@ -261,7 +276,7 @@ def plain_writer(hive: Hive, agent: str, level: str, prompt: str, target: str, s
 
 def compare_with_plain(
     hive: Hive, agent: str, level: str, prompt: str, target: str, probe: Sequence[str], budget: float, seed: int, variants: int = 50,
-    *, per_step: int = 5, rounds: int = 2, halvings: int = 4, keep: Sequence[str] = (),
+    *, per_step: int = 5, rounds: int = 2, halvings: int = 4, keep: Sequence[str] = (), reference: str = "step",
 ) -> Comparison:  # fmt: skip
     """The curriculum, then — from the same start — plain fine-tuning on the same variants for as many steps as the curriculum kept.
 
@@ -271,7 +286,7 @@ def compare_with_plain(
     s = _Session(hive, agent, level, prompt, target, ())
     start = s.snapshot()
     try:
-        cur = run_curriculum(hive, agent, level, prompt, target, vs, probe, budget, per_step=per_step, rounds=rounds, halvings=halvings)
+        cur = run_curriculum(hive, agent, level, prompt, target, vs, probe, budget, per_step=per_step, rounds=rounds, halvings=halvings, reference=reference)
         s.restore(start)
         plain = run_plain(hive, agent, level, prompt, target, [v.example for v in vs], cur.accepted_steps, per_step=per_step, seed=seed, probe=probe)
     finally:

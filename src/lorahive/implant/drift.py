@@ -34,6 +34,7 @@ from lorahive.adapters import Routing
 from lorahive.implant.variants import Variant
 from lorahive.runtime.hive import Hive
 from lorahive.store.files import atomic_write_bytes, atomic_write_json
+from lorahive.tensors import to_device
 
 __all__ = ["DriftMap", "drift_map", "plot_drift"]
 
@@ -106,7 +107,7 @@ def _pack(rows: Sequence[Variant], pad: int, device: torch.device) -> tuple[torc
     ids = torch.tensor([s + [pad] * (width - len(s)) for s in seqs])
     mask = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in seqs])
     at = [(r, t) for r, v in enumerate(rows) for t in range(len(v.prompt_ids) - 1, len(v.prompt_ids) + len(v.answer_ids) - 1)]
-    return ids.to(device), mask.to(device), torch.tensor(at, dtype=torch.long).t().contiguous().to(device)
+    return to_device(ids, device), to_device(mask, device), to_device(torch.tensor(at, dtype=torch.long).t().contiguous(), device)
 
 
 @contextmanager

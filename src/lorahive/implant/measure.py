@@ -15,6 +15,7 @@ from torch import nn
 from lorahive.learning.batching import Batch, encode_answer, encode_prompt
 from lorahive.learning.objective import hidden_states
 from lorahive.runtime.hive import Hive
+from lorahive.tensors import to_device
 
 __all__ = ["mean_kl", "probe_logp", "target_fit"]
 
@@ -40,7 +41,7 @@ def target_fit(hive: Hive, agent: str, prompt: str, target: str, levels: Sequenc
     t = encode_answer(hive.tokenizer, target, eos=False)
     if not p or not t:
         raise ValueError(f"target_fit: prompt {prompt!r} and target {target!r} must both tokenize to something")
-    ids = torch.tensor([p + t], device=hive.device)  # (1, T)
+    ids = to_device(torch.tensor([p + t]), hive.device)  # (1, T), copied without waiting for the device
     mask = torch.ones_like(ids)
     batch = Batch(ids, mask, torch.arange(ids.shape[1], device=hive.device)[None])
     with hive.core.routing.use(hive.core.route([agent], hive.core.check_levels(levels))):
