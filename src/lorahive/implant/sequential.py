@@ -147,7 +147,7 @@ def resolve_writer(cfg: ImplantConfig, contexts: list[str], subjects: list[str] 
     if cfg.writer == "plain":
         return PlainWriter(cfg.steps, cfg.check_every, cfg.margin, cfg.anchor, contexts, cfg.length_normalised, cfg.replay, cfg.neighbours, subjects or [], cfg.seed, cfg.neighbour_answers)
     try:
-        from lorahive.implant.curriculum import curriculum_writer  # type: ignore[import-not-found]
+        from lorahive.implant.curriculum import curriculum_writer
     except ImportError as e:
         raise ConfigError(f"writer: 'curriculum' needs lorahive.implant.curriculum, which cannot be imported ({e}); use writer=plain") from None
 
