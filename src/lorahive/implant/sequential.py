@@ -152,7 +152,7 @@ def resolve_writer(cfg: ImplantConfig, contexts: list[str], subjects: list[str] 
         raise ConfigError(f"writer: 'curriculum' needs lorahive.implant.curriculum, which cannot be imported ({e}); use writer=plain") from None
 
     def write(hive: Hive, agent: str, level: str, edit: Edit) -> None:
-        curriculum_writer(hive, agent, level, edit.prompt, spaced(edit.target_new), contexts, cfg.budget, cfg.seed, variants=cfg.variants)
+        curriculum_writer(hive, agent, level, edit.prompt, spaced(edit.target_new), contexts, cfg.budget, cfg.seed, variants=cfg.variants, keep=(edit.subject,))
 
     return write
 
