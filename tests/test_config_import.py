@@ -164,9 +164,15 @@ def test_config_imports_nothing_else_from_lorahive():
     assert outside == set()
 
 
-def test_only_the_cli_the_service_and_the_facade_import_runtime():
+def test_only_the_cli_the_service_the_implant_tools_and_the_facade_import_runtime():
+    # implant/ is a user of the Hive facade, as the service is: nothing in the tick imports it
     users = {m for m, ts in GRAPH.items() if _part(m) != "runtime" and any(_part(t) == "runtime" for t in ts)}
-    assert users <= {m for m in MODULES if m in RUNTIME_USERS or _part(m) in ("cli", "serve")}, sorted(users)
+    assert users <= {m for m in MODULES if m in RUNTIME_USERS or _part(m) in ("cli", "serve", "implant")}, sorted(users)
+
+
+def test_nothing_in_the_tick_imports_the_implant_tools():
+    users = {m for m, ts in GRAPH.items() if _part(m) not in ("implant", "cli") and m not in RUNTIME_USERS and any(_part(t) == "implant" for t in ts)}
+    assert users == set(), sorted(users)
 
 
 def test_nothing_below_the_service_imports_it():

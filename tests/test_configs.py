@@ -15,6 +15,7 @@ from lorahive.config import (
     parse_stages_config,
     read_tree,
 )
+from lorahive.config.implant import parse_implant
 
 CONFIGS = sorted((Path(__file__).parent.parent / "configs").glob("*.yaml"))
 
@@ -24,6 +25,10 @@ def test_example_config_validates(path):
     if is_stages_tree(read_tree(path)):  # a stages run (docs/stages.md)
         stages = load_stages_config(str(path))
         assert stages.stages and all(Path(d.path).is_absolute() for d in stages.data.values() if d.path)
+        return
+    if path.name.startswith("implant"):  # a `lorahive implant` config (docs/implantation.md)
+        implant = parse_implant(read_tree(path))
+        assert implant.edits >= 1 and implant.methods
         return
     cfg = load_config(path)
     assert cfg.ticks >= 1 and cfg.agents >= 1

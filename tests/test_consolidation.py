@@ -155,8 +155,11 @@ def test_add_deltas_over_many_slots_equals_add_delta_one_slot_at_a_time(tokenize
     one = [single.core.add_delta("agent", s, d) for s, d in zip(slots, deltas, strict=True)]
     assert errs == pytest.approx(one, rel=1e-5)
     assert all(e > 0 for e in errs)  # rank 8 + k does not fit into rank 8
-    for (p, x), (_, y) in zip(batched.core.level_params("agent").items(), single.core.level_params("agent").items(), strict=True):
-        torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-6, msg=p)
+    # the factors of a truncated SVD are defined up to rotations within equal singular values, so the slots' ΔW = B·A are compared
+    xs, ys = batched.core.level_params("agent"), single.core.level_params("agent")
+    for p in [p for p in xs if p.endswith(".A")]:
+        b = p[:-2] + ".B"
+        torch.testing.assert_close(xs[b] @ xs[p], ys[b] @ ys[p], rtol=1e-4, atol=1e-5, msg=p)
     with pytest.raises(ValueError, match="distinct"):
         batched.core.add_deltas("agent", [0, 0], deltas[:2])
     with pytest.raises(ValueError, match="2 slots but 1 deltas"):
