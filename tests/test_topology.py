@@ -122,7 +122,8 @@ def test_an_added_level_adds_nothing_and_trains(tokenizer):
     hive = _hive(tokenizer)
     before = _logits(hive)
     hive.core.insert_level(hive.stack.get("agent").model_copy(update={"name": "extra"}), 3, origin="agent")
-    torch.testing.assert_close(_logits(hive), before, rtol=0, atol=0)
+    # a zero term changes the order of the float sums, not their value: rounding only (4e-6 seen on logits of ~10)
+    torch.testing.assert_close(_logits(hive), before, rtol=1e-5, atol=1e-5)
     hive.learn({"ann": [("the cat sat on", " the mat")]}, steps=2, levels=hive.core.with_grown(["agent"]))
     assert hive.core.written["extra"] == {0}
     hive.core.remove_level("extra")
