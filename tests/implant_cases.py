@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from conftest import make_model, small_stack
+from lorahive import Hive, StackSpec
 from lorahive.implant.edits import Edit
 
 TEMPLATES = ["The capital of {} is", "The team of {} won the", "The sky over {} is"]
@@ -36,3 +38,10 @@ def write_records(path: Path, edits: list[Edit]) -> Path:
     """``edits`` as a CounterFact JSON file."""
     path.write_text(json.dumps([e.__dict__ for e in edits]))
     return path
+
+
+def two_agent_hive(tokenizer, stack: StackSpec | None = None) -> Hive:
+    """A tiny random hive (conftest's model, ``stack`` or the small five-level stack) with agents ann and bob."""
+    h = Hive(make_model(len(tokenizer)), tokenizer, stack or small_stack(), seed=0)
+    h.add_agents(["ann", "bob"])
+    return h

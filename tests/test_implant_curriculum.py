@@ -8,7 +8,8 @@ import statistics
 import pytest
 import torch
 
-from conftest import make_model, small_stack
+from conftest import small_stack
+from implant_cases import two_agent_hive
 from lorahive import Hive
 from lorahive.implant import (
     compare_with_plain,
@@ -31,9 +32,7 @@ PROBE = ["Sports: the team won the match.", "Question: what colour is the sky? A
 
 
 def _hive(tokenizer) -> Hive:
-    h = Hive(make_model(len(tokenizer)), tokenizer, layer_band(small_stack(), "agent", [1]), seed=0)
-    h.add_agents(["ann", "bob"])
-    return h
+    return two_agent_hive(tokenizer, layer_band(small_stack(), "agent", [1]))
 
 
 @pytest.fixture

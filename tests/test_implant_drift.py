@@ -6,7 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import make_model, randomize_b, small_stack
+from conftest import randomize_b, small_stack
+from implant_cases import two_agent_hive
 from lorahive import Hive
 from lorahive.implant import (
     DriftMap,
@@ -23,10 +24,7 @@ PROMPT = "In the summit, the team of the world, that won the match, is"
 LAYERS = 2  # conftest's tiny Llama
 
 
-def _hive(tokenizer, stack=None) -> Hive:
-    h = Hive(make_model(len(tokenizer)), tokenizer, stack or small_stack(), seed=0)
-    h.add_agents(["ann", "bob"])
-    return h
+_hive = two_agent_hive
 
 
 @pytest.fixture

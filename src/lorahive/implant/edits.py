@@ -23,7 +23,6 @@ prompt+answer rows; every chunk's results stay on the device and are read back o
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -34,7 +33,7 @@ from pydantic import BaseModel
 
 from lorahive.learning.batching import Batch, encode_answer, encode_prompt
 from lorahive.learning.objective import _head, hidden_states
-from lorahive.suites.pairs import KNOWLEDGE_FORMATS, PairsError
+from lorahive.suites.pairs import KNOWLEDGE_FORMATS, PairsError, read_records
 
 if TYPE_CHECKING:
     from lorahive.runtime.hive import Hive
@@ -76,12 +75,7 @@ def load_edits(path: str | Path | None = None, n: int | None = None) -> list[Edi
     unreadable file, a record lacking a key, or more edits asked than the file holds.
     """
     where = Path(path) if path is not None else shipped_edits()
-    try:
-        records = json.loads(where.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise PairsError("data", f"cannot read {where}: {e}") from None
-    if not isinstance(records, list) or not records:
-        raise PairsError("data", f"{where}: expected a non-empty JSON list of CounterFact records")
+    records = read_records(where, "data", "CounterFact records")
     if n is not None and n > len(records):
         raise PairsError("edits", f"{n} edits asked; {where} holds {len(records)} records")
     out = []

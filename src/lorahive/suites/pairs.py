@@ -33,7 +33,7 @@ from lorahive.suites.task import Example
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
-__all__ = ["KNOWLEDGE_FORMATS", "Pair", "PairSet", "PairsError", "cl_pairs", "knowledge_pairs", "load_pairs"]
+__all__ = ["KNOWLEDGE_FORMATS", "Pair", "PairSet", "PairsError", "cl_pairs", "knowledge_pairs", "load_pairs", "read_records"]
 
 
 class PairsError(ValueError):
@@ -110,17 +110,23 @@ def _edit(record: object, fmt: str) -> tuple[str, str, str, str] | None:
     return prompt, new, old, para
 
 
+def read_records(path: Path, field: str, what: str) -> list:
+    """The non-empty JSON list in ``path``; :class:`PairsError` on ``field`` if it cannot be read or is not one."""
+    try:
+        records = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise PairsError(field, f"cannot read {path}: {e}") from None
+    if not isinstance(records, list) or not records:
+        raise PairsError(field, f"{path}: expected a non-empty JSON list of {what}")
+    return records
+
+
 def _edits(path: Path) -> list[tuple[str, str, str, str]]:
     """The edits of a CounterFact or zsRE file as (prompt, new, old, paraphrase); the format is read from the first record.
 
     An edit whose new or old answer is empty, or which are the same, gives no pair and is skipped.
     """
-    try:
-        records = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise PairsError("path", f"cannot read {path}: {e}") from None
-    if not isinstance(records, list) or not records:
-        raise PairsError("path", f"{path}: expected a non-empty JSON list of CounterFact or zsRE records")
+    records = read_records(path, "path", "CounterFact or zsRE records")
     first = records[0] if isinstance(records[0], dict) else {}
     fmt = next((f for f, keys in KNOWLEDGE_FORMATS.items() if keys[1] in first), None)
     if fmt is None:
