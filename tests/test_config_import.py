@@ -18,19 +18,14 @@ from pathlib import Path
 SRC = Path(__file__).resolve().parent.parent / "src"
 PACKAGE = SRC / "lorahive"
 
-#: Generous for a cold start on a slow machine; the import takes about 0.3 s.
-IMPORT_SECONDS = 1.0
-
 #: Besides lorahive.runtime itself, only the CLI (``cli``), the service (``serve``, a floor above runtime) and the facade may import it.
 RUNTIME_USERS = ("lorahive",)
 
 PROBE = """
-import json, sys, time
-start = time.perf_counter()
+import json, sys
 import lorahive.config
-seconds = time.perf_counter() - start
 heavy = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "transformers") or m.startswith("lorahive.runtime"))
-print(json.dumps({"seconds": seconds, "heavy": heavy}))
+print(json.dumps({"heavy": heavy}))
 """
 
 
@@ -40,11 +35,10 @@ def _probe() -> dict:
     return json.loads(out.stdout)
 
 
-def test_import_config_is_light_and_fast():
-    probes = [_probe() for _ in range(3)]  # the fastest of three fresh interpreters: a busy machine is no failure
-    assert probes[0]["heavy"] == [], f"import lorahive.config loaded {probes[0]['heavy']}"
-    seconds = min(p["seconds"] for p in probes)
-    assert seconds < IMPORT_SECONDS, f"import lorahive.config took {seconds:.2f} s"
+def test_import_config_is_light():
+    """Validating a config loads no heavy library (torch, transformers, ...); how long it takes is a benchmark's business, not a test's."""
+    probe = _probe()
+    assert probe["heavy"] == [], f"import lorahive.config loaded {probe['heavy']}"
 
 
 def _module_names() -> dict[str, Path]:

@@ -130,6 +130,7 @@ class RunConfig(BaseModel):
     aggregation: AggregationConfig = Field(default_factory=AggregationConfig, description="how proposals for the swarm level become one update")
     checkpoint_every: int = Field(default=1, ge=1, description="write a checkpoint every N ticks")
     threads: int | None = Field(default=None, ge=1, description="torch CPU threads; null = torch's default")
+    deterministic: bool = Field(default=False, description="torch's deterministic algorithms (and cuBLAS's fixed workspace): the same config and seed give the same numbers on a GPU, run after run, at some cost in speed")
     attack: AttackConfig = Field(default_factory=AttackConfig, description="malicious agents, for testing defences (fraction 0 = none)")
     stream: StreamConfig | None = Field(default=None, description="a continual-learning stream of task types; null = agents keep their own task type")
     observe: ObserveConfig = Field(default_factory=ObserveConfig, description="what is measured at the end of the run")

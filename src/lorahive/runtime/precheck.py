@@ -34,6 +34,20 @@ def precheck(cfg: RunConfig) -> None:
             raise ConfigError(f"suite.root: no folder at {cfg.suite.root}")
 
 
+def use_deterministic_algorithms() -> None:
+    """Make this process's torch computations repeatable (``deterministic: true``).
+
+    Without it a GPU run's backward adds in whatever order its atomic operations land, so the
+    same config and seed differ run to run (one seed of the standard stream moved ACC by
+    ±0.008, docs/mechanisms.md). cuBLAS needs a fixed workspace for this, set before its
+    first use; operations with no deterministic kernel run as they are, with torch's warning.
+    """
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.backends.cudnn.benchmark = False
+    torch.backends.cudnn.deterministic = True
+    torch.use_deterministic_algorithms(True, warn_only=True)
+
+
 def check_data(cfg: RunConfig, data: dict[str, CLData]) -> None:
     s = cfg.suite
     for t, d in data.items():

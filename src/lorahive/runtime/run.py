@@ -36,7 +36,12 @@ from lorahive.runtime.measure import (
     retention_text,
     view_groups,
 )
-from lorahive.runtime.precheck import check_data, check_memory, precheck
+from lorahive.runtime.precheck import (
+    check_data,
+    check_memory,
+    precheck,
+    use_deterministic_algorithms,
+)
 from lorahive.runtime.rundir import (
     RunDirError,
     check_dir,
@@ -131,6 +136,8 @@ def _prepare(cfg: RunConfig) -> tuple[Hive, dict[str, CLData]]:
     precheck(cfg)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    if cfg.deterministic:
+        use_deterministic_algorithms()
     try:
         data = load_data(cfg)
     except (ValueError, OSError) as e:
