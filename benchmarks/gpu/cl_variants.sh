@@ -8,7 +8,7 @@
 # one process each, all at the same time on the one GPU; OUT/NAME/ is the run directory,
 # OUT/NAME.log its output, OUT/NAME.time its wall seconds. SETUP is as for cl_full.sh (what
 # ../shared/tools/carry-model.sh writes, plus wheels in SETUP/whl/). When all have finished, OUT/compare.txt
-# holds `lorahive compare` of every run. Each process gets THREADS (default 2) CPU threads, so a dozen fit the host's cores. Example (docs/mechanisms.md runs these):
+# holds `lorahive compare` of every run and OUT/compare-seeds.md the same runs over seeds (`--by-seed`). Each process gets THREADS (default 2) CPU threads, so a dozen fit the host's cores. Example (docs/mechanisms.md runs these):
 #
 #   bash benchmarks/gpu/cl_variants.sh S O all-on all-off:mechanisms.screening.enabled=false,... \
 #        replay:stream.method=replay multitask:stream.method=multitask
@@ -32,5 +32,6 @@ for spec in "$@"; do
 done
 wait
 runs=(); for n in "${names[@]}"; do runs+=("$out/$n"); done
+lh compare --by-seed --markdown "${runs[@]}" > "$out/compare-seeds.md" 2>&1 || true  # runs differing only in seed: mean ± sd
 lh compare "${runs[@]}" > "$out/compare.txt" 2>&1 || true
-cat "$out/compare.txt"; for n in "${names[@]}"; do echo "$n wall $(cat "$out/$n.time" 2>/dev/null || echo '?') s"; done
+cat "$out/compare.txt" "$out/compare-seeds.md"; for n in "${names[@]}"; do echo "$n wall $(cat "$out/$n.time" 2>/dev/null || echo '?') s"; done

@@ -4,12 +4,16 @@ A stages run (docs/stages.md) shows as method ``stages``, its optimizer steps as
 its most influential stage as the top level.
 
 What ``lorahive compare DIR ...`` prints and what the report's summary table holds, read
-from each run's ``metrics.json`` (and ``config.yaml`` for the task size).
+from each run's ``metrics.json`` (and ``config.yaml`` for the task size). With
+``--by-seed``, runs whose configs differ only in ``seed`` are one row: each figure's mean
+± standard deviation over them (:func:`group_rows`), the form an ablation table over seeds
+takes (docs/mechanisms.md).
 """
 
 from __future__ import annotations
 
 import json
+import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,9 +21,10 @@ from typing import Any
 
 import yaml
 
-__all__ = ["COLUMNS", "Summary", "load_summary", "summary_rows"]
+__all__ = ["COLUMNS", "GROUP_COLUMNS", "Summary", "group_rows", "load_summary", "seed_groups", "summary_rows"]
 
 COLUMNS = ("run", "method", "ticks", "ACC", "BWT", "FWT", "ppl before", "ppl after", "top level", "wall s")
+GROUP_COLUMNS = ("runs", "method", "seeds", "ACC", "BWT", "FWT", "ppl rise %")
 
 
 @dataclass(frozen=True)
@@ -105,6 +110,57 @@ def summary_rows(dirs: Sequence[str | Path]) -> list[list[str]]:
                 "–" if s.ppl_after is None else f"{s.ppl_after:.2f}",
                 s.top_levels() or "–",
                 "–" if s.wall_time_s is None else f"{s.wall_time_s:.0f}",
+            ]
+        )
+    return rows
+
+
+def config_without_seed(run_dir: str | Path) -> tuple[str, int]:
+    """A run's ``config.yaml`` with ``seed`` taken out (canonical JSON), and the seed; ``ValueError`` naming the file when unreadable."""
+    path = Path(run_dir) / "config.yaml"
+    try:
+        cfg = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as e:
+        raise ValueError(f"{path}: cannot read the run's config ({e}); --by-seed groups runs by it") from None
+    if not isinstance(cfg, dict):
+        raise ValueError(f"{path}: not a run config (a mapping expected); --by-seed groups runs by it")
+    seed = int(cfg.pop("seed", 0))
+    return json.dumps(cfg, sort_keys=True, default=str), seed
+
+
+def seed_groups(dirs: Sequence[str | Path]) -> list[list[tuple[Summary, int]]]:
+    """The runs grouped by their config without ``seed``, in the order each group first appears; each run with its seed."""
+    groups: dict[str, list[tuple[Summary, int]]] = {}
+    for d in dirs:
+        key, seed = config_without_seed(d)
+        groups.setdefault(key, []).append((load_summary(d), seed))
+    return list(groups.values())
+
+
+def _spread(values: Sequence[float], signed: bool = False) -> str:
+    """``mean ± standard deviation`` (the sample's, n − 1) of ``values``; the one value when there is one."""
+    if not values:
+        return "–"
+    mean = statistics.fmean(values)
+    text = f"{mean:+.3f}" if signed else f"{mean:.3f}"
+    return text if len(values) == 1 else f"{text} ± {statistics.stdev(values):.3f}"
+
+
+def group_rows(dirs: Sequence[str | Path]) -> list[list[str]]:
+    """One row of :data:`GROUP_COLUMNS` per :func:`seed_groups` group; unfinished runs are named and left out of the figures."""
+    rows = []
+    for group in seed_groups(dirs):
+        done = [(s, seed) for s, seed in group if s.finished]
+        left = [s.label for s, _ in group if not s.finished]
+        label = " / ".join(s.label for s, _ in done) + (f" ({', '.join(left)} unfinished, left out)" if left else "")
+        rise = [100.0 * (s.ppl_after / s.ppl_before - 1.0) for s, _ in done if s.ppl_before and s.ppl_after is not None]
+        rows.append(
+            [
+                label.strip(),
+                group[0][0].method,
+                ",".join(str(seed) for _, seed in done) or "–",
+                *(_spread([s.cl[k] for s, _ in done if s.cl.get(k) is not None], signed=k != "ACC") for k in ("ACC", "BWT", "FWT")),
+                _spread(rise, signed=True),
             ]
         )
     return rows
