@@ -6,10 +6,12 @@
 #
 # Runs OUT/seed$SEED/{on,off,no-screening,no-inertia,no-replay,no-consolidation,no-bandwidth,replay,multitask}
 # through benchmarks/gpu/cl_variants.sh (SETUP as there). EXTRA_OVERRIDE (comma-separated key=value) is added to
-# every hive variant, e.g. agent.anchor=1.0. Nine processes share the GPU: about 12 min on one H200.
+# every hive variant, e.g. agent.anchor=1.0; COMMON (same form, an environment variable) to every run, baselines too,
+# e.g. COMMON=deterministic=true. Nine processes share the GPU: about 12 min on one H200.
 set -euo pipefail
 setup=$1; out=$2; seed=$3; extra=${4:-}
-s="seed=$seed"; [ -n "$extra" ] && s="$s,$extra"
+b="seed=$seed"; [ -n "${COMMON:-}" ] && b="$b,$COMMON"
+s=$b; [ -n "$extra" ] && s="$s,$extra"
 m=mechanisms
 off="$m.screening.enabled=false,$m.inertia.enabled=false,$m.replay.enabled=false,$m.consolidation.enabled=false,$m.bandwidth.enabled=false"
 exec bash "$(dirname "$0")/cl_variants.sh" "$setup" "$out/seed$seed" \
@@ -17,4 +19,4 @@ exec bash "$(dirname "$0")/cl_variants.sh" "$setup" "$out/seed$seed" \
   "no-screening:$s,$m.screening.enabled=false" "no-inertia:$s,$m.inertia.enabled=false" \
   "no-replay:$s,$m.replay.enabled=false" "no-consolidation:$s,$m.consolidation.enabled=false" \
   "no-bandwidth:$s,$m.bandwidth.enabled=false" \
-  "replay:seed=$seed,stream.method=replay" "multitask:seed=$seed,stream.method=multitask"
+  "replay:$b,stream.method=replay" "multitask:$b,stream.method=multitask"
