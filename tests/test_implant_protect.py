@@ -68,7 +68,7 @@ def test_projected_slot_is_silent_on_preserved_inputs_and_the_subject_still_lear
     own = subject_keys(hive, AGENT, "edit", [edit])
     kept = space.surviving(own)
     assert 0.05 < kept < 1.0
-    writer = NullSpaceWriter(PlainWriter(steps=24, check_every=4, margin=1.0, anchor=0.0), null_energy=0.3, tokens=512, space=space)
+    writer = NullSpaceWriter(PlainWriter(steps=24, check_every=4, margin=1.0, anchor=0.0), null_energy=0.3, tokens=512, space=space, protect_edits=True)
     before = token_scores(hive, AGENT, [(edit.prompt, spaced(edit.target_new))]).mean_logp
     writer(hive, AGENT, "edit", edit)
     slot = hive.core.slot_of("edit", AGENT)
@@ -101,7 +101,7 @@ def test_projection_follows_every_step_and_is_undone_after_the_block(loader):
 def test_later_edits_leave_earlier_subject_keys_alone(loader):
     hive = build_hive(small_cfg(), "hive", loader)
     first, second = tiny_edits(2)
-    writer = NullSpaceWriter(PlainWriter(steps=8, check_every=4, margin=1.0, anchor=0.0), null_energy=0.3, tokens=256)
+    writer = NullSpaceWriter(PlainWriter(steps=8, check_every=4, margin=1.0, anchor=0.0), null_energy=0.3, tokens=256, protect_edits=True)
     writer(hive, AGENT, "edit", first)
     assert writer.space is not None
     kept = {p: torch.stack(v) for p, v in writer.space.edit_keys.items()}

@@ -15,7 +15,7 @@ The preserved keys of each module the slot wraps (its band's ``gate_proj``/``up_
   ``protect_tokens`` tokens), read once on the unedited hive with forward hooks; ``U`` holds
   the top eigenvectors of their covariance ``K·Kᵀ`` (:func:`torch.linalg.eigh`) that carry
   all but ``null_energy`` of its energy (trace);
-* **earlier edits** — after each edit, the module's input at the last subject token of the
+* **earlier edits** (``protect_edits``) — after each edit, the module's input at the last subject token of the
   edit's prompt (on the hive as it is then); their parts outside the general-text basis
   are added to ``U`` by the same rule (an SVD of those residual keys), so later edits do not
   overwrite earlier ones.
@@ -200,13 +200,13 @@ class NullSpaceWriter:
 
     The space is built on the first call, on the hive as it is then (the driver calls the
     writer first on the unedited hive); ``protect_edits`` adds each written edit's subject
-    keys to it.
+    keys to it (off by default, as the config's field).
     """
 
     inner: WriterFn
     null_energy: float
     tokens: int
-    protect_edits: bool = True
+    protect_edits: bool = False
     space: NullSpace | None = None
     kept: list[float] = field(default_factory=list)  # per edit: its subject key energy surviving P
 
