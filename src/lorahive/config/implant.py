@@ -54,6 +54,10 @@ class ImplantConfig(BaseModel):
     probe_layer: int | None = Field(default=None, ge=0, description="hidden-state layer the linear probe reads (0 = embeddings); null = the band's output")
     budget: float = Field(default=0.05, gt=0, description="curriculum writer only: KL budget per step on the probe set")
     variants: int = Field(default=50, strict=True, gt=0, description="curriculum writer only: micro-variants per edit")
+    protect: Literal["none", "nullspace"] = Field(default="none", description="hive only: none, or nullspace — each edit's slot A rows projected off the preserved keys (implant/protect.py)")
+    null_energy: float = Field(default=0.01, gt=0.0, lt=1.0, description="nullspace: the preserved basis U holds the top eigenvectors carrying all but this fraction of the keys' energy")
+    protect_tokens: int = Field(default=2048, strict=True, gt=0, description="nullspace: tokens of the held-out WikiText-2 slice whose band inputs are preserved")
+    protect_edits: bool = Field(default=False, description="nullspace: also preserve earlier edits' inputs at their last subject token (off: measured better at 20 edits, docs/implantation.md)")
     seed: int = Field(default=0, strict=True, description="seed of the hives and the probe's split")
     threads: int | None = Field(default=None, gt=0, description="torch CPU threads (null: torch's default)")
 

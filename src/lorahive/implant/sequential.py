@@ -37,6 +37,7 @@ from lorahive.config import DEFAULT_TARGETS, ConfigError, LevelSpec, StackSpec
 from lorahive.config.implant import ImplantConfig
 from lorahive.implant.edits import Edit, EditScorer, Scores, spaced, token_scores
 from lorahive.implant.probe import ProbeResult, probe_implant
+from lorahive.implant.protect import NullSpaceWriter
 from lorahive.runtime.hive import Hive
 
 __all__ = ["AGENT", "MethodResult", "PlainWriter", "Writer", "build_hive", "consolidate", "make_contexts", "resolve_writer", "run_implant", "run_method"]
@@ -215,12 +216,13 @@ class MethodResult:
     parameters: list[int] = field(default_factory=list)  # level parameters after each checkpoint
     truncation: float = 0.0  # largest consolidation truncation error seen
     steps_per_edit: float | None = None
+    key_energy_kept: float | None = None  # nullspace: mean share of an edit's subject key energy outside the preserved basis
     probe_before: ProbeResult | None = None
     probe_after: ProbeResult | None = None
 
     def as_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"method": self.method, "checkpoints": [s.model_dump() for s in self.checkpoints], "seconds_per_edit": self.seconds_per_edit}
-        out |= {"parameters": self.parameters, "truncation": self.truncation, "steps_per_edit": self.steps_per_edit}
+        out |= {"parameters": self.parameters, "truncation": self.truncation, "steps_per_edit": self.steps_per_edit, "key_energy_kept": self.key_energy_kept}
         out |= {"probe_before": self.probe_before.model_dump() if self.probe_before else None, "probe_after": self.probe_after.model_dump() if self.probe_after else None}
         return out
 
@@ -240,6 +242,8 @@ def run_method(method: str, cfg: ImplantConfig, edits: list[Edit], load: Loader,
         return result
     level = "lora" if method == "lora" else "edit"
     writer = fixed_steps(cfg.steps) if method == "lora" else resolve_writer(cfg, make_contexts(hive, AGENT, cfg.contexts), [e.subject for e in edits])
+    if method == "hive" and cfg.protect == "nullspace":
+        writer = NullSpaceWriter(writer, cfg.null_energy, cfg.protect_tokens, cfg.protect_edits)
     layer = cfg.probe_layer if cfg.probe_layer is not None else cfg.band[1] + 1
     result.probe_before = probe_implant(hive, AGENT, edits, layer, cfg.seed)
     spent = 0.0
@@ -257,8 +261,11 @@ def run_method(method: str, cfg: ImplantConfig, edits: list[Edit], load: Loader,
             if on_score:
                 on_score(method, result.checkpoints[-1])
     result.seconds_per_edit = spent / len(edits)
-    if isinstance(writer, PlainWriter) and writer.steps_taken:
-        result.steps_per_edit = sum(writer.steps_taken) / len(writer.steps_taken)
+    plain = writer.inner if isinstance(writer, NullSpaceWriter) else writer
+    if isinstance(plain, PlainWriter) and plain.steps_taken:
+        result.steps_per_edit = sum(plain.steps_taken) / len(plain.steps_taken)
+    if isinstance(writer, NullSpaceWriter) and writer.kept:
+        result.key_energy_kept = sum(writer.kept) / len(writer.kept)
     result.probe_after = probe_implant(hive, AGENT, edits, layer, cfg.seed)
     return result
 
