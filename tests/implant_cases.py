@@ -7,6 +7,7 @@ from pathlib import Path
 
 from conftest import make_model, small_stack
 from lorahive import Hive, StackSpec
+from lorahive.config.implant import ImplantConfig
 from lorahive.implant.edits import Edit
 
 TEMPLATES = ["The capital of {} is", "The team of {} won the", "The sky over {} is"]
@@ -45,3 +46,9 @@ def two_agent_hive(tokenizer, stack: StackSpec | None = None) -> Hive:
     h = Hive(make_model(len(tokenizer)), tokenizer, stack or small_stack(), seed=0)
     h.add_agents(["ann", "bob"])
     return h
+
+
+def small_implant_cfg(**over) -> ImplantConfig:
+    """The implant tests' config on the tiny model: 8 edits into a 2-block band, checkpoints after 1, 4 and 8."""
+    fields = {"base": "tiny", "edits": 8, "band": (0, 1), "checkpoints": (1, 4, 8), "steps": 24, "check_every": 4, "lr": 1e-2, "contexts": 1, "margin": 1.0}
+    return ImplantConfig(**(fields | over))

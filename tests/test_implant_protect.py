@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from conftest import make_model
-from implant_cases import tiny_edits
+from implant_cases import small_implant_cfg, tiny_edits
 from lorahive.config import ConfigError
 from lorahive.config.implant import ImplantConfig, parse_implant
 from lorahive.implant.edits import spaced, token_scores
@@ -24,8 +24,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def small_cfg(**over) -> ImplantConfig:
-    fields = {"base": "tiny", "edits": 4, "band": (0, 1), "checkpoints": (2, 4), "steps": 24, "check_every": 4, "lr": 1e-2, "contexts": 0, "margin": 1.0, "replay": 0, "neighbours": 0}
-    return ImplantConfig(**(fields | over))
+    return small_implant_cfg(**({"edits": 4, "checkpoints": (2, 4), "contexts": 0, "replay": 0, "neighbours": 0} | over))
 
 
 @pytest.fixture

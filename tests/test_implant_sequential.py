@@ -9,9 +9,8 @@ import pytest
 import torch
 
 from conftest import make_model
-from implant_cases import tiny_edits
+from implant_cases import small_implant_cfg, tiny_edits
 from lorahive.config import ConfigError
-from lorahive.config.implant import ImplantConfig
 from lorahive.implant.edits import spaced
 from lorahive.implant.probe import fit_logistic, probe_implant, subject_prefix
 from lorahive.implant.results import write_results
@@ -27,9 +26,7 @@ from lorahive.implant.sequential import (
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-def small_cfg(**over) -> ImplantConfig:
-    fields = {"base": "tiny", "edits": 8, "band": (0, 1), "checkpoints": (1, 4, 8), "steps": 24, "check_every": 4, "lr": 1e-2, "contexts": 1, "margin": 1.0}
-    return ImplantConfig(**(fields | over))
+small_cfg = small_implant_cfg
 
 
 @pytest.fixture
