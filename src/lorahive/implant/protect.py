@@ -39,7 +39,7 @@ import torch
 
 from lorahive.implant.edits import Edit
 from lorahive.implant.probe import subject_prefix
-from lorahive.learning.batching import Batch, encode_prompt
+from lorahive.learning.batching import Batch, encode_prompt, pad_right
 from lorahive.learning.objective import hidden_states
 from lorahive.observe.metrics import heldout_text
 
@@ -101,27 +101,20 @@ def module_inputs(hive: Hive, agent: str, level: str, batch: Batch, where: torch
     return got
 
 
-def _rows(ids: list[list[int]], pad: int) -> Batch:
-    width = max(len(r) for r in ids)
-    x = torch.tensor([r + [pad] * (width - len(r)) for r in ids])
-    mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in ids])
-    return Batch(x, mask, (mask.cumsum(-1) - 1).clamp(min=0))
-
 
 def general_keys(hive: Hive, agent: str, level: str, tokens: int, window: int = 128) -> dict[str, torch.Tensor]:
     """Each module's inputs (N, in) at the first ``tokens`` tokens of the held-out text, in windows of ``window``."""
     ids = list(hive.tokenizer(heldout_text(), add_special_tokens=False)["input_ids"])[:tokens]
     if not ids:
         raise ValueError("the held-out text tokenizes to nothing")
-    pad = int(hive.tokenizer.pad_token_id if hive.tokenizer.pad_token_id is not None else 0)
-    return module_inputs(hive, agent, level, _rows([ids[i : i + window] for i in range(0, len(ids), window)], pad))
+    return module_inputs(hive, agent, level, pad_right(hive.tokenizer, [ids[i : i + window] for i in range(0, len(ids), window)]))
 
 
 def subject_keys(hive: Hive, agent: str, level: str, edits: Sequence[Edit]) -> dict[str, torch.Tensor]:
     """Each module's input (E, in) at the last subject token of each edit's prompt (the last prompt token if the subject is absent)."""
     tok = hive.tokenizer
     ends = [len(encode_prompt(tok, subject_prefix(e.prompt, e.subject))) - 1 for e in edits]
-    batch = _rows([encode_prompt(tok, e.prompt) for e in edits], int(tok.pad_token_id if tok.pad_token_id is not None else 0))
+    batch = pad_right(tok, [encode_prompt(tok, e.prompt) for e in edits])
     where = torch.zeros_like(batch.attention_mask, dtype=torch.bool)
     where[torch.arange(len(edits)), torch.tensor(ends)] = True
     return module_inputs(hive, agent, level, batch, where)

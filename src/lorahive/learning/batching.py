@@ -55,6 +55,15 @@ def encode_answer(tok: PreTrainedTokenizerBase, answer: str, eos: bool = True) -
     return ids
 
 
+def pad_right(tok: PreTrainedTokenizerBase, seqs: list[list[int]]) -> Batch:
+    """Token id rows padded on the right, so position *j* of a row is its *j*-th token (for reading states at known tokens)."""
+    width = max(len(s) for s in seqs)
+    pad = _pad_id(tok)
+    ids = torch.tensor([s + [pad] * (width - len(s)) for s in seqs])
+    mask = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in seqs])
+    return Batch(ids, mask, _positions(mask))
+
+
 def pack_prompts(tok: PreTrainedTokenizerBase, prompts: list[str], max_length: int) -> Batch:
     """Left-pad prompts, so the last position of every row is its last prompt token."""
     seqs = [encode_prompt(tok, p) for p in prompts]
