@@ -119,3 +119,27 @@ def test_a_folded_step_measures_the_activity_the_plain_step_does(tokenizer):
 def test_a_proposal_is_not_folded_into_a_step_that_trains_its_level(hive):
     with pytest.raises(ValueError, match="among the levels the step trains"):
         hive.learn_and_propose(EXAMPLES, "swarm", levels=["swarm", "agent"])
+
+
+@pytest.mark.parametrize("anchor", [0.0, 1.0])
+def test_shared_proposals_are_the_gradients_of_the_shared_levels_alone(hive, anchor):
+    randomize_b(hive)  # the agent levels hold something, so the full view and the shared view differ
+    agents = ["ann", "bob"]
+    tasks = _tasks(agents)
+    cfg = AgentConfig(fast_steps=2, quality_bar=0.0, anchor=anchor, propose_at="shared")
+    hive.reset_slots("context", agents)
+    shared = [lv.name for lv in hive.levels if lv.scope == "shared"]
+    expected, _ = hive.propose(_support(tasks), "swarm", anchor=anchor, anchor_positions=cfg.anchor_positions, levels=shared)
+    full, _ = hive.propose(_support(tasks), "swarm", anchor=anchor, anchor_positions=cfg.anchor_positions)
+    assert max(float((full["ann"][k] - expected["ann"][k]).abs().max()) for k in full["ann"]) > 1e-6
+    out = solve_all(hive, tasks, cfg, "swarm")
+    for a in agents:
+        got = out[a].proposal
+        assert got is not None and got.keys() == expected[a].keys()
+        for k in got:
+            torch.testing.assert_close(got[k], expected[a][k], rtol=1e-5, atol=1e-7)
+
+
+def test_a_view_without_the_proposed_level_is_refused(hive):
+    with pytest.raises(ValueError, match="among the levels of the view"):
+        hive.propose(EXAMPLES, "swarm", levels=["agent"])

@@ -68,7 +68,7 @@ class AgentConfig(BaseModel):
     anchor: float = Field(default=1.0, ge=0.0, description="foundation anchor weight: KL(base ‖ hive) of the next token on the prompts' text, added to the fast steps' and proposals' objective; 0 = off")
     anchor_positions: int = Field(default=16, ge=1, description="prompt positions per example the anchor measures (evenly spaced)")
     rows_per_pass: int | None = Field(default=None, ge=1, description="most support rows one learning forward holds: the agents' rows run in passes of whole agents, gradients added up before each step (the same step, with the activations of one pass at a time); null = every agent in one pass")
-    propose_at: Literal["adapted", "start"] = Field(default="start", description="where an agent's swarm proposal is taken: 'start' = before its fast steps, on the view the tick began with (every agent's gradient is taken, those below the quality bar dropped); 'adapted' = after them, on the view it scored with")
+    propose_at: Literal["adapted", "start", "shared"] = Field(default="start", description="where an agent's swarm proposal is taken: 'start' = before its fast steps, on the view the tick began with (every agent's gradient is taken, those below the quality bar dropped); 'shared' = before them, on the shared levels alone (the agent's own levels off), so what its own levels already fit still reaches the swarm; 'adapted' = after them, on the view it scored with")
     reputation_ema: float = Field(default=0.7, ge=0.0, lt=1.0, description="reputation ← ema·reputation + (1−ema)·success")
 
 

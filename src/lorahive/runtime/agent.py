@@ -85,6 +85,8 @@ def solve_all(hive: Hive, tasks: Mapping[str, Task], cfg: AgentConfig, swarm_lev
     # at the start, the proposal is the first fast step's own gradient on the swarm level (same rows, objective, weights)
     fold = cfg.propose_at == "start" and bool(support) and cfg.fast_steps > 0 and swarm_level not in fast
     early = _propose(hive, support, cfg, swarm_level) if cfg.propose_at == "start" and support and not fold else None
+    if cfg.propose_at == "shared" and support:  # on the shared levels alone, before the fast steps
+        early = _propose(hive, support, cfg, swarm_level, shared_view(hive))
     first: dict[str, torch.Tensor] | None = None
     for step in range(cfg.fast_steps):  # the first step's loss is measured before any update
         if fold and step == 0:
@@ -104,9 +106,14 @@ def solve_all(hive: Hive, tasks: Mapping[str, Task], cfg: AgentConfig, swarm_lev
     return {a: Outcome(quality[a], losses[a], proposals.get(a)) for a in tasks}
 
 
-def _propose(hive: Hive, examples: Mapping[str, list[tuple[str, str]]], cfg: AgentConfig, swarm_level: str) -> dict[str, Delta]:
-    grads, _ = hive.propose(dict(examples), swarm_level, anchor=cfg.anchor, anchor_positions=cfg.anchor_positions, rows_per_pass=cfg.rows_per_pass)
+def _propose(hive: Hive, examples: Mapping[str, list[tuple[str, str]]], cfg: AgentConfig, swarm_level: str, view: Sequence[str] | None = None) -> dict[str, Delta]:
+    grads, _ = hive.propose(dict(examples), swarm_level, anchor=cfg.anchor, anchor_positions=cfg.anchor_positions, rows_per_pass=cfg.rows_per_pass, levels=view)
     return _detached(grads)
+
+
+def shared_view(hive: Hive) -> list[str]:
+    """The levels every agent shares (grown ones included): what an agent with no levels of its own runs."""
+    return [lv.name for lv in hive.stack.levels if lv.scope == "shared"]
 
 
 def _detached(grads: Mapping[str, Mapping[str, torch.Tensor]]) -> dict[str, Delta]:

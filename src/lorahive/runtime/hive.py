@@ -386,7 +386,13 @@ class Hive:
 
     # ------------------------------------------------------------------ shared-level proposals
     def propose(
-        self, examples: Examples, level: str = "swarm", anchor: float = 0.0, anchor_positions: int = 16, rows_per_pass: int | None = None
+        self,
+        examples: Examples,
+        level: str = "swarm",
+        anchor: float = 0.0,
+        anchor_positions: int = 16,
+        rows_per_pass: int | None = None,
+        levels: Sequence[str] | None = None,
     ) -> tuple[dict[str, dict[str, torch.Tensor]], dict[str, float]]:
         """Each agent's exact gradient on shared ``level``, from one batched backward (one per pass with ``rows_per_pass``).
 
@@ -394,16 +400,20 @@ class Hive:
         row i is routed to its agent's slot, so the gradient that lands in slot k is agent k's
         own gradient (DESIGN.md §2). Returns ``{agent: {param name: grad}}`` with slot-shaped
         tensors keyed like :meth:`level_params`, and each agent's loss. ``anchor`` adds the
-        foundation anchor to each agent's objective, as in :meth:`learn_async`.
+        foundation anchor to each agent's objective, as in :meth:`learn_async`. ``levels``: the
+        levels the view runs (default every level); ``level`` must be among them.
         """
         self._check_shared(level)
+        view = self.core.check_levels(levels)
+        if view is not None and level not in view:
+            raise ValueError(f"propose: {level!r} must be among the levels of the view, got {sorted(view)}")
         passes, names = self._passes(examples, anchor, anchor_positions, rows_per_pass)
         slots = self._proposal_slots(level, len(names))
         leaves = [t for pair in slots.values() for t in pair]
         grads: list[torch.Tensor] = []
         losses: dict[str, torch.Tensor] = {}
         for p in passes:
-            part, objective = self._objective(p.batch, p.owners, p.names, self._proposal_routing(level, p.owners, names, slots), p.base, anchor)
+            part, objective = self._objective(p.batch, p.owners, p.names, self._proposal_routing(level, p.owners, names, slots, active=levels), p.base, anchor)
             g = torch.autograd.grad(objective, leaves)  # an agent's slot gets gradient from its own pass only
             grads = list(g) if not grads else [a.add_(b) for a, b in zip(grads, g, strict=True)]
             losses.update(part)
@@ -422,9 +432,11 @@ class Hive:
             slots[path] = (pa, pb)
         return slots
 
-    def _proposal_routing(self, level: str, owners: list[str], names: list[str], slots: dict[str, tuple[torch.Tensor, torch.Tensor]], training: Sequence[str] = ()) -> Routing:
-        """The rows' routing with shared ``level`` on the proposal ``slots``: a row uses its agent's (its place in ``names``), so the gradient that lands in slot k is agent k's own."""
-        base = self.core.route(owners, training=[*training, level])
+    def _proposal_routing(
+        self, level: str, owners: list[str], names: list[str], slots: dict[str, tuple[torch.Tensor, torch.Tensor]], training: Sequence[str] = (), active: Sequence[str] | None = None
+    ) -> Routing:
+        """The rows' routing with shared ``level`` on the proposal ``slots``: a row uses its agent's (its place in ``names``), so the gradient that lands in slot k is agent k's own; ``active``: the levels that run (default all)."""
+        base = self.core.route(owners, levels=active, training=[*training, level])
         rows = tuple(names.index(o) for o in owners)
         return Routing(
             slots={**base.slots, level: self.core.index(rows)}, active=base.active, mix=base.mix, overrides={level: slots},
