@@ -220,7 +220,10 @@ class ContextModesConfig(_Section):
     free mode when the nearest is below ``open_below``. The agent's context slot starts from
     that mode instead of its init snapshot; at the end of the tick (``decay``) the mode takes
     what the slot became (``rate``), if the agent cleared ``agent.quality_bar``; the modes no
-    agent used shrink by ``forget``. Off by default: not yet measured at full size.
+    agent used shrink by ``forget``. With ``at_inference`` the held-out evaluation routes
+    each task type's prompts the same way (the nearest opened mode, nothing opened or moved)
+    and scores with the context level holding that mode. Off by default: not yet measured at
+    full size.
     """
 
     enabled: bool = Field(default=False, description="run this mechanism (off by default until the full-size ablation shows it helps)")
@@ -229,6 +232,9 @@ class ContextModesConfig(_Section):
     key_ema: float = Field(default=0.9, ge=0.0, lt=1.0, description="a mode's key follows its inputs: key ← key_ema·key + (1−key_ema)·input")
     rate: float = Field(default=1.0, gt=0.0, le=1.0, description="reinforcement: mode ← (1−rate)·mode + rate·mean of the context slots that used it this tick")
     forget: float = Field(default=0.0, ge=0.0, le=1.0, description="per tick, an opened mode no agent used has its ΔW multiplied by 1 − forget (the seed's 'unused patterns weaken')")
+    at_inference: bool = Field(default=True, description="held-out evaluation routes each task type's prompts to the nearest opened mode (no mode opened, no key moved) and scores with the context level holding it; false = the context level is left out of evaluation, as without modes")
+
+
 class TopologyConfig(_Section):
     """Topology (seed 004 "Meta-архитектура"): the number of levels follows the work.
 

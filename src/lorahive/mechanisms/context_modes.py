@@ -176,6 +176,23 @@ class ContextModes:
             a, b = self.factors[path]
             self.factors[path] = (a.to(bank.A.device, bank.A.dtype), b.to(bank.B.device, bank.B.dtype))
 
+    # ------------------------------------------------------------------ inference
+    def pick(self, core: Any, prompts: Sequence[str]) -> int | None:
+        """The opened mode nearest to the mean pooled state of ``prompts``, as :func:`route` measures it; nothing is opened or moved. ``None``: no mode is open."""
+        live = self.opened.nonzero().flatten().tolist()
+        if not live or self.keys is None or self.center is None or not self.factors or not prompts:
+            return None
+        v = pooled_prompts(core, prompts).mean(0)
+        return live[int(_cos(v - self.center, self.keys[live] - self.center).argmax())]
+
+    @torch.no_grad()
+    def load_mode(self, core: Any, agents: Sequence[str], mode: int) -> None:
+        """``agents``' context slots hold mode ``mode`` (their optimizer state emptied, as at every draw)."""
+        self._to(core)
+        slots = [core.slot_of(self.level, a) for a in agents]
+        ids = torch.full((len(slots),), mode, dtype=torch.long)
+        core.load_slots(self.level, slots, {p: (a[ids.to(a.device)], b[ids.to(b.device)]) for p, (a, b) in self.factors.items()})
+
     # ------------------------------------------------------------------ decay
     @torch.no_grad()
     def _reinforce(self, view: TickView) -> Action | None:

@@ -42,7 +42,6 @@ from lorahive.observe.health import health_factory
 from lorahive.observe.ledger import Ledger
 from lorahive.observe.metrics import AccuracyMatrix
 from lorahive.runtime import run as runs
-from lorahive.runtime.agent import evaluate
 from lorahive.runtime.measure import (
     influence_record,
     influence_views,
@@ -52,6 +51,7 @@ from lorahive.runtime.measure import (
     retention_text,
     view_groups,
 )
+from lorahive.runtime.mode_eval import evaluate_with_modes, inference_modes
 from lorahive.runtime.ranks import (
     Comm,
     OutOfSync,
@@ -166,22 +166,25 @@ def evaluate_spread(run: runs.Run, comm: Comm) -> dict[str, dict[str, float]]:
     levels = persistent_levels(run.hive.stack)
     names = list(run.swarm.agents)
     mine = comm.ranks.mine(names)
+    modes = inference_modes(run.swarm.mechanisms)
+    picks: dict[str, int] = {}
     groups = view_groups(run.hive, mine)
     local: dict[str, dict[str, float]] = {}
     if run.cfg.suite.eval_all_types or run.cfg.stream is not None:
         reps = sorted(set(groups.values()), key=names.index)
-        scored = evaluate(run.hive, reps, run.eval_tasks, levels) if reps else {}
+        scored, picks = evaluate_with_modes(run.hive, modes, reps, run.eval_tasks, levels) if reps else ({}, {})
         local = {n: dict(scored[groups[n]]) for n in mine}
     else:
         for task_type, task in run.eval_tasks.items():
             agents = [n for n in mine if run.swarm.agents[n].task_type == task_type]
             if agents:
                 reps = sorted({groups[n] for n in agents}, key=names.index)
-                scored = evaluate(run.hive, reps, {task_type: task}, levels)
+                scored, got = evaluate_with_modes(run.hive, modes, reps, {task_type: task}, levels)
+                picks.update(got)
                 local.update({n: dict(scored[groups[n]]) for n in agents})
     merged = {n: q for part in comm.gather("eval", local) for n, q in part.items()}
     out = {n: merged[n] for n in names if n in merged}
-    run.last_eval = (run.swarm.tick_no, out)
+    run.last_eval, run.eval_modes = (run.swarm.tick_no, out), picks  # a task type's mode is the same on every rank
     return out
 
 

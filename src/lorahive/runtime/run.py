@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +25,6 @@ from lorahive.core import persistent_levels
 from lorahive.observe.ledger import Ledger, sha256_of
 from lorahive.observe.metrics import AccuracyMatrix
 from lorahive.observe.report_mechanisms import health_summary, tick_seconds
-from lorahive.runtime.agent import evaluate
 from lorahive.runtime.hive import Hive
 from lorahive.runtime.measure import (
     influence_record,
@@ -36,6 +35,7 @@ from lorahive.runtime.measure import (
     retention_text,
     view_groups,
 )
+from lorahive.runtime.mode_eval import evaluate_with_modes, inference_modes
 from lorahive.runtime.precheck import (
     check_data,
     check_memory,
@@ -76,6 +76,7 @@ class Run:
     R: AccuracyMatrix | None = None
     ppl_before: dict[str, float] | None = None
     last_eval: tuple[int, dict[str, dict[str, float]]] | None = None
+    eval_modes: dict[str, int] = field(default_factory=dict)  # the context mode each task type took in the last evaluation
     mark: dict[str, Any] | None = None  # the loaded checkpoint's ledger mark (open_run)
 
 
@@ -102,9 +103,11 @@ def evaluate_run(run: Run) -> dict[str, dict[str, float]]:
         return run.last_eval[1]
     levels = persistent_levels(run.hive.stack)
     names = list(run.swarm.agents)
+    modes = inference_modes(run.swarm.mechanisms)
+    picks: dict[str, int] = {}
     if run.cfg.suite.eval_all_types or run.cfg.stream is not None:
         groups = view_groups(run.hive, names)
-        scored = evaluate(run.hive, sorted(set(groups.values()), key=names.index), run.eval_tasks, levels)
+        scored, picks = evaluate_with_modes(run.hive, modes, sorted(set(groups.values()), key=names.index), run.eval_tasks, levels)
         out = {n: dict(scored[groups[n]]) for n in names}
     else:  # each agent on its own type; agents with identical views are scored once
         groups = view_groups(run.hive, names)
@@ -113,10 +116,17 @@ def evaluate_run(run: Run) -> dict[str, dict[str, float]]:
             agents = [n for n, a in run.swarm.agents.items() if a.task_type == task_type]
             if agents:
                 reps = sorted({groups[n] for n in agents}, key=names.index)
-                scored = evaluate(run.hive, reps, {task_type: task}, levels)
+                scored, got = evaluate_with_modes(run.hive, modes, reps, {task_type: task}, levels)
+                picks.update(got)
                 out.update({n: dict(scored[groups[n]]) for n in agents})
-    run.last_eval = (run.swarm.tick_no, out)
+    run.last_eval, run.eval_modes = (run.swarm.tick_no, out), picks
     return out
+
+
+def record_eval_modes(run: Run) -> None:
+    """The context mode each task type took in the last evaluation (none: nothing), as a ``mechanism:context_modes`` event."""
+    if run.eval_modes:
+        run.swarm.ledger.record_event(run.swarm.tick_no, "mechanism:context_modes", {"action": "eval_route", "modes": dict(run.eval_modes)})
 
 
 def _r_row(run: Run, stage: int, quality: dict[str, dict[str, float]]) -> None:
@@ -126,6 +136,7 @@ def _r_row(run: Run, stage: int, quality: dict[str, dict[str, float]]) -> None:
         scores = [q[task_type] for q in quality.values()]
         run.R.record(stage, task_type, sum(scores) / len(scores))
     run.swarm.ledger.record_event(run.swarm.tick_no, "stage", {"stage": stage, "R": run.R.to_dict()["R"][stage]})
+    record_eval_modes(run)
 
 
 #: Every name a run writes in its directory: the only names ``--force`` may remove.
@@ -338,6 +349,8 @@ def _record_final_eval(run: Run, after: dict[str, dict[str, float]]) -> None:
         return
     with run.swarm.ledger.transaction():
         _record_eval(run, tick, "after", after)
+        if run.R is None:  # a stream recorded its last evaluation's modes with its last R row
+            record_eval_modes(run)
         run.swarm.ledger.record_event(tick, "final_eval")
 
 
