@@ -6,8 +6,11 @@ prompt's tokens, then over the task's prompts). Printed: the cosines between tas
 type and of different types — raw, centred on the mean of all tasks (what the router does),
 and centred on a mix where one type has twice the tasks of the others (the centre the router
 would hold after a stage of that type). The router opens a mode below ``open_below``.
+Then a stream as a run sees it: the types one after another, ``--ticks`` ticks each of
+``--agents`` tasks of one type, routed by each rule (``spread`` and ``cosine``) over 4 modes,
+with the modes each tick's tasks took printed per rule.
 
-    .venv/bin/python benchmarks/context_router.py [--tasks 4]
+    .venv/bin/python benchmarks/context_router.py [--tasks 4] [--ticks 3 --agents 4]
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import random
 import torch
 
 from lorahive import Hive
-from lorahive.mechanisms.context_modes import pooled_prompts
+from lorahive.mechanisms.context_modes import pooled_prompts, route, route_spread
 from lorahive.suites.demo import load_demo_suite
 
 
@@ -33,6 +36,8 @@ def _spread(vectors: torch.Tensor, types: list[str]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--tasks", type=int, default=4, help="tasks of 4 prompts per task type")
+    parser.add_argument("--ticks", type=int, default=3, help="stream: ticks per task type")
+    parser.add_argument("--agents", type=int, default=4, help="stream: tasks of one type per tick")
     args = parser.parse_args()
     torch.set_num_threads(2)
     hive = Hive.load()
@@ -52,6 +57,27 @@ def main() -> None:
     print(f"raw:                         {_spread(v, types)}")
     print(f"centred on all tasks:        {_spread(v - v.mean(0), types)}")
     print(f"centred on a {types[0]}-heavy mix: {_spread(v - skewed, types)}")
+    _stream(hive, args.ticks, args.agents)
+
+
+def _stream(hive: Hive, ticks: int, agents: int, modes: int = 4) -> None:
+    """Each rule's modes per tick over a stream of the demo types, one type per stage."""
+    rng = random.Random(1)
+    stages = [(t, [torch.stack([pooled_prompts(hive.core, [p for p, _ in rng.sample(d.train, 4)]).mean(0) for _ in range(agents)]) for _ in range(ticks)]) for t, d in load_demo_suite().items()]
+    for rule in ("spread", "cosine"):
+        keys, opened, spread, count, seen = None, torch.zeros(modes, dtype=torch.bool), torch.zeros(modes), [0] * modes, []
+        line = []
+        for task_type, tick_vectors in stages:
+            for vectors in tick_vectors:
+                keys = torch.zeros(modes, vectors.shape[1]) if keys is None else keys
+                seen.append(vectors)
+                center = torch.cat(seen).mean(0)
+                if rule == "spread":
+                    got = route_spread(vectors, keys, opened, spread, count, center, 4.0, 0.9).modes
+                else:
+                    got = route(vectors, keys, opened, center, 0.3, 0.9).modes
+                line.append(f"{task_type}:{''.join(map(str, got))}")
+        print(f"stream, {rule} rule: {' '.join(line)}")
 
 
 if __name__ == "__main__":

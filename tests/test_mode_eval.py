@@ -34,7 +34,7 @@ def _two_modes(tokenizer) -> tuple[Hive, ContextModes]:
     """A hive whose context level holds two modes, ann's and bob's, each with a pattern of its own."""
     hive = Hive(make_model(len(tokenizer)), tokenizer, small_stack(), seed=0)
     hive.add_agents(["ann", "bob"])
-    cm = ContextModes(ContextModesConfig(enabled=True, modes=2, open_below=0.99), "context")
+    cm = ContextModes(ContextModesConfig(enabled=True, modes=2, open_rule="cosine", open_below=0.99), "context")
     view = TickView(1, "draw", [], (), {}, hive.core.states, hive.core, support={a: list(e) for a, e in SUPPORT.items()}, shared={})
     action = cm.run(view)
     assert action is not None and action.detail["modes"] == {"ann": 0, "bob": 1}

@@ -228,6 +228,8 @@ class ContextModesConfig(_Section):
 
     enabled: bool = Field(default=False, description="run this mechanism (off by default until the full-size ablation shows it helps)")
     modes: int = Field(default=4, ge=1, le=64, description="modes the context level holds (K)")
+    open_rule: Literal["spread", "cosine"] = Field(default="spread", description="when an input opens a free mode: 'spread' = its squared distance to the nearest key exceeds open_spread × that mode's spread (the running mean squared distance of its inputs to its key; for a mode of one input, the tick's inputs' median squared distance to their mean), so a stream whose first stage has one kind of input opens one mode for it; 'cosine' = the centred cosine to the nearest key is below open_below (which splits a single kind on noise while the centre sits on it)")
+    open_spread: float = Field(default=4.0, gt=1.0, description="spread rule: how many times a mode's spread an input's squared distance must exceed to open a new mode")
     open_below: float = Field(default=0.3, gt=-1.0, lt=1.0, description="centred cosine to the nearest key below which an input opens a free mode (the embedded model measured ≥ 0.45 within a task type, ≤ 0.19 between types)")
     key_ema: float = Field(default=0.9, ge=0.0, lt=1.0, description="a mode's key follows its inputs: key ← key_ema·key + (1−key_ema)·input")
     rate: float = Field(default=1.0, gt=0.0, le=1.0, description="reinforcement: mode ← (1−rate)·mode + rate·mean of the context slots that used it this tick")

@@ -44,7 +44,7 @@ from lorahive.learning import pack_prompts
 from lorahive.learning.objective import hidden_states
 from lorahive.mechanisms.base import Action, TickView
 
-__all__ = ["ContextModes", "Routed", "pooled_prompts", "route"]
+__all__ = ["ContextModes", "Routed", "pooled_prompts", "route", "route_spread"]
 
 #: Prompts per forward of the router's pass.
 CHUNK = 32
@@ -102,6 +102,44 @@ def route(vectors: torch.Tensor, keys: torch.Tensor, opened: torch.Tensor, cente
     return Routed(modes, cosines, new)
 
 
+def route_spread(
+    vectors: torch.Tensor, keys: torch.Tensor, opened: torch.Tensor, spread: torch.Tensor, count: list[int], center: torch.Tensor, open_spread: float, key_ema: float
+) -> Routed:
+    """Route ``vectors (N, H)`` in order by the spread rule; ``keys``, ``opened``, ``spread (K,)`` and ``count`` are updated in place.
+
+    Each input goes to the nearest opened key (squared distance ``d²``) unless ``d²`` exceeds
+    ``open_spread`` × that mode's spread and a mode is free: then it opens one (key = the
+    input). A mode's spread is the running mean squared distance of its inputs to its key
+    (``key_ema``); while a mode has one input it is the median squared distance of this
+    call's inputs to their mean (unknown for a single input: it joins). The cosines reported
+    are centred on ``center``, as :func:`route` measures them.
+    """
+    prior = float(((vectors - vectors.mean(0)) ** 2).sum(1).median()) if len(vectors) > 1 else None
+    modes: list[int] = []
+    cosines: list[float | None] = []
+    new: list[int] = []
+    for v in vectors:
+        live = opened.nonzero().flatten().tolist()
+        free = (~opened).nonzero().flatten().tolist()
+        if live:
+            d2 = ((keys[live] - v) ** 2).sum(1)
+            best = int(d2.argmin())
+            m, dist = live[best], float(d2[best])
+            scale = float(spread[m]) if count[m] >= 2 else prior
+        if not live or (free and scale is not None and dist > open_spread * scale):
+            m = free[0]
+            opened[m], keys[m], spread[m], count[m] = True, v, 0.0, 1
+            new.append(m)
+            cosines.append(None)
+        else:
+            cosines.append(float(_cos(v - center, (keys[m] - center)[None])[0]))
+            spread[m] = dist if count[m] < 2 else key_ema * float(spread[m]) + (1.0 - key_ema) * dist
+            count[m] += 1
+            keys[m] = key_ema * keys[m] + (1.0 - key_ema) * v
+        modes.append(m)
+    return Routed(modes, cosines, new)
+
+
 @final
 class ContextModes:
     """Routes each task to one of the context level's modes (``draw``) and reinforces the modes used (``decay``)."""
@@ -117,6 +155,8 @@ class ContextModes:
         self.opened = torch.zeros(cfg.modes, dtype=torch.bool)
         self.uses = [0] * cfg.modes
         self.center: torch.Tensor | None = None  # (H,) running mean of every input seen
+        self.spread = torch.zeros(cfg.modes)  # the spread rule: each mode's running mean squared distance of its inputs to its key
+        self.count = [0] * cfg.modes  # inputs each mode was opened by or took (the spread rule)
         self.seen = 0
         self.factors: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # module path -> A (K, r, in), B (K, out, r)
         self.routed: dict[str, int] = {}  # this tick: agent -> mode (between draw and decay)
@@ -137,7 +177,10 @@ class ContextModes:
         if self.keys is None:
             self.keys = torch.zeros(self.cfg.modes, vectors.shape[1])
         assert self.center is not None
-        routed = route(vectors, self.keys, self.opened, self.center, self.cfg.open_below, self.cfg.key_ema)
+        if self.cfg.open_rule == "spread":
+            routed = route_spread(vectors, self.keys, self.opened, self.spread, self.count, self.center, self.cfg.open_spread, self.cfg.key_ema)
+        else:
+            routed = route(vectors, self.keys, self.opened, self.center, self.cfg.open_below, self.cfg.key_ema)
         self._load(view, agents, routed)
         self.routed = dict(zip(agents, routed.modes, strict=True))
         for m in routed.modes:
@@ -183,6 +226,8 @@ class ContextModes:
         if not live or self.keys is None or self.center is None or not self.factors or not prompts:
             return None
         v = pooled_prompts(core, prompts).mean(0)
+        if self.cfg.open_rule == "spread":
+            return live[int(((self.keys[live] - v) ** 2).sum(1).argmin())]
         return live[int(_cos(v - self.center, self.keys[live] - self.center).argmax())]
 
     @torch.no_grad()
@@ -230,7 +275,7 @@ class ContextModes:
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"uses": list(self.uses), "seen": self.seen, "opened": self.opened.nonzero().flatten().tolist()}
+        out: dict[str, Any] = {"uses": list(self.uses), "seen": self.seen, "opened": self.opened.nonzero().flatten().tolist(), "count": list(self.count), "spread": self.spread}
         if self.keys is not None and self.center is not None:
             out |= {"keys": self.keys, "center": self.center}
         for path, (a, b) in self.factors.items():
@@ -240,6 +285,8 @@ class ContextModes:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.uses = [int(u) for u in state.get("uses", [0] * self.cfg.modes)]
         self.seen = int(state.get("seen", 0))
+        self.count = [int(c) for c in state.get("count", [0] * self.cfg.modes)]
+        self.spread = state["spread"].float().clone() if "spread" in state else torch.zeros(self.cfg.modes)
         self.opened = torch.zeros(self.cfg.modes, dtype=torch.bool)
         self.opened[list(state.get("opened", []))] = True
         self.keys = state["keys"].float().clone() if "keys" in state else None
