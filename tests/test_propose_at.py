@@ -20,6 +20,15 @@ def _tasks(agents: list[str]) -> dict[str, Task]:
     return {a: Task("quiz", support, support[:2], labels=LABELS) for a in agents}
 
 
+def _same_proposals(out, expected) -> None:
+    """Every agent's proposal in ``out`` (solve_all's outcomes) equals its ``expected`` gradients."""
+    for a, want in expected.items():
+        got = out[a].proposal
+        assert got is not None and got.keys() == want.keys()
+        for k in got:
+            torch.testing.assert_close(got[k], want[k], rtol=1e-5, atol=1e-7)
+
+
 def _support(tasks: dict[str, Task]) -> dict[str, list[tuple[str, str]]]:
     return {a: [(p, as_answer(ans)) for p, ans in t.support] for a, t in tasks.items()}
 
@@ -33,11 +42,7 @@ def test_start_proposals_are_the_gradients_of_the_view_the_tick_began_with(hive,
     hive.reset_slots("context", agents)
     expected, _ = hive.propose(_support(tasks), "swarm", anchor=anchor, anchor_positions=cfg.anchor_positions)
     out = solve_all(hive, tasks, cfg, "swarm")
-    for a in agents:
-        got = out[a].proposal
-        assert got is not None and got.keys() == expected[a].keys()
-        for k in got:
-            torch.testing.assert_close(got[k], expected[a][k], rtol=1e-5, atol=1e-7)
+    _same_proposals(out, expected)
     # the fast steps moved the agent's levels, so a proposal taken now differs from the one taken at the start
     after, _ = hive.propose(_support(tasks), "swarm", anchor=anchor, anchor_positions=cfg.anchor_positions)
     gap = max(float((after["ann"][k] - expected["ann"][k]).abs().max()) for k in after["ann"])
@@ -133,11 +138,7 @@ def test_shared_proposals_are_the_gradients_of_the_shared_levels_alone(hive, anc
     full, _ = hive.propose(_support(tasks), "swarm", anchor=anchor, anchor_positions=cfg.anchor_positions)
     assert max(float((full["ann"][k] - expected["ann"][k]).abs().max()) for k in full["ann"]) > 1e-6
     out = solve_all(hive, tasks, cfg, "swarm")
-    for a in agents:
-        got = out[a].proposal
-        assert got is not None and got.keys() == expected[a].keys()
-        for k in got:
-            torch.testing.assert_close(got[k], expected[a][k], rtol=1e-5, atol=1e-7)
+    _same_proposals(out, expected)
 
 
 def test_a_view_without_the_proposed_level_is_refused(hive):
