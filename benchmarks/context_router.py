@@ -21,7 +21,8 @@ import random
 import torch
 
 from lorahive import Hive
-from lorahive.mechanisms.context_modes import pooled_prompts, route, route_spread
+from lorahive.config import ContextModesConfig
+from lorahive.mechanisms.context_modes import ContextModes, pooled_prompts
 from lorahive.suites.demo import load_demo_suite
 
 
@@ -65,18 +66,8 @@ def _stream(hive: Hive, ticks: int, agents: int, modes: int = 4) -> None:
     rng = random.Random(1)
     stages = [(t, [torch.stack([pooled_prompts(hive.core, [p for p, _ in rng.sample(d.train, 4)]).mean(0) for _ in range(agents)]) for _ in range(ticks)]) for t, d in load_demo_suite().items()]
     for rule in ("spread", "cosine"):
-        keys, opened, spread, count, seen = None, torch.zeros(modes, dtype=torch.bool), torch.zeros(modes), [0] * modes, []
-        line = []
-        for task_type, tick_vectors in stages:
-            for vectors in tick_vectors:
-                keys = torch.zeros(modes, vectors.shape[1]) if keys is None else keys
-                seen.append(vectors)
-                center = torch.cat(seen).mean(0)
-                if rule == "spread":
-                    got = route_spread(vectors, keys, opened, spread, count, center, 4.0, 0.9).modes
-                else:
-                    got = route(vectors, keys, opened, center, 0.3, 0.9).modes
-                line.append(f"{task_type}:{''.join(map(str, got))}")
+        router = ContextModes(ContextModesConfig(enabled=True, modes=modes, open_rule=rule), "context")  # the defaults' thresholds
+        line = [f"{t}:{''.join(map(str, router.route_inputs(vectors).modes))}" for t, ticks_of in stages for vectors in ticks_of]
         print(f"stream, {rule} rule: {' '.join(line)}")
 
 

@@ -15,7 +15,7 @@ from conftest import make_model, small_stack
 from lorahive import Hive
 from lorahive.config import ConfigError, ContextModesConfig, parse_config
 from lorahive.mechanisms.base import TickView
-from lorahive.mechanisms.context_modes import ContextModes, route, route_spread
+from lorahive.mechanisms.context_modes import ContextModes, route
 from lorahive.mechanisms.registry import build_mechanisms
 from tiny_runs import checkpoint_tensors, config_tree, tiny_config
 
@@ -60,27 +60,18 @@ def test_property_balanced_kinds_each_get_one_mode_of_their_own(kinds, seed):
     assert len(routed.opened) == len(by_kind)
 
 
-class _Spread:
-    """The spread rule's state over calls (one call per tick), as the mechanism keeps it."""
-
-    def __init__(self, modes: int = 4, dim: int = 16) -> None:
-        self.keys, self.opened = torch.zeros(modes, dim), torch.zeros(modes, dtype=torch.bool)
-        self.spread, self.count, self.seen = torch.zeros(modes), [0] * modes, []
-
-    def tick(self, vectors: torch.Tensor) -> list[int]:
-        self.seen.append(vectors)
-        center = torch.cat(self.seen).mean(0)
-        return route_spread(vectors, self.keys, self.opened, self.spread, self.count, center, 4.0, 0.9).modes
-
-
 def test_a_stream_of_one_kind_per_tick_opens_one_mode_per_kind_with_the_spread_rule():
     """Every agent of a tick on one kind (a stream's stage): the cosine rule splits the first kind on noise, the spread rule does not."""
     gen = torch.Generator().manual_seed(5)  # one offset and basis (seed 0), fresh noise per tick
     a1, a2, b, a3, c = (_clusters([k] * 8) + 0.05 * torch.randn(8, 16, generator=gen) for k in (0, 0, 1, 0, 2))
-    router = _Spread()
-    assert router.tick(a1) == [0] * 8 and router.tick(a2) == [0] * 8
-    assert router.tick(b) == [1] * 8  # a new kind opens one mode, and all of its tick's inputs take it
-    assert router.tick(a3) == [0] * 8 and router.tick(c) == [2] * 8
+    router = ContextModes(ContextModesConfig(enabled=True, modes=4, open_rule="spread", open_spread=4.0), "context")
+
+    def tick(vectors: torch.Tensor) -> list[int]:  # one call per tick, as the draw makes it
+        return router.route_inputs(vectors).modes
+
+    assert tick(a1) == [0] * 8 and tick(a2) == [0] * 8
+    assert tick(b) == [1] * 8  # a new kind opens one mode, and all of its tick's inputs take it
+    assert tick(a3) == [0] * 8 and tick(c) == [2] * 8
     assert router.opened.tolist() == [True, True, True, False] and router.count[:3] == [24, 8, 8]
     split, _, _ = _route(a1)  # the cosine rule, centred on one kind: noise decides, and the first tick fills the modes
     assert len(set(split.modes)) > 1

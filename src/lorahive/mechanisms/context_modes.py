@@ -173,14 +173,7 @@ class ContextModes:
         pooled = pooled_prompts(view.core, prompts)  # (P, H)
         sizes = [len(view.support[a]) for a in agents]
         vectors = torch.stack([part.mean(0) for part in pooled.split(sizes)])  # (N, H)
-        self._fold_center(vectors)
-        if self.keys is None:
-            self.keys = torch.zeros(self.cfg.modes, vectors.shape[1])
-        assert self.center is not None
-        if self.cfg.open_rule == "spread":
-            routed = route_spread(vectors, self.keys, self.opened, self.spread, self.count, self.center, self.cfg.open_spread, self.cfg.key_ema)
-        else:
-            routed = route(vectors, self.keys, self.opened, self.center, self.cfg.open_below, self.cfg.key_ema)
+        routed = self.route_inputs(vectors)
         self._load(view, agents, routed)
         self.routed = dict(zip(agents, routed.modes, strict=True))
         for m in routed.modes:
@@ -188,6 +181,16 @@ class ContextModes:
         view.shared["context_modes"] = dict(self.routed)  # the solve phase keeps these context slots
         cosines = {a: (None if c is None else round(c, 4)) for a, c in zip(agents, routed.cosines, strict=True)}
         return Action("route", {"level": self.level, "modes": dict(self.routed), "cosine": cosines, "opened": routed.opened, "uses": list(self.uses)})
+
+    def route_inputs(self, vectors: torch.Tensor) -> Routed:
+        """One tick's inputs ``(N, H)``, in order, through the configured rule: the centre takes them first; keys, modes and spreads are updated."""
+        self._fold_center(vectors)
+        if self.keys is None:
+            self.keys = torch.zeros(self.cfg.modes, vectors.shape[1])
+        assert self.center is not None
+        if self.cfg.open_rule == "spread":
+            return route_spread(vectors, self.keys, self.opened, self.spread, self.count, self.center, self.cfg.open_spread, self.cfg.key_ema)
+        return route(vectors, self.keys, self.opened, self.center, self.cfg.open_below, self.cfg.key_ema)
 
     def _fold_center(self, vectors: torch.Tensor) -> None:
         total = vectors.sum(0) if self.center is None else self.center * self.seen + vectors.sum(0)
@@ -221,7 +224,7 @@ class ContextModes:
 
     # ------------------------------------------------------------------ inference
     def pick(self, core: Any, prompts: Sequence[str]) -> int | None:
-        """The opened mode nearest to the mean pooled state of ``prompts``, as :func:`route` measures it; nothing is opened or moved. ``None``: no mode is open."""
+        """The opened mode nearest to the mean pooled state of ``prompts`` by the configured rule's measure (squared distance, or centred cosine); nothing is opened or moved. ``None``: no mode is open."""
         live = self.opened.nonzero().flatten().tolist()
         if not live or self.keys is None or self.center is None or not self.factors or not prompts:
             return None

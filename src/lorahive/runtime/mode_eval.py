@@ -3,8 +3,8 @@
 Without modes the context level is left out of evaluation: it holds whatever the agent's last
 task taught it. With :class:`~lorahive.mechanisms.context_modes.ContextModes` on and
 ``at_inference``, each task type's prompts pick a mode as the router picks one for a task in
-a tick (their mean pooled base-model state, nearest opened key after centring; nothing is
-opened or moved), the agents' context slots are loaded with it, and the type is scored with
+a tick (their mean pooled base-model state, the nearest opened key by the router's measure;
+nothing is opened or moved), the agents' context slots are loaded with it, and the type is scored with
 the context level on. The slots get their weights back afterwards.
 """
 
@@ -60,4 +60,3 @@ def evaluate_with_modes(
         with torch.no_grad():
             core.load_slots(level, slots, saved)
     return out, picks
-
