@@ -43,6 +43,7 @@ from lorahive.config import ContextModesConfig
 from lorahive.learning import pack_prompts
 from lorahive.learning.objective import hidden_states
 from lorahive.mechanisms.base import Action, TickView
+from lorahive.tensors import to_device
 
 __all__ = ["ContextModes", "Routed", "pooled_prompts", "route", "route_spread"]
 
@@ -60,8 +61,8 @@ def pooled_prompts(core: Any, prompts: Sequence[str]) -> torch.Tensor:
         with core.routing.use(core.route([core.agents[0]] * len(part), levels=[])):
             h = hidden_states(core.model, batch).float()  # (B, T, H)
         mask = batch.attention_mask[..., None].to(h.dtype)  # (B, T, 1)
-        out.append(((h * mask).sum(1) / mask.sum(1).clamp_min(1.0)).cpu())
-    return torch.cat(out)
+        out.append((h * mask).sum(1) / mask.sum(1).clamp_min(1.0))
+    return torch.cat(out).cpu()  # one wait for the device, not one per chunk
 
 
 @dataclass(frozen=True)
@@ -213,8 +214,8 @@ class ContextModes:
                 a[m], b[m] = bank.A.detach()[s], bank.B.detach()[s]
         rest = [(s, m) for s, m in zip(slots, routed.modes, strict=True) if openers.get(m) != s]
         if rest:
-            ids = torch.tensor([m for _, m in rest])
-            core.load_slots(self.level, [s for s, _ in rest], {p: (a[ids.to(a.device)], b[ids.to(b.device)]) for p, (a, b) in self.factors.items()})
+            ids = core.index([m for _, m in rest])  # one device index for every module: a copy per module waits for the device each time
+            core.load_slots(self.level, [s for s, _ in rest], {p: (a.index_select(0, ids), b.index_select(0, ids)) for p, (a, b) in self.factors.items()})
 
     def _to(self, core: Any) -> None:
         """The modes' factors on the level's device and dtype (they come back from a checkpoint on the CPU)."""
@@ -238,8 +239,8 @@ class ContextModes:
         """``agents``' context slots hold mode ``mode`` (their optimizer state emptied, as at every draw)."""
         self._to(core)
         slots = [core.slot_of(self.level, a) for a in agents]
-        ids = torch.full((len(slots),), mode, dtype=torch.long)
-        core.load_slots(self.level, slots, {p: (a[ids.to(a.device)], b[ids.to(b.device)]) for p, (a, b) in self.factors.items()})
+        ids = core.index([mode] * len(slots))
+        core.load_slots(self.level, slots, {p: (a.index_select(0, ids), b.index_select(0, ids)) for p, (a, b) in self.factors.items()})
 
     # ------------------------------------------------------------------ decay
     @torch.no_grad()
@@ -260,8 +261,11 @@ class ContextModes:
                 b[m].lerp_(bank.B.detach().index_select(0, ids).mean(0), self.cfg.rate)
         idle = [m for m in self.opened.nonzero().flatten().tolist() if m not in self.routed.values()]
         if idle and self.cfg.forget > 0:
+            keep = torch.ones(self.cfg.modes)
+            keep[idle] = 1.0 - self.cfg.forget
+            keep = to_device(keep, core.device)[:, None, None]  # one copy (a list index per module waits for the device each time); × 1.0 keeps the rest exactly
             for _, b in self.factors.values():
-                b[idle] *= 1.0 - self.cfg.forget
+                b.mul_(keep)
         self.routed = {}
         norms = self.norms(view)
         return Action("reinforce", {"level": self.level, "reinforced": {str(m): a for m, a in sorted(users.items())}, "idle": idle, "norm": norms})
@@ -273,7 +277,9 @@ class ContextModes:
             return {}
         scale = view.core.stack.get(self.level).scale
         parts = [self.factors[p] for p in sorted(self.factors)]  # one order of the sum, whether the modes were built here or loaded
-        energy = sum(((b[live].double().transpose(1, 2) @ b[live].double()) * (a[live].double() @ a[live].double().transpose(1, 2))).sum((1, 2)) for a, b in parts)
+        ids = {dev: to_device(torch.tensor(live), dev) for dev in {a.device for a, _ in parts}}  # one copy of the index, not one per module
+        rows = [(a.index_select(0, ids[a.device]).double(), b.index_select(0, ids[b.device]).double()) for a, b in parts]
+        energy = sum(((b.transpose(1, 2) @ b) * (a @ a.transpose(1, 2))).sum((1, 2)) for a, b in rows)
         return {str(m): round(scale * float(e.clamp_min(0).sqrt()), 6) for m, e in zip(live, torch.as_tensor(energy).cpu(), strict=True)}
 
     # ------------------------------------------------------------------ state
