@@ -226,10 +226,15 @@ class ContextModes:
     # ------------------------------------------------------------------ inference
     def pick(self, core: Any, prompts: Sequence[str]) -> int | None:
         """The opened mode nearest to the mean pooled state of ``prompts`` by the configured rule's measure (squared distance, or centred cosine); nothing is opened or moved. ``None``: no mode is open."""
-        live = self.opened.nonzero().flatten().tolist()
-        if not live or self.keys is None or self.center is None or not self.factors or not prompts:
+        if not self.opened.any() or not self.factors or not prompts:
             return None
-        v = pooled_prompts(core, prompts).mean(0)
+        return self.nearest(pooled_prompts(core, prompts).mean(0))
+
+    def nearest(self, v: torch.Tensor) -> int | None:
+        """The opened mode nearest to a pooled state ``v (H,)`` by the configured rule's measure; ``None``: no mode is open."""
+        live = self.opened.nonzero().flatten().tolist()
+        if not live or self.keys is None or self.center is None:
+            return None
         if self.cfg.open_rule == "spread":
             return live[int(((self.keys[live] - v) ** 2).sum(1).argmin())]
         return live[int(_cos(v - self.center, self.keys[live] - self.center).argmax())]
