@@ -1,6 +1,7 @@
 """The mechanism experiments' recipes (recipes/experiments/) at their small size: they run, their
-metrics are well formed and hold the control beside the mechanism. Not their verdicts: those are
-read from the full size (docs/results.md).
+metrics are well formed and hold the control beside the mechanism, and the criterion is applied to
+their numbers (``reading``). Not their verdicts: those come from the full size (docs/results.md); the
+judges themselves are tested on constructed results in tests/test_verdicts_*.py.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ def written(out: Path, figure: str) -> dict:
     assert (out / figure).stat().st_size > 1000 and (out / "summary.md").is_file()
     assert metrics["size"] == "small" and metrics["seeds"] == SEEDS and metrics["verdict"] == "pending full-size run"
     assert metrics["criterion"]
+    assert metrics["reading"]["verdict"] in ("supported", "not supported", "inconclusive") and metrics["reading"]["why"]
     return metrics
 
 

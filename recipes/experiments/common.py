@@ -224,11 +224,73 @@ def begin(experiment: int, size: str, seeds: list[int], base: str | None) -> Run
     return Run(experiment, size, base or spec["base"], seeds, spec, time.perf_counter())
 
 
-def finish(run: Run, out: Path, results: dict[str, Any], criterion: str, markdown: Callable[[dict[str, Any]], str], plot: Callable[[dict[str, Any], Path], None]) -> dict[str, Any]:
-    """The run's metrics (its set-up, ``results``, the criterion, the verdict, the time), written with its summary and figure."""
+#: What a criterion can say of a run's numbers.
+VERDICTS = ("supported", "not supported", "inconclusive")
+
+#: A recipe's criterion applied to its results: one of :data:`VERDICTS` and the measured figures that decide it.
+Judge = Callable[[dict[str, Any]], tuple[str, str]]
+
+
+def decide(per_seed: Sequence[bool | None]) -> str:
+    """A criterion that must hold in every seed: held in all → supported, in none → not supported, else inconclusive
+    (the seeds disagree, or it is undefined, ``None``, in a seed)."""
+    if not per_seed:
+        return "inconclusive"
+    return "supported" if all(x is True for x in per_seed) else "not supported" if all(x is False for x in per_seed) else "inconclusive"
+
+
+def seedwise(parts: Sequence[Sequence[bool | None]]) -> str:
+    """A criterion whose parts must all hold, seed by seed: each part is its value in each seed, or one value that
+    counts in every seed (e.g. a correlation over all runs). A seed holds when every part does, fails when one fails,
+    is undefined otherwise; then :func:`decide` over the seeds."""
+    n = max((len(p) for p in parts), default=0)
+    seeds = []
+    for i in range(n):
+        values = [p[i] if len(p) > 1 else p[0] for p in parts]
+        seeds.append(False if any(v is False for v in values) else None if any(v is None for v in values) else True)
+    return decide(seeds)
+
+
+def judged(parts: Sequence[tuple[str, Sequence[bool | None]]]) -> tuple[str, str]:
+    """:func:`seedwise` over ``(text, value in each seed)`` parts, and why: each part's text with the seeds it held in."""
+    verdict = seedwise([held for _, held in parts])
+    why = "; ".join(
+        f"{text} in {sum(h is True for h in held)}/{len(held)} seeds" + (f" ({sum(h is None for h in held)} undefined)" if None in held else "")
+        for text, held in parts
+    )
+    return verdict, f"{why}; {all_parts([held for _, held in parts])}"
+
+
+def all_parts(parts: Sequence[Sequence[bool | None]]) -> str:
+    """``all parts in k/n seeds``: the seeds in which every part held (:func:`seedwise`'s count)."""
+    n = max((len(p) for p in parts), default=0)
+    held = sum(all((p[i] if len(p) > 1 else p[0]) is True for p in parts) for i in range(n))
+    return f"all parts in {held}/{n} seeds"
+
+
+def over_seeds(values: Sequence[float | None], digits: int = 3, none: str = "undefined") -> str:
+    """Mean ± spread over the seeds where a value is defined (``none`` where it is in none, and how often it is)."""
+    known = [v for v in values if v is not None]
+    text = fmt(mean_spread(known), digits) if known else none
+    return text + (f" ({none} in {len(values) - len(known)} seeds)" if known and len(known) < len(values) else "")
+
+
+def finish(
+    run: Run, out: Path, results: dict[str, Any], criterion: str, markdown: Callable[[dict[str, Any]], str], plot: Callable[[dict[str, Any], Path], None], judge: Judge
+) -> dict[str, Any]:
+    """The run's metrics (its set-up, ``results``, the criterion, the verdict, the time), written with its summary and figure.
+
+    ``judge`` applies the criterion to ``results``; its reading is kept under ``reading`` at every
+    size, and it is the ``verdict`` only at the full size (the small size is a machinery check on a
+    tiny random model: its verdict stays "pending full-size run").
+    """
+    verdict, why = judge(results)
+    if verdict not in VERDICTS:
+        raise ValueError(f"experiment {run.experiment}: the judge returned {verdict!r}; a verdict is one of {VERDICTS}")
     metrics = {
         "experiment": run.experiment, "size": run.size, "base": run.base, "seeds": run.seeds, "config": run.spec, **results,
-        "criterion": criterion, "verdict": "pending full-size run", "seconds": time.perf_counter() - run.t0,
+        "criterion": criterion, "reading": {"verdict": verdict, "why": why},
+        "verdict": verdict if run.size == "full" else "pending full-size run", "seconds": time.perf_counter() - run.t0,
     }  # fmt: skip
     out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=1), encoding="utf-8")
@@ -276,7 +338,10 @@ def first(runs: dict[str, Any]) -> Any:
 def report(m: dict[str, Any], setup: str, *blocks: str) -> str:
     """A recipe's summary: the heading (experiment, size, base, ``setup``, seeds), the blocks, the criterion, the verdict."""
     head = f"# Experiment {m['experiment']}, size {m['size']} (base {m['base']}, {setup + ', ' if setup else ''}seeds {m['seeds']}; mean ± std over seeds)"
-    return "\n\n".join([head, *blocks, f"Criterion — {m['criterion']}.\nVerdict: {m['verdict']}."]) + "\n"
+    reading = m["reading"]
+    size_note = "" if m["size"] == "full" else " (at this size a machinery check, not a verdict)"
+    tail = f"Criterion — {m['criterion']}.\nApplied to these numbers{size_note}: {reading['verdict']} — {reading['why']}.\nVerdict: {m['verdict']}."
+    return "\n\n".join([head, *blocks, tail]) + "\n"
 
 
 def main(doc: str | None, run: Callable[[str, Path, list[int], str | None], dict[str, Any]], markdown: Callable[[dict[str, Any]], str], argv: list[str] | None = None) -> int:

@@ -108,6 +108,28 @@ def system(hive: Any, suite: dict[str, Any], spec: dict[str, Any], name: str, pl
 KEYS = ("improvement", "slow_drift", "fast_plasticity", "retention_mean", "episode_gain")
 
 
+def judge(results: dict[str, Any]) -> tuple[str, str]:
+    """The criterion in each seed (both systems on the same rows): the two-level system's improvement > 0 and ≥ the
+    control's, its slow level's change < the control's level's, its fast plasticity > 1, its retention ≤ the control's."""
+    two, one = results["systems"][SYSTEMS[0]], results["systems"][results["control"]]
+    seeds = list(two)
+
+    def get(runs: dict[str, Any], key: str) -> list[Any]:
+        return [runs[s][key] for s in seeds]
+
+    imp, imp_c = get(two, "improvement"), get(one, "improvement")
+    drift, drift_c = get(two, "slow_drift"), get(one, "slow_drift")
+    plastic = get(two, "fast_plasticity")
+    ret, ret_c = get(two, "retention_mean"), get(one, "retention_mean")
+    return c.judged([
+        (f"improvement {c.over_seeds(imp)} > 0", [x > 0 for x in imp]),
+        (f"improvement ≥ control's {c.over_seeds(imp_c)}", [x >= y for x, y in zip(imp, imp_c, strict=True)]),
+        (f"slow level's change {c.over_seeds(drift)} < control's {c.over_seeds(drift_c)}", [x < y for x, y in zip(drift, drift_c, strict=True)]),
+        (f"fast plasticity {c.over_seeds(plastic, 2)} > 1", [None if x is None else x > 1 for x in plastic]),
+        (f"retention {c.over_seeds(ret)} ≤ control's {c.over_seeds(ret_c)}", [x <= y for x, y in zip(ret, ret_c, strict=True)]),
+    ])  # fmt: skip
+
+
 def run(size: str, out: Path, seeds: list[int], base: str | None = None) -> dict[str, Any]:
     r = c.begin(1, size, seeds, base)
     spec = r.spec
@@ -121,7 +143,7 @@ def run(size: str, out: Path, seeds: list[int], base: str | None = None) -> dict
             torch.manual_seed(seed)
             per[name][str(seed)] = system(hive, suite, spec, name, plan)
     summary = {name: c.summarise(runs, KEYS) for name, runs in per.items()}
-    return c.finish(r, out, {"systems": per, "summary": summary, "control": SYSTEMS[1]}, CRITERION, markdown, plot)
+    return c.finish(r, out, {"systems": per, "summary": summary, "control": SYSTEMS[1]}, CRITERION, markdown, plot, judge)
 
 
 def markdown(m: dict[str, Any]) -> str:

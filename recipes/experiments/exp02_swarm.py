@@ -112,6 +112,19 @@ def simulate(base: str, spec: dict[str, Any], system: str, seed: int) -> dict[st
 KEYS = ("efficiency", "trainers_gain", "others_gain", "ticks_to_convergence", "agent_cosine")
 
 
+def judge(results: dict[str, Any]) -> tuple[str, str]:
+    """The criterion in each seed (both systems on the same draws): the swarm's transfer efficiency ≥ the target (0.9)
+    and above the isolated control's; undefined where a system's trainers gained nothing."""
+    swarm, isolated = results["systems"][SYSTEMS[1]], results["systems"][results["control"]]
+    eff = [swarm[s]["efficiency"] for s in swarm]
+    eff_c = [isolated[s]["efficiency"] for s in swarm]
+    target = results["target"]
+    return c.judged([
+        (f"swarm's transfer efficiency {c.over_seeds(eff)} ≥ {target}", [None if x is None else x >= target for x in eff]),
+        (f"efficiency above the isolated control's {c.over_seeds(eff_c)}", [None if x is None or y is None else x > y for x, y in zip(eff, eff_c, strict=True)]),
+    ])  # fmt: skip
+
+
 def run(size: str, out: Path, seeds: list[int], base: str | None = None) -> dict[str, Any]:
     r = c.begin(2, size, seeds, base)
     per: dict[str, dict[str, Any]] = {s: {str(seed): simulate(r.base, r.spec, s, seed) for seed in seeds} for s in SYSTEMS}
@@ -125,7 +138,7 @@ def run(size: str, out: Path, seeds: list[int], base: str | None = None) -> dict
         "systems": per, "summary": summary, "through_swarm": {"per_seed": through, **(c.mean_spread(list(through.values())) if through else {})},
         "control": "A: isolated", "target": 0.9,
     }  # fmt: skip
-    return c.finish(r, out, results, CRITERION, markdown, plot)
+    return c.finish(r, out, results, CRITERION, markdown, plot, judge)
 
 
 def markdown(m: dict[str, Any]) -> str:

@@ -97,6 +97,30 @@ def simulate(base: str, spec: dict[str, Any], learns: list[str], seed: int, agen
 KEYS = ("forgetting_mean", "retention_mean", "adaptation", "final_loss")
 
 
+def judge(results: dict[str, Any]) -> tuple[str, str]:
+    """The criterion in each seed (the systems on the same draws), against A and against C alike: B's forgetting lower,
+    its retention higher, its adaptation ≥ 0.8 × theirs (undefined where theirs is ≤ 0: no speed to be a share of)."""
+    per = results["systems"]
+    b = per[HIERARCHY]
+    seeds = list(b)
+
+    def get(name: str, key: str) -> list[Any]:
+        return [per[name][s][key] for s in seeds]
+
+    parts: list[tuple[str, list[bool | None]]] = []
+    for name in (results["control"], results["step_matched"]):
+        tag = name.split(":")[0]
+        fb, fo = get(HIERARCHY, "forgetting_mean"), get(name, "forgetting_mean")
+        rb, ro = get(HIERARCHY, "retention_mean"), get(name, "retention_mean")
+        ab, ao = get(HIERARCHY, "adaptation"), get(name, "adaptation")
+        parts += [
+            (f"B's forgetting {c.over_seeds(fb)} < {tag}'s {c.over_seeds(fo)}", [x < y for x, y in zip(fb, fo, strict=True)]),
+            (f"B's retention {c.over_seeds(rb)} > {tag}'s {c.over_seeds(ro)}", [None if x is None or y is None else x > y for x, y in zip(rb, ro, strict=True)]),
+            (f"B's adaptation {c.over_seeds(ab)} ≥ 0.8 × {tag}'s {c.over_seeds(ao)}", [None if y <= 0 else x >= 0.8 * y for x, y in zip(ab, ao, strict=True)]),
+        ]  # fmt: skip
+    return c.judged(parts)
+
+
 def run(size: str, out: Path, seeds: list[int], base: str | None = None) -> dict[str, Any]:
     r = c.begin(3, size, seeds, base)
     stack = levels(r.spec)
@@ -105,7 +129,7 @@ def run(size: str, out: Path, seeds: list[int], base: str | None = None) -> dict
     budget = {name: step_budget(levels(r.spec, factor if name == MATCHED else 1.0), learns) for name, learns in SYSTEMS.items()}
     summary = {name: c.summarise(runs, KEYS) | {"step_budget": budget[name]} for name, runs in per.items()}
     results = {"systems": per, "summary": summary, "control": "A: flat (agent level)", "step_matched": MATCHED, "agent_lr_factor": factor}
-    return c.finish(r, out, results, CRITERION, markdown, plot)
+    return c.finish(r, out, results, CRITERION, markdown, plot, judge)
 
 
 def markdown(m: dict[str, Any]) -> str:

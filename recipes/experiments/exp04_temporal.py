@@ -115,6 +115,20 @@ def scenario(hive: Any, suite: dict[str, Any], spec: dict[str, Any], name: str, 
 KEYS = ("swarm_inertia", "agent_inertia", "swarm_step", "swarm_scale")
 
 
+def judge(results: dict[str, Any]) -> tuple[str, str]:
+    """The criterion in each seed (the scenarios on the same draws): the swarm's second-half mean inertia with the
+    constant agent alone > with the episodic agent alone, 'both' ≥ the constant agent's, the control's at β every tick."""
+    sc, beta = results["scenarios"], results["beta"]
+    seeds = list(sc["both"])
+    const, epis, both = ([sc[n][s]["swarm_inertia"] for s in seeds] for n in ("constant alone", "episodic alone", "both"))
+    off = [max(abs(x - beta) for x in sc[results["control"]][s]["curve"]["swarm_inertia"]) for s in seeds]
+    return c.judged([
+        (f"swarm inertia, constant alone {c.over_seeds(const)} > episodic alone {c.over_seeds(epis)}", [x > y for x, y in zip(const, epis, strict=True)]),
+        (f"both {c.over_seeds(both)} ≥ constant alone", [x >= y for x, y in zip(both, const, strict=True)]),
+        (f"control's swarm inertia at β {beta} (largest departure {max(off):.2g})", [x <= 1e-9 for x in off]),
+    ])  # fmt: skip
+
+
 def run(size: str, out: Path, seeds: list[int], base: str | None = None) -> dict[str, Any]:
     r = c.begin(4, size, seeds, base)
     hive = c.make_hive(r.base, list(AGENTS), levels=stack(r.spec))
@@ -125,7 +139,7 @@ def run(size: str, out: Path, seeds: list[int], base: str | None = None) -> dict
         for name in SCENARIOS:
             per[name][str(seed)] = scenario(hive, suite, r.spec, name, plan, seed)
     summary = {name: c.summarise(runs, KEYS) for name, runs in per.items()}
-    return c.finish(r, out, {"scenarios": per, "summary": summary, "control": "control: inertia off"}, CRITERION, markdown, plot)
+    return c.finish(r, out, {"scenarios": per, "summary": summary, "control": "control: inertia off", "beta": r.spec["beta"]}, CRITERION, markdown, plot, judge)
 
 
 def markdown(m: dict[str, Any]) -> str:

@@ -97,18 +97,33 @@ def run(size: str, out: Path, seeds: list[int], base: str | None = None) -> dict
     runs: dict[str, dict[str, Any]] = {}
     for name, cfg in variants.items():
         per_seed = {str(s): sweep(hive, world, cfg, spec["frequencies"], spec["ticks"], spec["norm"], spec["batch"], s) for s in seeds}
-        ups = [threshold(b, "up") for b in per_seed.values()]
-        downs = [threshold(b, "down") for b in per_seed.values()]
+        seed_figures = {s: {"f_up": threshold(b, "up"), "f_down": threshold(b, "down"), "sharpness": sharpness(b)} for s, b in per_seed.items()}
+        for x in seed_figures.values():
+            x["width"] = x["f_up"] - x["f_down"]
         runs[name] = {
             "config": cfg.model_dump(),
             "blocks": per_seed,
-            "f_up": c.mean_spread(ups),
-            "f_down": c.mean_spread(downs),
-            "width": c.mean_spread([u - d for u, d in zip(ups, downs, strict=True)]),
-            "sharpness": c.mean_spread([sharpness(b) for b in per_seed.values()]),
+            "per_seed": seed_figures,
+            **{k: c.mean_spread([x[k] for x in seed_figures.values()]) for k in ("f_up", "f_down", "width", "sharpness")},
         }
     results = {"frequencies": spec["frequencies"], "ticks_per_frequency": spec["ticks"], "variants": runs, "control": "control: narrow band"}
-    return c.finish(r, out, results, CRITERION, markdown, plot)
+    return c.finish(r, out, results, CRITERION, markdown, plot, judge)
+
+
+def judge(results: dict[str, Any]) -> tuple[str, str]:
+    """The criterion per seed: the hysteresis variant's width > 0 and above the narrow-band control's (same seed),
+    and its up-sweep sharpness ≥ 0.5, each in every seed (:func:`common.judged`)."""
+    main, control = results["variants"]["hysteresis"]["per_seed"], results["variants"][results["control"]]["per_seed"]
+    seeds = list(main)
+    width, control_width, sharp = [main[s]["width"] for s in seeds], [control[s]["width"] for s in seeds], [main[s]["sharpness"] for s in seeds]
+    wide = [w > 0 for w in width]
+    wider = [w > cw for w, cw in zip(width, control_width, strict=True)]
+    sharp_ok = [x >= 0.5 for x in sharp]
+    return c.judged([
+        (f"width {c.over_seeds(width, 2)} > 0", wide),
+        (f"width > the control's {c.over_seeds(control_width, 2)}", wider),
+        (f"sharpness {c.over_seeds(sharp, 2)} ≥ 0.5", sharp_ok),
+    ])  # fmt: skip
 
 
 def markdown(m: dict[str, Any]) -> str:

@@ -134,7 +134,25 @@ def run(size: str, out: Path, seeds: list[int], base: str | None = None) -> dict
         "agents": len(agents), "stable_agents": [a for i, a in enumerate(agents) if stable_agent(i)], "systems": per_seed,
         "summary": {trig: c.summarise(runs, KEYS) for trig, runs in per_seed.items()}, "control": "timer",
     }  # fmt: skip
-    return c.finish(r, out, results, CRITERION, markdown, plot)
+    return c.finish(r, out, results, CRITERION, markdown, plot, judge)
+
+
+def judge(results: dict[str, Any]) -> tuple[str, str]:
+    """The criterion per seed: autocorrelation's precision ≥ 0.9 and above the timer's, and its consolidated
+    fluctuation norm below the timer's, each in every seed (:func:`common.judged`; a seed without migrations has no
+    precision: that part is then inconclusive)."""
+    auto, timer = results["systems"]["autocorrelation"], results["systems"][results["control"]]
+    seeds = list(auto)
+    p_auto, p_timer = [auto[s]["precision"] for s in seeds], [timer[s]["precision"] for s in seeds]
+    n_auto, n_timer = [auto[s]["noise_norm_consolidated"] for s in seeds], [timer[s]["noise_norm_consolidated"] for s in seeds]
+    high = [None if p is None else p >= 0.9 for p in p_auto]
+    above = [None if p is None or q is None else p > q for p, q in zip(p_auto, p_timer, strict=True)]
+    quiet = [a < t for a, t in zip(n_auto, n_timer, strict=True)]
+    return c.judged([
+        (f"precision {c.over_seeds(p_auto)} ≥ 0.9", high),
+        (f"precision above the timer's {c.over_seeds(p_timer)}", above),
+        (f"fluctuation norm consolidated {c.over_seeds(n_auto, 4)} < the timer's {c.over_seeds(n_timer, 4)}", quiet),
+    ])  # fmt: skip
 
 
 def markdown(m: dict[str, Any]) -> str:

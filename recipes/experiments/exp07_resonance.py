@@ -127,7 +127,44 @@ def run(size: str, out: Path, seeds: list[int], base: str | None = None) -> dict
     summary = {name: c.summarise(runs, KEYS) | {"reached": sum(x["ticks_to_consensus"] is not None for x in runs.values())} for name, runs in per.items()}
     k = spec["outliers"]
     results = {"base_loss": base_loss, "cases": per, "summary": summary, "control": f"A: linear, {k} outliers", "norm_matched": f"{SYSTEMS[2]}, {k} outliers"}
-    return c.finish(r, out, results, CRITERION, markdown, plot)
+    return c.finish(r, out, results, CRITERION, markdown, plot, judge)
+
+
+def judge(results: dict[str, Any]) -> tuple[str, str]:
+    """The criterion per seed (a seed's cases share its draws), with outliers: B reaches the target in fewer ticks
+    than A (A never reaching it counts as more), ends at a higher cosine, weighs its outliers below 1, and its worst
+    task's gain is not below A's; and B's worst-task and mean gains are above C's and its held-out loss below C's.
+    Each part in every seed (:func:`common.combine`; B's outlier factor undefined in a seed leaves that part
+    inconclusive)."""
+    a, cn = results["cases"][results["control"]], results["cases"][results["norm_matched"]]
+    b = results["cases"][results["control"].replace(SYSTEMS[0], SYSTEMS[1])]
+    seeds = list(b)
+
+    def get(runs: dict[str, Any], key: str) -> list[Any]:
+        return [runs[s][key] for s in seeds]
+
+    def pairs(key: str, other: dict[str, Any]) -> list[tuple[Any, Any]]:
+        return list(zip(get(b, key), get(other, key), strict=True))
+
+    faster = [tb is not None and (ta is None or tb < ta) for tb, ta in pairs("ticks_to_consensus", a)]
+    higher = [x > y for x, y in pairs("final_cosine", a)]
+    filtered = [None if f is None else f < 1 for f in get(b, "outlier_factor")]
+    diverse = [x >= y for x, y in pairs("gain_min", a)]
+    beyond = [
+        bm > cm and bg > cg and bl < cl
+        for (bm, cm), (bg, cg), (bl, cl) in zip(pairs("gain_min", cn), pairs("gain_mean", cn), pairs("loss", cn), strict=True)
+    ]
+    n = len(seeds)
+    why = (
+        f"with outliers, ticks to target B {c.over_seeds(get(b, 'ticks_to_consensus'), 1, 'never')} vs A {c.over_seeds(get(a, 'ticks_to_consensus'), 1, 'never')} "
+        f"(fewer in {sum(faster)}/{n} seeds); final cosine B {c.over_seeds(get(b, 'final_cosine'))} > A {c.over_seeds(get(a, 'final_cosine'))} in {sum(higher)}/{n}; "
+        f"B's outlier factor {c.over_seeds(get(b, 'outlier_factor'))} < 1 in {filtered.count(True)}/{n}; "
+        f"worst-task gain B {c.over_seeds(get(b, 'gain_min'), 4)} ≥ A {c.over_seeds(get(a, 'gain_min'), 4)} in {sum(diverse)}/{n}; "
+        f"vs C: gains (worst B {c.over_seeds(get(b, 'gain_min'), 4)} vs {c.over_seeds(get(cn, 'gain_min'), 4)}, mean B {c.over_seeds(get(b, 'gain_mean'), 4)} vs {c.over_seeds(get(cn, 'gain_mean'), 4)}) and "
+        f"held-out loss (B {c.over_seeds(get(b, 'loss'))} vs {c.over_seeds(get(cn, 'loss'))}) better in {sum(beyond)}/{n}"
+    )
+    parts = [faster, higher, filtered, diverse, beyond]
+    return c.seedwise(parts), f"{why}; {c.all_parts(parts)}"
 
 
 def markdown(m: dict[str, Any]) -> str:

@@ -19,6 +19,7 @@ held-out answer NLL over the k tasks at the end (every level on).
 from __future__ import annotations
 
 import random
+import statistics
 import sys
 from pathlib import Path
 from typing import Any
@@ -108,7 +109,25 @@ def run(size: str, out: Path, seeds: list[int], base: str | None = None) -> dict
         name: {k: c.summarise(runs, KEYS) | {"split_runs": sum(x["first_split"] is not None for x in runs.values())} for k, runs in by_k.items()}
         for name, by_k in per.items()
     }
-    return c.finish(r, out, {"systems": per, "summary": summary, "control": SYSTEMS[1]}, CRITERION, markdown, plot)
+    return c.finish(r, out, {"systems": per, "summary": summary, "control": SYSTEMS[1]}, CRITERION, markdown, plot, judge)
+
+
+def judge(results: dict[str, Any]) -> tuple[str, str]:
+    """The criterion: topology's final depth, in the mean over seeds, does not fall from one difficulty k to the next
+    and is larger at the largest k than at the smallest (k = 1); and the control stays at depth 1 (its max depth 1 at
+    every k), per seed. Both hold → supported; the mean part fails, or the control leaves depth 1 in every seed → not
+    supported; else (the control leaves depth 1 in some seeds only) inconclusive."""
+    topo, control = results["systems"][SYSTEMS[0]], results["systems"][results["control"]]
+    ks = sorted(topo, key=int)
+    depth = [statistics.fmean(r["final_depth"] for r in topo[k].values()) for k in ks]
+    rising = all(b >= a for a, b in zip(depth, depth[1:], strict=False)) and depth[-1] > depth[0]
+    seeds = list(control[ks[0]])
+    flat = [all(control[k][s]["max_depth"] == 1 for k in ks) for s in seeds]
+    verdict = c.seedwise([[rising], flat])
+    shown = ", ".join(f"k = {k}: {d:.2f}" for k, d in zip(ks, depth, strict=True))
+    order = "does not fall" if all(b >= a for a, b in zip(depth, depth[1:], strict=False)) else "falls"
+    why = f"topology's mean final depth {shown} ({order} as k grows; k = {ks[-1]} {'>' if depth[-1] > depth[0] else '≤'} k = {ks[0]}); the control at depth 1 in {sum(flat)}/{len(seeds)} seeds"
+    return verdict, why
 
 
 def markdown(m: dict[str, Any]) -> str:

@@ -141,7 +141,38 @@ def run(size: str, out: Path, seeds: list[int], base: str | None = None) -> dict
         name: {k: c.summarise(runs, KEYS) | {"states": [x["state"] for x in runs.values()], "adapted_runs": sum(x["adaptation_ticks"] is not None for x in runs.values())} for k, runs in by_k.items()}
         for name, by_k in per.items()
     }
-    return c.finish(r, out, {"scenarios": per, "summary": summary, "control": "A: no budget"}, CRITERION, markdown, plot)
+    band = [spec["budget"]["low"], spec["budget"]["high"]]
+    return c.finish(r, out, {"scenarios": per, "summary": summary, "control": "A: no budget", "band": band}, CRITERION, markdown, plot, judge)
+
+
+def judge(results: dict[str, Any]) -> tuple[str, str]:
+    """The criterion per seed: A extreme at some k, B–D balanced at every k, C's end ratio in the band at every k,
+    D's band centre spread < 0.1 at every k; every part in every seed (seeds disagreeing or a ratio undefined: inconclusive)."""
+    per, (low, high) = results["scenarios"], results["band"]
+    by_seed = {name: {s: {k: runs[s] for k, runs in by_k.items()} for s in c.first(by_k)} for name, by_k in per.items()}
+    a, adaptive, dynamic = by_seed["A: no budget"], by_seed["C: adaptive"], by_seed["D: dynamic boundaries"]
+    seeds = list(a)
+    extreme = [any(x["state"] != "balanced" for x in a[s].values()) for s in seeds]
+    bad = {s: [f"{n[0]} k={k} {x['state']}" for n in SCENARIOS[1:] for k, x in by_seed[n][s].items() if x["state"] != "balanced"] for s in seeds}
+    ratios = [x["entropy_final"] for s in seeds for x in adaptive[s].values()]
+    in_band = [None if any(x["entropy_final"] is None for x in adaptive[s].values()) else all(low <= x["entropy_final"] <= high for x in adaptive[s].values()) for s in seeds]
+    spreads = [x["band_centre_spread"] for s in seeds for x in dynamic[s].values()]
+    steady = [None if any(x["band_centre_spread"] is None for x in dynamic[s].values()) else all(x["band_centre_spread"] < 0.1 for x in dynamic[s].values()) for s in seeds]
+    parts = [extreme, [not bad[s] for s in seeds], in_band, steady]
+    n = len(seeds)
+
+    def span(xs: list[float | None]) -> str:
+        live = [x for x in xs if x is not None]
+        return ("undefined" if not live else f"{min(live):.3f}–{max(live):.3f}") + (f", undefined in {len(xs) - len(live)} runs" if live and len(live) < len(xs) else "")
+
+    extremes = sorted({e for s in seeds for e in bad[s]})
+    why = (
+        f"A ends crystallised or amnesic at some k in {sum(extreme)}/{n} seeds; B–D balanced at every k in {sum(not bad[s] for s in seeds)}/{n} seeds"
+        + (f" (not: {', '.join(extremes[:4])}{', …' if len(extremes) > 4 else ''})" if extremes else "")
+        + f"; C's end entropy ratio in [{low:g}, {high:g}] at every k in {sum(x is True for x in in_band)}/{n} seeds (range {span(ratios)})"
+        + f"; D's band centre spread < 0.1 at every k in {sum(x is True for x in steady)}/{n} seeds (range {span(spreads)})"
+    )
+    return c.seedwise(parts), why
 
 
 def markdown(m: dict[str, Any]) -> str:

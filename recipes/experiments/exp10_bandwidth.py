@@ -147,7 +147,37 @@ def run(size: str, out: Path, seeds: list[int], base: str | None = None) -> dict
         for name in SCENARIOS:
             per_seed[name][str(seed)] = scenario(hive, world, r.spec, name, plan)
     summary = {name: c.summarise(runs, KEYS) | {"budget": c.first(runs)["budget"]} for name, runs in per_seed.items()}
-    return c.finish(r, out, {"scenarios": per_seed, "summary": summary, "control": "A: no limit"}, CRITERION, markdown, plot)
+    return c.finish(r, out, {"scenarios": per_seed, "summary": summary, "control": "A: no limit"}, CRITERION, markdown, plot, judge)
+
+
+WELL_BELOW = 0.5  # "well below" A's share of 1: at most half of the target's arrivals in one tick
+
+
+def judge(results: dict[str, Any]) -> tuple[str, str]:
+    """The criterion per seed: A's largest one-tick share is 1 and B–D's ≤ ``WELL_BELOW``; D's critical latency is 0 and
+    below B's and C's (a critical pattern B or C never migrated waits longer than any; D's never migrating: undefined)."""
+    per = results["scenarios"]
+    a, fixed, adaptive, bypass = (per[n] for n in SCENARIOS)
+    seeds = list(a)
+    collapse = [a[s]["max_tick_share"] >= 1.0 - 1e-6 and all(per[n][s]["max_tick_share"] <= WELL_BELOW for n in SCENARIOS[1:]) for s in seeds]
+
+    def waited(x: float | None) -> bool:
+        return x is None or x > 0
+
+    first = [None if (w := bypass[s]["critical_latency"]) is None else w == 0 and waited(fixed[s]["critical_latency"]) and waited(adaptive[s]["critical_latency"]) for s in seeds]
+
+    def shares(name: str) -> str:
+        return "/".join(f"{per[name][s]['max_tick_share']:.3f}" for s in seeds)
+
+    def waits(runs: dict[str, Any]) -> str:
+        return "/".join("never" if runs[s]["critical_latency"] is None else f"{runs[s]['critical_latency']:.1f}" for s in seeds)
+
+    why = (
+        f"largest one-tick share (per seed) A {shares(SCENARIOS[0])}, B {shares(SCENARIOS[1])}, C {shares(SCENARIOS[2])}, D {shares(SCENARIOS[3])} "
+        f"(A = 1 and B–D ≤ {WELL_BELOW:g} in {sum(collapse)}/{len(seeds)} seeds); critical latency (ticks) D {waits(bypass)}, B {waits(fixed)}, C {waits(adaptive)} "
+        f"(D 0 and below B's and C's in {sum(x is True for x in first)}/{len(seeds)} seeds" + (", D's undefined in some" if None in first else "") + ")"
+    )
+    return c.seedwise([collapse, first]), why
 
 
 def markdown(m: dict[str, Any]) -> str:

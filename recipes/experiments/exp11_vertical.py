@@ -281,7 +281,29 @@ def run(size: str, out: Path, seeds: list[int], base: str | None = None) -> dict
         **criteria(per["B: vertical resonance"], {k: useful[k]["mean"] for k in TYPES}),
         "several_agents": {"agents": spec["agents"], "tasks": several, "utility": swarm_useful, **criteria(per["D: several agents, vertical resonance"], swarm_useful)},
     }  # fmt: skip
-    return c.finish(r, out, results, CRITERION, markdown, plot)
+    return c.finish(r, out, results, CRITERION, markdown, plot, judge)
+
+
+def judge(results: dict[str, Any]) -> tuple[str, str]:
+    """For B (against A) and D (against C): Pearson r over every (type, seed) run > 0.7 and the false-positive rate < 0.05
+    (the spec's, over all runs; undefined: inconclusive); type 3 reaches the swarm earlier than its control in every seed
+    (never reaching: later than any tick)."""
+    per, parts, why = results["scenarios"], [], []
+    for name, control, figures in (("B: vertical resonance", "A: no vertical resonance", results), ("D: several agents, vertical resonance", "C: several agents, no vertical resonance", results["several_agents"])):
+        r, fp = figures["correlation_alignment_utility"], figures["false_positive_rate"]
+        on, off = per[name]["type 3: universal"], per[control]["type 3: universal"]
+        earlier = [on[s]["first_to_swarm"] is not None and (off[s]["first_to_swarm"] is None or on[s]["first_to_swarm"] < off[s]["first_to_swarm"]) for s in on]
+        parts += [[None if r is None else r > 0.7], [None if fp is None else fp < 0.05], earlier]
+
+        def tick(x: int | None) -> str:
+            return "never" if x is None else str(x)
+
+        ticks = ", ".join(f"{tick(on[s]['first_to_swarm'])} vs {tick(off[s]['first_to_swarm'])}" for s in on)
+        why.append(
+            f"{name[0]}: r {'undefined' if r is None else f'{r:.3f}'} (needs > 0.7), false positives {'undefined' if fp is None else f'{fp:.3f}'} (needs < 0.05), "
+            f"type 3 → swarm at tick {ticks} ({name[0]} vs {control[0]}; earlier in {sum(earlier)}/{len(earlier)} seeds)"
+        )
+    return c.seedwise(parts), "; ".join(why)
 
 
 if __name__ == "__main__":
