@@ -6,7 +6,8 @@
 # Each NAME:overrides runs `lorahive run configs/cl-stream.yaml` with those overrides (a bare NAME runs the
 # config as it is; NAME@CONFIG runs CONFIG instead, for what an override cannot say, e.g. another level stack),
 # one process each, all at the same time on the one GPU; OUT/NAME/ is the run directory,
-# OUT/NAME.log its output, OUT/NAME.time its wall seconds. SETUP is as for cl_full.sh (what
+# OUT/NAME.log its output, OUT/NAME.time its wall seconds, OUT/NAME.events.json and OUT/NAME.inspect.txt the ledger in
+# brief (benchmarks/gpu/run_events.py, `lorahive inspect`). SETUP is as for cl_full.sh (what
 # ../shared/tools/carry-model.sh writes, plus wheels in SETUP/whl/). When all have finished, OUT/compare.txt
 # holds `lorahive compare` of every run and OUT/compare-seeds.md the same runs over seeds (`--by-seed`). Each process gets THREADS (default 2) CPU threads, so a dozen fit the host's cores. Example (docs/mechanisms.md runs these):
 #
@@ -27,7 +28,11 @@ for spec in "$@"; do
   (
     start=$(date +%s)
     OMP_NUM_THREADS=${THREADS:-2} lh run "$config" --out "$out/$name" --force suite.root="$setup/data/cl/standard" "${over[@]}" > "$out/$name.log" 2>&1
-    echo $(( $(date +%s) - start )) > "$out/$name.time"
+    wall=$(( $(date +%s) - start ))
+    # the ledger in brief, small enough to bring back with the metrics; then the wall time, which marks the run done
+    python3 benchmarks/gpu/run_events.py "$out/$name" > "$out/$name.events.json" 2>&1 || true
+    lh inspect "$out/$name" > "$out/$name.inspect.txt" 2>&1 || true
+    echo "$wall" > "$out/$name.time"
   ) &
 done
 wait
