@@ -6,26 +6,19 @@ judges themselves are tested on constructed results in tests/test_verdicts_*.py.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent / "recipes" / "experiments"
+from recipe_modules import ROOT, recipe
+
 SEEDS = [0, 1]
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-
-def recipe(name: str):
-    spec = importlib.util.spec_from_file_location(f"recipe_{name}", ROOT / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def finite(ms) -> bool:

@@ -4,20 +4,9 @@ results (just the structure its recipe's ``run`` produces) and names the figures
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent / "recipes" / "experiments"
-
-
-def recipe(name: str):
-    spec = importlib.util.spec_from_file_location(f"recipe_{name}", ROOT / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from recipe_modules import recipe
 
 
 # ---------------------------------------------------------------------- 5: screening hysteresis

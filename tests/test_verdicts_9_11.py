@@ -3,19 +3,7 @@ deciding figures (the recipes' runs are in tests/test_experiments.py)."""
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
-ROOT = Path(__file__).resolve().parent.parent / "recipes" / "experiments"
-
-
-def recipe(name: str):
-    spec = importlib.util.spec_from_file_location(f"recipe_{name}", ROOT / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
+from recipe_modules import recipe
 
 # ---------------------------------------------------------------------- experiment 9: entropy budget
 EXP09 = recipe("exp09_entropy")
