@@ -184,6 +184,8 @@ def test_replayed_examples_are_of_other_task_types_and_replace_the_last_ones(swa
             # never the agent's current task type
             assert all(_type_of(x) in ("x", "z") for x in got[6:])
             assert len(set(got[6:])) == 2
+            # and each replayed example's own type is noted for context modes (core/pins.py)
+            assert view.shared["replayed"][a] == {x: _type_of(x) for x in got[6:]}
 
 
 @SETTINGS

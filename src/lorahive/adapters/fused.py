@@ -169,8 +169,8 @@ def _terms(layer: HiveLinear, routing: Routing) -> tuple[list[_Term], list[_Term
             continue
         slots, coeff, gate = term
         bank = cast(LevelBank, module)
-        override = routing.overrides.get(level, {}).get(layer.name)
-        t = _Term(bank if override is None else _Weights(override[0], override[1], bank.rank), slots, coeff, gate)
+        own = level not in routing.overrides and level not in routing.extra
+        t = _Term(bank if own else _Weights(*routing.weights(level, layer.name, bank.A, bank.B), bank.rank), slots, coeff, gate)
         (one if gate is None and (slots is None or slots.shape[0] == 1) else rows).append(t)
     return one, rows
 
@@ -227,7 +227,7 @@ def prepare(layer: HiveLinear, routing: Routing, dtype: torch.dtype) -> Prepared
 
 def prepared(layer: HiveLinear, routing: Routing, dtype: torch.dtype) -> Prepared:
     """:func:`prepare`, kept for the life of the routing when no gradient is needed."""
-    if routing.overrides or (torch.is_grad_enabled() and any(p.requires_grad for p in layer.banks.parameters())):
+    if routing.overrides or routing.extra or (torch.is_grad_enabled() and any(p.requires_grad for p in layer.banks.parameters())):
         return prepare(layer, routing, dtype)
     _plan(layer, routing)  # registers the routing, so the cache entry dies with it
     cache = _CACHE.setdefault(id(routing), {})

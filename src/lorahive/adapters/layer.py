@@ -55,7 +55,8 @@ class HiveLinear(nn.Module):
                 bank = cast(LevelBank, self.banks[level])
                 # a level on proposal slots (copies of its shared slot 0) is the bank's slot 0 for every row
                 slots = None if level in routing.overrides else routing.slots.get(level)
-                probe.observe(level, x, bank.A, bank.B, slots, routing.mix.get(level, 1.0) * self.scales[level])
+                a, b = (bank.A, bank.B) if level in routing.overrides else routing.weights(level, self.name, bank.A, bank.B)
+                probe.observe(level, x, a, b, slots, routing.mix.get(level, 1.0) * self.scales[level], size=bank.A.shape[0])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.base(x)
@@ -70,8 +71,7 @@ class HiveLinear(nn.Module):
             bank = cast(LevelBank, module)
             if not routing.runs(level):
                 continue
-            override = routing.overrides.get(level, {}).get(self.name)
-            a, b = override if override is not None else (bank.A, bank.B)
+            a, b = routing.weights(level, self.name, bank.A, bank.B)
             delta = routed_delta(x, a, b, routing.slots.get(level), routing.host_slots.get(level))
             gate = routing.gates.get(level)
             if gate is not None:

@@ -55,11 +55,15 @@ class ActivityProbe:
         self.inputs[path] = (x[: self.keep_inputs].float() * m[..., None]).sum(1) / m.sum(1).clamp_min(1.0)[:, None]
 
     @torch.no_grad()
-    def observe(self, level: str, x: torch.Tensor, a: torch.Tensor, b: torch.Tensor, slots: torch.Tensor | None, gain: float) -> None:
-        """Fold one module's input ``x (B, T, in)`` for ``level``'s bank ``a (S, r, in)``, ``b (S, out, r)``."""
+    def observe(self, level: str, x: torch.Tensor, a: torch.Tensor, b: torch.Tensor, slots: torch.Tensor | None, gain: float, size: int | None = None) -> None:
+        """Fold one module's input ``x (B, T, in)`` for ``level``'s bank ``a (S, r, in)``, ``b (S, out, r)``.
+
+        ``size``: the bank's own slots when ``a, b`` carry extra slots after them (``Routing.extra``):
+        rows on those count for no slot.
+        """
         if x.dim() != 3 or x.shape[:2] != self.mask.shape:
             return  # not the probed batch (e.g. a cached decode step)
-        n = a.shape[0]
+        n = a.shape[0] if size is None else size
         xf = x.float()
         if slots is None:  # a shared level: every row uses slot 0
             idx = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
@@ -74,11 +78,15 @@ class ActivityProbe:
         fire = (h.abs() * m[..., None]).sum(1) / tokens[:, None]  # (B, r)
         xnorm = (xf.norm(dim=-1) * m).sum(1) / tokens  # (B,)
         act = gain * bnorm * fire / xnorm.clamp_min(1e-12)[:, None]
+        ones = torch.ones_like(idx, dtype=torch.float32)
+        if n < a.shape[0]:  # rows on extra slots: weight 0, folded into slot 0 (no read of the device)
+            own = (idx < n).float()
+            act, ones, idx = act * own[:, None], ones * own, torch.where(idx < n, idx, torch.zeros_like(idx))
         if level not in self.sums:
             self.sums[level] = torch.zeros(n, a.shape[1], device=x.device)
             self.rows[level] = torch.zeros(n, device=x.device)
         self.sums[level].index_add_(0, idx, act)
-        self.rows[level].index_add_(0, idx, torch.ones_like(idx, dtype=torch.float32))
+        self.rows[level].index_add_(0, idx, ones)
 
     def totals(self) -> Totals:
         """Per level: the sums and row counts so far (what several processes' probes add up)."""

@@ -29,6 +29,10 @@ class Routing:
     overrides: level name -> module path -> (A, B) tensors used instead of that level's bank,
         with their own slot dimension: the per-agent *proposal slots* of a shared level, each
         a copy of the level's slot 0 (an activity probe reports the bank's slot 0 for them).
+    extra: level name -> module path -> (A, B) slots appended after that level's bank, read but
+        never trained through: a row whose slot is ≥ the bank's size uses ``extra`` row
+        ``slot − size`` (the context modes' factors for replayed rows; the bank's own slots
+        still get their gradients, since the two are joined at every forward).
     uniform: levels of ``slots`` whose rows all use the same slot. ``None`` (unknown) makes
         the fused path find out by reading the device; the hive always says.
     host_slots: the slots of ``slots`` as host tuples, where known; the reference path groups
@@ -40,11 +44,22 @@ class Routing:
     mix: dict[str, float] = field(default_factory=dict)
     gates: dict[str, torch.Tensor] = field(default_factory=dict)
     overrides: dict[str, dict[str, tuple[torch.Tensor, torch.Tensor]]] = field(default_factory=dict)
+    extra: dict[str, dict[str, tuple[torch.Tensor, torch.Tensor]]] = field(default_factory=dict)
     uniform: frozenset[str] | None = None
     host_slots: dict[str, tuple[int, ...]] = field(default_factory=dict)
 
     def runs(self, level: str) -> bool:
         return (self.active is None or level in self.active) and self.mix.get(level, 1.0) != 0.0
+
+    def weights(self, level: str, name: str, a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Module ``name``'s factors of ``level`` for this routing: its override, its bank ``(a, b)`` joined with the extra slots, or the bank."""
+        override = self.overrides.get(level, {}).get(name)
+        if override is not None:
+            return override
+        extra = self.extra.get(level, {}).get(name)
+        if extra is not None:
+            return torch.cat([a, extra[0].to(a.dtype)]), torch.cat([b, extra[1].to(b.dtype)])
+        return a, b
 
 
 class RoutingState:

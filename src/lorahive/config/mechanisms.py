@@ -235,6 +235,7 @@ class ContextModesConfig(_Section):
     key_ema: float = Field(default=0.9, ge=0.0, lt=1.0, description="a mode's key follows its inputs: key ← key_ema·key + (1−key_ema)·input")
     rate: float = Field(default=1.0, gt=0.0, le=1.0, description="reinforcement: mode ← (1−rate)·mode + rate·mean of the context slots that used it this tick")
     forget: float = Field(default=0.0, ge=0.0, le=1.0, description="per tick, an opened mode no agent used has its ΔW multiplied by 1 − forget (the seed's 'unused patterns weaken')")
+    replay_own_mode: bool = Field(default=True, description="replayed examples (mechanisms.replay) run the mode their task type was last routed to, not the current task's: a past task is rehearsed with the context it is evaluated with")
     at_inference: bool = Field(default=True, description="held-out evaluation routes each task type's prompts to the nearest opened mode (no mode opened, no key moved) and scores with the context level holding it; false = the context level is left out of evaluation, as without modes")
 
 

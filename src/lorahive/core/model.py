@@ -25,6 +25,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from lorahive.adapters import HiveLinear, LevelBank, Routing, RoutingState, inject
 from lorahive.config import LevelSpec, StackSpec, as_stack
 from lorahive.core.lowrank import refactor
+from lorahive.core.pins import RowPins
 from lorahive.core.state import LevelState
 from lorahive.learning import SlotAdamW
 from lorahive.tensors import to_device
@@ -61,6 +62,7 @@ class HiveCore:
         self._agents: list[str] = []
         self._index: dict[str, int] = {}
         self._device_index: OrderedDict[tuple[int, ...], torch.Tensor] = OrderedDict()
+        self.pins: RowPins | None = None  # rows the coming learning calls run on other factors (core/pins.py)
         for lv in self.stack.levels:
             for p in self.level_params(lv.name).values():
                 p.requires_grad_(lv.trainable)

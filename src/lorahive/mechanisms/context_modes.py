@@ -40,6 +40,7 @@ from typing import Any, final
 import torch
 
 from lorahive.config import ContextModesConfig
+from lorahive.core.pins import RowPins
 from lorahive.learning import pack_prompts
 from lorahive.learning.objective import hidden_states
 from lorahive.mechanisms.base import Action, TickView
@@ -161,27 +162,48 @@ class ContextModes:
         self.seen = 0
         self.factors: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # module path -> A (K, r, in), B (K, out, r)
         self.routed: dict[str, int] = {}  # this tick: agent -> mode (between draw and decay)
+        self.type_modes: dict[str, int] = {}  # task type -> the mode its last task was routed to (replayed rows run it)
 
     # ------------------------------------------------------------------ draw
     def run(self, view: TickView) -> Action | None:
         return self._draw(view) if view.phase == "draw" else self._reinforce(view)
 
     def _draw(self, view: TickView) -> Action | None:
+        view.core.pins = None
         agents = [a for a, exs in view.support.items() if exs]
         if not agents:
             return None
-        prompts = [p for a in agents for p, _ in view.support[a]]
-        pooled = pooled_prompts(view.core, prompts)  # (P, H)
-        sizes = [len(view.support[a]) for a in agents]
-        vectors = torch.stack([part.mean(0) for part in pooled.split(sizes)])  # (N, H)
+        replayed: dict[str, dict[tuple[str, str], str]] = view.shared.get("replayed", {})
+        own = {a: [p for p, ans in view.support[a] if (p, ans) not in replayed.get(a, {})] or [p for p, _ in view.support[a]] for a in agents}
+        pooled = pooled_prompts(view.core, [p for a in agents for p in own[a]])  # (P, H): the task's own prompts, not the replayed ones
+        vectors = torch.stack([part.mean(0) for part in pooled.split([len(own[a]) for a in agents])])  # (N, H)
         routed = self.route_inputs(vectors)
         self._load(view, agents, routed)
         self.routed = dict(zip(agents, routed.modes, strict=True))
-        for m in routed.modes:
+        for a, m in self.routed.items():
             self.uses[m] += 1
+            if view.task_types.get(a):
+                self.type_modes[view.task_types[a]] = m
+        pinned = self._pin(view, replayed)
         view.shared["context_modes"] = dict(self.routed)  # the solve phase keeps these context slots
         cosines = {a: (None if c is None else round(c, 4)) for a, c in zip(agents, routed.cosines, strict=True)}
-        return Action("route", {"level": self.level, "modes": dict(self.routed), "cosine": cosines, "opened": routed.opened, "uses": list(self.uses)})
+        detail = {"level": self.level, "modes": dict(self.routed), "cosine": cosines, "opened": routed.opened, "uses": list(self.uses), "pinned": pinned}
+        return Action("route", detail)
+
+    def _pin(self, view: TickView, replayed: dict[str, dict[tuple[str, str], str]]) -> int:
+        """Pin every replayed row whose task type last took another mode than its agent's task to that mode (core/pins.py); how many."""
+        if not self.cfg.replay_own_mode:
+            return 0
+        rows = {
+            (a, p, ans): self.type_modes[t]
+            for a, exs in replayed.items()
+            if a in self.routed
+            for (p, ans), t in exs.items()
+            if t in self.type_modes and self.type_modes[t] != self.routed[a]
+        }
+        if rows:
+            view.core.pins = RowPins(self.level, dict(self.factors), rows)
+        return len(rows)
 
     def route_inputs(self, vectors: torch.Tensor) -> Routed:
         """One tick's inputs ``(N, H)``, in order, through the configured rule: the centre takes them first; keys, modes and spreads are updated."""
@@ -250,6 +272,7 @@ class ContextModes:
     # ------------------------------------------------------------------ decay
     @torch.no_grad()
     def _reinforce(self, view: TickView) -> Action | None:
+        view.core.pins = None  # the tick's learning is over
         if not self.routed:
             return None
         core = view.core
@@ -289,7 +312,7 @@ class ContextModes:
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"uses": list(self.uses), "seen": self.seen, "opened": self.opened.nonzero().flatten().tolist(), "count": list(self.count), "spread": self.spread}
+        out: dict[str, Any] = {"uses": list(self.uses), "seen": self.seen, "type_modes": dict(self.type_modes), "opened": self.opened.nonzero().flatten().tolist(), "count": list(self.count), "spread": self.spread}
         if self.keys is not None and self.center is not None:
             out |= {"keys": self.keys, "center": self.center}
         for path, (a, b) in self.factors.items():
@@ -299,6 +322,7 @@ class ContextModes:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.uses = [int(u) for u in state.get("uses", [0] * self.cfg.modes)]
         self.seen = int(state.get("seen", 0))
+        self.type_modes = {str(t): int(m) for t, m in state.get("type_modes", {}).items()}
         self.count = [int(c) for c in state.get("count", [0] * self.cfg.modes)]
         self.spread = state["spread"].float().clone() if "spread" in state else torch.zeros(self.cfg.modes)
         self.opened = torch.zeros(self.cfg.modes, dtype=torch.bool)

@@ -50,9 +50,17 @@ class Reservoir:
             if j < self.capacity:
                 self.items[j] = item
 
-    def sample(self, k: int, exclude: str, rng: random.Random, skip: Collection[Example] = ()) -> list[Example]:
-        """Up to ``k`` distinct examples of task types other than ``exclude``, none of them in ``skip``."""
-        pool = [x for x in dict.fromkeys((p, a) for t, p, a in self.items if t != exclude) if x not in skip]
+    def sample(self, k: int, exclude: str, rng: random.Random, skip: Collection[Item] = ()) -> list[Item]:
+        """Up to ``k`` distinct examples (with their task types) of types other than ``exclude``, none of them in ``skip``.
+
+        Distinct by text: an example stored under two types is drawn with the first.
+        """
+        first: dict[Example, Item] = {}
+        for t, p, a in self.items:
+            if t != exclude and (p, a) not in first:
+                first[(p, a)] = (t, p, a)
+        skipped = {(p, a) for _, p, a in skip}
+        pool = [x for e, x in first.items() if e not in skipped]
         return rng.sample(pool, min(k, len(pool)))
 
     def nbytes(self) -> int:
@@ -87,6 +95,7 @@ class SuccessReplay:
     def _draw(self, view: TickView) -> Action | None:
         self._own = {a: list(exs) for a, exs in view.support.items()}
         self._replayed = 0
+        replayed: dict[str, dict[Example, str]] = {}  # agent -> replayed example -> its task type
         for agent, exs in view.support.items():
             rng = random.Random(f"{view.seed}/replay/{view.tick}/{agent}")
             k = round(self.cfg.fraction * len(exs))
@@ -94,18 +103,21 @@ class SuccessReplay:
                 continue
             past = self._sample(agent, view.task_types.get(agent, ""), k, rng)
             if past:
-                view.support[agent] = exs[: len(exs) - len(past)] + past
+                view.support[agent] = exs[: len(exs) - len(past)] + [(p, a) for _, p, a in past]
+                replayed[agent] = {(p, a): t for t, p, a in past}
                 self._replayed += len(past)
+        view.shared["replayed"] = replayed  # context modes pin these rows to their own type's mode
         return None
 
-    def _sample(self, agent: str, current: str, k: int, rng: random.Random) -> list[Example]:
+    def _sample(self, agent: str, current: str, k: int, rng: random.Random) -> list[Item]:
         own = self.agents.get(agent)
         k_swarm = round(self.cfg.swarm_share * k)
         got = self.swarm.sample(k_swarm, current, rng)
         if own is not None:
             got += own.sample(k - len(got), current, rng, skip=got)  # the agent's successes are in both buffers
         if len(got) < k:  # the agent's own buffer ran short: fill from the swarm's, without repeats
-            more = [x for x in self.swarm.sample(k, current, rng) if x not in got]
+            taken = {(p, a) for _, p, a in got}
+            more = [x for x in self.swarm.sample(k, current, rng) if (x[1], x[2]) not in taken]
             got += more[: k - len(got)]
         return got
 

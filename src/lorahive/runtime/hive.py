@@ -20,7 +20,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from lorahive.adapters import ActivityProbe, Routing, add_totals, mean_activity
 from lorahive.base import load_base
 from lorahive.config import DEFAULT_BASE, LevelSpec, StackSpec
-from lorahive.core import HiveCore
+from lorahive.core import HiveCore, pin
 from lorahive.learning import answer_nll, last_logits, pack_examples, pack_prompts
 from lorahive.learning.batching import Batch
 from lorahive.learning.choice import option_pass, prompt_pass
@@ -178,7 +178,8 @@ class Hive:
         passes: list[Pass] = []
         for i, part in enumerate(split(examples, rows_per_pass)):
             batch, owners, part_names = self._pack(part, positions if anchor > 0 else 0)
-            passes.append(Pass(batch, owners, part_names, self._anchor_base(batch, owners, anchor, part, positions, first=i == 0)))
+            keys = [(a, prompt, ans) for a, exs in part.items() for prompt, ans in exs]
+            passes.append(Pass(batch, owners, part_names, self._anchor_base(batch, owners, anchor, part, positions, first=i == 0), keys))
         return passes, names
 
     def _anchor_base(self, batch: Batch, owners: list[str], anchor: float, examples: Examples, positions: int, first: bool = True) -> torch.Tensor | None:
@@ -311,7 +312,7 @@ class Hive:
             raise ValueError(f"steps must be ≥ 1, got {steps}")
         passes, names = self._passes(examples, anchor, anchor_positions, rows_per_pass)
         update = self._updated(levels)
-        routings = [self.core.route(p.owners, training=[lv.name for lv in update]) for p in passes]
+        routings = [pin(self.core, self.core.route(p.owners, training=[lv.name for lv in update]), p.keys) for p in passes]
         losses: dict[str, torch.Tensor] = {}
         bad = torch.zeros(1, device=self.device)
         for _ in range(steps):
@@ -337,7 +338,7 @@ class Hive:
             raise ValueError(f"learn_and_propose: {level!r} is among the levels the step trains; its proposal would be taken on a level being stepped")
         passes, names = self._passes(examples, anchor, anchor_positions, rows_per_pass)
         slots = self._proposal_slots(level, len(names))
-        routings = [self._proposal_routing(level, p.owners, names, slots, [lv.name for lv in update]) for p in passes]
+        routings = [pin(self.core, self._proposal_routing(level, p.owners, names, slots, [lv.name for lv in update]), p.keys) for p in passes]
         losses, bad = self._learn_step(passes, names, routings, anchor, update)
         grads = [t.grad if t.grad is not None else torch.zeros_like(t) for pair in slots.values() for t in pair]
         return self._step_losses(losses, bad), _by_agent(slots, grads, names)
@@ -413,7 +414,8 @@ class Hive:
         grads: list[torch.Tensor] = []
         losses: dict[str, torch.Tensor] = {}
         for p in passes:
-            part, objective = self._objective(p.batch, p.owners, p.names, self._proposal_routing(level, p.owners, names, slots, active=levels), p.base, anchor)
+            routing = pin(self.core, self._proposal_routing(level, p.owners, names, slots, active=levels), p.keys)
+            part, objective = self._objective(p.batch, p.owners, p.names, routing, p.base, anchor)
             g = torch.autograd.grad(objective, leaves)  # an agent's slot gets gradient from its own pass only
             grads = list(g) if not grads else [a.add_(b) for a, b in zip(grads, g, strict=True)]
             losses.update(part)

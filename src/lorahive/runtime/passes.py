@@ -28,6 +28,7 @@ class Pass:
     owners: list[str]  # each row's agent
     names: list[str]  # the pass's agents, in order
     base: torch.Tensor | None
+    keys: list[tuple[str, str, str]]  # each row's (agent, prompt, answer), for row pins (core/pins.py)
 
 
 def check_examples(examples: Examples) -> Examples:
