@@ -34,9 +34,14 @@ def written(out: Path, figure: str) -> dict:
     return metrics
 
 
-def test_experiment_2_runs_the_swarm_and_the_isolated_control_on_the_same_draws(tmp_path):
+def test_experiment_2_runs_the_swarm_and_the_isolated_control_on_the_same_draws(tmp_path, capsys):
     m = recipe("exp02_swarm").run("small", tmp_path, SEEDS)
     written(tmp_path, "exp02.png")
+    progress = [line for line in capsys.readouterr().err.splitlines() if line.startswith("[exp02 small")]
+    for system in ("A: isolated", "B: swarm"):  # a line as each seed of each system starts and ends
+        for i, seed in enumerate(SEEDS, 1):
+            assert f"[exp02 small {system}] seed {seed} ({i} of {len(SEEDS)}) …" in progress
+            assert any(line.startswith(f"[exp02 small {system}] seed {seed} done in ") for line in progress)
     assert list(m["systems"]) == ["A: isolated", "B: swarm"] and m["control"] == "A: isolated" and m["target"] == 0.9
     n, tasks = m["config"]["agents"], ["agnews", "dbpedia", "yahoo", "yelp"]
     assert 3 <= n <= 5
@@ -258,6 +263,20 @@ def test_experiment_8_tracks_the_depth_per_difficulty_beside_the_topology_off_co
 @pytest.mark.parametrize("name", ["exp01", "exp04", "exp08"])
 def test_experiments_1_4_and_8_are_configured_at_full_size_like_the_small_one(name):
     test_the_full_size_is_configured_like_the_small_one_on_the_embedded_model(name)
+
+
+def test_no_size_asks_for_more_held_out_examples_than_the_demo_slice_has(tmp_path, monkeypatch):
+    from lorahive.suites.demo import load_demo_suite
+
+    c = recipe("exp01_two_layer").c
+    assert {len(d.test) for d in load_demo_suite().values()} == {c.DEMO_TEST}
+    for name in sorted(p.stem for p in ROOT.glob("exp*.yaml")):
+        for size in ("small", "full"):
+            assert 1 <= c.load_size(name, size).get("eval", 1) <= c.DEMO_TEST, (name, size)
+    (tmp_path / "exp99.yaml").write_text("full: {eval: 48}\n", encoding="utf-8")
+    monkeypatch.setattr(c, "HERE", tmp_path)
+    with pytest.raises(ValueError, match=r"exp99.yaml full.eval = 48: held-out examples per task must be in 1..32"):
+        c.load_size("exp99", "full")
 
 
 SHARED_CL = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cl" / "standard"

@@ -22,8 +22,9 @@ import argparse
 import json
 import random
 import statistics
+import sys
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,10 +42,17 @@ TINY = "tiny-random"
 HERE = Path(__file__).resolve().parent
 
 
+#: Held-out examples per task type in the package's demo slice (its test split), the most ``eval`` can ask for.
+DEMO_TEST = 32
+
+
 def load_size(name: str, size: str) -> dict[str, Any]:
-    """Section ``size`` of ``recipes/experiments/<name>.yaml``."""
+    """Section ``size`` of ``recipes/experiments/<name>.yaml``; ``eval`` is checked against the slice's test split."""
     tree = yaml.safe_load((HERE / f"{name}.yaml").read_text(encoding="utf-8"))
-    return dict(tree[size])
+    spec = dict(tree[size])
+    if not 1 <= int(spec.get("eval", 1)) <= DEMO_TEST:
+        raise ValueError(f"{name}.yaml {size}.eval = {spec['eval']}: held-out examples per task must be in 1..{DEMO_TEST} (the demo slice's test split)")
+    return spec
 
 
 def stack(agent_rank: int = 2, context_rank: int = 2, shared_rank: int = 4) -> StackSpec:
@@ -222,6 +230,16 @@ def begin(experiment: int, size: str, seeds: list[int], base: str | None) -> Run
     spec = load_size(f"exp{experiment:02d}", size)
     torch.set_num_threads(spec.get("threads", torch.get_num_threads()))
     return Run(experiment, size, base or spec["base"], seeds, spec, time.perf_counter())
+
+
+def each(run: Run, seeds: Sequence[int], label: str = "") -> Iterator[int]:
+    """``seeds`` one by one, with a progress line on stderr as each starts and ends (a full-size run takes a while)."""
+    name = f"exp{run.experiment:02d} {run.size}" + (f" {label}" if label else "")
+    for i, seed in enumerate(seeds, 1):
+        start = time.perf_counter()
+        print(f"[{name}] seed {seed} ({i} of {len(seeds)}) …", file=sys.stderr, flush=True)
+        yield seed
+        print(f"[{name}] seed {seed} done in {time.perf_counter() - start:.1f} s ({time.perf_counter() - run.t0:.0f} s so far)", file=sys.stderr, flush=True)
 
 
 #: What a criterion can say of a run's numbers.

@@ -136,7 +136,7 @@ def run(size: str, out: Path, seeds: list[int], base: str | None = None) -> dict
     suite = load_demo_suite(c.TASKS)
     per: dict[str, dict[str, dict[str, Any]]] = {s: {} for s in SYSTEMS}
     hives = {name: c.make_hive(r.base, [AGENT], levels=st) for name, st in stacks(spec).items()}
-    for seed in seeds:
+    for seed in c.each(r, seeds):
         rng = random.Random(seed)
         plan = [[rng.sample(suite[c.TASKS[e % len(c.TASKS)]].train, spec["batch"]) for _ in range(spec["ticks"])] for e in range(spec["rounds"] * len(c.TASKS))]
         for name, hive in hives.items():

@@ -127,7 +127,7 @@ def judge(results: dict[str, Any]) -> tuple[str, str]:
 
 def run(size: str, out: Path, seeds: list[int], base: str | None = None) -> dict[str, Any]:
     r = c.begin(2, size, seeds, base)
-    per: dict[str, dict[str, Any]] = {s: {str(seed): simulate(r.base, r.spec, s, seed) for seed in seeds} for s in SYSTEMS}
+    per: dict[str, dict[str, Any]] = {s: {str(seed): simulate(r.base, r.spec, s, seed) for seed in c.each(r, seeds, s)} for s in SYSTEMS}
     summary: dict[str, Any] = {}
     for name, runs in per.items():
         summary[name] = c.summarise(runs, KEYS) | {"defined": sum(x["efficiency"] is not None for x in runs.values())}

@@ -125,7 +125,7 @@ def run(size: str, out: Path, seeds: list[int], base: str | None = None) -> dict
     r = c.begin(3, size, seeds, base)
     stack = levels(r.spec)
     factor = step_budget(stack, SYSTEMS[HIERARCHY]) / step_budget(stack, ["agent"])  # C's agent lr: B's budget in one level
-    per = {name: {str(s): simulate(r.base, r.spec, learns, s, factor if name == MATCHED else 1.0) for s in seeds} for name, learns in SYSTEMS.items()}
+    per = {name: {str(s): simulate(r.base, r.spec, learns, s, factor if name == MATCHED else 1.0) for s in c.each(r, seeds, name)} for name, learns in SYSTEMS.items()}
     budget = {name: step_budget(levels(r.spec, factor if name == MATCHED else 1.0), learns) for name, learns in SYSTEMS.items()}
     summary = {name: c.summarise(runs, KEYS) | {"step_budget": budget[name]} for name, runs in per.items()}
     results = {"systems": per, "summary": summary, "control": "A: flat (agent level)", "step_matched": MATCHED, "agent_lr_factor": factor}

@@ -134,7 +134,7 @@ def run(size: str, out: Path, seeds: list[int], base: str | None = None) -> dict
     hive = c.make_hive(r.base, list(AGENTS), levels=stack(r.spec))
     suite = load_demo_suite(c.TASKS)
     per: dict[str, dict[str, dict[str, Any]]] = {s: {} for s in SCENARIOS}
-    for seed in seeds:
+    for seed in c.each(r, seeds):
         plan = plan_draws(suite, r.spec, seed)
         for name in SCENARIOS:
             per[name][str(seed)] = scenario(hive, suite, r.spec, name, plan, seed)

@@ -96,7 +96,7 @@ def run(size: str, out: Path, seeds: list[int], base: str | None = None) -> dict
     variants = {"hysteresis": main, "control: narrow band": narrow}
     runs: dict[str, dict[str, Any]] = {}
     for name, cfg in variants.items():
-        per_seed = {str(s): sweep(hive, world, cfg, spec["frequencies"], spec["ticks"], spec["norm"], spec["batch"], s) for s in seeds}
+        per_seed = {str(s): sweep(hive, world, cfg, spec["frequencies"], spec["ticks"], spec["norm"], spec["batch"], s) for s in c.each(r, seeds, name)}
         seed_figures = {s: {"f_up": threshold(b, "up"), "f_down": threshold(b, "down"), "sharpness": sharpness(b)} for s, b in per_seed.items()}
         for x in seed_figures.values():
             x["width"] = x["f_up"] - x["f_down"]

@@ -125,7 +125,7 @@ def run(size: str, out: Path, seeds: list[int], base: str | None = None) -> dict
     world = c.build_world(hive, spec["train"])
     tasks = [c.TASKS[i % len(c.TASKS)] for i in range(len(agents))]
     per_seed: dict[str, dict[str, Any]] = {"autocorrelation": {}, "timer": {}}
-    for s in seeds:
+    for s in c.each(r, seeds):
         rng = random.Random(s)
         draws = [[c.noise(hive, world, t, rng, spec["batch"]) for t in tasks] for _ in range(spec["ticks"])]
         for trigger in per_seed:

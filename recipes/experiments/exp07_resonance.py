@@ -119,7 +119,7 @@ def run(size: str, out: Path, seeds: list[int], base: str | None = None) -> dict
     base_loss = statistics.fmean(c.task_loss(hive, ["ann"] * len(c.TASKS), list(c.TASKS), world, [], spec["eval"]))
     cases = {f"{s}, {o} outliers": (s, o) for o in (spec["outliers"], 0) for s in SYSTEMS}
     per: dict[str, dict[str, Any]] = {name: {} for name in cases}
-    for seed in seeds:
+    for seed in c.each(r, seeds):
         draws = plan_draws(hive, world, spec, seed)
         for name, (system, outliers) in cases.items():
             match = per[f"{SYSTEMS[1]}, {outliers} outliers"][str(seed)]["update_norms"] if system == SYSTEMS[2] else None

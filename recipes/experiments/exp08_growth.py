@@ -100,7 +100,7 @@ def run(size: str, out: Path, seeds: list[int], base: str | None = None) -> dict
     spec = r.spec
     suite = load_demo_suite(c.TASKS)
     per: dict[str, dict[str, dict[str, Any]]] = {s: {str(k): {} for k in spec["difficulty"]} for s in SYSTEMS}
-    for seed in seeds:
+    for seed in c.each(r, seeds):
         for k in spec["difficulty"]:
             plan = plan_draws(suite, spec, k, seed)
             for name in SYSTEMS:

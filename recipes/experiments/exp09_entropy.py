@@ -132,7 +132,7 @@ def run(size: str, out: Path, seeds: list[int], base: str | None = None) -> dict
     hive = c.make_hive(r.base, [f"agent{i}" for i in range(spec["agents"])])
     world = c.build_world(hive, spec["train"])
     per: dict[str, dict[str, dict[str, Any]]] = {s: {str(k): {} for k in spec["complexity"]} for s in SCENARIOS}
-    for seed in seeds:
+    for seed in c.each(r, seeds):
         plan = plan_draws(hive, world, spec, seed)
         for name in SCENARIOS:
             for k in spec["complexity"]:

@@ -142,7 +142,7 @@ def run(size: str, out: Path, seeds: list[int], base: str | None = None) -> dict
     hive = c.make_hive(r.base, [f"agent{i}" for i in range(r.spec["patterns"])])
     world = c.build_world(hive, r.spec["train"])
     per_seed: dict[str, dict[str, Any]] = {s: {} for s in SCENARIOS}
-    for seed in seeds:
+    for seed in c.each(r, seeds):
         plan = plan_draws(hive, world, r.spec, seed)
         for name in SCENARIOS:
             per_seed[name][str(seed)] = scenario(hive, world, r.spec, name, plan)

@@ -260,7 +260,7 @@ def run(size: str, out: Path, seeds: list[int], base: str | None = None) -> dict
     useful = utility(hive, world, pats, spec["eps"], spec["eval"])
     swarm_useful = {k: statistics.fmean(useful[k]["tasks"][t] for t in several) for k in TYPES}  # the agents' own tasks
     per: dict[str, dict[str, dict[str, Any]]] = {s: {k: {} for k in TYPES} for s in SCENARIOS}
-    for seed in seeds:
+    for seed in c.each(r, seeds):
         draws = {False: noise_draw(hive, world, spec, seed, [None]), True: noise_draw(swarm, world, spec, seed, list(several))}
         for name, (multi, vertical) in SCENARIOS.items():
             for kind in TYPES:
