@@ -3,11 +3,14 @@
 # unedited) on one GPU, for issue 19.
 #
 #   bash benchmarks/gpu/implant_full.sh SETUP OUT [KEY=VALUE ...]
+#   METHODS="hive lora" bash benchmarks/gpu/implant_full.sh SETUP OUT protect=nullspace
 #
 # SETUP is as for cl_variants.sh (what ../shared/tools/carry-model.sh writes, plus wheels in SETUP/whl/), with the
 # CounterFact file in SETUP/data/knowledge/counterfact-edit-1k.json. Extra KEY=VALUE arguments override config
-# fields (e.g. writer=curriculum, edits=100). OUT/implant/ gets results.json, table.md and scores.png;
-# OUT/implant.log the figures as each checkpoint is scored; OUT/implant.time the wall seconds.
+# fields (e.g. writer=curriculum, edits=100). Each of METHODS (default "hive lora unedited") runs as its own process,
+# all at the same time (the edits are sequential within a method, not across them), with THREADS CPU threads
+# (default 4): OUT/implant-METHOD/ gets results.json, table.md and scores.png; OUT/implant-METHOD.log the figures as
+# each checkpoint is scored (and the progress bar's edits per second); OUT/implant-METHOD.time the wall seconds.
 set -euo pipefail
 setup=$(cd "$1" && pwd); out=$2; shift 2
 mkdir -p "$out"; out=$(cd "$out" && pwd)
@@ -15,8 +18,14 @@ mkdir -p "$out"; out=$(cd "$out" && pwd)
 rm -rf "$out/tree" && mkdir -p "$out/tree" && cp -r src configs benchmarks "$out/tree/" && cd "$out/tree"
 source benchmarks/gpu/setup_env.sh
 sets=(); for kv in "$@"; do sets+=(--set "$kv"); done
-start=$(date +%s)
-OMP_NUM_THREADS=${THREADS:-4} lh implant "$setup/data/knowledge/counterfact-edit-1k.json" --config configs/implant.yaml \
-  --out "$out/implant" --force ${sets[@]+"${sets[@]}"} 2>&1 | tee "$out/implant.log"
-echo $(( $(date +%s) - start )) | tee "$out/implant.time"
-cat "$out/implant/table.md"
+read -r -a methods <<< "${METHODS:-hive lora unedited}"
+for m in "${methods[@]}"; do
+  (
+    start=$(date +%s)
+    OMP_NUM_THREADS=${THREADS:-4} lh implant "$setup/data/knowledge/counterfact-edit-1k.json" --config configs/implant.yaml \
+      --method "$m" --out "$out/implant-$m" --force ${sets[@]+"${sets[@]}"} > "$out/implant-$m.log" 2>&1 || echo $? > "$out/implant-$m.failed"
+    echo $(( $(date +%s) - start )) > "$out/implant-$m.time"
+  ) &
+done
+wait
+for m in "${methods[@]}"; do echo "== $m ($(cat "$out/implant-$m.time") s)"; cat "$out/implant-$m/table.md" 2>/dev/null || tail -5 "$out/implant-$m.log"; done
