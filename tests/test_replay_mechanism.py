@@ -18,7 +18,7 @@ from lorahive.mechanisms.registry import build_mechanisms
 from lorahive.mechanisms.replay import Reservoir, SuccessReplay
 from lorahive.observe.ledger import Ledger
 from lorahive.runtime import run as runs
-from tiny_runs import tiny_config
+from tiny_runs import tiny_config, two_stage_stream
 
 SETTINGS = settings(
     max_examples=25,
@@ -333,16 +333,7 @@ def test_the_swarm_builds_replay_for_the_hive_only(base_dir):
 
 
 def test_a_stream_run_replays_past_stages_after_the_first(base_dir, tmp_path):
-    cfg = tiny_config(
-        base_dir,
-        ["mechanisms.replay.fraction=0.5"],
-        agents=2,
-        ticks=4,
-        suite={"support": 4, "query": 2, "eval_query": 2, "max_prompt_tokens": 300},
-        stream={"order": ["yelp", "agnews"], "ticks_per_stage": 2},
-        observe={"influence_examples": 0, "retention_tokens": 0},
-    )
-    runs.start(cfg, tmp_path / "run")
+    runs.start(two_stage_stream(base_dir, ["mechanisms.replay.fraction=0.5"]), tmp_path / "run")
 
     with Ledger(tmp_path / "run" / "ledger.sqlite") as ledger:
         events = ledger.events("mechanism:replay")

@@ -159,17 +159,9 @@ def test_routing_reads_the_tasks_own_prompts_not_the_replayed_ones(tokenizer, mo
 def test_in_a_stream_run_replayed_rows_are_pinned_once_a_past_type_has_its_mode(base_dir, tmp_path):
     from lorahive.observe.ledger import Ledger
     from lorahive.runtime import run as runs
-    from tiny_runs import tiny_config
+    from tiny_runs import two_stage_stream
 
-    cfg = tiny_config(
-        base_dir,
-        ["mechanisms.replay.fraction=0.5", "mechanisms.context_modes.enabled=true", "mechanisms.context_modes.open_below=0.0"],
-        agents=2,
-        ticks=4,
-        suite={"support": 4, "query": 2, "eval_query": 2, "max_prompt_tokens": 300},
-        stream={"order": ["yelp", "agnews"], "ticks_per_stage": 2},
-        observe={"influence_examples": 0, "retention_tokens": 0},
-    )
+    cfg = two_stage_stream(base_dir, ["mechanisms.replay.fraction=0.5", "mechanisms.context_modes.enabled=true", "mechanisms.context_modes.open_below=0.0"])
     runs.start(cfg, tmp_path / "run")
     with Ledger(tmp_path / "run" / "ledger.sqlite") as ledger:
         routes = {e["tick"]: e["detail"] for e in ledger.events("mechanism:context_modes") if e["detail"]["action"] == "route"}

@@ -47,6 +47,19 @@ def tiny_config(base_dir: Path, overrides: list[str] | None = None, **extra: Any
     return parse_config(config_tree(base_dir, **extra), overrides or [])
 
 
+def two_stage_stream(base_dir: Path, overrides: list[str]) -> RunConfig:
+    """Two agents on a yelp → agnews stream of two ticks per stage, four support examples each, no side measurements."""
+    return tiny_config(
+        base_dir,
+        overrides,
+        agents=2,
+        ticks=4,
+        suite={"support": 4, "query": 2, "eval_query": 2, "max_prompt_tokens": 300},
+        stream={"order": ["yelp", "agnews"], "ticks_per_stage": 2},
+        observe={"influence_examples": 0, "retention_tokens": 0},
+    )
+
+
 def checkpoint_tensors(run_dir: Path) -> dict[str, torch.Tensor]:
     """Every tensor of a run's checkpoint, keyed ``file:name``, to compare two runs exactly."""
     ckpt = run_dir / "checkpoint"

@@ -5,6 +5,7 @@
 Prints, as each is measured:
   R1  5-level forward tokens/s ÷ bare model (same batch)
   R2  K distinct agents ÷ all rows on one agent (same batch)
+  R1 merged  the same with the shared levels folded into the weights (adapters/merge.py), only the per-agent terms live
   R3  mixed-agent generation tokens/s ÷ bare model generation
   R6  fused path ÷ the reference (unfused) path on the GPU, speed-up and output difference
 and beside them the largest difference of last-position logits between the hive and the
@@ -120,6 +121,12 @@ def main() -> None:
         mixed = [f"a{i % k}" for i in range(rows)]
         fused = median_ms(forward_fn(model, ids, hive, mixed), reps=reps)
         emit(arch=arch, figure="R1", K=k, rows=rows, tokens=shape[1], ms=fused, ratio=base_fwd[shape] / fused, target=">=0.90 (0.5B) / >=0.97 (8B)", peft_diff=diff)
+        with hive.core.routing.merging():  # the shared levels folded into the weights (adapters/merge.py)
+            merged = median_ms(forward_fn(model, ids, hive, mixed), reps=reps)
+            merged_out = forward_fn(model, ids[:8], hive, mixed[:8])()
+        live_out = forward_fn(model, ids[:8], hive, mixed[:8])()
+        emit(arch=arch, figure="R1 merged", K=k, rows=rows, ms=merged, ratio=base_fwd[shape] / merged, ms_live=fused, target=">=0.95",
+             merged_vs_live_max_abs=float((merged_out.float() - live_out.float()).abs().max()), adapter_effect=effect)  # fmt: skip
         one = median_ms(forward_fn(model, ids, hive, ["a0"] * rows), reps=reps)
         emit(arch=arch, figure="R2", K=k, ms_one_agent=one, ms_k_agents=fused, ratio=one / fused, target=">=0.95", peft_diff=diff)
         with use_fused("off"):

@@ -8,10 +8,12 @@ from __future__ import annotations
 from typing import cast
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from lorahive.adapters.bank import LevelBank, routed_delta
 from lorahive.adapters.fused import fused_forward, wants_fused
+from lorahive.adapters.merge import mergeable, merged_weight, without
 from lorahive.adapters.routing import Routing, RoutingState
 from lorahive.config import LevelSpec
 
@@ -33,6 +35,7 @@ class HiveLinear(nn.Module):
         )
         dev, dt = base.weight.device, torch.float32
         self.banks.to(device=dev, dtype=dt)
+        self.merged: tuple[tuple[object, ...], torch.Tensor] | None = None  # the base weight with shared terms folded in (adapters/merge.py)
 
     @property
     def in_features(self) -> int:
@@ -59,12 +62,17 @@ class HiveLinear(nn.Module):
                 probe.observe(level, x, a, b, slots, routing.mix.get(level, 1.0) * self.scales[level], size=bank.A.shape[0])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.base(x)
         routing = self.state.current
         if routing is None:
             raise RuntimeError(f"{self.name}: HiveLinear called outside a routing context; use the Hive's methods")
         if self.state.probe is not None:
             self._report(x, routing)
+        merged = mergeable(self, routing) if self.state.merge else frozenset()
+        if merged:  # the terms every row shares, folded into the weight: only the per-row ones run below
+            y = F.linear(x, merged_weight(self, routing, merged), self.base.bias)
+            routing = without(routing, merged)
+        else:
+            y = self.base(x)
         if wants_fused(x):  # one shrink + one expand for all levels (adapters/fused.py)
             return fused_forward(self, x, y, routing)
         for level, module in self.banks.items():

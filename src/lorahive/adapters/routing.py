@@ -68,6 +68,16 @@ class RoutingState:
     def __init__(self) -> None:
         self.current: Routing | None = None
         self.probe: ActivityProbe | None = None
+        self.merge = False  # forwards without autograd fold the shared terms into merged weights (adapters/merge.py)
+
+    @contextmanager
+    def merging(self, on: bool = True) -> Iterator[None]:
+        """Within the block, forwards without autograd run the terms every row shares as merged weights (adapters/merge.py)."""
+        previous, self.merge = self.merge, on
+        try:
+            yield
+        finally:
+            self.merge = previous
 
     @contextmanager
     def probing(self, probe: ActivityProbe) -> Iterator[ActivityProbe]:

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import nn
+from torch.autograd.graph import increment_version
 
 from lorahive.tensors import to_device
 
@@ -134,6 +135,8 @@ class SlotAdamW:
         )  # fmt: skip
         if views[5]:
             torch._foreach_add_(views[5], 1)
+        for _, p, _ in group:  # the fused kernel writes through views without bumping the version counter; caches keyed on it need it
+            increment_version(p.detach())
         for w, st, idx, (tw, _, tm, tv), new_count in gathered:
             w.index_copy_(0, idx, tw)
             st["exp_avg"].index_copy_(0, idx, tm)
