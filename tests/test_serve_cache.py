@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import queue
 
+import torch
+
 from lorahive.learning.batching import encode_prompt
 from lorahive.serve import Engine, Settings
 from lorahive.serve.decode import CachedDecoder, next_tokens
@@ -108,3 +110,39 @@ def _greedy(hive, prompt: list[int], start: list[int], n: int) -> list[int]:
     while len(out) < n and (tok := next_tokens(hive, [prompt + out], ["ann"])[0]) != hive.tokenizer.eos_token_id:
         out.append(tok)
     return out
+
+
+def test_decoding_on_merged_shared_levels_gives_the_same_tokens_and_sees_learning(monkeypatch):
+    """``Settings.merge_shared`` (adapters/merge.py): the shared levels folded into the weights, fp32 here."""
+    plain, _, _ = _decode(make_hive(), cached=True)
+    hive = make_hive()
+    with hive.core.routing.merging():
+        merged, _, _ = _decode(hive, cached=True)
+        assert any(m.merged is not None for m in hive.model.modules() if hasattr(m, "merged"))
+    assert merged == plain
+
+    def learn_swarm(hive, cached, learn_at):  # the shared swarm level changes mid-decode: the merged weights must follow
+        gen = torch.Generator().manual_seed(9)
+        pattern = {p: (torch.randn(b.out_features, 1, generator=gen), torch.randn(1, b.in_features, generator=gen)) for p, b in hive.core.named_banks("swarm")}
+        monkeypatch.setattr(hive, "learn", lambda ex, steps, levels: hive.core.add_delta("swarm", 0, pattern))
+        return _decode(hive, cached, learn_at)[0]
+
+    want = learn_swarm(make_hive(), True, 8)
+    hive = make_hive()
+    with hive.core.routing.merging():
+        got = learn_swarm(hive, True, 8)
+    assert want != plain  # the swarm step changed the tokens after step 8
+    assert got == want
+
+
+def test_the_engine_decodes_on_merged_weights_when_told_to():
+    texts = {}
+    for merge in (False, True):
+        hive = make_hive()
+        engine = Engine(hive, None, Settings(max_tokens=16, merge_shared=merge)).start()
+        try:
+            texts[merge] = [_complete(engine, agent, PROMPT, 8)[1] for agent in ("ann", "bob")]
+        finally:
+            engine.stop()
+        assert any(getattr(m, "merged", None) is not None for m in hive.model.modules()) == merge
+    assert texts[True] == texts[False] and texts[False][0] != texts[False][1]

@@ -34,6 +34,7 @@ def serve(
     checkpoint_every: Annotated[int, typer.Option("--checkpoint-every", min=1, help="learned feedback events between two checkpoints")] = 32,
     checkpoint_seconds: Annotated[float, typer.Option("--checkpoint-seconds", min=0.01, help="the longest a learned event waits for a checkpoint")] = 60.0,
     no_kv_cache: Annotated[bool, typer.Option("--no-kv-cache", help="decode without the KV cache: every step recomputes every row")] = False,
+    merge_shared: Annotated[bool, typer.Option("--merge-shared", help="decode with the shared levels folded into the weights: faster, rounded once in bf16 (docs/performance.md)")] = False,
     log_json: Annotated[bool, typer.Option("--log-json", help="one JSON line on stderr per completion, learned feedback and error (docs/serving.md)")] = False,
 ) -> None:
     """Serve a run's agents over an OpenAI-compatible API; feedback becomes learning, checkpointed and replayed after a crash."""
@@ -53,7 +54,7 @@ def serve(
     settings = Settings(
         max_tokens=max_tokens, default_max_tokens=min(16, max_tokens), max_batch=max_batch, feedback_steps=feedback_steps,
         reward_threshold=reward_threshold, tick_every=tick_every, checkpoint_every=checkpoint_every, checkpoint_seconds=checkpoint_seconds,
-        kv_cache=not no_kv_cache,
+        kv_cache=not no_kv_cache, merge_shared=merge_shared,
     )
     try:
         with run_lock(run_dir):

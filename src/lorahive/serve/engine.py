@@ -64,6 +64,7 @@ class Settings:
     checkpoint_seconds: float = 60.0  # the longest a learned event waits for a checkpoint
     tick_every: int = 16  # taught examples per serve tick (swarm proposals); 0: no serve ticks
     kv_cache: bool = True  # keep the decode batch's KV cache (serve/decode.py); False: every step recomputes every row
+    merge_shared: bool = False  # decode with the shared levels folded into the weights (adapters/merge.py): faster, rounded once in bf16
 
 
 @dataclass(eq=False)
@@ -426,7 +427,8 @@ class Engine:
         t = time.perf_counter()
         try:
             rows, agents = [s.ids + s.out for s in active], [s.agent for s in active]
-            toks = next_tokens(self.hive, rows, agents) if self.decoder is None else self.decoder.step(active, rows, agents)
+            with self.hive.core.routing.merging(self.settings.merge_shared):
+                toks = next_tokens(self.hive, rows, agents) if self.decoder is None else self.decoder.step(active, rows, agents)
         except Exception as e:
             log.exception("decode step failed")
             self._drop_cache()
