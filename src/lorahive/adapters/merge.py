@@ -60,7 +60,7 @@ def merged_weight(layer: HiveLinear, routing: Routing, levels: frozenset[str]) -
     cached = layer.merged
     if cached is not None and cached[0] == key:
         return cached[1]
-    total = w.float().clone()
+    total = w.to(torch.float32, copy=True)  # one copy, in fp32 whatever the base dtype
     for lv, bank in banks.items():
         total.addmm_(bank.B[0].float(), bank.A[0].float(), alpha=routing.mix.get(lv, 1.0) * layer.scales[lv])
     merged = total.to(w.dtype)
