@@ -236,6 +236,8 @@ class ContextModesConfig(_Section):
     rate: float = Field(default=1.0, gt=0.0, le=1.0, description="reinforcement: mode ← (1−rate)·mode + rate·mean of the context slots that used it this tick")
     forget: float = Field(default=0.0, ge=0.0, le=1.0, description="per tick, an opened mode no agent used has its ΔW multiplied by 1 − forget (the seed's 'unused patterns weaken')")
     replay_own_mode: bool = Field(default=True, description="replayed examples (mechanisms.replay) run the mode their task type was last routed to, not the current task's: a past task is rehearsed with the context it is evaluated with")
+    rehearse: int = Field(default=0, ge=0, le=16, description="steps per tick a past task type's mode learns from this tick's replayed examples of that type (mechanisms.replay), on the current levels below it, at the context level's step size: a mode no agent is routed to follows what the slower levels became since it was trained; 0 = off (past modes stay as they were left)")
+    rehearse_rate: float = Field(default=1.0, gt=0.0, le=1.0, description="rehearsal: mode ← (1−rehearse_rate)·mode + rehearse_rate·what the rehearsing slot became (its steps start from an empty optimizer state, each a full step of the context level's size)")
     at_inference: bool = Field(default=True, description="held-out evaluation routes each task type's prompts to the nearest opened mode (no mode opened, no key moved) and scores with the context level holding it; false = the context level is left out of evaluation, as without modes")
 
 

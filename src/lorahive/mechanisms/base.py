@@ -120,6 +120,9 @@ class TickView:
     forward pass, cached per tick, over every process's agents; ``None`` outside a swarm).
     ``peers`` are the processes of the run: a mechanism reads the slots this process holds
     and gathers what the others read (:mod:`lorahive.mechanisms.peers`).
+    ``learn(examples, steps, levels)`` takes ``steps`` learning steps of ``levels`` on
+    ``{agent: [(prompt, answer)]}`` through the hive's batched path (each agent's rows on its
+    slots, as the fast steps learn; nothing read back); ``None`` outside a swarm.
     """
 
     tick: int
@@ -138,6 +141,7 @@ class TickView:
     seed: int = 0
     shared: dict[str, Any] = field(default_factory=dict)  # the tick's notes between mechanisms (e.g. conflicts)
     peers: Peers = ALONE
+    learn: Callable[[Mapping[str, Sequence[Example]], int, Sequence[str]], None] | None = None
 
 
 class Mechanism(Protocol):

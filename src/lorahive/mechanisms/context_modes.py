@@ -27,7 +27,11 @@ migrations and screening, each used mode takes what its slots became:
 
 (the slots started from the same factors, so the factor mean is the ΔW mean to first order;
 exact for one agent), and an opened mode no agent used has its ``B`` — its ΔW — scaled by
-``1 − forget``. An input that arrives when all modes are open and none is near still takes
+``1 − forget``. With ``rehearse`` > 0 a *past* mode — one no agent is routed to this tick —
+then learns from the tick's replayed examples of its task types (mechanisms.replay) for that
+many steps, loaded into a context slot over the levels as they are now: the slower levels go on
+learning after a mode's last task, and a mode left as it was co-adapted with what they were
+then. An input that arrives when all modes are open and none is near still takes
 the nearest: a kind of input first seen late shares a mode (the ledger's cosine shows it).
 """
 
@@ -163,10 +167,20 @@ class ContextModes:
         self.factors: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # module path -> A (K, r, in), B (K, out, r)
         self.routed: dict[str, int] = {}  # this tick: agent -> mode (between draw and decay)
         self.type_modes: dict[str, int] = {}  # task type -> the mode its last task was routed to (replayed rows run it)
+        self.rehearsal: dict[int, list[tuple[str, str]]] = {}  # this tick: past mode -> the replayed examples of its types (between draw and decay)
 
     # ------------------------------------------------------------------ draw
     def run(self, view: TickView) -> Action | None:
-        return self._draw(view) if view.phase == "draw" else self._reinforce(view)
+        if view.phase == "draw":
+            return self._draw(view)
+        action = self._reinforce(view)
+        if action is None:
+            return None
+        rehearsed = self._rehearse(view)
+        if rehearsed:
+            action.detail["rehearsed"] = rehearsed
+        action.detail["norm"] = self.norms(view)  # the modes as the tick leaves them
+        return action
 
     def _draw(self, view: TickView) -> Action | None:
         view.core.pins = None
@@ -185,6 +199,7 @@ class ContextModes:
             if view.task_types.get(a):
                 self.type_modes[view.task_types[a]] = m
         pinned = self._pin(view, replayed)
+        self.rehearsal = self._past_rows(replayed)
         view.shared["context_modes"] = dict(self.routed)  # the solve phase keeps these context slots
         cosines = {a: (None if c is None else round(c, 4)) for a, c in zip(agents, routed.cosines, strict=True)}
         detail = {"level": self.level, "modes": dict(self.routed), "cosine": cosines, "opened": routed.opened, "uses": list(self.uses), "pinned": pinned}
@@ -204,6 +219,19 @@ class ContextModes:
         if rows:
             view.core.pins = RowPins(self.level, dict(self.factors), rows)
         return len(rows)
+
+    def _past_rows(self, replayed: dict[str, dict[tuple[str, str], str]]) -> dict[int, list[tuple[str, str]]]:
+        """This tick's replayed examples by the mode their task type took, for the modes no agent is routed to now."""
+        if not self.cfg.rehearse:
+            return {}
+        current = set(self.routed.values())
+        rows: dict[int, list[tuple[str, str]]] = {}
+        for exs in replayed.values():
+            for ex, t in exs.items():
+                m = self.type_modes.get(t)
+                if m is not None and m not in current:
+                    rows.setdefault(m, []).append(ex)
+        return rows
 
     def route_inputs(self, vectors: torch.Tensor) -> Routed:
         """One tick's inputs ``(N, H)``, in order, through the configured rule: the centre takes them first; keys, modes and spreads are updated."""
@@ -295,8 +323,37 @@ class ContextModes:
             for _, b in self.factors.values():
                 b.mul_(keep)
         self.routed = {}
-        norms = self.norms(view)
-        return Action("reinforce", {"level": self.level, "reinforced": {str(m): a for m, a in sorted(users.items())}, "idle": idle, "norm": norms})
+        return Action("reinforce", {"level": self.level, "reinforced": {str(m): a for m, a in sorted(users.items())}, "idle": idle})
+
+    def _rehearse(self, view: TickView) -> dict[str, int]:
+        """Each past mode with replayed examples learns from them for ``rehearse`` steps on the levels as they are now; how many rows each took.
+
+        Mode ``m`` is loaded into the context slot of one agent (agents in order, one mode each),
+        the context level alone learns on that mode's rows (the agent's other levels run as
+        they are), the mode moves ``rehearse_rate`` of the way to what the slot became and the
+        agent's own slot is restored.
+        """
+        rows, self.rehearsal = self.rehearsal, {}
+        if not rows or view.learn is None or not self.factors:
+            return {}
+        core = view.core
+        modes = sorted(rows)[: len(core.agents)]
+        agents = list(core.agents)[: len(modes)]
+        slots = core.slots_of(self.level, agents)
+        self._to(core)
+        idx, ids = core.index(slots), core.index(modes)
+        with torch.no_grad():
+            saved = {p: (bank.A.detach().index_select(0, idx), bank.B.detach().index_select(0, idx)) for p, bank in core.named_banks(self.level)}
+            core.load_slots(self.level, slots, {p: (a.index_select(0, ids), b.index_select(0, ids)) for p, (a, b) in self.factors.items()})
+        view.learn({a: rows[m] for a, m in zip(agents, modes, strict=True)}, self.cfg.rehearse, [self.level])
+        with torch.no_grad():
+            for path, bank in core.named_banks(self.level):
+                a, b = self.factors[path]
+                w = self.cfg.rehearse_rate
+                a.index_copy_(0, ids, a.index_select(0, ids).lerp_(bank.A.detach().index_select(0, idx).to(a.dtype), w))
+                b.index_copy_(0, ids, b.index_select(0, ids).lerp_(bank.B.detach().index_select(0, idx).to(b.dtype), w))
+            core.load_slots(self.level, slots, saved)
+        return {str(m): len(rows[m]) for m in modes}
 
     def norms(self, view: TickView) -> dict[str, float]:
         """Each opened mode's ΔW norm ``‖(a/r)·B·A‖`` over the level's modules (``tr(BᵀB·AAᵀ)``, no out×in matrix), in float64 so equal weights give equal figures (a resumed run's ledger is compared bit for bit)."""

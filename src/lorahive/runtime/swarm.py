@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Any
@@ -187,7 +187,14 @@ class Swarm:
             support=ctx.support, task_types={n: t.task_type for n, t in ctx.tasks.items()},
             quality={n: o.quality for n, o in ctx.outcomes.items()}, quality_bar=self.cfg.agent.quality_bar,
             activity=lambda levels: self._activity(ctx, levels), seed=self.cfg.seed, shared=ctx.notes, peers=self.peers,
+            learn=self._learn,
         )  # fmt: skip
+
+    def _learn(self, examples: Mapping[str, Sequence[tuple[str, str]]], steps: int, levels: Sequence[str]) -> None:
+        """``steps`` steps of ``levels`` on ``{agent: [(prompt, answer)]}`` (answers formatted as the fast steps format them); nothing read back."""
+        rows = {a: [(p, as_answer(ans)) for p, ans in exs] for a, exs in examples.items() if exs}
+        if rows:
+            self.hive.learn_async(rows, steps, levels, rows_per_pass=self.cfg.agent.rows_per_pass)
 
     def _activity(self, ctx: TickContext, levels: Sequence[str]) -> Activity:
         """Pattern activity of ``levels`` on this tick's support examples: one forward pass per tick.
