@@ -6,6 +6,7 @@ Prints, as each is measured:
   R1  5-level forward tokens/s ÷ bare model (same batch)
   R2  K distinct agents ÷ all rows on one agent (same batch)
   R1 merged  the same with the shared levels folded into the weights (adapters/merge.py), only the per-agent terms live
+  R1 captured  the live forward recorded once as a CUDA graph and replayed (core/captured.py)
   R3  mixed-agent generation tokens/s ÷ bare model generation
   R6  fused path ÷ the reference (unfused) path on the GPU, speed-up and output difference
 and beside them the largest difference of last-position logits between the hive and the
@@ -36,6 +37,7 @@ from common import (
 
 from lorahive import Hive, default_levels
 from lorahive.adapters.fused import use_fused
+from lorahive.core import CapturedForward
 
 NEW_TOKENS, PROMPT = 32, 64
 
@@ -121,6 +123,15 @@ def main() -> None:
         mixed = [f"a{i % k}" for i in range(rows)]
         fused = median_ms(forward_fn(model, ids, hive, mixed), reps=reps)
         emit(arch=arch, figure="R1", K=k, rows=rows, tokens=shape[1], ms=fused, ratio=base_fwd[shape] / fused, target=">=0.90 (0.5B) / >=0.97 (8B)", peft_diff=diff)
+        try:  # the same forward recorded once as a CUDA graph and replayed (core/captured.py)
+            cap = CapturedForward(hive.core, rows, shape[1])
+            captured = median_ms(lambda cap=cap, ids=ids, mixed=mixed: cap(ids, mixed, clone=False), reps=reps)
+            cap_diff = float((cap(ids, mixed).float() - forward_fn(model, ids, hive, mixed)().float()).abs().max())
+            emit(arch=arch, figure="R1 captured", K=k, rows=rows, ms=captured, ratio=base_fwd[shape] / captured, ms_live=fused, target=">=0.80 live",
+                 captured_vs_live_max_abs=cap_diff, adapter_effect=effect, captures=cap.captures)  # fmt: skip
+            del cap
+        except Exception as e:  # a capture that fails is a figure too; the rest of the benchmark goes on
+            emit(arch=arch, figure="R1 captured", K=k, error=f"{type(e).__name__}: {e}"[:400])
         with hive.core.routing.merging():  # the shared levels folded into the weights (adapters/merge.py)
             merged = median_ms(forward_fn(model, ids, hive, mixed), reps=reps)
             merged_out = forward_fn(model, ids[:8], hive, mixed[:8])()

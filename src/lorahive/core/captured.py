@@ -1,0 +1,116 @@
+"""A captured forward: the whole multi-level, multi-agent forward of one batch shape as one CUDA graph.
+
+A hive's forward launches a few kernels per wrapped module and level kind (the gathers of each
+row's slot, one shrink and one expand) besides the base model's own: on a GPU the per-agent
+terms cost more in launches than in arithmetic (docs/performance.md). :class:`CapturedForward`
+records the forward of a fixed ``(rows, tokens)`` batch once and replays it: what varies between
+calls sits in static device buffers — token ids, attention mask, and the one slot index per row
+that every per-agent and per-task level reads — and each call copies into them and replays.
+
+The routing the graph is recorded with treats every level that is not shared as per-row (never
+"all rows on one slot"), and runs every level, zero or not. So a replay whose batch holds more
+(or fewer) distinct agents than the batch it was recorded with runs the same kernels on other
+indices — the failure of serving engines that replayed a graph recorded with fewer adapters
+cannot happen — and a level that was zero at capture and has learned since is not skipped. The
+banks are read where they are at replay, so learning between calls is seen; the graph is
+recorded again when anything it baked in changes: a bank's storage (agents added grow the
+banks), the stack's levels, their mixing coefficients. Shared levels run live, never merged
+(a merged weight is refreshed on the host, which a replay would skip).
+
+Without CUDA (or with ``graph=False``) the same static routing runs eagerly, which is what the
+CPU tests check against the hive's ordinary routing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import torch
+
+from lorahive.adapters import Routing
+
+if TYPE_CHECKING:
+    from lorahive.core.model import HiveCore
+
+__all__ = ["CapturedForward"]
+
+
+class CapturedForward:
+    """Logits of ``rows × tokens`` batches, one agent per row, replayed from a CUDA graph.
+
+    ``logits_to_keep``: positions at the end whose logits are computed (0: all), as the
+    model's own argument. A call returns a fresh tensor (``clone=False``: the graph's output
+    buffer itself, overwritten by the next call).
+    """
+
+    def __init__(self, core: HiveCore, rows: int, tokens: int, logits_to_keep: int = 1, graph: bool | None = None) -> None:
+        if rows < 1 or tokens < 1:
+            raise ValueError(f"CapturedForward: rows and tokens must be ≥ 1, got rows={rows}, tokens={tokens}")
+        self.core, self.rows, self.tokens, self.keep = core, rows, tokens, logits_to_keep
+        device = core.device
+        self.graph = device.type == "cuda" if graph is None else graph
+        if self.graph and device.type != "cuda":
+            raise ValueError(f"CapturedForward: graph=True needs the model on a CUDA device, it is on {device}")
+        self.ids = torch.zeros(rows, tokens, dtype=torch.long, device=device)
+        self.mask = torch.ones(rows, tokens, dtype=torch.long, device=device)
+        self.slot = torch.zeros(rows, dtype=torch.long, device=device)
+        self._graph: torch.cuda.CUDAGraph | None = None
+        self._out: torch.Tensor | None = None
+        self._key: tuple[object, ...] | None = None
+        self.captures = 0  # how many times the graph was recorded
+
+    def __call__(self, input_ids: torch.Tensor, agents: Sequence[str], attention_mask: torch.Tensor | None = None, clone: bool = True) -> torch.Tensor:
+        if tuple(input_ids.shape) != (self.rows, self.tokens):
+            raise ValueError(f"CapturedForward: input_ids must be ({self.rows}, {self.tokens}) as captured, got {tuple(input_ids.shape)}")
+        if len(agents) != self.rows:
+            raise ValueError(f"CapturedForward: one agent per row ({self.rows}) is needed, got {len(agents)}")
+        if attention_mask is not None and tuple(attention_mask.shape) != (self.rows, self.tokens):
+            raise ValueError(f"CapturedForward: attention_mask must be ({self.rows}, {self.tokens}), got {tuple(attention_mask.shape)}")
+        self.slot.copy_(self.core.index(self.core.agent_index(agents)), non_blocking=True)
+        self.ids.copy_(input_ids, non_blocking=True)
+        if attention_mask is None:
+            self.mask.fill_(1)
+        else:
+            self.mask.copy_(attention_mask, non_blocking=True)
+        if not self.graph:
+            return self._forward()
+        key = self._baked()
+        if self._graph is None or key != self._key:
+            self._capture()
+            self._key = key
+        assert self._graph is not None and self._out is not None
+        self._graph.replay()
+        return self._out.clone() if clone else self._out
+
+    def _routing(self) -> Routing:
+        """Every level runs; every level that is not shared reads each row's slot from the static buffer.
+
+        A new object per forward: the fused path keeps gathered weights for the life of a routing.
+        """
+        slots = {lv.name: self.slot for lv in self.core.stack.levels if lv.scope != "shared"}
+        return Routing(slots=slots, mix=self.core.mix, uniform=frozenset())
+
+    def _forward(self) -> torch.Tensor:
+        # live levels only: merged weights (adapters/merge.py) are refreshed on the host, which a replay would skip
+        with torch.no_grad(), self.core.routing.merging(False), self.core.routing.use(self._routing()):
+            out = self.core.model(input_ids=self.ids, attention_mask=self.mask, logits_to_keep=self.keep, use_cache=False)
+        return out.logits
+
+    def _baked(self) -> tuple[object, ...]:
+        """What a recorded graph depends on besides its buffers: the banks' storage, the levels, their mixing."""
+        core = self.core
+        ptrs = tuple(t.data_ptr() for lv in core.stack.levels for bank in core.banks(lv.name) for t in (bank.A, bank.B))
+        return (tuple(core.stack.names()), tuple(sorted(core.mix.items())), ptrs)
+
+    def _capture(self) -> None:
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):  # warm-up off the capturing stream (allocator, lazy kernels)
+            for _ in range(2):
+                self._forward()
+        torch.cuda.current_stream().wait_stream(side)
+        self._graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self._graph):
+            self._out = self._forward()
+        self.captures += 1

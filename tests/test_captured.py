@@ -1,0 +1,95 @@
+"""CapturedForward (core/captured.py): one batch shape's forward with static buffers, replayed from a CUDA graph.
+
+On the CPU the static routing runs eagerly, and must give what the hive's ordinary routing gives, call after
+call, whatever agents the rows hold; on CUDA the replayed graph must give what the eager forward gives —
+with more distinct agents than at capture, after learning, after agents were added (the banks moved), and
+with a level that was zero when the graph was recorded.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from conftest import make_model, randomize_b, small_stack
+from lorahive import Hive
+from lorahive.core import CapturedForward
+
+requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+MIXES = [["a0"] * 4, ["a0", "a1", "a0", "a1"], ["a0", "a1", "a2", "a3"], ["a3"] * 4, ["a2", "a0", "a3", "a1"]]
+
+
+def _hive(tokenizer, device: str = "cpu", random_b: bool = True) -> Hive:
+    hive = Hive(make_model(len(tokenizer)).to(device), tokenizer, small_stack(), seed=0)
+    hive.add_agents([f"a{i}" for i in range(4)])
+    if random_b:
+        randomize_b(hive, scale=0.2)
+    return hive
+
+
+def _ids(vocab: int, device: str, seed: int) -> torch.Tensor:
+    return torch.randint(3, vocab, (4, 12), generator=torch.Generator().manual_seed(seed)).to(device)
+
+
+def _eager(hive: Hive, ids: torch.Tensor, agents: list[str], keep: int = 1) -> torch.Tensor:
+    with torch.no_grad(), hive.core.routing.use(hive.core.route(agents)):
+        return hive.model(input_ids=ids, attention_mask=torch.ones_like(ids), logits_to_keep=keep, use_cache=False).logits
+
+
+def test_the_static_routing_gives_the_hives_logits_for_any_agents_call_after_call(tokenizer):
+    hive = _hive(tokenizer)
+    cap = CapturedForward(hive.core, 4, 12, logits_to_keep=0)
+    assert not cap.graph
+    for i, agents in enumerate(MIXES):
+        ids = _ids(len(tokenizer), "cpu", i)
+        torch.testing.assert_close(cap(ids, agents), _eager(hive, ids, agents, keep=0), rtol=1e-4, atol=5e-5)
+
+
+def test_it_sees_learning_and_added_agents(tokenizer):
+    hive = _hive(tokenizer)
+    cap = CapturedForward(hive.core, 4, 12)
+    ids = _ids(len(tokenizer), "cpu", 0)
+    before = cap(ids, MIXES[2])
+    hive.learn({"a1": [("Sports: the team won", " Sports")]}, steps=2)
+    after = cap(ids, MIXES[2])
+    assert not torch.equal(before, after)
+    torch.testing.assert_close(after, _eager(hive, ids, MIXES[2]), rtol=1e-4, atol=5e-5)
+    hive.add_agents([f"b{i}" for i in range(5)])  # the banks grow: new storage
+    agents = ["b4", "a1", "b0", "a3"]
+    torch.testing.assert_close(cap(ids, agents), _eager(hive, ids, agents), rtol=1e-4, atol=5e-5)
+
+
+def test_bad_input_is_named(tokenizer):
+    hive = _hive(tokenizer)
+    cap = CapturedForward(hive.core, 4, 12)
+    with pytest.raises(ValueError, match=r"input_ids must be \(4, 12\)"):
+        cap(torch.zeros(4, 11, dtype=torch.long), MIXES[0])
+    with pytest.raises(ValueError, match="one agent per row"):
+        cap(torch.zeros(4, 12, dtype=torch.long), ["a0"])
+    with pytest.raises(ValueError, match="unknown agents: zed"):
+        cap(torch.zeros(4, 12, dtype=torch.long), ["a0", "a0", "a0", "zed"])
+    with pytest.raises(ValueError, match="rows and tokens must be"):
+        CapturedForward(hive.core, 0, 12)
+    with pytest.raises(ValueError, match="needs the model on a CUDA device"):
+        CapturedForward(hive.core, 4, 12, graph=True)
+
+
+@pytest.mark.gpu
+@requires_cuda
+def test_the_replayed_graph_equals_the_eager_forward_whatever_changes_between_calls(tokenizer):
+    hive = _hive(tokenizer, "cuda", random_b=False)  # shared levels zero: the eager path skips them, the graph runs them
+    cap = CapturedForward(hive.core, 4, 12)
+    assert cap.graph
+    for i, agents in enumerate(MIXES):  # recorded with one agent on every row, replayed with two, four, one, four
+        ids = _ids(len(tokenizer), "cuda", i)
+        torch.testing.assert_close(cap(ids, agents), _eager(hive, ids, agents), rtol=1e-5, atol=1e-5)
+    assert cap.captures == 1
+    randomize_b(hive, scale=0.2)  # every level learned something, in place
+    hive.learn({"a2": [("Sports: the team won", " Sports")]}, steps=1)
+    ids = _ids(len(tokenizer), "cuda", 9)
+    torch.testing.assert_close(cap(ids, MIXES[4]), _eager(hive, ids, MIXES[4]), rtol=1e-5, atol=1e-5)
+    assert cap.captures == 1  # the same graph: it reads the banks where they are
+    hive.add_agents(["b0", "b1", "b2", "b3", "b4"])
+    agents = ["b4", "a1", "b0", "a3"]
+    torch.testing.assert_close(cap(ids, agents), _eager(hive, ids, agents), rtol=1e-5, atol=1e-5)
+    assert cap.captures == 2  # recorded again: the banks moved
