@@ -89,6 +89,35 @@ def test_experiment_5_sweeps_up_and_down_beside_the_narrow_band_control(tmp_path
             assert [b["f"] for b in blocks] == freqs + freqs[::-1]
             assert all(0.0 <= b["screened"] <= 1.0 and 0.0 < b["kept"] <= 1.0 + 1e-6 for b in blocks)
     assert m["variants"][m["control"]]["config"]["down"] == pytest.approx(0.99 * m["variants"]["hysteresis"]["config"]["up"])
+    assert all(b["slot_norm"] <= 1.0 + 1e-6 for v in m["variants"].values() for bl in v["blocks"].values() for b in bl)
+
+
+def test_experiment_5_plants_and_measures_a_pattern_alike_at_every_norm():
+    """The full size plants norm 0.003 on the embedded model; with add_delta's factors then ~50× below A0's rows, free
+    decay (A toward A0) grew the slot's norm 8× (tests/test_lowrank.py holds the library's side). Planted with A at init
+    scale, decay and the kept norm read the same at any pattern norm; ΔW is what was planted."""
+    import torch
+
+    exp05 = recipe("exp05_screening")
+    c = exp05.c
+    hive = c.make_hive(c.TINY, ["ann", "bob"])
+    world = c.build_world(hive, 8)
+    core, bob = hive.core, hive.core.slot_of("agent", "bob")
+
+    def free_block(norm: float) -> tuple[float, float]:
+        planted = exp05.plant(hive, "agent", bob, c.delta(world, hive, norm * world.local["agnews"]))
+        start = float(c.energy(hive, "agent", [bob])[0].sqrt())
+        assert start == pytest.approx(norm, rel=1e-4)  # ΔW as planted (u unit, v unit)
+        for bank in core.banks("agent"):
+            assert torch.allclose(bank.A[bob].norm(dim=1), bank.A0[bob].norm(dim=1), rtol=1e-4)
+        for _ in range(20):
+            core.decay_toward_init("agent", [bob], 0.05)
+        return exp05.pattern_kept(hive, "agent", bob, planted), float(c.energy(hive, "agent", [bob])[0].sqrt()) / start
+
+    kept_1, norm_1 = free_block(1.0)
+    kept_small, norm_small = free_block(1e-3)
+    assert kept_small == pytest.approx(kept_1, rel=1e-3) and norm_small == pytest.approx(norm_1, rel=1e-3)
+    assert 0.0 < kept_1 < norm_1 < 1.0  # the pattern's part is below the slot's norm: decay adds B·A0 beside it
 
 
 def test_experiment_6_runs_autocorrelation_and_the_timer_on_the_same_draws(tmp_path):

@@ -16,6 +16,15 @@ the screening state carried over; at each value bob's pattern is re-planted at f
 relearned), so what carries over is the mode's memory only. Per value: the share of ticks bob's
 pattern is screened and the norm it keeps over the block (its stability). The control, in the
 same run on the same draws: screening with almost no hysteresis band (``down = 0.99 · up``).
+
+A pattern is planted as a learned one sits in its slot (:func:`plant`, ``add_delta``): ``A``'s row at its
+init row's norm, ``B`` carrying the magnitude. Decay pulls ``B`` toward 0 and ``A`` toward its init rows
+``A0``, so it acts alike at every pattern norm only when ``A``'s rows do not scale with the norm — before
+``add_delta`` balanced its factors it split a singular value evenly (``A``'s row ∝ √norm: at the full size's
+norm 0.003 on the embedded model ~50× below ``A0``'s rows), and decay turned the slot into ``B·A0``, a term that
+is not the pattern and whose norm grew 8× (the first full-size run). The kept norm (:func:`pattern_kept`) is the
+pattern's own part of the slot's ΔW, its projection on the planted ΔW, not the slot's whole norm (``slot_norm``,
+kept beside it).
 """
 
 from __future__ import annotations
@@ -28,6 +37,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import common as c  # noqa: E402
+import torch  # noqa: E402
 
 from lorahive.config import ScreeningConfig  # noqa: E402
 from lorahive.mechanisms.base import TickView  # noqa: E402
@@ -41,21 +51,51 @@ CRITERION = (
 )
 
 
+Factors = dict[str, tuple[torch.Tensor, torch.Tensor]]  # module path -> (B (out, r), A (r, in)) of one slot
+
+
+@torch.no_grad()
+def plant(hive: Any, level: str, slot: int, delta: Factors) -> Factors:
+    """Reset ``slot`` and write ``delta`` into it (``add_delta``: every pattern's ``A`` row at its init row's norm, ``B``
+    carrying the magnitude, as a pattern learned from init sits); the slot's factors."""
+    core = hive.core
+    core.reset(level, [slot])
+    core.add_delta(level, slot, delta)
+    return factors(hive, level, slot)
+
+
+@torch.no_grad()
+def factors(hive: Any, level: str, slot: int) -> Factors:
+    return {p: (bank.B[slot].detach().float().clone(), bank.A[slot].detach().float().clone()) for p, bank in hive.core.named_banks(level)}
+
+
+@torch.no_grad()
+def pattern_kept(hive: Any, level: str, slot: int, planted: Factors) -> float:
+    """The planted pattern's part of ``slot``'s ΔW now, as a share of the planted ΔW: ``⟨ΔW, ΔW₀⟩ / ‖ΔW₀‖²`` summed over
+    modules (``⟨B·A, B₀·A₀⟩ = Σ (BᵀB₀) ⊙ (A·A₀ᵀ)``, no dense ΔW). Unlike the slot's norm it does not count what decay
+    toward ``A0`` adds beside the pattern (``B·A0``, the init rows' random input directions)."""
+    now = factors(hive, level, slot)
+    num = den = 0.0
+    for p, (b0, a0) in planted.items():
+        b, a = now[p]
+        num += float(((b.T @ b0) * (a @ a0.T)).sum())
+        den += float(((b0.T @ b0) * (a0 @ a0.T)).sum())
+    return num / den if den > 0 else 0.0
+
+
 def sweep(hive: Any, world: c.World, cfg: ScreeningConfig, freqs: list[float], ticks: int, norm: float, batch: int, seed: int) -> list[dict[str, float]]:
-    """Up then down over ``freqs``; per block: frequency, direction, screened share, kept norm."""
+    """Up then down over ``freqs``; per block: frequency, direction, screened share, kept norm (:func:`pattern_kept`) and the slot's norm."""
     core = hive.core
     ann, bob = core.slot_of("agent", "ann"), core.slot_of("agent", "bob")
     screening = Screening(cfg, ["agent"])
     rng = random.Random(seed)
     pool = [ex for t in c.TASKS for ex in world.suite[t].train]
-    core.reset("agent", [ann, bob])
-    core.add_delta("agent", ann, c.delta(world, hive, norm * world.universal))
+    plant(hive, "agent", ann, c.delta(world, hive, norm * world.universal))
     out = []
     tick = 0
     for direction, values in (("up", freqs), ("down", freqs[::-1])):
         for f in values:
-            core.reset("agent", [bob])
-            core.add_delta("agent", bob, c.delta(world, hive, norm * world.local["agnews"]))
+            planted = plant(hive, "agent", bob, c.delta(world, hive, norm * world.local["agnews"]))
             start = float(c.energy(hive, "agent", [bob])[0].sqrt())
             screened = 0
             for _ in range(ticks):
@@ -67,8 +107,8 @@ def sweep(hive: Any, world: c.World, cfg: ScreeningConfig, freqs: list[float], t
                 view = TickView(tick, "decay", [], (), {}, core.states, core, activity=lambda levels, a=act: a)
                 screening.run(view)
                 screened += int(screening.screened["agent"][bob, 0])
-            kept = float(c.energy(hive, "agent", [bob])[0].sqrt()) / start
-            out.append({"f": f, "direction": direction, "screened": screened / ticks, "kept": kept})
+            slot_norm = float(c.energy(hive, "agent", [bob])[0].sqrt()) / start  # the slot's whole ΔW norm, for the record
+            out.append({"f": f, "direction": direction, "screened": screened / ticks, "kept": pattern_kept(hive, "agent", bob, planted), "slot_norm": slot_norm})
     return out
 
 

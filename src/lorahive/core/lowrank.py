@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["refactor"]
+__all__ = ["balanced", "refactor"]
 
 
 def _signs(cols: torch.Tensor) -> torch.Tensor:
@@ -50,3 +50,23 @@ def refactor(left: torch.Tensor, right: torch.Tensor, rank: int) -> tuple[torch.
         b = torch.cat([b, b.new_zeros(*b.shape[:-1], rank - k)], dim=-1)
         a = torch.cat([a, a.new_zeros(*a.shape[:-2], rank - k, a.shape[-1])], dim=-2)
     return b, a, s[..., k:].square().sum(-1).sqrt()
+
+
+def balanced(b: torch.Tensor, a: torch.Tensor, a0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The same product ``b @ a`` with each rank-1 component's ``A`` row at the norm of its init row ``a0``.
+
+    A pattern learned from init keeps its ``A`` rows near the init's scale and grows ``B``; an
+    even split (``√S`` on each side) of a small singular value leaves the ``A`` row far below
+    it. Decay toward the init snapshot (``B`` shrinks, ``A`` moves toward ``A0``) then *adds*
+    ``B``·``A0`` — a random input direction of the init's size — faster than it shrinks the
+    pattern, so the term grows instead of fading; and every optimizer step, about the same
+    size in every entry, turns a small row far more than a row at the init's scale. Rescaling
+    each component by a positive factor (``a_i ·= c_i``, ``b_i /= c_i``) keeps the product,
+    the signs and the subspaces; a component that is zero gets its init row back (``B`` stays
+    zero), so it can learn again, as a reset slot does.
+    """
+    na = a.norm(dim=-1)  # (…, r)
+    n0 = a0.norm(dim=-1).clamp_min(1e-12)
+    live = na > 0
+    scale = torch.where(live, n0 / na.clamp_min(1e-30), torch.ones_like(na))
+    return b / scale[..., None, :], torch.where(live[..., None], a * scale[..., :, None], a0)

@@ -24,7 +24,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from lorahive.adapters import HiveLinear, LevelBank, Routing, RoutingState, inject
 from lorahive.config import LevelSpec, StackSpec, as_stack
-from lorahive.core.lowrank import refactor
+from lorahive.core.lowrank import balanced, refactor
 from lorahive.core.pins import RowPins
 from lorahive.core.state import LevelState
 from lorahive.learning import SlotAdamW
@@ -316,7 +316,9 @@ class HiveCore:
         ``delta`` maps module paths to the change of the level's own term ``(a_l/r_l)·B·A``
         (before the mix), dense ``(out, in)`` or as factors ``(U, V)``. The new factors are the
         best rank-``r_l`` approximation of ``B·A + ΔW·r_l/a_l`` (truncated SVD through QR of
-        the factors). Returns the truncation error: the Frobenius norm of what did not fit,
+        the factors), each rank-1 component's ``A`` row at the norm of the slot's init row
+        (:func:`~lorahive.core.lowrank.balanced`: decay toward init then shrinks it, as it
+        does a learned pattern; a zero component gets its init row back). Returns the truncation error: the Frobenius norm of what did not fit,
         in ΔW space, over all modules. The slot's optimizer state is left as it was.
         """
         return self.add_deltas(level, [slot], [delta])[0]
@@ -352,6 +354,8 @@ class HiveCore:
             left = torch.stack([torch.cat([layers[p].B[slots[j]].float(), u.to(self.device).float() / spec.scale], 1) for j, p, u, _ in items])  # (n, out, r + k)
             right = torch.stack([torch.cat([layers[p].A[slots[j]].float(), v.to(self.device).float()], 0) for j, p, _, v in items])  # (n, r + k, in)
             new_b, new_a, dropped = refactor(left, right, spec.rank)
+            init = torch.stack([layers[p].A0[slots[j]].float() for j, p, _, _ in items])  # (n, r, in)
+            new_b, new_a = balanced(new_b, new_a, init)  # A rows at the init's scale, as learned patterns hold them
             for i, (j, p, _, _) in enumerate(items):
                 bank = layers[p]
                 bank.B[slots[j]] = new_b[i].to(bank.B.dtype)
