@@ -11,6 +11,8 @@
 # all at the same time (the edits are sequential within a method, not across them), with THREADS CPU threads
 # (default 4): OUT/implant-METHOD/ gets results.json, table.md and scores.png; OUT/implant-METHOD.log the figures as
 # each checkpoint is scored (and the progress bar's edits per second); OUT/implant-METHOD.time the wall seconds.
+# Each method's state is saved every save_every edits (50) under OUT/implant-METHOD/state/; RESUME=1 continues
+# from there (bring OUT/implant-METHOD/ back between sessions to go on with a 1,000-edit run on another machine).
 set -euo pipefail
 setup=$(cd "$1" && pwd); out=$2; shift 2
 mkdir -p "$out"; out=$(cd "$out" && pwd)
@@ -23,7 +25,7 @@ for m in "${methods[@]}"; do
   (
     start=$(date +%s)
     OMP_NUM_THREADS=${THREADS:-4} lh implant "$setup/data/knowledge/counterfact-edit-1k.json" --config configs/implant.yaml \
-      --method "$m" --out "$out/implant-$m" --force ${sets[@]+"${sets[@]}"} > "$out/implant-$m.log" 2>&1 || echo $? > "$out/implant-$m.failed"
+      --method "$m" --out "$out/implant-$m" --force ${RESUME:+--resume} ${sets[@]+"${sets[@]}"} > "$out/implant-$m.log" 2>&1 || echo $? > "$out/implant-$m.failed"
     echo $(( $(date +%s) - start )) > "$out/implant-$m.time"
   ) &
 done

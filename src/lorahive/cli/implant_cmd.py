@@ -83,17 +83,20 @@ def implant(
     config: Annotated[Path | None, typer.Option("--config", help="YAML implant config (configs/implant.yaml); options given here win")] = None,
     overrides: Annotated[list[str] | None, typer.Option("--set", help="key=value override of a config field (repeatable), e.g. --set band=[2,4]")] = None,
     force: Annotated[bool, typer.Option("--force", help="write into a non-empty --out")] = False,
+    resume: Annotated[bool, typer.Option("--resume", help="continue the run in --out from each method's last saved state (same settings; every save_every edits)")] = False,
 ) -> None:
     """Apply CounterFact edits one after another; score efficacy, paraphrase, neighbourhood at checkpoints."""
     try:
         tree = _tree(config, data, {"edits": edits, "base": base, "methods": _methods(method), "writer": writer})
     except ConfigError as e:
         fail(str(e))
-    cfg, loaded = _setup(tree, overrides or [], out, force)
-    _run(cfg, loaded, out)
+    if resume and not (out / "state").is_dir():
+        fail(f"--resume: {out} holds no saved state (expected {out / 'state'}); start the run without --resume")
+    cfg, loaded = _setup(tree, overrides or [], out, force or resume)
+    _run(cfg, loaded, out, resume)
 
 
-def _run(cfg: ImplantConfig, edits: list[Any], out: Path) -> None:
+def _run(cfg: ImplantConfig, edits: list[Any], out: Path, resume: bool = False) -> None:
     import torch
 
     from lorahive.base import load_base
@@ -122,7 +125,7 @@ def _run(cfg: ImplantConfig, edits: list[Any], out: Path) -> None:
             bar.console.print(line + f"  | reliability {100 * s.reliability:5.1f}  generalization {100 * s.generalization:5.1f}  locality {100 * s.locality:5.1f}", highlight=False)
 
         try:
-            results = run_implant(cfg, edits, load, on_edit, on_score)
+            results = run_implant(cfg, edits, load, on_edit, on_score, out, resume)
         except (ConfigError, ValueError) as e:
             fail(str(e))
     doc = write_results(out, cfg, results, {"seconds": time.perf_counter() - start, "edits": len(edits)})

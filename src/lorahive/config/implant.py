@@ -59,6 +59,7 @@ class ImplantConfig(BaseModel):
     protect_tokens: int = Field(default=2048, strict=True, gt=0, description="nullspace: tokens of the held-out WikiText-2 slice whose band inputs are preserved")
     protect_edits: bool = Field(default=False, description="nullspace: also preserve earlier edits' inputs at their last subject token (off: measured better at 20 edits, docs/implantation.md)")
     seed: int = Field(default=0, strict=True, description="seed of the hives and the probe's split")
+    save_every: int = Field(default=50, strict=True, ge=0, description="each method's state is saved every this many edits (0 = never), so `lorahive implant --resume` continues an interrupted run exactly")
     threads: int | None = Field(default=None, gt=0, description="torch CPU threads (null: torch's default)")
 
     @field_validator("band")

@@ -72,7 +72,7 @@ def dominant_basis(keys: torch.Tensor, null_energy: float) -> torch.Tensor:
         return keys.new_zeros(keys.shape[1], 0)
     held = energy.cumsum(0) / total
     n = int((held < 1.0 - null_energy).sum()) + 1
-    return vectors[:, : min(n, vectors.shape[1])].to(keys.dtype)
+    return vectors[:, : min(n, vectors.shape[1])].to(keys.dtype).contiguous()  # one memory layout, however made (a saved and reloaded basis multiplies the same)
 
 
 @torch.no_grad()

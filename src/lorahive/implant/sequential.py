@@ -28,6 +28,7 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -38,6 +39,7 @@ from lorahive.config.implant import ImplantConfig
 from lorahive.implant.edits import Edit, EditScorer, Scores, spaced, token_scores
 from lorahive.implant.probe import ProbeResult, probe_implant
 from lorahive.implant.protect import NullSpaceWriter
+from lorahive.implant.resume import load_state, restore, save_state
 from lorahive.runtime.hive import Hive
 
 __all__ = ["AGENT", "MethodResult", "PlainWriter", "Writer", "build_hive", "consolidate", "make_contexts", "resolve_writer", "run_implant", "run_method"]
@@ -227,8 +229,14 @@ class MethodResult:
         return out
 
 
-def run_method(method: str, cfg: ImplantConfig, edits: list[Edit], load: Loader, on_edit: OnEdit | None = None, on_score: OnScore | None = None) -> MethodResult:
-    """Apply ``edits`` in order with ``method`` and score all edits so far at each of ``cfg.score_points()``."""
+def run_method(
+    method: str, cfg: ImplantConfig, edits: list[Edit], load: Loader, on_edit: OnEdit | None = None, on_score: OnScore | None = None, out: Path | None = None, resume: bool = False
+) -> MethodResult:
+    """Apply ``edits`` in order with ``method`` and score all edits so far at each of ``cfg.score_points()``.
+
+    With ``out``, the method's state is saved there every ``cfg.save_every`` edits
+    (:mod:`lorahive.implant.resume`); with ``resume`` too, a saved state is continued from.
+    """
     hive = build_hive(cfg, method, load)
     scorer = EditScorer(hive, AGENT, edits, cfg.length_normalised)
     points = cfg.score_points()
@@ -246,8 +254,15 @@ def run_method(method: str, cfg: ImplantConfig, edits: list[Edit], load: Loader,
         writer = NullSpaceWriter(writer, cfg.null_energy, cfg.protect_tokens, cfg.protect_edits)
     layer = cfg.probe_layer if cfg.probe_layer is not None else cfg.band[1] + 1
     result.probe_before = probe_implant(hive, AGENT, edits, layer, cfg.seed)
-    spent = 0.0
+    spent, done = 0.0, 0
+    saved = load_state(out, method, cfg) if out is not None and resume else None
+    if saved is not None:
+        restore(saved, hive, writer, edits)
+        spent, done = saved.seconds, saved.done
+        result.checkpoints, result.parameters, result.truncation = saved.checkpoints, saved.parameters, saved.truncation
     for i, edit in enumerate(edits, start=1):
+        if i <= done:
+            continue
         start = time.perf_counter()
         writer(hive, AGENT, level, edit)
         if method == "hive" and (i % cfg.consolidate_every == 0 or i == len(edits)):
@@ -260,6 +275,8 @@ def run_method(method: str, cfg: ImplantConfig, edits: list[Edit], load: Loader,
             result.parameters.append(level_parameters(hive))
             if on_score:
                 on_score(method, result.checkpoints[-1])
+        if out is not None and cfg.save_every and i % cfg.save_every == 0 and i < len(edits):
+            save_state(out, method, cfg, hive, i, spent, result, writer)
     result.seconds_per_edit = spent / len(edits)
     plain = writer.inner if isinstance(writer, NullSpaceWriter) else writer
     if isinstance(plain, PlainWriter) and plain.steps_taken:
@@ -270,8 +287,10 @@ def run_method(method: str, cfg: ImplantConfig, edits: list[Edit], load: Loader,
     return result
 
 
-def run_implant(cfg: ImplantConfig, edits: list[Edit], load: Loader, on_edit: OnEdit | None = None, on_score: OnScore | None = None) -> dict[str, MethodResult]:
-    """Every configured method on the same edits, in a fixed order (unedited, hive, lora)."""
+def run_implant(
+    cfg: ImplantConfig, edits: list[Edit], load: Loader, on_edit: OnEdit | None = None, on_score: OnScore | None = None, out: Path | None = None, resume: bool = False
+) -> dict[str, MethodResult]:
+    """Every configured method on the same edits, in a fixed order (unedited, hive, lora); states saved under ``out``, continued with ``resume``."""
     check_writer(cfg)
     order = [m for m in ("unedited", "hive", "lora") if m in cfg.methods]
-    return {m: run_method(m, cfg, edits, load, on_edit, on_score) for m in order}
+    return {m: run_method(m, cfg, edits, load, on_edit, on_score, out, resume) for m in order}
