@@ -22,6 +22,7 @@ from lorahive.mechanisms.topology import (
     Topology,
     autocorrelation,
     co_correlation,
+    level_sketch,
     merge_levels,
     split_level,
     two_scale_excess,
@@ -163,6 +164,40 @@ def test_a_level_with_two_time_scales_splits_and_one_with_one_does_not(tokenizer
     calm = _hive(tokenizer)
     assert "split" not in _drive(calm, Topology(CFG, ["context"]), 12, drift=0.0)  # only fast changes
     assert "split" not in _drive(calm, Topology(CFG, ["context"]), 12, drift=30.0)  # (almost) only the slow pattern
+
+
+def test_the_optimizers_momentum_is_not_read_as_a_second_time_scale(tokenizer):
+    """Real AdamW steps, one a tick, moments kept between ticks, on gradients ``drift + white noise``
+    of equal energy. What is written is their β1 = 0.9 moving average: C(1) ≈ 0.9, C(2) ≈ C(1)², the
+    excess at most b(1 − b)(1 − β1)² = 0.0025 — under any threshold. Topology takes out what the
+    momentum held at ``draw`` carried into the tick, and sees the gradients' two time scales."""
+    hive = _hive(tokenizer)
+    core = hive.core
+    slots = list(range(core.n_slots("agent")))
+    gen = torch.Generator().manual_seed(0)
+    drift = {n: torch.randn(p.shape, generator=gen) for n, p in core.level_params("agent").items()}
+    topo = Topology(TopologyConfig(enabled=True, window=12, split_excess=1.0), ["agent"])  # watch only
+    written, seen = [], []
+    for t in range(1, 41):
+        topo.run(_view(hive, t, "draw"))
+        before = level_sketch(core, "agent", topo.cfg.sketch, topo.seed)
+        core.step("agent", {n: d + torch.randn(d.shape, generator=gen) for n, d in drift.items()}, slots)
+        written.append(level_sketch(core, "agent", topo.cfg.sketch, topo.seed) - before)
+        action = topo.run(_view(hive, t, "apply"))
+        assert action is not None and action.kind == "watch"
+        seen.append(action.detail["levels"]["agent"])
+    last = written[-12:]
+    assert autocorrelation(last, 1) > 0.8 and abs(two_scale_excess(last)) < 0.02  # the momentum: one slow AR(1)
+    assert seen[-1]["ticks"] == 12 and seen[-1]["c1"] < 0.7 and seen[-1]["c2"] == pytest.approx(seen[-1]["c1"], abs=0.15)
+    assert min(s["excess"] for s in seen[20:]) > 0.1  # drift under white noise, as the rule expects
+    # what was taken out is the carried part only: the momentum-free series adds back up to what was written
+    fresh = Topology(TopologyConfig(enabled=True, window=12), ["agent"])
+    core.optimizers["agent"].reset(slots)
+    fresh.run(_view(hive, 41, "draw"))
+    before = level_sketch(core, "agent", fresh.cfg.sketch, fresh.seed)
+    core.step("agent", {n: d + torch.randn(d.shape, generator=gen) for n, d in drift.items()}, slots)
+    fresh.run(_view(hive, 41, "apply"))
+    torch.testing.assert_close(fresh.history["agent"][0], level_sketch(core, "agent", fresh.cfg.sketch, fresh.seed) - before)  # no momentum held: nothing carried
 
 
 def test_a_grown_level_and_its_neighbour_that_learn_alike_merge(tokenizer):

@@ -5,8 +5,14 @@ Every tick, what learning wrote into each watched level — its weights after th
 phase minus at the ``draw`` phase (a per-task level starts each task from its init, so for
 it: what it holds after ``apply``) — is sketched in ΔW space with fixed random probes per
 module, ``u = mix·(a/r)·G·B·A·X`` for every slot (``G (d, out)``, ``X (in, d)``; a linear
-sketch of ΔW, so a level keeps comparing with itself across re-factorings). Over the last
-``window`` ticks, the normalised autocorrelation at lag τ is
+sketch of ΔW, so a level keeps comparing with itself across re-factorings). What the level's
+optimizer wrote this tick out of the momentum it already held at ``draw`` (AdamW's first moment
+from earlier ticks, β1 = 0.9: :func:`carried_sketch`) is taken out first, so the series is the
+tick's own learning. Left in, it makes the updates of a level stepped once a tick a moving
+average of its gradients, an AR(1) of ρ ≈ β1 = 0.9 under any drift, which keeps the excess at
+``b(1 − b)(1 − ρ)² ≤ 0.0025`` for a drift of share b: far under any ``split_excess``, so no
+level ever split (experiment 8). AdamW's weight decay stays in. Over the last ``window`` ticks,
+the normalised autocorrelation at lag τ is
 
     C(τ) = Σ_t ⟨u_t, u_{t+τ}⟩ / √(Σ_t ‖u_t‖² · Σ_t ‖u_{t+τ}‖²).
 
@@ -46,7 +52,7 @@ from lorahive.config import LevelSpec, TopologyConfig
 from lorahive.core import HiveCore, refactor
 from lorahive.mechanisms.base import Action, TickView
 
-__all__ = ["Topology", "autocorrelation", "co_correlation", "level_sketch", "merge_levels", "split_level", "two_scale_excess"]
+__all__ = ["Topology", "autocorrelation", "carried_sketch", "co_correlation", "level_sketch", "merge_levels", "split_level", "two_scale_excess"]
 
 Factors = dict[str, tuple[torch.Tensor, torch.Tensor]]  # module path -> (B (S, out, r), A (S, r, in))
 
@@ -99,6 +105,54 @@ def level_sketch(core: HiveCore, level: str, d: int, seed: int = 0, cache: dict[
         gb = torch.einsum("do,sor->sdr", g, bank.B.float())  # (S, d, r)
         ax = torch.einsum("sri,ie->sre", bank.A.float(), x)  # (S, r, d)
         parts.append((gb @ ax).flatten(1))  # (S, d²)
+    return coeff * torch.cat(parts, dim=1)
+
+
+Moments = dict[str, tuple[torch.Tensor, list[int]]]  # parameter name -> (AdamW exp_avg, per-slot step counts), at draw
+
+
+def level_moments(core: HiveCore, level: str) -> Moments:
+    """The first moments and step counts of ``level``'s optimizer now (what :func:`carried_sketch` starts from)."""
+    opt = core.optimizers[level]
+    return {name: (st["exp_avg"].detach().clone(), list(opt.host_steps[name])) for name, st in opt.state.items()}
+
+
+@torch.no_grad()
+def carried_sketch(core: HiveCore, level: str, before: Moments, d: int, seed: int = 0, cache: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None) -> torch.Tensor:
+    """Sketch (as :func:`level_sketch`) of what ``level``'s AdamW steps since ``before`` wrote out of the momentum held then.
+
+    A slot that took k steps from step count s₀ (first moment m₀) moved by
+    ``−η·m₀·Σ_{j=1..k} β1^j / (1 − β1^{s₀+j}) / (√v̂ + ε)`` on top of what its new gradients
+    wrote (η: the level's step size, v̂: the second moment now, bias-corrected), mapped to ΔW to
+    first order (``δB·A + B·δA``, the factors now). Slots that took no step, or whose moments were
+    reset, carried nothing; nor did a parameter the optimizer had no state for at ``before``.
+    """
+    cache = {} if cache is None else cache
+    opt = core.optimizers[level]
+    (b1, b2), eps, lr = opt.betas, opt.eps, core.states[level].step_size
+    coeff = core.states[level].mix * core.stack.get(level).scale
+    parts = []
+    factors: dict[tuple[tuple[int, ...], tuple[int, ...], torch.device], torch.Tensor] = {}  # step counts -> (carry, 1 − β2^s) per slot
+    for path, bank in core.named_banks(level):
+        g, x = _probes(core, path, d, seed, cache)
+        delta = {}
+        for key, p in (("A", bank.A), ("B", bank.B)):
+            name, st = f"{path}.{key}", opt.state.get(f"{path}.{key}")
+            old = before.get(name)
+            if st is None or old is None or old[0].shape != p.shape:
+                delta[key] = torch.zeros(p.shape, device=p.device)
+                continue
+            m0, then = old
+            now = opt.host_steps[name]  # a count below the one at draw: the slot's moments were reset
+            counts = (tuple(then), tuple(now), p.device)
+            if counts not in factors:  # the parameters of a level mostly share their step counts
+                carry = [sum(b1**j / (1 - b1 ** (s0 + j)) for j in range(1, s1 - s0 + 1)) if s1 >= s0 else 0.0 for s0, s1 in zip(then, now, strict=True)]
+                corr2 = [1 - b2**s1 if s1 > 0 else 1.0 for s1 in now]
+                factors[counts] = torch.tensor([carry, corr2], device=p.device)
+            fac, corr2 = (f.view(-1, *[1] * (p.dim() - 1)) for f in factors[counts])
+            delta[key] = -lr * fac * m0.float() / ((st["exp_avg_sq"].float() / corr2).sqrt() + eps)
+        dw = torch.einsum("do,sor,sri,ie->sde", g, delta["B"], bank.A.float(), x) + torch.einsum("do,sor,sri,ie->sde", g, bank.B.float(), delta["A"], x)
+        parts.append(dw.flatten(1))  # (S, d²)
     return coeff * torch.cat(parts, dim=1)
 
 
@@ -206,6 +260,7 @@ class Topology:
         self.grown = 0  # levels grown so far (names the next)
         self.quiet_until = 0  # no change before this tick
         self._before: dict[str, torch.Tensor] = {}
+        self._moments: dict[str, Moments] = {}  # level -> its optimizer's first moments at draw
         self._probes: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def watched(self, core: HiveCore) -> list[str]:
@@ -218,7 +273,9 @@ class Topology:
     def run(self, view: TickView) -> Action | None:
         core = view.core
         if view.phase == "draw":
-            self._before = {lv: self._sketch(core, lv) for lv in self.watched(core) if core.stack.get(lv).scope != "task"}
+            kept = [lv for lv in self.watched(core) if core.stack.get(lv).scope != "task"]
+            self._before = {lv: self._sketch(core, lv) for lv in kept}
+            self._moments = {lv: level_moments(core, lv) for lv in kept}
             return None
         signals = self._observe(core)
         change = self._change(view.tick, core, signals) if view.tick >= self.quiet_until else None
@@ -230,13 +287,16 @@ class Topology:
         for lv in self.watched(core):
             now = self._sketch(core, lv)
             before = self._before.get(lv)
-            update = now if before is None or before.shape != now.shape else now - before
+            if before is None or before.shape != now.shape:
+                update = now
+            else:  # what this tick wrote, less what the optimizer's momentum from earlier ticks carried into it
+                update = now - before - carried_sketch(core, lv, self._moments.get(lv, {}), self.cfg.sketch, self.seed, self._probes)
             hist = self.history.setdefault(lv, [])
             hist.append(update.detach().cpu())
             del hist[: -self.cfg.window]
             c1, c2 = autocorrelation(hist, 1), autocorrelation(hist, 2)
             out[lv] = {"c1": c1, "c2": c2, "excess": c2 - c1 * c1, "ticks": len(hist)}
-        self._before = {}
+        self._before, self._moments = {}, {}
         return out
 
     def _held(self, key: str, on: bool) -> bool:
