@@ -14,7 +14,7 @@ from lorahive import Hive
 from lorahive.config import ContextModesConfig
 from lorahive.mechanisms.base import TickView
 from lorahive.mechanisms.context_modes import ContextModes
-from tiny_runs import checkpoint_tensors, two_stage_stream
+from tiny_runs import assert_same_checkpoints, two_stage_stream
 
 OWN = ("Sports: the team won the match.", " Sports")
 PAST = ("World: the summit ended.", " World")
@@ -144,11 +144,7 @@ def test_resume_with_rehearsal_on_continues_exactly(base_dir, tmp_path):
     with pytest.raises(Crash):
         runs.start(two_stage_stream(base_dir, ON), tmp_path / "split", progress=crash_after_3)
     runs.resume(tmp_path / "split")
-    a, b = checkpoint_tensors(tmp_path / "straight"), checkpoint_tensors(tmp_path / "split")
-    assert a.keys() == b.keys()
-    for k in a:
-        if not k.endswith("rng/torch"):
-            assert torch.equal(a[k], b[k]), k
+    assert_same_checkpoints(tmp_path / "straight", tmp_path / "split")
     sa, sb = (json.loads((tmp_path / d / "checkpoint" / "state.json").read_text()) for d in ("straight", "split"))
     assert sa["mechanisms"]["context_modes"] == sb["mechanisms"]["context_modes"]
 

@@ -30,7 +30,7 @@ from lorahive.mechanisms.topology import (
 from lorahive.observe.ledger import Ledger
 from lorahive.observe.report_mechanisms import dynamics_lines, mechanism_events
 from lorahive.runtime import run as runs
-from tiny_runs import checkpoint_tensors, config_tree, tiny_config
+from tiny_runs import assert_same_checkpoints, config_tree, tiny_config
 
 PROMPTS = ["the cat sat on", "a quick brown fox", "hello there world"]
 AGENTS = ["ann", "bob", "cyd"]
@@ -270,11 +270,7 @@ def test_from_swarm_and_context_the_hierarchy_deepens_and_resume_is_exact(base_d
     with pytest.raises(KeyboardInterrupt):
         runs.start(_deepening(base_dir, 8), tmp_path / "split", progress=stop)
     runs.resume(tmp_path / "split")
-    a, b = checkpoint_tensors(tmp_path / "straight"), checkpoint_tensors(tmp_path / "split")
-    assert a.keys() == b.keys()
-    for k in a:
-        if not k.endswith("rng/torch"):
-            assert torch.equal(a[k], b[k]), k
+    assert_same_checkpoints(tmp_path / "straight", tmp_path / "split")
     again = json.loads((tmp_path / "split" / "checkpoint" / "state.json").read_text())
     assert again["stack"] == state["stack"] and again["level_states"] == state["level_states"]
 

@@ -64,3 +64,12 @@ def checkpoint_tensors(run_dir: Path) -> dict[str, torch.Tensor]:
     """Every tensor of a run's checkpoint, keyed ``file:name``, to compare two runs exactly."""
     ckpt = run_dir / "checkpoint"
     return {f"{f.relative_to(ckpt)}:{k}": v for f in sorted(ckpt.rglob("*.safetensors")) for k, v in load_file(str(f)).items()}
+
+
+def assert_same_checkpoints(a_dir: Path, b_dir: Path) -> None:
+    """Two runs' checkpoints hold the same tensors bit for bit (but the torch RNG state, which a resume re-seeds)."""
+    a, b = checkpoint_tensors(a_dir), checkpoint_tensors(b_dir)
+    assert a.keys() == b.keys()
+    for k in a:
+        if not k.endswith("rng/torch"):
+            assert torch.equal(a[k], b[k]), k
