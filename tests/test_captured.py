@@ -1,7 +1,8 @@
 """CapturedForward (core/captured.py): one batch shape's forward with static buffers, replayed from a CUDA graph.
 
 On the CPU the static routing runs eagerly, and must give what the hive's ordinary routing gives, call after
-call, whatever agents the rows hold; on CUDA the replayed graph must give what the eager forward gives —
+call, whatever agents the rows hold (to rounding: the ordinary routing runs a one-agent batch as one-slot terms and
+skips zero levels, the static one never does); on CUDA the replayed graph must give what the eager forward gives —
 with more distinct agents than at capture, after learning, after agents were added (the banks moved), and
 with a level that was zero when the graph was recorded.
 """
@@ -82,14 +83,14 @@ def test_the_replayed_graph_equals_the_eager_forward_whatever_changes_between_ca
     assert cap.graph
     for i, agents in enumerate(MIXES):  # recorded with one agent on every row, replayed with two, four, one, four
         ids = _ids(len(tokenizer), "cuda", i)
-        torch.testing.assert_close(cap(ids, agents), _eager(hive, ids, agents), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(cap(ids, agents), _eager(hive, ids, agents), rtol=1e-4, atol=5e-5)
     assert cap.captures == 1
     randomize_b(hive, scale=0.2)  # every level learned something, in place
     hive.learn({"a2": [("Sports: the team won", " Sports")]}, steps=1)
     ids = _ids(len(tokenizer), "cuda", 9)
-    torch.testing.assert_close(cap(ids, MIXES[4]), _eager(hive, ids, MIXES[4]), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(cap(ids, MIXES[4]), _eager(hive, ids, MIXES[4]), rtol=1e-4, atol=5e-5)
     assert cap.captures == 1  # the same graph: it reads the banks where they are
     hive.add_agents(["b0", "b1", "b2", "b3", "b4"])
     agents = ["b4", "a1", "b0", "a3"]
-    torch.testing.assert_close(cap(ids, agents), _eager(hive, ids, agents), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(cap(ids, agents), _eager(hive, ids, agents), rtol=1e-4, atol=5e-5)
     assert cap.captures == 2  # recorded again: the banks moved
