@@ -8,9 +8,11 @@ import json
 
 import pytest
 import torch
+from typer.testing import CliRunner
 
 from conftest import make_model, small_stack
 from lorahive import Hive
+from lorahive.cli.main import app
 from lorahive.config import ContextModesConfig
 from lorahive.mechanisms.base import TickView
 from lorahive.mechanisms.context_modes import ContextModes
@@ -128,6 +130,10 @@ def test_in_a_stream_the_first_stages_mode_moves_in_the_second_only_with_rehears
     assert off[2]["norm"][yelp] == off[3]["norm"][yelp] == off[4]["norm"][yelp]  # left as it was
     rehearsed = [t for t in (3, 4) if yelp in on[t].get("rehearsed", {})]
     assert rehearsed and on[rehearsed[0]]["norm"][yelp] != on[rehearsed[0] - 1]["norm"][yelp]
+    rows = sum(int(n) for t in (3, 4) for n in on[t].get("rehearsed", {}).values())
+    printed = CliRunner().invoke(app, ["inspect", str(tmp_path / "on")])
+    assert printed.exit_code == 0 and f"past modes rehearsed in {len(rehearsed)} ticks on {rows} replayed rows" in " ".join(printed.output.split())
+    assert "rehearsed" not in CliRunner().invoke(app, ["inspect", str(tmp_path / "off")]).output
 
 
 def test_resume_with_rehearsal_on_continues_exactly(base_dir, tmp_path):

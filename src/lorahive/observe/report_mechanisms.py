@@ -11,6 +11,7 @@ Every function here takes ledger event rows (``{"tick", "kind", "detail"}``, as
     mechanism:vertical_resonance  action "vertical"  cross-level cosine, mode and learning-rate factors
     mechanism:consensus   action "consensus"  the dominant cluster of proposals, and what moved to the swarm
     mechanism:context_modes  action "route"  each agent's context mode, its centred cosine, the modes' uses
+                             action "reinforce"  what each mode took, and the past modes' rehearsal rows
     mechanism:topology    action "watch" / "split" / "merge"  each level's time-scale signals, and a change of the stack
 
 The ``*_figure`` functions return matplotlib figures (``report.py`` embeds them as PNGs);
@@ -68,6 +69,7 @@ EXTRA_KINDS: dict[str, tuple[str, str]] = {
     "vertical": ("mechanism:vertical_resonance", "vertical"),  # joins the inertia figure
     "consensus": ("mechanism:consensus", "consensus"),  # a line beside the migrations
     "context_modes": ("mechanism:context_modes", "route"),  # a line: the router's choices
+    "reinforce": ("mechanism:context_modes", "reinforce"),  # joins that line: past modes' rehearsal
     "split": ("mechanism:topology", "split"),  # a line: the stack's changes
     "merge": ("mechanism:topology", "merge"),
 }
@@ -287,7 +289,11 @@ def dynamics_lines(events: Iterable[Mapping[str, Any]]) -> list[str]:
         last = routes[-1]["detail"]
         uses = [int(u) for u in last.get("uses") or []]
         chosen = ", ".join(f"{a} → {m}" for a, m in (last.get("modes") or {}).items())
-        lines.append(f"context modes over {len(routes)} ticks: {sum(u > 0 for u in uses)} of {len(uses)} modes used ({', '.join(map(str, uses))} tasks); tick {routes[-1]['tick']}: {chosen}")
+        line = f"context modes over {len(routes)} ticks: {sum(u > 0 for u in uses)} of {len(uses)} modes used ({', '.join(map(str, uses))} tasks); tick {routes[-1]['tick']}: {chosen}"
+        rehearsed = [r["detail"]["rehearsed"] for r in _of(events, "reinforce") if r["detail"].get("rehearsed")]
+        if rehearsed:
+            line += f"; past modes rehearsed in {len(rehearsed)} ticks on {sum(int(n) for d in rehearsed for n in d.values())} replayed rows"
+        lines.append(line)
     changes = sorted([*_of(events, "split"), *_of(events, "merge")], key=lambda r: r["tick"])
     if changes:
         told = [f"{r['detail'].get('new')} from {r['detail'].get('level')}" if r["detail"]["action"] == "split" else f"{r['detail'].get('gone')} into {r['detail'].get('keep')}" for r in changes]
