@@ -10,7 +10,7 @@
 # (default 1) CPU threads, all at the same time; OUT/NAME/ gets its summary.md, metrics.json and figures,
 # OUT/NAME.log its output, OUT/NAME.time its wall seconds, OUT/NAME.failed its exit status when it failed. When all
 # have ended, OUT/done lists the recipes and their wall seconds. Measured on one H200 (2026-12-03, SEEDS=0): 401–1,338 s
-# each with all eleven at once, 2–12 GB of GPU memory each (~90 GB together at their peak) — beside six stream runs
+# each with all eleven at once, 2–12 GB of GPU memory each (81 GiB together by nvidia-smi, 18 minutes in) — beside six stream runs
 # (~11 GB each) two of those ran out of memory at start-up. Runs for a while: start it detached,
 # `setsid nohup bash benchmarks/gpu/experiments_full.sh S O > O.log 2>&1 &`.
 set -euo pipefail

@@ -245,9 +245,10 @@ class TopologyConfig(_Section):
     """Topology (seed 004 "Meta-архитектура"): the number of levels follows the work.
 
     Each tick every watched level's update (what the fast steps and the swarm step wrote, less
-    what the optimizer's momentum from earlier ticks carried into it) is sketched in ΔW space with fixed random probes and kept for ``window`` ticks. A level whose
-    updates show two time scales — the normalised autocorrelation at lag 2 above the square of
-    the one at lag 1 by ``split_excess`` (``C(2) − C(1)² ≥ split_excess``; one time scale gives
+    what the optimizer's momentum from earlier ticks carried into it) is sketched in ΔW space
+    with fixed random probes and kept for ``window`` ticks. A level whose updates show two
+    time scales — the normalised autocorrelation at lag 2 above the square of the one at lag 1
+    by ``split_excess`` (``C(2) − C(1)² ≥ split_excess``; one time scale gives
     ``C(2) = C(1)²``) — for ``checks`` ticks in a row is split: its dominant singular part moves
     into a new, slower level just above it (per-task → per-agent), function preserved. Two
     neighbours of the same scope and targets, one of them grown, whose updates keep a windowed

@@ -318,8 +318,9 @@ class HiveCore:
         best rank-``r_l`` approximation of ``B·A + ΔW·r_l/a_l`` (truncated SVD through QR of
         the factors), each rank-1 component's ``A`` row at the norm of the slot's init row
         (:func:`~lorahive.core.lowrank.balanced`: decay toward init then shrinks it, as it
-        does a learned pattern; a zero component gets its init row back). Returns the truncation error: the Frobenius norm of what did not fit,
-        in ΔW space, over all modules. The slot's optimizer state is left as it was.
+        does a learned pattern; a zero component gets its init row back). Returns the
+        truncation error: the Frobenius norm of what did not fit, in ΔW space, over all
+        modules. The slot's optimizer state is left as it was.
         """
         return self.add_deltas(level, [slot], [delta])[0]
 

@@ -29,7 +29,7 @@ from lorahive.implant.protect import NullSpace, NullSpaceWriter
 from lorahive.runtime.hive import Hive
 from lorahive.store.files import atomic_write_json, fsync_file, move_into_place
 
-__all__ = ["Saved", "load_state", "restore", "save_state", "state_dir"]
+__all__ = ["Saved", "load_state", "restore", "save_state", "state_dir", "writer_parts"]
 
 #: Config fields that may differ between a run and its resumption (they do not change what is computed).
 FREE = {"threads", "save_every", "methods"}
@@ -53,7 +53,8 @@ class Saved:
     tensors: dict[str, torch.Tensor]
 
 
-def _writer_parts(writer: Any) -> tuple[Any, NullSpaceWriter | None]:
+def writer_parts(writer: Any) -> tuple[Any, NullSpaceWriter | None]:
+    """The writer inside a null-space guard, and the guard (``None`` without one)."""
     return (writer.inner, writer) if isinstance(writer, NullSpaceWriter) else (writer, None)
 
 
@@ -62,10 +63,10 @@ def save_state(out: Path, method: str, cfg: ImplantConfig, hive: Hive, done: int
     folder = state_dir(out, method)
     folder.mkdir(parents=True, exist_ok=True)
     tensors = {f"level/{lv.name}/{k}": v.contiguous() for lv in hive.levels for k, v in hive.core.slot_rows(lv.name, range(hive.core.n_slots(lv.name))).items()}
-    plain, guard = _writer_parts(writer)
+    plain, guard = writer_parts(writer)
     if guard is not None and guard.space is not None:
         tensors |= {f"space/general/{p}": u.detach().cpu().contiguous() for p, u in guard.space.general.items()}
-        tensors |= {f"space/edit/{p}/{i}": k.detach().cpu().contiguous() for p, ks in guard.space.edit_keys.items() for i, k in enumerate(ks)}
+        tensors |= {f"space/edit/{p}": torch.stack(ks).detach().cpu().contiguous() for p, ks in guard.space.edit_keys.items() if ks}
     tmp = folder / "levels.safetensors.tmp"
     save_file(tensors, str(tmp))
     fsync_file(tmp)
@@ -100,7 +101,7 @@ def restore(saved: Saved, hive: Hive, writer: Any, edits: list[Any]) -> None:
         prefix = f"level/{lv.name}/"
         rows = {k.removeprefix(prefix): v for k, v in saved.tensors.items() if k.startswith(prefix)}
         hive.core.load_slot_rows(lv.name, list(range(hive.core.n_slots(lv.name))), rows)
-    plain, guard = _writer_parts(writer)
+    plain, guard = writer_parts(writer)
     if hasattr(plain, "steps_taken"):
         plain.steps_taken[:] = saved.steps_taken
         plain.written[:] = edits[: saved.done]
@@ -108,9 +109,6 @@ def restore(saved: Saved, hive: Hive, writer: Any, edits: list[Any]) -> None:
         guard.kept[:] = saved.kept
         general = {k.removeprefix("space/general/"): v.to(hive.device) for k, v in saved.tensors.items() if k.startswith("space/general/")}
         if general:
-            keys: dict[str, list[torch.Tensor]] = {}
-            for k in sorted(saved.tensors, key=lambda k: (k.rsplit("/", 1)[0], int(k.rsplit("/", 1)[1])) if k.startswith("space/edit/") else ("", 0)):
-                if k.startswith("space/edit/"):
-                    keys.setdefault(k.removeprefix("space/edit/").rsplit("/", 1)[0], []).append(saved.tensors[k].to(hive.device))
+            keys = {k.removeprefix("space/edit/"): list(v.to(hive.device).unbind(0)) for k, v in saved.tensors.items() if k.startswith("space/edit/")}
             guard.space = NullSpace(guard.null_energy, general, keys)
             guard.space.rebuild()

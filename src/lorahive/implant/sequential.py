@@ -39,7 +39,7 @@ from lorahive.config.implant import ImplantConfig
 from lorahive.implant.edits import Edit, EditScorer, Scores, spaced, token_scores
 from lorahive.implant.probe import ProbeResult, probe_implant
 from lorahive.implant.protect import NullSpaceWriter
-from lorahive.implant.resume import load_state, restore, save_state
+from lorahive.implant.resume import load_state, restore, save_state, writer_parts
 from lorahive.runtime.hive import Hive
 
 __all__ = ["AGENT", "MethodResult", "PlainWriter", "Writer", "build_hive", "consolidate", "make_contexts", "resolve_writer", "run_implant", "run_method"]
@@ -278,11 +278,11 @@ def run_method(
         if out is not None and cfg.save_every and i % cfg.save_every == 0 and i < len(edits):
             save_state(out, method, cfg, hive, i, spent, result, writer)
     result.seconds_per_edit = spent / len(edits)
-    plain = writer.inner if isinstance(writer, NullSpaceWriter) else writer
+    plain, guard = writer_parts(writer)
     if isinstance(plain, PlainWriter) and plain.steps_taken:
         result.steps_per_edit = sum(plain.steps_taken) / len(plain.steps_taken)
-    if isinstance(writer, NullSpaceWriter) and writer.kept:
-        result.key_energy_kept = sum(writer.kept) / len(writer.kept)
+    if guard is not None and guard.kept:
+        result.key_energy_kept = sum(guard.kept) / len(guard.kept)
     result.probe_after = probe_implant(hive, AGENT, edits, layer, cfg.seed)
     return result
 

@@ -346,10 +346,10 @@ class ContextModes:
             saved = {p: (bank.A.detach().index_select(0, idx), bank.B.detach().index_select(0, idx)) for p, bank in core.named_banks(self.level)}
             core.load_slots(self.level, slots, {p: (a.index_select(0, ids), b.index_select(0, ids)) for p, (a, b) in self.factors.items()})
         view.learn({a: rows[m] for a, m in zip(agents, modes, strict=True)}, self.cfg.rehearse, [self.level])
+        w = self.cfg.rehearse_rate
         with torch.no_grad():
             for path, bank in core.named_banks(self.level):
                 a, b = self.factors[path]
-                w = self.cfg.rehearse_rate
                 a.index_copy_(0, ids, a.index_select(0, ids).lerp_(bank.A.detach().index_select(0, idx).to(a.dtype), w))
                 b.index_copy_(0, ids, b.index_select(0, ids).lerp_(bank.B.detach().index_select(0, idx).to(b.dtype), w))
             core.load_slots(self.level, slots, saved)
