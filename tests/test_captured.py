@@ -94,3 +94,37 @@ def test_the_replayed_graph_equals_the_eager_forward_whatever_changes_between_ca
     agents = ["b4", "a1", "b0", "a3"]
     torch.testing.assert_close(cap(ids, agents), _eager(hive, ids, agents), rtol=1e-4, atol=5e-5)
     assert cap.captures == 2  # recorded again: the banks moved
+
+
+def _merged_weights(hive: Hive) -> dict[str, torch.Tensor]:
+    return {name: layer.merged[1] for name, layer in hive.core.layers.items() if layer.merged is not None}
+
+
+def test_merged_shared_levels_give_the_live_logits_and_follow_learning_in_the_same_storage(tokenizer):
+    hive = _hive(tokenizer)
+    cap = CapturedForward(hive.core, 4, 12, logits_to_keep=0, merged=True)
+    ids = _ids(len(tokenizer), "cpu", 3)
+    torch.testing.assert_close(cap(ids, MIXES[2]), _eager(hive, ids, MIXES[2], keep=0), rtol=1e-4, atol=5e-5)
+    first = _merged_weights(hive)
+    assert first, "the shared levels were not merged"
+    ptrs = {name: w.data_ptr() for name, w in first.items()}
+    before = {name: w.clone() for name, w in first.items()}
+    randomize_b(hive, seed=5, scale=0.2)  # every shared level changes in place
+    torch.testing.assert_close(cap(ids, MIXES[4]), _eager(hive, ids, MIXES[4], keep=0), rtol=1e-4, atol=5e-5)
+    again = _merged_weights(hive)
+    assert {name: w.data_ptr() for name, w in again.items()} == ptrs  # rebuilt where a recorded graph reads them
+    assert all(not torch.equal(before[name], again[name]) for name in ptrs)
+
+
+@pytest.mark.gpu
+@requires_cuda
+def test_a_graph_over_merged_shared_levels_sees_them_change_without_being_recorded_again(tokenizer):
+    hive = _hive(tokenizer, "cuda")
+    cap = CapturedForward(hive.core, 4, 12, merged=True)
+    for i, agents in enumerate(MIXES):
+        ids = _ids(len(tokenizer), "cuda", i)
+        torch.testing.assert_close(cap(ids, agents), _eager(hive, ids, agents), rtol=1e-4, atol=5e-5)
+    randomize_b(hive, seed=7, scale=0.2)  # the shared levels (and the rest) change in place
+    ids = _ids(len(tokenizer), "cuda", 9)
+    torch.testing.assert_close(cap(ids, MIXES[4]), _eager(hive, ids, MIXES[4]), rtol=1e-4, atol=5e-5)
+    assert cap.captures == 1

@@ -7,6 +7,7 @@ Prints, as each is measured:
   R2  K distinct agents ÷ all rows on one agent (same batch)
   R1 merged  the same with the shared levels folded into the weights (adapters/merge.py), only the per-agent terms live
   R1 captured  the live forward recorded once as a CUDA graph and replayed (core/captured.py)
+  R1 captured merged  the same graph over merged shared levels, only the per-agent terms live
   R3  mixed-agent generation tokens/s ÷ bare model generation
   R6  fused path ÷ the reference (unfused) path on the GPU, speed-up and output difference
 and beside them the largest difference of last-position logits between the hive and the
@@ -132,6 +133,15 @@ def main() -> None:
             del cap
         except Exception as e:  # a capture that fails is a figure too; the rest of the benchmark goes on
             emit(arch=arch, figure="R1 captured", K=k, error=f"{type(e).__name__}: {e}"[:400])
+        try:  # captured, with the shared levels folded into the weights: only the per-agent terms in the graph
+            cap = CapturedForward(hive.core, rows, shape[1], merged=True)
+            captured_m = median_ms(lambda cap=cap, ids=ids, mixed=mixed: cap(ids, mixed, clone=False), reps=reps)
+            cap_diff = float((cap(ids, mixed).float() - forward_fn(model, ids, hive, mixed)().float()).abs().max())
+            emit(arch=arch, figure="R1 captured merged", K=k, rows=rows, ms=captured_m, ratio=base_fwd[shape] / captured_m, ms_live=fused, target=">=0.95 merged",
+                 captured_vs_live_max_abs=cap_diff, adapter_effect=effect, captures=cap.captures)  # fmt: skip
+            del cap
+        except Exception as e:
+            emit(arch=arch, figure="R1 captured merged", K=k, error=f"{type(e).__name__}: {e}"[:400])
         with hive.core.routing.merging():  # the shared levels folded into the weights (adapters/merge.py)
             merged = median_ms(forward_fn(model, ids, hive, mixed), reps=reps)
             merged_out = forward_fn(model, ids[:8], hive, mixed[:8])()

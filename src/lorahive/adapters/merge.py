@@ -9,7 +9,8 @@ or extra slots — as part of one merged weight per module,
 in the base weight's dtype, and only the per-row terms live. The merged weight is kept per
 module and rebuilt when a merged level's factors or mix change (the tensors' version
 counters, which every in-place write bumps, and their identities, which a grown bank
-changes). It costs one copy of the wrapped modules' weights; in bf16 the sum is rounded
+changes) in the same storage, so a CUDA graph recorded over it reads the new weight once the
+host has refreshed it (core/captured.py). It costs one copy of the wrapped modules' weights; in bf16 the sum is rounded
 once, so a ΔW far below the weights' resolution is partly lost (docs/performance.md).
 Forwards under autograd (learning, proposals) never merge.
 """
@@ -63,6 +64,9 @@ def merged_weight(layer: HiveLinear, routing: Routing, levels: frozenset[str]) -
     total = w.to(torch.float32, copy=True)  # one copy, in fp32 whatever the base dtype
     for lv, bank in banks.items():
         total.addmm_(bank.B[0].float(), bank.A[0].float(), alpha=routing.mix.get(lv, 1.0) * layer.scales[lv])
-    merged = total.to(w.dtype)
+    if cached is not None and cached[1].shape == w.shape and cached[1].dtype == w.dtype:
+        merged = cached[1].copy_(total)  # the same storage: a recorded graph keeps reading it
+    else:
+        merged = total.to(w.dtype)
     layer.merged = (key, merged)
     return merged

@@ -14,8 +14,13 @@ indices — the failure of serving engines that replayed a graph recorded with f
 cannot happen — and a level that was zero at capture and has learned since is not skipped. The
 banks are read where they are at replay, so learning between calls is seen; the graph is
 recorded again when anything it baked in changes: a bank's storage (agents added grow the
-banks), the stack's levels, their mixing coefficients. Shared levels run live, never merged
-(a merged weight is refreshed on the host, which a replay would skip).
+banks), the stack's levels, their mixing coefficients.
+
+Shared levels run live unless ``merged=True``: then they are folded into one weight per module
+(adapters/merge.py) and only the per-row terms run in the graph. A merged weight is rebuilt on
+the host when a shared level changes, which a replay alone would skip, so each call first
+refreshes the merged weights — in their own storage, the storage the graph reads — and a replay
+after learning sees the new shared levels as the eager forward does.
 
 Without CUDA (or with ``graph=False``) the same static routing runs eagerly, which is what the
 CPU tests check against the hive's ordinary routing.
@@ -29,6 +34,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from lorahive.adapters import Routing
+from lorahive.adapters.merge import mergeable, merged_weight
 
 if TYPE_CHECKING:
     from lorahive.core.model import HiveCore
@@ -40,14 +46,16 @@ class CapturedForward:
     """Logits of ``rows × tokens`` batches, one agent per row, replayed from a CUDA graph.
 
     ``logits_to_keep``: positions at the end whose logits are computed (0: all), as the
-    model's own argument. A call returns a fresh tensor (``clone=False``: the graph's output
-    buffer itself, overwritten by the next call).
+    model's own argument. ``merged``: the shared levels folded into the base weights, only the
+    per-row terms live (in bf16 the merged sum is rounded once, see adapters/merge.py). A call
+    returns a fresh tensor (``clone=False``: the graph's output buffer itself, overwritten by the
+    next call).
     """
 
-    def __init__(self, core: HiveCore, rows: int, tokens: int, logits_to_keep: int = 1, graph: bool | None = None) -> None:
+    def __init__(self, core: HiveCore, rows: int, tokens: int, logits_to_keep: int = 1, graph: bool | None = None, merged: bool = False) -> None:
         if rows < 1 or tokens < 1:
             raise ValueError(f"CapturedForward: rows and tokens must be ≥ 1, got rows={rows}, tokens={tokens}")
-        self.core, self.rows, self.tokens, self.keep = core, rows, tokens, logits_to_keep
+        self.core, self.rows, self.tokens, self.keep, self.merged = core, rows, tokens, logits_to_keep, merged
         device = core.device
         self.graph = device.type == "cuda" if graph is None else graph
         if self.graph and device.type != "cuda":
@@ -75,7 +83,7 @@ class CapturedForward:
             self.mask.copy_(attention_mask, non_blocking=True)
         if not self.graph:
             return self._forward()
-        key = self._baked()
+        key = (self._baked(), self._refresh())
         if self._graph is None or key != self._key:
             self._capture()
             self._key = key
@@ -92,8 +100,7 @@ class CapturedForward:
         return Routing(slots=slots, mix=self.core.mix, uniform=frozenset())
 
     def _forward(self) -> torch.Tensor:
-        # live levels only: merged weights (adapters/merge.py) are refreshed on the host, which a replay would skip
-        with torch.no_grad(), self.core.routing.merging(False), self.core.routing.use(self._routing()):
+        with torch.no_grad(), self.core.routing.merging(self.merged), self.core.routing.use(self._routing()):
             out = self.core.model(input_ids=self.ids, attention_mask=self.mask, logits_to_keep=self.keep, use_cache=False)
         return out.logits
 
@@ -102,6 +109,18 @@ class CapturedForward:
         core = self.core
         ptrs = tuple(t.data_ptr() for lv in core.stack.levels for bank in core.banks(lv.name) for t in (bank.A, bank.B))
         return (tuple(core.stack.names()), tuple(sorted(core.mix.items())), ptrs)
+
+    def _refresh(self) -> tuple[int, ...]:
+        """Bring every merged weight up to date in its own storage (host checks, a rebuild where a level changed); their addresses."""
+        if not self.merged:
+            return ()
+        routing, ptrs = self._routing(), []
+        with torch.no_grad():
+            for layer in self.core.layers.values():
+                levels = mergeable(layer, routing)
+                if levels:
+                    ptrs.append(merged_weight(layer, routing, levels).data_ptr())
+        return tuple(ptrs)
 
     def _capture(self) -> None:
         side = torch.cuda.Stream()
