@@ -128,3 +128,20 @@ def test_a_graph_over_merged_shared_levels_sees_them_change_without_being_record
     ids = _ids(len(tokenizer), "cuda", 9)
     torch.testing.assert_close(cap(ids, MIXES[4]), _eager(hive, ids, MIXES[4]), rtol=1e-4, atol=5e-5)
     assert cap.captures == 1
+
+
+def test_the_pooled_levels_are_kept_apart_from_the_banks_and_rebuilt_in_place_after_learning(tokenizer):
+    hive = _hive(tokenizer)
+    ids = _ids(len(tokenizer), "cpu", 4)
+    _eager(hive, ids, MIXES[2])
+    assert all(layer.pooled is None for layer in hive.core.layers.values())  # the ordinary routing keeps nothing
+    cap = CapturedForward(hive.core, 4, 12)
+    cap(ids, MIXES[2])
+    kept = {name: layer.pooled for name, layer in hive.core.layers.items()}
+    assert all(k is not None and k[3] is not None for k in kept.values())  # every module pools its per-row levels
+    banks = {w.untyped_storage().data_ptr() for layer in hive.core.layers.values() for b in layer.banks.values() for w in (b.A, b.B)}
+    ptrs = {name: tuple(t.data_ptr() for t in k[1:5] if t is not None) for name, k in kept.items()}
+    assert not banks & {p for ps in ptrs.values() for p in ps}
+    hive.learn({"a1": [("Sports: the team won", " Sports")]}, steps=2)
+    torch.testing.assert_close(cap(ids, MIXES[2]), _eager(hive, ids, MIXES[2]), rtol=1e-4, atol=5e-5)
+    assert {name: tuple(t.data_ptr() for t in layer.pooled[1:5] if t is not None) for name, layer in hive.core.layers.items()} == ptrs

@@ -220,9 +220,69 @@ def _cat(parts: list[torch.Tensor], dim: int, dtype: torch.dtype) -> torch.Tenso
 def prepare(layer: HiveLinear, routing: Routing, dtype: torch.dtype) -> Prepared:
     """The concatenated weights of ``layer`` for ``routing`` (differentiable w.r.t. the banks)."""
     one, rows = _terms(layer, routing)
+    pool = pooled(layer, one, rows, dtype) if routing.pooled else None
+    if pool is not None:
+        return pool
     a_one, b_one, alpha_one = _one_weights(one, dtype) if one else (None, None, 1.0)
     a_rows, b_rows, alpha_rows = _row_weights(rows, dtype) if rows else (None, None, 1.0)
     return Prepared(a_one, b_one, alpha_one, a_rows, b_rows, alpha_rows)
+
+
+def refresh(layer: HiveLinear, routing: Routing, dtype: torch.dtype) -> tuple[int, ...]:
+    """Bring ``layer``'s pooled weights for ``routing`` up to date in their own storage; their addresses (none if not pooled)."""
+    one, rows = _terms(layer, routing)
+    with torch.no_grad():
+        pooled(layer, one, rows, dtype)
+    kept = layer.pooled
+    return () if kept is None else tuple(t.data_ptr() for t in kept[1:5] if t is not None)
+
+
+def pooled(layer: HiveLinear, one: list[_Term], rows: list[_Term], dtype: torch.dtype) -> Prepared | None:
+    """``prepare`` from weights kept on ``layer`` between forwards: the levels concatenated and cast once per change.
+
+    Applies without autograd when every per-row term reads one slot tensor from its own bank,
+    ungated, and the banks have the same slots; else None. The one-slot terms are kept
+    concatenated; the per-row ones as whole pooled banks ``(S, R_r, in)`` / ``(S, out, R_r)``,
+    of which a forward gathers the rows' slots in one index per factor. A rebuild (a level
+    changed: version counters and identities) writes into the kept storage, so a graph
+    recorded over it reads the new weights (core/captured.py).
+    """
+    slots = rows[0].slots if rows else None
+    if torch.is_grad_enabled() or not (one or rows):
+        return None
+    if any(not isinstance(t.bank, LevelBank) for t in (*one, *rows)) or any(t.slots is not slots or t.gate is not None for t in rows):
+        return None
+    if len({t.bank.A.shape[0] for t in rows}) > 1:
+        return None
+    key = (dtype, *((id(t.bank.A), t.bank.A._version, id(t.bank.B), t.bank.B._version, t.coeff, t.slots is None) for t in (*one, *rows)), len(one))
+    kept = layer.pooled
+    if kept is None or kept[0] != key:
+        a_one, b_one, alpha_one = _one_weights(one, dtype) if one else (None, None, 1.0)
+        a_rows, b_rows, alpha_rows = _pool_weights(rows, dtype) if rows else (None, None, 1.0)
+        banks = {w.untyped_storage().data_ptr() for t in (*one, *rows) for w in (t.bank.A, t.bank.B)}
+        # kept apart from the banks (a cast to the banks' own dtype returns the bank itself)
+        fresh = tuple(None if w is None else w.clone() if w.untyped_storage().data_ptr() in banks else w for w in (a_one, b_one, a_rows, b_rows))
+        if kept is not None and all(_fits(old, new) for old, new in zip(kept[1:5], fresh, strict=True)):
+            fresh = tuple(old.copy_(new) if old is not None and new is not None else None for old, new in zip(kept[1:5], fresh, strict=True))  # type: ignore[assignment]
+        kept = layer.pooled = (key, *fresh, alpha_one, alpha_rows)
+    _, a_one, b_one, pool_a, pool_b, alpha_one, alpha_rows = kept
+    a_rows = b_rows = None
+    if pool_a is not None and pool_b is not None:
+        assert slots is not None
+        a_rows, b_rows = pool_a.index_select(0, slots), pool_b.index_select(0, slots)
+    return Prepared(a_one, b_one, alpha_one, a_rows, b_rows, alpha_rows)
+
+
+def _fits(old: torch.Tensor | None, new: torch.Tensor | None) -> bool:
+    return (old is None) == (new is None) and (old is None or (new is not None and old.shape == new.shape and old.dtype == new.dtype))
+
+
+def _pool_weights(terms: list[_Term], dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """Whole banks ``(S, R_r, in)``, ``(S, out, R_r)`` concatenated along the rank, coefficients in B where they differ."""
+    alpha = _alpha(terms)
+    a_parts = [t.bank.A for t in terms]
+    b_parts = [t.bank.B if alpha is not None else t.bank.B * t.coeff for t in terms]
+    return _cat(a_parts, 1, dtype), _cat(b_parts, 2, dtype), 1.0 if alpha is None else alpha
 
 
 def prepared(layer: HiveLinear, routing: Routing, dtype: torch.dtype) -> Prepared:

@@ -5,7 +5,7 @@
 
 from __future__ import annotations
 
-from typing import cast
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -36,6 +36,8 @@ class HiveLinear(nn.Module):
         dev, dt = base.weight.device, torch.float32
         self.banks.to(device=dev, dtype=dt)
         self.merged: tuple[tuple[object, ...], torch.Tensor] | None = None  # the base weight with shared terms folded in (adapters/merge.py)
+        # the levels concatenated and cast between forwards, for routings that pool (adapters/fused.py): key, one-slot A, B, pooled A, B, alphas
+        self.pooled: tuple[Any, ...] | None = None
 
     @property
     def in_features(self) -> int:

@@ -37,6 +37,9 @@ class Routing:
         the fused path find out by reading the device; the hive always says.
     host_slots: the slots of ``slots`` as host tuples, where known; the reference path groups
         rows by slot with them instead of gathering per-row weights.
+    pooled: forwards without autograd keep each module's levels concatenated and cast, whole
+        banks, between forwards (adapters/fused.py), so a forward gathers each row's weights
+        in one index per factor; what a captured graph replays (core/captured.py).
     """
 
     slots: dict[str, torch.Tensor] = field(default_factory=dict)
@@ -47,6 +50,7 @@ class Routing:
     extra: dict[str, dict[str, tuple[torch.Tensor, torch.Tensor]]] = field(default_factory=dict)
     uniform: frozenset[str] | None = None
     host_slots: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    pooled: bool = False
 
     def runs(self, level: str) -> bool:
         return (self.active is None or level in self.active) and self.mix.get(level, 1.0) != 0.0

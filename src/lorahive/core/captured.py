@@ -20,7 +20,10 @@ Shared levels run live unless ``merged=True``: then they are folded into one wei
 (adapters/merge.py) and only the per-row terms run in the graph. A merged weight is rebuilt on
 the host when a shared level changes, which a replay alone would skip, so each call first
 refreshes the merged weights — in their own storage, the storage the graph reads — and a replay
-after learning sees the new shared levels as the eager forward does.
+after learning sees the new shared levels as the eager forward does. The same holds for the
+levels of each module, kept concatenated and cast between calls (``Routing.pooled``,
+adapters/fused.py): inside the graph a module gathers its rows' weights in one index per factor
+instead of one per level, and the host rebuilds the pool in place when a level changed.
 
 Without CUDA (or with ``graph=False``) the same static routing runs eagerly, which is what the
 CPU tests check against the hive's ordinary routing.
@@ -34,7 +37,8 @@ from typing import TYPE_CHECKING
 import torch
 
 from lorahive.adapters import Routing
-from lorahive.adapters.merge import mergeable, merged_weight
+from lorahive.adapters.fused import refresh
+from lorahive.adapters.merge import mergeable, merged_weight, without
 
 if TYPE_CHECKING:
     from lorahive.core.model import HiveCore
@@ -97,7 +101,7 @@ class CapturedForward:
         A new object per forward: the fused path keeps gathered weights for the life of a routing.
         """
         slots = {lv.name: self.slot for lv in self.core.stack.levels if lv.scope != "shared"}
-        return Routing(slots=slots, mix=self.core.mix, uniform=frozenset())
+        return Routing(slots=slots, mix=self.core.mix, uniform=frozenset(), pooled=True)
 
     def _forward(self) -> torch.Tensor:
         with torch.no_grad(), self.core.routing.merging(self.merged), self.core.routing.use(self._routing()):
@@ -111,15 +115,18 @@ class CapturedForward:
         return (tuple(core.stack.names()), tuple(sorted(core.mix.items())), ptrs)
 
     def _refresh(self) -> tuple[int, ...]:
-        """Bring every merged weight up to date in its own storage (host checks, a rebuild where a level changed); their addresses."""
-        if not self.merged:
-            return ()
+        """Bring every weight kept between forwards up to date in its own storage; their addresses.
+
+        The merged weights (``merged``) and each module's pooled levels (adapters/fused.py): host
+        checks of version counters, a rebuild where a level changed.
+        """
         routing, ptrs = self._routing(), []
         with torch.no_grad():
             for layer in self.core.layers.values():
-                levels = mergeable(layer, routing)
+                levels = mergeable(layer, routing) if self.merged else frozenset()
                 if levels:
                     ptrs.append(merged_weight(layer, routing, levels).data_ptr())
+                ptrs.extend(refresh(layer, without(routing, levels) if levels else routing, layer.base.weight.dtype))
         return tuple(ptrs)
 
     def _capture(self) -> None:
