@@ -9,6 +9,7 @@ Prints, as each is measured:
   R1 captured  the live forward recorded once as a CUDA graph and replayed (core/captured.py)
   R1 captured merged  the same graph over merged shared levels, only the per-agent terms live
   R3  mixed-agent generation tokens/s ÷ bare model generation
+  R3 captured (merged)  the same greedy decoding over a static KV cache, each step one CUDA graph replay
   R6  fused path ÷ the reference (unfused) path on the GPU, speed-up and output difference
 and beside them the largest difference of last-position logits between the hive and the
 same agent exported to one exact PEFT LoRA adapter (rank = sum of the level ranks).
@@ -38,7 +39,7 @@ from common import (
 
 from lorahive import Hive, default_levels
 from lorahive.adapters.fused import use_fused
-from lorahive.core import CapturedForward
+from lorahive.core import CapturedDecode, CapturedForward
 
 NEW_TOKENS, PROMPT = 32, 64
 
@@ -158,6 +159,18 @@ def main() -> None:
         gen_ids = random_ids(rows, PROMPT, seed=3)
         g = median_ms(generate_fn(model, gen_ids, hive, mixed), warmup=1, reps=3)
         emit(arch=arch, figure="R3", K=k, rows=rows, ms=g, tok_s=rows * NEW_TOKENS / g * 1e3, ratio=base_gen[rows] / g, target=">=0.90", peft_diff=diff)
+        live_tokens = generate_fn(model, gen_ids, hive, mixed)()[:, PROMPT:]
+        for merged_levels in (False, True):  # every decode step one CUDA graph replay (core/captured_decode.py)
+            name = "R3 captured merged" if merged_levels else "R3 captured"
+            try:
+                dec = CapturedDecode(hive.core, rows, PROMPT, NEW_TOKENS, merged=merged_levels)
+                g_cap = median_ms(lambda dec=dec, gen_ids=gen_ids, mixed=mixed: dec(gen_ids, mixed), warmup=1, reps=3)
+                agree = float((dec(gen_ids, mixed) == live_tokens).float().mean())
+                emit(arch=arch, figure=name, K=k, rows=rows, ms=g_cap, tok_s=rows * NEW_TOKENS / g_cap * 1e3, ratio=base_gen[rows] / g_cap, ms_live=g,
+                     target=">=0.80 (K=8) / >=0.45 (K=64)", tokens_as_generate=agree, captures=dec.captures)  # fmt: skip
+                del dec
+            except Exception as e:
+                emit(arch=arch, figure=name, K=k, error=f"{type(e).__name__}: {e}"[:400])
     print(f"# peak GPU memory {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB", flush=True)
 
 

@@ -10,7 +10,7 @@ stages=("$@"); [ ${#stages[@]} -eq 0 ] && stages=(tests optim forward05 train05 
 for s in "${stages[@]}"; do
   echo "=== $s" | tee -a "$OUT/$s.txt"
   case $s in
-    tests) python3 -m pytest -q -m gpu tests/test_fused_gpu.py tests/test_optim.py tests/test_captured.py ;;
+    tests) python3 -m pytest -q -m gpu tests/test_fused_gpu.py tests/test_optim.py tests/test_captured.py tests/test_captured_decode.py ;;
     optim) timeout 120 python3 benchmarks/gpu/optim.py --agents 8 64 ;;
     forward05) timeout 200 python3 benchmarks/gpu/forward.py --arch qwen2.5-0.5b --agents 1 8 64 256 ;;
     train05) timeout 420 python3 benchmarks/gpu/train.py --arch qwen2.5-0.5b --agents 1 8 64 256 --r5-agents 1 8 64 ;;

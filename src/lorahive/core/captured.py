@@ -31,8 +31,8 @@ CPU tests check against the hive's ordinary routing.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, TypeVar
 
 import torch
 
@@ -43,7 +43,9 @@ from lorahive.adapters.merge import mergeable, merged_weight, without
 if TYPE_CHECKING:
     from lorahive.core.model import HiveCore
 
-__all__ = ["CapturedForward"]
+__all__ = ["CapturedForward", "baked", "record", "refresh_kept", "static_routing"]
+
+T = TypeVar("T")
 
 
 class CapturedForward:
@@ -96,12 +98,7 @@ class CapturedForward:
         return self._out.clone() if clone else self._out
 
     def _routing(self) -> Routing:
-        """Every level runs; every level that is not shared reads each row's slot from the static buffer.
-
-        A new object per forward: the fused path keeps gathered weights for the life of a routing.
-        """
-        slots = {lv.name: self.slot for lv in self.core.stack.levels if lv.scope != "shared"}
-        return Routing(slots=slots, mix=self.core.mix, uniform=frozenset(), pooled=True)
+        return static_routing(self.core, self.slot)
 
     def _forward(self) -> torch.Tensor:
         with torch.no_grad(), self.core.routing.merging(self.merged), self.core.routing.use(self._routing()):
@@ -109,34 +106,56 @@ class CapturedForward:
         return out.logits
 
     def _baked(self) -> tuple[object, ...]:
-        """What a recorded graph depends on besides its buffers: the banks' storage, the levels, their mixing."""
-        core = self.core
-        ptrs = tuple(t.data_ptr() for lv in core.stack.levels for bank in core.banks(lv.name) for t in (bank.A, bank.B))
-        return (tuple(core.stack.names()), tuple(sorted(core.mix.items())), ptrs)
+        return baked(self.core)
 
     def _refresh(self) -> tuple[int, ...]:
-        """Bring every weight kept between forwards up to date in its own storage; their addresses.
-
-        The merged weights (``merged``) and each module's pooled levels (adapters/fused.py): host
-        checks of version counters, a rebuild where a level changed.
-        """
-        routing, ptrs = self._routing(), []
-        with torch.no_grad():
-            for layer in self.core.layers.values():
-                levels = mergeable(layer, routing) if self.merged else frozenset()
-                if levels:
-                    ptrs.append(merged_weight(layer, routing, levels).data_ptr())
-                ptrs.extend(refresh(layer, without(routing, levels) if levels else routing, layer.base.weight.dtype))
-        return tuple(ptrs)
+        return refresh_kept(self.core, self.slot, self.merged)
 
     def _capture(self) -> None:
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):  # warm-up off the capturing stream (allocator, lazy kernels)
-            for _ in range(2):
-                self._forward()
-        torch.cuda.current_stream().wait_stream(side)
-        self._graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self._graph):
-            self._out = self._forward()
+        self._graph, self._out = record(self._forward)
         self.captures += 1
+
+
+def static_routing(core: HiveCore, slot: torch.Tensor) -> Routing:
+    """Every level runs; every level that is not shared reads each row's slot from the static buffer ``slot``.
+
+    A new object per forward: the fused path keeps gathered weights for the life of a routing.
+    """
+    slots = {lv.name: slot for lv in core.stack.levels if lv.scope != "shared"}
+    return Routing(slots=slots, mix=core.mix, uniform=frozenset(), pooled=True)
+
+
+def baked(core: HiveCore) -> tuple[object, ...]:
+    """What a recorded graph depends on besides its buffers: the banks' storage, the levels, their mixing."""
+    ptrs = tuple(t.data_ptr() for lv in core.stack.levels for bank in core.banks(lv.name) for t in (bank.A, bank.B))
+    return (tuple(core.stack.names()), tuple(sorted(core.mix.items())), ptrs)
+
+
+def refresh_kept(core: HiveCore, slot: torch.Tensor, merged: bool) -> tuple[int, ...]:
+    """Bring every weight kept between forwards up to date in its own storage; their addresses.
+
+    The merged weights (``merged``) and each module's pooled levels (adapters/fused.py): host
+    checks of version counters, a rebuild where a level changed.
+    """
+    routing, ptrs = static_routing(core, slot), []
+    with torch.no_grad():
+        for layer in core.layers.values():
+            levels = mergeable(layer, routing) if merged else frozenset()
+            if levels:
+                ptrs.append(merged_weight(layer, routing, levels).data_ptr())
+            ptrs.extend(refresh(layer, without(routing, levels) if levels else routing, layer.base.weight.dtype))
+    return tuple(ptrs)
+
+
+def record(fn: Callable[[], T]) -> tuple[torch.cuda.CUDAGraph, T]:
+    """``fn`` recorded as a CUDA graph (after two warm-up runs off the capturing stream) and what it returned."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):  # warm-up off the capturing stream (allocator, lazy kernels)
+        for _ in range(2):
+            fn()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = fn()
+    return graph, out
