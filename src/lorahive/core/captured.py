@@ -43,7 +43,7 @@ from lorahive.adapters.merge import mergeable, merged_weight, without
 if TYPE_CHECKING:
     from lorahive.core.model import HiveCore
 
-__all__ = ["CapturedForward", "baked", "record", "refresh_kept", "static_routing"]
+__all__ = ["CapturedForward", "baked", "record", "refresh_kept", "static_routing", "uses_graph"]
 
 T = TypeVar("T")
 
@@ -63,9 +63,7 @@ class CapturedForward:
             raise ValueError(f"CapturedForward: rows and tokens must be ≥ 1, got rows={rows}, tokens={tokens}")
         self.core, self.rows, self.tokens, self.keep, self.merged = core, rows, tokens, logits_to_keep, merged
         device = core.device
-        self.graph = device.type == "cuda" if graph is None else graph
-        if self.graph and device.type != "cuda":
-            raise ValueError(f"CapturedForward: graph=True needs the model on a CUDA device, it is on {device}")
+        self.graph = uses_graph("CapturedForward", device, graph)
         self.ids = torch.zeros(rows, tokens, dtype=torch.long, device=device)
         self.mask = torch.ones(rows, tokens, dtype=torch.long, device=device)
         self.slot = torch.zeros(rows, dtype=torch.long, device=device)
@@ -114,6 +112,13 @@ class CapturedForward:
     def _capture(self) -> None:
         self._graph, self._out = record(self._forward)
         self.captures += 1
+
+
+def uses_graph(owner: str, device: torch.device, graph: bool | None) -> bool:
+    """Whether to record a CUDA graph: ``graph``, or by default wherever the model is on CUDA."""
+    if graph and device.type != "cuda":
+        raise ValueError(f"{owner}: graph=True needs the model on a CUDA device, it is on {device}")
+    return device.type == "cuda" if graph is None else graph
 
 
 def static_routing(core: HiveCore, slot: torch.Tensor) -> Routing:

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from transformers import StaticCache
 
-from lorahive.core.captured import baked, record, refresh_kept, static_routing
+from lorahive.core.captured import baked, record, refresh_kept, static_routing, uses_graph
 
 if TYPE_CHECKING:
     from lorahive.core.model import HiveCore
@@ -42,9 +42,7 @@ class CapturedDecode:
             raise ValueError(f"CapturedDecode: rows, prompt and new_tokens must be ≥ 1, got rows={rows}, prompt={prompt}, new_tokens={new_tokens}")
         self.core, self.rows, self.prompt, self.new, self.merged = core, rows, prompt, new_tokens, merged
         device = core.device
-        self.graph = device.type == "cuda" if graph is None else graph
-        if self.graph and device.type != "cuda":
-            raise ValueError(f"CapturedDecode: graph=True needs the model on a CUDA device, it is on {device}")
+        self.graph = uses_graph("CapturedDecode", device, graph)
         self.cache = StaticCache(config=core.model.config, max_cache_len=prompt + new_tokens)
         self._cache_kw = "cache" if "cache" in inspect.signature(core.model.forward).parameters else "past_key_values"
         self.slot = torch.zeros(rows, dtype=torch.long, device=device)
