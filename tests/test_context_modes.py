@@ -159,6 +159,15 @@ def test_config_off_by_default_validated_and_built_on_the_context_level(base_dir
         parse_config(config_tree(base_dir), ["mechanisms.context_modes.enabled=true", "agent.context_level=null"])
 
 
+def test_with_it_on_the_context_level_has_no_default_migration_channel_but_a_configured_one_stays(base_dir):
+    off = parse_config(config_tree(base_dir))
+    on = parse_config(config_tree(base_dir), ["mechanisms.context_modes.enabled=true"])
+    assert ("context", "agent") in off.channels()
+    assert on.channels() == [ch for ch in off.channels() if ch[0] != "context"] and on.channels()
+    configured = parse_config(config_tree(base_dir), ["mechanisms.context_modes.enabled=true", "mechanisms.consolidation.channels=[context>agent]"])
+    assert configured.channels() == [("context", "agent")]
+
+
 # ---------------------------------------------------------------------- in a run
 def test_in_a_run_two_task_types_end_on_different_modes_in_the_ledger_report_and_inspect(base_dir, tmp_path):
     from typer.testing import CliRunner

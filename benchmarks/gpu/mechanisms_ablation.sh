@@ -4,19 +4,20 @@
 #
 #   bash benchmarks/gpu/mechanisms_ablation.sh SETUP OUT SEED [EXTRA_OVERRIDE,...]
 #
-# Runs OUT/seed$SEED/{on,off,no-screening,no-inertia,no-replay,no-consolidation,no-bandwidth,replay,multitask}
-# through benchmarks/gpu/cl_variants.sh (SETUP as there). EXTRA_OVERRIDE (comma-separated key=value) is added to
+# Runs OUT/seed$SEED/{on,off,no-screening,no-inertia,no-replay,no-consolidation,no-bandwidth,no-context-modes,replay,
+# multitask} through benchmarks/gpu/cl_variants.sh (SETUP as there); "on" is configs/cl-stream.yaml as it is (the
+# library's defaults plus context modes), "off" has all six off. EXTRA_OVERRIDE (comma-separated key=value) is added to
 # every hive variant, e.g. agent.anchor=1.0; COMMON (same form, an environment variable) to every run, baselines too,
-# e.g. COMMON=deterministic=true. Nine processes share the GPU: about 12 min on one H200.
+# e.g. COMMON=deterministic=true. Ten processes share the GPU (nine took about 12 min on one H200).
 set -euo pipefail
 setup=$1; out=$2; seed=$3; extra=${4:-}
 b="seed=$seed"; [ -n "${COMMON:-}" ] && b="$b,$COMMON"
 s=$b; [ -n "$extra" ] && s="$s,$extra"
 m=mechanisms
-off="$m.screening.enabled=false,$m.inertia.enabled=false,$m.replay.enabled=false,$m.consolidation.enabled=false,$m.bandwidth.enabled=false"
+off="$m.screening.enabled=false,$m.inertia.enabled=false,$m.replay.enabled=false,$m.consolidation.enabled=false,$m.bandwidth.enabled=false,$m.context_modes.enabled=false"
 exec bash "$(dirname "$0")/cl_variants.sh" "$setup" "$out/seed$seed" \
   "on:$s" "off:$s,$off" \
   "no-screening:$s,$m.screening.enabled=false" "no-inertia:$s,$m.inertia.enabled=false" \
   "no-replay:$s,$m.replay.enabled=false" "no-consolidation:$s,$m.consolidation.enabled=false" \
-  "no-bandwidth:$s,$m.bandwidth.enabled=false" \
+  "no-bandwidth:$s,$m.bandwidth.enabled=false" "no-context-modes:$s,$m.context_modes.enabled=false" \
   "replay:$b,stream.method=replay" "multitask:$b,stream.method=multitask"

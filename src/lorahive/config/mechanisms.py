@@ -108,7 +108,7 @@ class ConsolidationConfig(_Section):
     threshold: float = Field(default=0.8, gt=0.0, le=1.0, description="autocorrelation above which a check counts as stable")
     checks: int = Field(default=2, ge=1, description="consecutive stable checks before a pattern migrates (N)")
     signature_rank: int = Field(default=2, ge=1, description="rank of the signature and of the part that migrates")
-    channels: list[str] | None = Field(default=None, description="migration channels as source>target level names; null = each level to the next slower trainable one (context>agent, agent>swarm, swarm>domain in the default stack)")
+    channels: list[str] | None = Field(default=None, description="migration channels as source>target level names; null = each level to the next slower trainable one (context>agent, agent>swarm, swarm>domain in the default stack), leaving out context>agent when mechanisms.context_modes is on (the context level's patterns stay in its modes)")
     min_norm: float = Field(default=1e-6, ge=0.0, description="slots whose ΔW is smaller than this (Frobenius, all modules) have no pattern")
     trigger: Literal["autocorrelation", "timer"] = Field(default="autocorrelation", description="what makes a check count: autocorrelation above threshold, or (timer, the control) every check")
 
@@ -222,12 +222,15 @@ class ContextModesConfig(_Section):
     what the slot became (``rate``), if the agent cleared ``agent.quality_bar``; the modes no
     agent used shrink by ``forget``. With ``at_inference`` the held-out evaluation routes
     each task type's prompts the same way (the nearest opened mode, nothing opened or moved)
-    and scores with the context level holding that mode. Off by default: at full size over three
-    seeds it learned each task better and forgot earlier ones (ACC 0.645 ± 0.013 against the
-    defaults' 0.649 ± 0.002; docs/mechanisms.md, ninth batch).
+    and scores with the context level holding that mode. With it on, the context level has no
+    migration channel unless one is configured (its patterns stay in its modes), and replayed
+    examples run their own type's mode. On in ``configs/cl-stream.yaml``, the standard stream: at
+    full size over three seeds ACC 0.668 ± 0.006 against 0.649 ± 0.002 without it
+    (docs/mechanisms.md, eleventh and twelfth batches). Off in the library's defaults: it needs a
+    per-task context level, and runs over several ranks do not support it yet.
     """
 
-    enabled: bool = Field(default=False, description="run this mechanism (off by default: the full-size stream measured no gain, docs/mechanisms.md)")
+    enabled: bool = Field(default=False, description="run this mechanism (off unless set: it needs a per-task agent.context_level and one rank; configs/cl-stream.yaml sets it, docs/mechanisms.md)")
     modes: int = Field(default=4, ge=1, le=64, description="modes the context level holds (K)")
     open_rule: Literal["spread", "cosine"] = Field(default="spread", description="when an input opens a free mode: 'spread' = its squared distance to the nearest key exceeds open_spread × that mode's spread (the running mean squared distance of its inputs to its key; for a mode of one input, the tick's inputs' median squared distance to their mean), so a stream whose first stage has one kind of input opens one mode for it; 'cosine' = the centred cosine to the nearest key is below open_below (which splits a single kind on noise while the centre sits on it)")
     open_spread: float = Field(default=4.0, gt=1.0, description="spread rule: how many times a mode's spread an input's squared distance must exceed to open a new mode")

@@ -195,9 +195,13 @@ class RunConfig(BaseModel):
         return as_stack(self.levels)
 
     def channels(self) -> list[tuple[str, str]]:
-        """Migration channels (source, target): configured, or each level to the next slower trainable one."""
+        """Migration channels (source, target): configured, or each level to the next slower trainable one.
+
+        With context modes on, the context level's patterns stay in its modes: no channel leaves it unless configured.
+        """
         if self.mechanisms.consolidation.channels is not None:
             return [tuple(ch.split(">", 1)) for ch in self.mechanisms.consolidation.channels]  # type: ignore[misc]
         levels = self.stack().levels
-        return [(levels[i + 1].name, levels[i].name) for i in range(len(levels) - 1) if levels[i].trainable]
+        kept = self.agent.context_level if self.mechanisms.context_modes.enabled else None
+        return [(levels[i + 1].name, levels[i].name) for i in range(len(levels) - 1) if levels[i].trainable and levels[i + 1].name != kept]
 
