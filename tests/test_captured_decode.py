@@ -26,10 +26,10 @@ def _hive(tokenizer, device: str = "cpu") -> Hive:
     return hive
 
 
-def _prompts(vocab: int, device: str, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _prompts(vocab: int, device: str, seed: int, rows: int = ROWS, prompt: int = PROMPT) -> tuple[torch.Tensor, torch.Tensor]:
     gen = torch.Generator().manual_seed(seed)
-    ids = torch.randint(3, vocab, (ROWS, PROMPT), generator=gen)
-    mask = torch.ones(ROWS, PROMPT, dtype=torch.long)
+    ids = torch.randint(3, vocab, (rows, prompt), generator=gen)
+    mask = torch.ones(rows, prompt, dtype=torch.long)
     mask[0, :3] = 0  # left padding on two rows
     mask[2, :1] = 0
     return ids.to(device), mask.to(device)
@@ -39,6 +39,24 @@ def _generate(hive: Hive, ids: torch.Tensor, mask: torch.Tensor, agents: list[st
     with torch.no_grad(), hive.core.routing.use(hive.core.route(agents)):
         out = hive.model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=NEW, min_new_tokens=NEW, do_sample=False, pad_token_id=0)
     return out[:, PROMPT:]
+
+
+class _CpuGraph:
+    """A CUDA graph's semantics on the CPU: recording runs nothing, each replay runs the recorded step into one output."""
+
+    def __init__(self, fn, out: torch.Tensor) -> None:
+        self.fn, self.out = fn, out
+
+    def replay(self) -> None:
+        self.out.copy_(self.fn())
+
+
+def _record_on_cpu(fn):
+    """``record``'s stand-in: its two warm-up runs do run (and step the cache), its capture runs nothing."""
+    for _ in range(2):
+        out = fn()
+    graph = _CpuGraph(fn, torch.empty_like(out))
+    return graph, graph.out
 
 
 @pytest.mark.parametrize("merged", [False, True])
@@ -54,6 +72,22 @@ def test_the_eager_steps_give_generates_tokens_for_any_agents_and_after_learning
     after = dec(ids, MIXES[1], mask)
     assert torch.equal(after, _generate(hive, ids, mask, MIXES[1]))
     assert not torch.equal(before, after)
+
+
+@pytest.mark.parametrize(("rows", "prompt", "new", "padded"), [(ROWS, PROMPT, NEW, True), (64, 64, 32, False)])  # the second: forward.py's R3 captured
+def test_the_graph_paths_steps_give_the_eager_tokens_on_the_cpu(tokenizer, monkeypatch, rows, prompt, new, padded):
+    """``StaticLayer.update`` writes at its own counter, not at ``cache_position``, and record()'s warm-up steps advance it too."""
+    monkeypatch.setattr("lorahive.core.captured_decode.record", _record_on_cpu)
+    hive = _hive(tokenizer)
+    dec = CapturedDecode(hive.core, rows, prompt, new)
+    dec.graph = True  # the graph path, each replay run eagerly
+    eager = CapturedDecode(hive.core, rows, prompt, new)
+    for i in range(2):  # the recording call, then one of replays alone
+        ids, mask = _prompts(len(tokenizer), "cpu", i, rows, prompt)
+        agents = [f"a{(j + i) % 4}" for j in range(rows)]
+        given = mask if padded else None  # forward.py passes none
+        assert torch.equal(dec(ids, agents, given), eager(ids, agents, given))
+    assert dec.captures == 1
 
 
 def test_bad_input_is_named(tokenizer):

@@ -100,6 +100,18 @@ class CapturedDecode:
         layers: list[Any] = list(self.cache.layers)
         return tuple(t.data_ptr() for layer in layers for t in (getattr(layer, "keys", None), getattr(layer, "values", None)) if t is not None)
 
+    def _seek(self) -> None:
+        """Point every layer's write position at ``self.at``.
+
+        ``StaticLayer.update`` (transformers 5.17, 5.25) ignores ``cache_position``: it writes at its own device
+        counter ``cumulative_length`` and advances it. Left alone, the recording's two warm-up steps advance it too,
+        so the replays would write two columns late, the last one past the cache (``index_copy_`` out of bounds).
+        """
+        for layer in self.cache.layers:
+            length = getattr(layer, "cumulative_length", None)
+            if isinstance(length, torch.Tensor):
+                length.copy_(self.at.view(()))
+
     def _run(self, ids: torch.Tensor, positions: torch.Tensor, at: torch.Tensor) -> torch.Tensor:
         """Last-position logits of ``ids`` at cache positions ``at`` (the prefill, or one step)."""
         kw: dict[str, Any] = {self._cache_kw: self.cache}
@@ -109,6 +121,7 @@ class CapturedDecode:
 
     def _step(self) -> torch.Tensor:
         """One decode step on the static buffers: the next tokens, also written as the next step's input."""
+        self._seek()
         nxt = self._run(self.token, self.position, self.at).argmax(-1)
         self.token.copy_(nxt.unsqueeze(1))
         return nxt
