@@ -14,6 +14,7 @@ import torch
 
 from conftest import make_model, randomize_b, small_stack
 from lorahive import Hive
+from lorahive.adapters import fused
 from lorahive.core import CapturedForward
 
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -44,6 +45,18 @@ def test_the_static_routing_gives_the_hives_logits_for_any_agents_call_after_cal
     for i, agents in enumerate(MIXES):
         ids = _ids(len(tokenizer), "cpu", i)
         torch.testing.assert_close(cap(ids, agents), _eager(hive, ids, agents, keep=0), rtol=1e-4, atol=5e-5)
+
+
+@pytest.mark.parametrize("columns", [0, 10_000])
+def test_per_row_levels_gathered_or_dense_give_the_hives_logits(tokenizer, monkeypatch, columns):
+    """Gathered per row (no dense columns allowed) or every slot at once, masked per row (adapters/dense.py)."""
+    monkeypatch.setattr(fused, "DENSE_COLUMNS", columns)
+    hive = _hive(tokenizer)
+    cap = CapturedForward(hive.core, 4, 12, logits_to_keep=0)
+    for i, agents in enumerate(MIXES):
+        ids = _ids(len(tokenizer), "cpu", i)
+        torch.testing.assert_close(cap(ids, agents), _eager(hive, ids, agents, keep=0), rtol=1e-4, atol=5e-5)
+    assert {layer.pooled.dense for layer in hive.core.layers.values() if layer.pooled is not None} == {columns > 0}
 
 
 def test_it_sees_learning_and_added_agents(tokenizer):
@@ -138,10 +151,10 @@ def test_the_pooled_levels_are_kept_apart_from_the_banks_and_rebuilt_in_place_af
     cap = CapturedForward(hive.core, 4, 12)
     cap(ids, MIXES[2])
     kept = {name: layer.pooled for name, layer in hive.core.layers.items()}
-    assert all(k is not None and k[3] is not None for k in kept.values())  # every module pools its per-row levels
+    assert all(k is not None and k.weights[0] is not None for k in kept.values())  # every module pools its levels
     banks = {w.untyped_storage().data_ptr() for layer in hive.core.layers.values() for b in layer.banks.values() for w in (b.A, b.B)}
-    ptrs = {name: tuple(t.data_ptr() for t in k[1:5] if t is not None) for name, k in kept.items()}
+    ptrs = {name: tuple(t.data_ptr() for t in k.weights if t is not None) for name, k in kept.items()}
     assert not banks & {p for ps in ptrs.values() for p in ps}
     hive.learn({"a1": [("Sports: the team won", " Sports")]}, steps=2)
     torch.testing.assert_close(cap(ids, MIXES[2]), _eager(hive, ids, MIXES[2]), rtol=1e-4, atol=5e-5)
-    assert {name: tuple(t.data_ptr() for t in layer.pooled[1:5] if t is not None) for name, layer in hive.core.layers.items()} == ptrs
+    assert {name: tuple(t.data_ptr() for t in layer.pooled.weights if t is not None) for name, layer in hive.core.layers.items()} == ptrs

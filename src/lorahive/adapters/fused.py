@@ -11,6 +11,10 @@ concatenated along the rank, since ``Σ_l c_l·B_l·A_l·x = [c_1 B_1 … c_n B_
   ``(B, R_r, in)`` / ``(B, out, R_r)`` weights gathered for the batch's rows only (the bank
   is never cast or copied whole).
 
+Forwards that pool (``Routing.pooled``, the captured forward and decoder) keep each module's
+levels concatenated between calls and, while the fleet is small, run the per-row levels of every
+slot as one dense product masked per row (adapters/dense.py).
+
 Mixing coefficient, scale and per-row gate are folded into the expand weights, so no pass
 over the activations is spent on them. Autograd runs through the torch ops, so gradients land
 in the gathered slots only. Under ``no_grad`` (scoring, generation with a KV cache) the
@@ -35,6 +39,7 @@ from typing import TYPE_CHECKING, Literal, cast
 import torch
 
 from lorahive.adapters.bank import LevelBank
+from lorahive.adapters.dense import DENSE_COLUMNS, dense_weights, row_scale
 from lorahive.adapters.routing import Routing
 
 if TYPE_CHECKING:
@@ -99,6 +104,22 @@ class Prepared:
     a_rows: torch.Tensor | None  # (B, R_r, in)
     b_rows: torch.Tensor | None  # (B, out, R_r)
     alpha_rows: float
+    dense: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None  # A_all (C, in), B_all (C, out), row scale (B, C): adapters/dense.py
+
+
+@dataclass(frozen=True)
+class Pool:
+    """A module's levels kept between forwards (``HiveLinear.pooled``): what they were built from, and the weights.
+
+    ``weights`` is ``(a_one, b_one, pool_a, pool_b)`` — pool_* whole banks ``(S, R_r, in)`` / ``(S, out, R_r)`` —
+    or, ``dense``, ``(A_all, B_all, column slot, column coefficient)`` (adapters/dense.py).
+    """
+
+    key: tuple[object, ...]
+    weights: tuple[torch.Tensor | None, ...]
+    dense: bool
+    alpha_one: float
+    alpha_rows: float
 
 
 @dataclass(frozen=True)
@@ -117,11 +138,13 @@ class _Plan:
 # whole generate call): weights cannot change under a routing in use.
 _PLANS: dict[int, _Plan] = {}
 _CACHE: dict[int, dict[int, tuple[torch.dtype, Prepared]]] = {}
+_SCALES: dict[int, dict[tuple[object, ...], torch.Tensor]] = {}  # dense row scales, shared by the modules of one routing
 
 
 def _forget(key: int) -> None:
     _PLANS.pop(key, None)
     _CACHE.pop(key, None)
+    _SCALES.pop(key, None)
 
 
 def _classify(routing: Routing, coeffs: dict[str, float]) -> dict[str, tuple[torch.Tensor | None, float, torch.Tensor | None]]:
@@ -220,7 +243,7 @@ def _cat(parts: list[torch.Tensor], dim: int, dtype: torch.dtype) -> torch.Tenso
 def prepare(layer: HiveLinear, routing: Routing, dtype: torch.dtype) -> Prepared:
     """The concatenated weights of ``layer`` for ``routing`` (differentiable w.r.t. the banks)."""
     one, rows = _terms(layer, routing)
-    pool = pooled(layer, one, rows, dtype) if routing.pooled else None
+    pool = pooled(layer, one, rows, dtype, routing) if routing.pooled else None
     if pool is not None:
         return pool
     a_one, b_one, alpha_one = _one_weights(one, dtype) if one else (None, None, 1.0)
@@ -232,20 +255,21 @@ def refresh(layer: HiveLinear, routing: Routing, dtype: torch.dtype) -> tuple[in
     """Bring ``layer``'s pooled weights for ``routing`` up to date in their own storage; their addresses (none if not pooled)."""
     one, rows = _terms(layer, routing)
     with torch.no_grad():
-        pooled(layer, one, rows, dtype)
+        pooled(layer, one, rows, dtype, routing)
     kept = layer.pooled
-    return () if kept is None else tuple(t.data_ptr() for t in kept[1:5] if t is not None)
+    return () if kept is None else tuple(t.data_ptr() for t in kept.weights if t is not None)
 
 
-def pooled(layer: HiveLinear, one: list[_Term], rows: list[_Term], dtype: torch.dtype) -> Prepared | None:
+def pooled(layer: HiveLinear, one: list[_Term], rows: list[_Term], dtype: torch.dtype, routing: Routing) -> Prepared | None:
     """``prepare`` from weights kept on ``layer`` between forwards: the levels concatenated and cast once per change.
 
     Applies without autograd when every per-row term reads one slot tensor from its own bank,
     ungated, and the banks have the same slots; else None. The one-slot terms are kept
     concatenated; the per-row ones as whole pooled banks ``(S, R_r, in)`` / ``(S, out, R_r)``,
-    of which a forward gathers the rows' slots in one index per factor. A rebuild (a level
-    changed: version counters and identities) writes into the kept storage, so a graph
-    recorded over it reads the new weights (core/captured.py).
+    of which a forward gathers the rows' slots in one index per factor — or, while the slots
+    times their rank are at most ``DENSE_COLUMNS``, all of it as one dense product masked per row
+    (adapters/dense.py). A rebuild (a level changed: version counters and identities) writes
+    into the kept storage, so a graph recorded over it reads the new weights (core/captured.py).
     """
     slots = rows[0].slots if rows else None
     if torch.is_grad_enabled() or not (one or rows):
@@ -254,23 +278,36 @@ def pooled(layer: HiveLinear, one: list[_Term], rows: list[_Term], dtype: torch.
         return None
     if len({t.bank.A.shape[0] for t in rows}) > 1:
         return None
-    key = (dtype, *((id(t.bank.A), t.bank.A._version, id(t.bank.B), t.bank.B._version, t.coeff, t.slots is None) for t in (*one, *rows)), len(one))
+    dense = bool(rows) and rows[0].bank.A.shape[0] * sum(t.bank.rank for t in rows) <= DENSE_COLUMNS
+    key = (dtype, dense, *((id(t.bank.A), t.bank.A._version, id(t.bank.B), t.bank.B._version, t.coeff, t.slots is None) for t in (*one, *rows)), len(one))
     kept = layer.pooled
-    if kept is None or kept[0] != key:
+    if kept is None or kept.key != key:
         a_one, b_one, alpha_one = _one_weights(one, dtype) if one else (None, None, 1.0)
         a_rows, b_rows, alpha_rows = _pool_weights(rows, dtype) if rows else (None, None, 1.0)
+        built: tuple[torch.Tensor | None, ...] = (a_one, b_one, a_rows, b_rows)
+        if dense:
+            assert a_rows is not None and b_rows is not None
+            built = dense_weights(a_one, b_one, alpha_one, a_rows, b_rows, alpha_rows)
         banks = {w.untyped_storage().data_ptr() for t in (*one, *rows) for w in (t.bank.A, t.bank.B)}
         # kept apart from the banks (a cast to the banks' own dtype returns the bank itself)
-        fresh = tuple(None if w is None else w.clone() if w.untyped_storage().data_ptr() in banks else w for w in (a_one, b_one, a_rows, b_rows))
-        if kept is not None and all(_fits(old, new) for old, new in zip(kept[1:5], fresh, strict=True)):
-            fresh = tuple(old.copy_(new) if old is not None and new is not None else None for old, new in zip(kept[1:5], fresh, strict=True))  # type: ignore[assignment]
-        kept = layer.pooled = (key, *fresh, alpha_one, alpha_rows)
-    _, a_one, b_one, pool_a, pool_b, alpha_one, alpha_rows = kept
+        fresh = tuple(None if w is None else w.clone() if w.untyped_storage().data_ptr() in banks else w for w in built)
+        if kept is not None and len(kept.weights) == len(fresh) and all(_fits(old, new) for old, new in zip(kept.weights, fresh, strict=True)):
+            fresh = tuple(old.copy_(new) if old is not None and new is not None else None for old, new in zip(kept.weights, fresh, strict=True))
+        kept = layer.pooled = Pool(key, fresh, dense, alpha_one, alpha_rows)
+    if kept.dense:
+        a_all, b_all, col, coeff = kept.weights
+        assert a_all is not None and b_all is not None and col is not None and coeff is not None and slots is not None
+        scales = _SCALES.setdefault(id(routing), {})
+        layout = (id(slots), tuple(col.shape), dtype, kept.alpha_one, kept.alpha_rows, len(one) > 0)
+        if layout not in scales:
+            scales[layout] = row_scale(col, coeff, slots)
+        return Prepared(None, None, 1.0, None, None, 1.0, dense=(a_all, b_all, scales[layout]))
+    a_one, b_one, pool_a, pool_b = kept.weights
     a_rows = b_rows = None
     if pool_a is not None and pool_b is not None:
         assert slots is not None
         a_rows, b_rows = pool_a.index_select(0, slots), pool_b.index_select(0, slots)
-    return Prepared(a_one, b_one, alpha_one, a_rows, b_rows, alpha_rows)
+    return Prepared(a_one, b_one, kept.alpha_one, a_rows, b_rows, kept.alpha_rows)
 
 
 def _fits(old: torch.Tensor | None, new: torch.Tensor | None) -> bool:
@@ -319,6 +356,12 @@ def apply(prep: Prepared, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         h = torch.bmm(x3, prep.a_rows.transpose(1, 2))  # (B, T, R_r)
         b = prep.b_rows.transpose(1, 2)
         out = out.baddbmm_(h, b, alpha=prep.alpha_rows) if inplace else torch.baddbmm(out, h, b, alpha=prep.alpha_rows)
+    if prep.dense is not None:  # every slot at once, each column scaled on the rows it runs for (adapters/dense.py)
+        a_all, b_all, scale = prep.dense
+        h = (x3 @ a_all.t()).mul_(scale.unsqueeze(1)).view(-1, a_all.shape[0])  # (N, C)
+        flat = out.view(-1, out.shape[-1])  # (N, out)
+        flat = flat.addmm_(h, b_all) if inplace else torch.addmm(flat, h, b_all)
+        out = flat.view(out.shape)
     return out.view(y.shape)
 
 

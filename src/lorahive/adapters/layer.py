@@ -5,14 +5,14 @@
 
 from __future__ import annotations
 
-from typing import Any, cast
+from typing import cast
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from lorahive.adapters.bank import LevelBank, routed_delta
-from lorahive.adapters.fused import fused_forward, wants_fused
+from lorahive.adapters.fused import Pool, fused_forward, wants_fused
 from lorahive.adapters.merge import mergeable, merged_weight, without
 from lorahive.adapters.routing import Routing, RoutingState
 from lorahive.config import LevelSpec
@@ -36,8 +36,8 @@ class HiveLinear(nn.Module):
         dev, dt = base.weight.device, torch.float32
         self.banks.to(device=dev, dtype=dt)
         self.merged: tuple[tuple[object, ...], torch.Tensor] | None = None  # the base weight with shared terms folded in (adapters/merge.py)
-        # the levels concatenated and cast between forwards, for routings that pool (adapters/fused.py): key, one-slot A, B, pooled A, B, alphas
-        self.pooled: tuple[Any, ...] | None = None
+        # the levels concatenated and cast between forwards, for routings that pool (adapters/fused.py)
+        self.pooled: Pool | None = None
 
     @property
     def in_features(self) -> int:
