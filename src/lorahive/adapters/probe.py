@@ -45,6 +45,23 @@ class ActivityProbe:
         self.rows: dict[str, torch.Tensor] = {}  # level -> (S,): row-module observations
         self.keep_inputs = keep_inputs
         self.inputs: dict[str, torch.Tensor] = {}  # module path -> (≤ keep_inputs, in): rows' mean input
+        self._rows: dict[torch.device, tuple[torch.Tensor, ...]] = {}  # device -> what every module's fold shares (see _row_terms)
+        self._x: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None  # the last module input, its fp32 copy and token norm
+
+    def _row_terms(self, device: torch.device) -> tuple[torch.Tensor, ...]:
+        """Mask ``(B, T)``, its ``(B, T, 1)`` view, real tokens per row ``(B,)``, slot-0 index and ones ``(B,)``: made once per pass, not per module."""
+        if device not in self._rows:
+            m = self.mask.to(device)
+            n = m.shape[0]
+            self._rows[device] = (m, m[..., None], m.sum(1).clamp_min(1.0), torch.zeros(n, dtype=torch.long, device=device), torch.ones(n, dtype=torch.float32, device=device))
+        return self._rows[device]
+
+    def _input_terms(self, x: torch.Tensor, m: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``x`` in fp32 and its mean token norm ``(B,)``; the levels of one module share one input, so once per module."""
+        if self._x is None or self._x[0] is not x:
+            xf = x.float()
+            self._x = (x, xf, (xf.norm(dim=-1) * m).sum(1) / tokens)
+        return self._x[1], self._x[2]
 
     @torch.no_grad()
     def take_input(self, path: str, x: torch.Tensor) -> None:
@@ -64,21 +81,18 @@ class ActivityProbe:
         if x.dim() != 3 or x.shape[:2] != self.mask.shape:
             return  # not the probed batch (e.g. a cached decode step)
         n = a.shape[0] if size is None else size
-        xf = x.float()
+        m, m3, tokens, zero, ones = self._row_terms(x.device)  # tokens (B,): real tokens per row
+        xf, xnorm = self._input_terms(x, m, tokens)  # xnorm (B,)
         if slots is None:  # a shared level: every row uses slot 0
-            idx = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
+            idx = zero
             h = xf @ a[0].float().t()  # (B, T, r)
             bnorm = b[0].float().norm(dim=0).expand(x.shape[0], -1)  # (B, r)
         else:
             idx = slots
             h = torch.einsum("bti,bri->btr", xf, a.float()[idx])  # (B, T, r)
             bnorm = b.float().norm(dim=1)[idx]  # (B, r)
-        m = self.mask.to(x.device)
-        tokens = m.sum(1).clamp_min(1.0)  # (B,)
-        fire = (h.abs() * m[..., None]).sum(1) / tokens[:, None]  # (B, r)
-        xnorm = (xf.norm(dim=-1) * m).sum(1) / tokens  # (B,)
+        fire = (h.abs() * m3).sum(1) / tokens[:, None]  # (B, r)
         act = gain * bnorm * fire / xnorm.clamp_min(1e-12)[:, None]
-        ones = torch.ones_like(idx, dtype=torch.float32)
         if n < a.shape[0]:  # rows on extra slots: weight 0, folded into slot 0 (no read of the device)
             own = (idx < n).float()
             act, ones, idx = act * own[:, None], ones * own, torch.where(idx < n, idx, torch.zeros_like(idx))

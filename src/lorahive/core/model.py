@@ -207,6 +207,14 @@ class HiveCore:
             if level in layer.banks:
                 yield path, cast(LevelBank, layer.banks[level])
 
+    def zero_grad(self) -> None:
+        """``model.zero_grad(set_to_none=True)`` over the banks alone: the only parameters that take a gradient
+        (the base is frozen), without walking every module of the model (milliseconds per call at full size)."""
+        for layer in self.layers.values():
+            for bank in layer.banks.values():
+                bank.A.grad = None
+                bank.B.grad = None
+
     def n_slots(self, level: str) -> int:
         return next(iter(self.banks(level))).n_slots
 
@@ -384,6 +392,7 @@ class HiveCore:
             raise ValueError("decay_toward_init: with per-pattern rates, slots must be sorted and distinct")
         idx = self.index(ids)
         r = rate.to(self.device, torch.float32) if isinstance(rate, torch.Tensor) else None
+        factors: dict[torch.dtype, tuple[torch.Tensor, torch.Tensor]] = {}  # dtype -> A's and B's factors, made once, not per module
         for bank in self.banks(level):
             a = bank.A.index_select(0, idx)
             b = bank.B.index_select(0, idx)
@@ -391,8 +400,12 @@ class HiveCore:
                 a.lerp_(bank.A0.index_select(0, idx), float(rate))
                 b.mul_(1.0 - float(rate))
             else:
-                a.lerp_(bank.A0.index_select(0, idx), r[:, :, None].to(a.dtype))
-                b.mul_((1.0 - r)[:, None, :].to(b.dtype))
+                if a.dtype not in factors:
+                    factors[a.dtype] = (r[:, :, None].to(a.dtype), (1.0 - r)[:, None, :].to(a.dtype))
+                if b.dtype not in factors:
+                    factors[b.dtype] = (r[:, :, None].to(b.dtype), (1.0 - r)[:, None, :].to(b.dtype))
+                a.lerp_(bank.A0.index_select(0, idx), factors[a.dtype][0])
+                b.mul_(factors[b.dtype][1])
             bank.A.index_copy_(0, idx, a)
             bank.B.index_copy_(0, idx, b)
         if not per_pattern and rate == 1.0:

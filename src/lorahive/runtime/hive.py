@@ -350,7 +350,7 @@ class Hive:
 
     def _learn_step(self, passes: list[Pass], names: list[str], routings: list[Routing], anchor: float, update: list[LevelSpec]) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         """One forward and backward per pass, gradients added up, and one step of ``update``'s levels; each agent's loss and the (1,) skip flag."""
-        self.model.zero_grad(set_to_none=True)
+        self.core.zero_grad()
         watch = self._watch if self._watched is None else None  # an armed measurement rides on this step's forwards
         losses: dict[str, torch.Tensor] = {}
         totals: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
@@ -378,7 +378,7 @@ class Hive:
                     if q.grad is not None:
                         q.grad.div_(len(names))
             self.core.step(lv.name, None, [0] if lv.scope == "shared" else own_slots, found_inf=bad)
-        self.model.zero_grad(set_to_none=True)
+        self.core.zero_grad()
         return losses, bad
 
     def _step_losses(self, losses: dict[str, torch.Tensor], bad: torch.Tensor) -> dict[str, torch.Tensor]:
