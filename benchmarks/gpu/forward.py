@@ -8,6 +8,8 @@ Prints, as each is measured:
   R1 merged  the same with the shared levels folded into the weights (adapters/merge.py), only the per-agent terms live
   R1 captured  the live forward recorded once as a CUDA graph and replayed (core/captured.py)
   R1 captured merged  the same graph over merged shared levels, only the per-agent terms live
+  R1 captured gathered  where the captured forward ran a small fleet's per-row levels densely (adapters/dense.py):
+              the same graph with them gathered per row, side by side (--fleet N sets the agents the banks hold)
   R3  mixed-agent generation tokens/s ÷ bare model generation
   R3 captured (merged)  the same greedy decoding over a static KV cache, each step one CUDA graph replay
   R6  fused path ÷ the reference (unfused) path on the GPU, speed-up and output difference
@@ -38,6 +40,7 @@ from common import (
 )
 
 from lorahive import Hive, default_levels
+from lorahive.adapters import fused as fused_path
 from lorahive.adapters.fused import use_fused
 from lorahive.core import CapturedDecode, CapturedForward
 
@@ -95,8 +98,12 @@ def main() -> None:
     ap.add_argument("--arch", default="qwen2.5-0.5b")
     ap.add_argument("--agents", type=int, nargs="+", default=[1, 8, 64, 256])
     ap.add_argument("--reps", type=int, default=7)
+    ap.add_argument("--fleet", type=int, default=None, help="agents the banks hold (default: the largest K); ≤ 21 runs the per-row levels densely")
     args = ap.parse_args()
     arch, ks, reps = args.arch, args.agents, args.reps
+    fleet = args.fleet or max(ks)
+    if fleet < max(ks):
+        ap.error(f"--fleet {fleet} must be at least the largest --agents ({max(ks)})")
     print(f"# {arch} on {torch.cuda.get_device_name()}, torch {torch.__version__}", flush=True)
     model = build(arch)
     twin = twin_of(model, arch)
@@ -110,7 +117,7 @@ def main() -> None:
         base_gen[rows] = median_ms(generate_fn(twin, random_ids(rows, PROMPT, seed=3)), warmup=1, reps=3)
         emit(arch=arch, figure="bare_generate", rows=rows, new_tokens=NEW_TOKENS, ms=base_gen[rows], tok_s=rows * NEW_TOKENS / base_gen[rows] * 1e3)
     hive = Hive(model, word_tokenizer(), default_levels())
-    hive.add_agents([f"a{i}" for i in range(max(ks))])
+    hive.add_agents([f"a{i}" for i in range(fleet)])
     randomize_b(hive)
     diff, effect, peft = peft_difference(hive, twin, arch)
     ids = random_ids(*shape_for(1))
@@ -129,9 +136,19 @@ def main() -> None:
             cap = CapturedForward(hive.core, rows, shape[1])
             captured = median_ms(lambda cap=cap, ids=ids, mixed=mixed: cap(ids, mixed, clone=False), reps=reps)
             cap_diff = float((cap(ids, mixed).float() - forward_fn(model, ids, hive, mixed)().float()).abs().max())
+            dense = any(layer.pooled is not None and layer.pooled.dense for layer in hive.core.layers.values())
             emit(arch=arch, figure="R1 captured", K=k, rows=rows, ms=captured, ratio=base_fwd[shape] / captured, ms_live=fused, target=">=0.80 live",
-                 captured_vs_live_max_abs=cap_diff, adapter_effect=effect, captures=cap.captures)  # fmt: skip
+                 captured_vs_live_max_abs=cap_diff, adapter_effect=effect, captures=cap.captures, dense=dense)  # fmt: skip
             del cap
+            if dense:  # the same graph with the per-row levels gathered per row instead
+                limit, fused_path.DENSE_COLUMNS = fused_path.DENSE_COLUMNS, 0
+                try:
+                    cap = CapturedForward(hive.core, rows, shape[1])
+                    gathered = median_ms(lambda cap=cap, ids=ids, mixed=mixed: cap(ids, mixed, clone=False), reps=reps)
+                    emit(arch=arch, figure="R1 captured gathered", K=k, rows=rows, ms=gathered, ratio=base_fwd[shape] / gathered, dense_ms=captured, dense_speedup=gathered / captured)
+                    del cap
+                finally:
+                    fused_path.DENSE_COLUMNS = limit
         except Exception as e:  # a capture that fails is a figure too; the rest of the benchmark goes on
             emit(arch=arch, figure="R1 captured", K=k, error=f"{type(e).__name__}: {e}"[:400])
         try:  # captured, with the shared levels folded into the weights: only the per-agent terms in the graph
