@@ -34,6 +34,7 @@ from pydantic import BaseModel
 from lorahive.learning.batching import Batch, encode_answer, encode_prompt
 from lorahive.learning.objective import _head, hidden_states
 from lorahive.suites.pairs import KNOWLEDGE_FORMATS, PairsError, read_records
+from lorahive.tensors import to_device
 
 if TYPE_CHECKING:
     from lorahive.runtime.hive import Hive
@@ -114,7 +115,7 @@ def _pack(hive: Hive, rows: list[tuple[str, str]]) -> tuple[Batch, torch.Tensor,
     at = torch.tensor([(i, len(p) - 1 + j) for i, (p, a) in enumerate(seqs) for j in range(len(a))]).t()  # (2, M)
     targets = torch.tensor([t for _, a in seqs for t in a])  # (M,)
     batch = Batch(ids, mask, (mask.cumsum(-1) - 1).clamp(min=0))
-    return batch.to(hive.device), at.to(hive.device), targets.to(hive.device), [len(a) for _, a in seqs]
+    return batch.to(hive.device), to_device(at, hive.device), to_device(targets, hive.device), [len(a) for _, a in seqs]
 
 
 @torch.no_grad()

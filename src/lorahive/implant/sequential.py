@@ -106,9 +106,9 @@ class PlainWriter:
         done = 0
         while done < self.steps:
             n = min(self.check_every, self.steps - done)
-            hive.learn({agent: rows}, steps=n, levels=[level], anchor=self.anchor)
+            hive.learn_async({agent: rows}, steps=n, levels=[level], anchor=self.anchor)  # the losses are not read: no wait for the device
             done += n
-            if self.margin_met(hive, agent, prompts, edit):
+            if done < self.steps and self.margin_met(hive, agent, prompts, edit):  # after the last steps the check would decide nothing
                 break
         self.steps_taken.append(done)
         self.written.append(edit)
