@@ -59,6 +59,25 @@ def test_per_row_levels_gathered_or_dense_give_the_hives_logits(tokenizer, monke
     assert {layer.pooled.dense for layer in hive.core.layers.values() if layer.pooled is not None} == {columns > 0}
 
 
+def test_dense_modules_with_different_levels_keep_their_own_row_scales(tokenizer):
+    """A level on some modules only: modules whose dense columns split differently (one-slot vs per-row) with the same count."""
+    from lorahive.config import LevelSpec, StackSpec
+
+    levels = (
+        LevelSpec(name="swarm", rank=4, alpha=4, scope="shared", inertia=0.7, lr=1e-2),
+        LevelSpec(name="extra", rank=2, alpha=2, scope="shared", inertia=0.7, lr=1e-2, targets=("q_proj", "v_proj")),
+        LevelSpec(name="agent", rank=2, alpha=4, scope="agent", inertia=0.5, lr=2e-2),
+        LevelSpec(name="wide", rank=1, alpha=2, scope="agent", inertia=0.5, lr=2e-2, targets=("k_proj", "o_proj")),
+    )
+    hive = Hive(make_model(len(tokenizer)), tokenizer, StackSpec(levels=levels), seed=0)
+    hive.add_agents([f"a{i}" for i in range(2)])  # q, v: 6 one-slot + 2·2 per-row columns; k, o: 4 + 2·3 — both 10
+    randomize_b(hive, scale=0.2)
+    cap = CapturedForward(hive.core, 4, 12, logits_to_keep=0)
+    for i, agents in enumerate([["a0", "a1", "a1", "a0"], ["a1"] * 4]):
+        ids = _ids(len(tokenizer), "cpu", i)
+        torch.testing.assert_close(cap(ids, agents), _eager(hive, ids, agents, keep=0), rtol=1e-4, atol=5e-5)
+
+
 def test_it_sees_learning_and_added_agents(tokenizer):
     hive = _hive(tokenizer)
     cap = CapturedForward(hive.core, 4, 12)

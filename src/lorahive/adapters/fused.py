@@ -298,7 +298,7 @@ def pooled(layer: HiveLinear, one: list[_Term], rows: list[_Term], dtype: torch.
         a_all, b_all, col, coeff = kept.weights
         assert a_all is not None and b_all is not None and col is not None and coeff is not None and slots is not None
         scales = _SCALES.setdefault(id(routing), {})
-        layout = (id(slots), tuple(col.shape), dtype, kept.alpha_one, kept.alpha_rows, len(one) > 0)
+        layout = (id(slots), sum(t.bank.rank for t in one), sum(t.bank.rank for t in rows), col.shape[0], dtype, kept.alpha_one, kept.alpha_rows)  # the columns' split, from the host
         if layout not in scales:
             scales[layout] = row_scale(col, coeff, slots)
         return Prepared(None, None, 1.0, None, None, 1.0, dense=(a_all, b_all, scales[layout]))
