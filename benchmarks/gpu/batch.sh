@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# One GPU session as a batch of device calls, each call's command one step below. The lent machine goes back after
+# 30 s idle, so send the calls together, one after another, and keep local work out of the gaps between them.
+#
+#   prepare here:  make venv && bash ../shared/tools/carry-model.sh && mkdir -p .carry/data/knowledge \
+#                  && cp ../shared/data/knowledge/counterfact-edit-1k.json .carry/data/knowledge/   (+ the wheels in .whl/)
+#   call 1, carry [.carry/model.part-aa, .carry/model.sha256, .carry/data, .whl]:  bash benchmarks/gpu/batch.sh setup
+#   call 2, carry [.carry/model.part-ab]:  bash benchmarks/gpu/batch.sh tests      (GPU tests, forward figures: $OUT/fwd.txt)
+#   call 3:  bash benchmarks/gpu/batch.sh launch NAME SCRIPT [ARG ...]; bash benchmarks/gpu/collect.sh 450 /tmp/NAME
+#            e.g. `launch abl mechanisms_ablation.sh 0` runs `benchmarks/gpu/mechanisms_ablation.sh /tmp/setup /tmp/abl 0`
+#            detached from a copy of the tree (the tree is uploaded again at every call); its runs are under
+#            /tmp/abl/seed0, so collect that: `collect.sh 450 /tmp/abl/seed0`
+#   calls 4…:  bash benchmarks/gpu/collect.sh 590 /tmp/NAME       (results.tgz comes back with each call)
+#
+# SETUP on the machine is /tmp/setup (what carry-model.sh writes, the wheels in /tmp/setup/whl), as the scripts here expect.
+set -uo pipefail
+step=${1:?setup | tests | launch NAME SCRIPT [ARG ...]}; shift
+case $step in
+  setup)
+    mkdir -p /tmp/setup/whl && cp -r .carry/model.part-aa .carry/model.sha256 .carry/data /tmp/setup/ && cp .whl/*.whl /tmp/setup/whl/
+    nvidia-smi --query-gpu=name,memory.used --format=csv
+    python3 -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)" ;;
+  tests)
+    cp .carry/model.part-ab /tmp/setup/ || exit 1
+    setup=/tmp/setup; source benchmarks/gpu/setup_env.sh
+    timeout 150 python3 -m pytest -q -m gpu tests/test_captured.py tests/test_captured_decode.py tests/test_fused_gpu.py 2>&1 | tail -n 12 | cut -c1-300
+    timeout 200 python3 benchmarks/gpu/forward.py --agents 1 8 --fleet 8 --reps 5 2>&1 | grep -v "Warning\|warnings.warn" | tee "$OUT/fwd.txt" | cut -c1-400
+    timeout 200 python3 benchmarks/gpu/forward.py --agents 64 256 --reps 5 2>&1 | grep -v "Warning\|warnings.warn" | tee -a "$OUT/fwd.txt" | cut -c1-400 ;;
+  launch)
+    name=${1:?launch NAME SCRIPT [ARG ...]}; script=${2:?launch NAME SCRIPT [ARG ...]}; shift 2
+    rm -rf "/tmp/lh-$name" && cp -r . "/tmp/lh-$name" && cd "/tmp/lh-$name" || exit 1
+    setsid nohup bash "benchmarks/gpu/$script" /tmp/setup "/tmp/$name" "$@" > "/tmp/$name.log" 2>&1 < /dev/null &
+    sleep 5; tail -n 3 "/tmp/$name.log" ;;
+  *) echo "unknown step $step: setup | tests | launch NAME SCRIPT [ARG ...]" >&2; exit 2 ;;
+esac
