@@ -209,7 +209,7 @@ class HiveCore:
 
     def zero_grad(self) -> None:
         """``model.zero_grad(set_to_none=True)`` over the banks alone: the only parameters that take a gradient
-        (the base is frozen), without walking every module of the model (milliseconds per call at full size)."""
+        (the base is frozen), without walking every module of the model."""
         for layer in self.layers.values():
             for bank in layer.banks.values():
                 bank.A.grad = None
@@ -392,7 +392,8 @@ class HiveCore:
             raise ValueError("decay_toward_init: with per-pattern rates, slots must be sorted and distinct")
         idx = self.index(ids)
         r = rate.to(self.device, torch.float32) if isinstance(rate, torch.Tensor) else None
-        factors: dict[torch.dtype, tuple[torch.Tensor, torch.Tensor]] = {}  # dtype -> A's and B's factors, made once, not per module
+        toward: dict[torch.dtype, torch.Tensor] = {}  # A's lerp weights and B's factors by dtype, made once, not per module
+        keep: dict[torch.dtype, torch.Tensor] = {}
         for bank in self.banks(level):
             a = bank.A.index_select(0, idx)
             b = bank.B.index_select(0, idx)
@@ -400,12 +401,12 @@ class HiveCore:
                 a.lerp_(bank.A0.index_select(0, idx), float(rate))
                 b.mul_(1.0 - float(rate))
             else:
-                if a.dtype not in factors:
-                    factors[a.dtype] = (r[:, :, None].to(a.dtype), (1.0 - r)[:, None, :].to(a.dtype))
-                if b.dtype not in factors:
-                    factors[b.dtype] = (r[:, :, None].to(b.dtype), (1.0 - r)[:, None, :].to(b.dtype))
-                a.lerp_(bank.A0.index_select(0, idx), factors[a.dtype][0])
-                b.mul_(factors[b.dtype][1])
+                if a.dtype not in toward:
+                    toward[a.dtype] = r[:, :, None].to(a.dtype)
+                if b.dtype not in keep:
+                    keep[b.dtype] = (1.0 - r)[:, None, :].to(b.dtype)
+                a.lerp_(bank.A0.index_select(0, idx), toward[a.dtype])
+                b.mul_(keep[b.dtype])
             bank.A.index_copy_(0, idx, a)
             bank.B.index_copy_(0, idx, b)
         if not per_pattern and rate == 1.0:
