@@ -5,7 +5,8 @@
 #   prepare here:  make venv && bash ../shared/tools/carry-model.sh && mkdir -p .carry/data/knowledge \
 #                  && cp ../shared/data/knowledge/counterfact-edit-1k.json .carry/data/knowledge/   (+ the wheels in .whl/)
 #   call 1, carry [.carry/model.part-aa, .carry/model.sha256, .carry/data, .whl]:  bash benchmarks/gpu/batch.sh setup
-#   call 2, carry [.carry/model.part-ab]:  bash benchmarks/gpu/batch.sh tests      (GPU tests, forward figures: $OUT/fwd.txt)
+#   call 2, carry [.carry/model.part-ab]:  bash benchmarks/gpu/batch.sh tests      (GPU tests, forward figures: $OUT/fwd.txt;
+#            WIDE="64" measures K = 64 only after K = 1 and 8, default "64 256")
 #   call 3:  bash benchmarks/gpu/batch.sh launch NAME SCRIPT [ARG ...]; bash benchmarks/gpu/collect.sh 450 /tmp/NAME
 #            e.g. `launch abl mechanisms_ablation.sh 0` runs `benchmarks/gpu/mechanisms_ablation.sh /tmp/setup /tmp/abl 0`
 #            detached from a copy of the tree (the tree is uploaded again at every call); its runs are under
@@ -25,7 +26,7 @@ case $step in
     setup=/tmp/setup; source benchmarks/gpu/setup_env.sh
     timeout 150 python3 -m pytest -q -m gpu tests/test_captured.py tests/test_captured_decode.py tests/test_fused_gpu.py 2>&1 | tail -n 12 | cut -c1-300
     timeout 200 python3 benchmarks/gpu/forward.py --agents 1 8 --fleet 8 --reps 5 2>&1 | grep -v "Warning\|warnings.warn" | tee "$OUT/fwd.txt" | cut -c1-400
-    timeout 200 python3 benchmarks/gpu/forward.py --agents 64 256 --reps 5 2>&1 | grep -v "Warning\|warnings.warn" | tee -a "$OUT/fwd.txt" | cut -c1-400 ;;
+    timeout 200 python3 benchmarks/gpu/forward.py --agents ${WIDE:-64 256} --reps 5 2>&1 | grep -v "Warning\|warnings.warn" | tee -a "$OUT/fwd.txt" | cut -c1-400 ;;
   launch)
     name=${1:?launch NAME SCRIPT [ARG ...]}; script=${2:?launch NAME SCRIPT [ARG ...]}; shift 2
     rm -rf "/tmp/lh-$name" && cp -r . "/tmp/lh-$name" && cd "/tmp/lh-$name" || exit 1
