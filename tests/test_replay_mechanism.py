@@ -205,6 +205,36 @@ def test_the_last_round_fraction_times_support_examples_are_replaced(n, fraction
     assert all(_type_of(x) in ("x", "z") for x in got[n - k :])
 
 
+@SETTINGS
+@given(n=st.integers(1, 12), fraction=st.floats(0.0, 1.0))
+def test_add_mode_keeps_the_whole_support_and_appends_round_fraction_times_support(n, fraction):
+    rep = _filled(
+        ReplayConfig(mode="add", fraction=fraction, agent_capacity=64), ["ann"], ["x", "z"], per_type=12
+    )
+    own = _examples("y-ann-now", n)
+    view = _view("draw", 5, {"ann": list(own)}, {"ann": "y"})
+
+    rep.run(view)
+
+    k = round(fraction * n)
+    got = view.support["ann"]
+    assert len(got) == n + k and got[:n] == own
+    assert all(_type_of(x) in ("x", "z") for x in got[n:]) and len(set(got[n:])) == k
+    assert view.shared["replayed"].get("ann", {}) == {x: _type_of(x) for x in got[n:]}
+
+
+def test_add_mode_draws_the_same_examples_as_replace_mode():
+    """Only where the replayed examples go differs: the same seed, tick and agent draw the same ones."""
+    got = {}
+    for mode in ("replace", "add"):
+        rep = _filled(ReplayConfig(mode=mode, fraction=0.5), ["ann"], ["x", "z"])
+        view = _view("draw", 7, {"ann": _examples("y-ann-now", 6)}, {"ann": "y"})
+        rep.run(view)
+        got[mode] = view.support["ann"]
+    assert got["add"][:6] == _examples("y-ann-now", 6)
+    assert got["add"][6:] == got["replace"][3:]
+
+
 @pytest.mark.parametrize("agents", [["ann"], ["ann", "bob"]])
 def test_a_replay_draw_never_repeats_an_example(agents):
     """An agent's successes are in its own buffer and in the swarm's: the two draws must not both pick one.
@@ -347,3 +377,16 @@ def test_a_stream_run_replays_past_stages_after_the_first(base_dir, tmp_path):
     # quality bar 0: every tick's own support is kept
     assert all(d["stored"] == 2 * 4 for d in by_tick.values())
     assert by_tick[4]["buffer"] == {"agents": 2 * 16, "swarm": 32} and by_tick[4]["bytes"] > 0
+
+
+def test_a_stream_run_in_add_mode_appends_replayed_examples_and_stores_only_its_own(base_dir, tmp_path):
+    cfg = two_stage_stream(base_dir, ["mechanisms.replay.fraction=0.5", "mechanisms.replay.mode=add"])
+    runs.start(cfg, tmp_path / "run")
+
+    with Ledger(tmp_path / "run" / "ledger.sqlite") as ledger:
+        by_tick = {e["tick"]: e["detail"] for e in ledger.events("mechanism:replay")}
+    assert by_tick[1]["replayed"] == by_tick[2]["replayed"] == 0
+    # stage 2: round(0.5 × 4) = 2 yelp successes added to each agent's 4 agnews examples
+    assert by_tick[3]["replayed"] == by_tick[4]["replayed"] == 2 * 2
+    # only the tick's own 4 examples per agent are stored, never the replayed ones
+    assert all(d["stored"] == 2 * 4 for d in by_tick.values())

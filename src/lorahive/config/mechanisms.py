@@ -81,9 +81,12 @@ class ReplayConfig(_Section):
     join its own buffer and the swarm's (reservoir sampling, bounded). With probability
     ``probability`` per agent and tick, ``fraction`` of the agent's support examples are
     replaced by past examples of other task types: a share ``swarm_share`` from the swarm's
-    buffer (what any agent succeeded at), the rest from the agent's own.
+    buffer (what any agent succeeded at), the rest from the agent's own. ``mode: add`` keeps every
+    support example and appends the replayed ones instead (``round(fraction × support)`` more rows
+    per replaying agent), so replay never takes the current task's examples away.
     """
 
+    mode: Literal["replace", "add"] = Field(default="replace", description="'replace' = the last round(fraction × support) support examples give way to replayed ones; 'add' = they are appended, the support keeps all its own examples (more rows per tick)")
     probability: float = Field(default=1.0, ge=0.0, le=1.0, description="chance an agent replays at a tick")
     fraction: float = Field(default=0.25, ge=0.0, le=1.0, description="share of the support examples replaced by replayed ones")
     swarm_share: float = Field(default=0.5, ge=0.0, le=1.0, description="share of replayed examples drawn from the swarm's buffer")

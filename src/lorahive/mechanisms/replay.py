@@ -8,8 +8,8 @@ seed and the tick, so a resumed run draws the same). Bounded: at most
 the ledger's ``bytes`` field says how much text that is.
 
 ``draw`` phase: with probability ``probability`` per agent and tick, the last
-``round(fraction × support)`` support examples are replaced by distinct past examples of *other*
-task types — a share ``swarm_share`` from the swarm's buffer (what any agent succeeded at),
+``round(fraction × support)`` support examples are replaced by (``mode: add``: the support is
+extended by as many) distinct past examples of *other* task types — a share ``swarm_share`` from the swarm's buffer (what any agent succeeded at),
 the rest from the agent's own, each falling back on the other when it runs short. The
 agents then learn from, score and propose on the mixed support as usual, so replay reaches
 both the fast levels and the swarm proposals; the query examples (the quality) are the
@@ -103,7 +103,8 @@ class SuccessReplay:
                 continue
             past = self._sample(agent, view.task_types.get(agent, ""), k, rng)
             if past:
-                view.support[agent] = exs[: len(exs) - len(past)] + [(p, a) for _, p, a in past]
+                kept = exs if self.cfg.mode == "add" else exs[: len(exs) - len(past)]
+                view.support[agent] = kept + [(p, a) for _, p, a in past]
                 replayed[agent] = {(p, a): t for t, p, a in past}
                 self._replayed += len(past)
         view.shared["replayed"] = replayed  # context modes pin these rows to their own type's mode
