@@ -35,6 +35,7 @@ from lorahive.config.mechanisms import (
     TopologyConfig,
     VerticalResonanceConfig,
 )
+from lorahive.config.memory import MemorySpec
 from lorahive.config.run import (
     METHODS,
     AgentConfig,
@@ -74,6 +75,7 @@ __all__ = [
     "HealthConfig",
     "InertiaConfig",
     "MechanismsConfig",
+    "MemorySpec",
     "ReplayConfig",
     "ScreeningConfig",
     "ConfigError",

@@ -23,7 +23,7 @@ from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from lorahive.adapters import HiveLinear, LevelBank, Routing, RoutingState, inject
-from lorahive.config import LevelSpec, StackSpec, as_stack
+from lorahive.config import LevelSpec, MemorySpec, StackSpec, as_stack
 from lorahive.core.lowrank import balanced, refactor
 from lorahive.core.pins import RowPins
 from lorahive.core.state import LevelState
@@ -45,8 +45,11 @@ def persistent_levels(stack: StackSpec) -> list[str]:
 class HiveCore:
     """A frozen base model with a stack of routed LoRA levels, the agents' slots and level state."""
 
-    def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, levels: StackSpec | list | None = None, seed: int = 0, max_length: int | None = None) -> None:
+    def __init__(
+        self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, levels: StackSpec | list | None = None, seed: int = 0, max_length: int | None = None, memory: MemorySpec | None = None
+    ) -> None:
         self.stack = as_stack(levels)
+        self.memory = memory or MemorySpec()  # where init snapshots and optimizer moments are kept
         self.model = model
         self.tokenizer = tokenizer
         if tokenizer.pad_token_id is None and tokenizer.eos_token_id is not None:
@@ -56,7 +59,7 @@ class HiveCore:
         self.routing = RoutingState()
         self.layers: dict[str, HiveLinear] = inject(model, self.stack, {lv.name: 1 for lv in self.stack.levels}, self.routing, seed)
         self.states: dict[str, LevelState] = {lv.name: LevelState.from_spec(lv) for lv in self.stack.levels}
-        self.optimizers = {lv.name: SlotAdamW(lr=lv.step_size, weight_decay=lv.weight_decay) for lv in self.stack.levels}
+        self.optimizers = {lv.name: self._optimizer(lv) for lv in self.stack.levels}
         self.written: dict[str, set[int]] = {lv.name: set() for lv in self.stack.levels}  # slots whose B may be non-zero
         self.origin: dict[str, str] = {}  # level grown while running (mechanisms/topology.py) -> the configured level it descends from
         self._agents: list[str] = []
@@ -66,6 +69,12 @@ class HiveCore:
         for lv in self.stack.levels:
             for p in self.level_params(lv.name).values():
                 p.requires_grad_(lv.trainable)
+            for bank in self.banks(lv.name):
+                bank.keep_init(self.memory.store_init)
+
+    def _optimizer(self, spec: LevelSpec) -> SlotAdamW:
+        """A level's per-slot AdamW; its moments on the host when ``memory.host_moments`` and the level has a slot per agent or task."""
+        return SlotAdamW(lr=spec.step_size, weight_decay=spec.weight_decay, host=self.memory.host_moments and spec.scope != "shared")
 
     # ------------------------------------------------------------------ registry
     @property
@@ -138,7 +147,7 @@ class HiveCore:
         found = False
         for path, layer in self.layers.items():
             if spec.wraps(path):
-                bank = LevelBank(n, spec.rank, layer.in_features, layer.out_features, key=f"{self.seed}/{spec.name}/{path}")
+                bank = LevelBank(n, spec.rank, layer.in_features, layer.out_features, key=f"{self.seed}/{spec.name}/{path}", store_init=self.memory.store_init)
                 layer.banks[spec.name] = bank.to(device=layer.weight.device, dtype=torch.float32)
                 layer.scales[spec.name] = spec.scale
                 found = True
@@ -147,7 +156,7 @@ class HiveCore:
         self.stack = stack
         self._order_banks()
         self.states[spec.name] = LevelState.from_spec(spec)
-        self.optimizers[spec.name] = SlotAdamW(lr=spec.step_size, weight_decay=spec.weight_decay)
+        self.optimizers[spec.name] = self._optimizer(spec)
         self.written[spec.name] = set()
         for p in self.level_params(spec.name).values():
             p.requires_grad_(spec.trainable)
@@ -363,7 +372,7 @@ class HiveCore:
             left = torch.stack([torch.cat([layers[p].B[slots[j]].float(), u.to(self.device).float() / spec.scale], 1) for j, p, u, _ in items])  # (n, out, r + k)
             right = torch.stack([torch.cat([layers[p].A[slots[j]].float(), v.to(self.device).float()], 0) for j, p, _, v in items])  # (n, r + k, in)
             new_b, new_a, dropped = refactor(left, right, spec.rank)
-            init = torch.stack([layers[p].A0[slots[j]].float() for j, p, _, _ in items])  # (n, r, in)
+            init = torch.stack([layers[p].init_rows([slots[j]])[0].float() for j, p, _, _ in items])  # (n, r, in)
             new_b, new_a = balanced(new_b, new_a, init)  # A rows at the init's scale, as learned patterns hold them
             for i, (j, p, _, _) in enumerate(items):
                 bank = layers[p]
@@ -398,14 +407,14 @@ class HiveCore:
             a = bank.A.index_select(0, idx)
             b = bank.B.index_select(0, idx)
             if r is None:
-                a.lerp_(bank.A0.index_select(0, idx), float(rate))
+                a.lerp_(bank.init_rows(ids, idx), float(rate))
                 b.mul_(1.0 - float(rate))
             else:
                 if a.dtype not in toward:
                     toward[a.dtype] = r[:, :, None].to(a.dtype)
                 if b.dtype not in keep:
                     keep[b.dtype] = (1.0 - r)[:, None, :].to(b.dtype)
-                a.lerp_(bank.A0.index_select(0, idx), toward[a.dtype])
+                a.lerp_(bank.init_rows(ids, idx), toward[a.dtype])
                 b.mul_(keep[b.dtype])
             bank.A.index_copy_(0, idx, a)
             bank.B.index_copy_(0, idx, b)
@@ -441,7 +450,7 @@ class HiveCore:
         ids = sorted(set(slots))
         idx = self.index(ids)
         for bank in self.banks(level):
-            bank.reset(idx)
+            bank.reset(idx, ids)
         self.optimizers[level].reset(ids, idx)
         self.written[level].difference_update(ids)
 
@@ -453,7 +462,8 @@ class HiveCore:
         :meth:`load_slot_rows` writes them into another core with the same stack.
         """
         idx = torch.tensor(list(slots), dtype=torch.long)
-        rows = {f"{path}/{k}": t.detach().cpu().index_select(0, idx) for path, bank in self.named_banks(level) for k, t in (("A", bank.A), ("B", bank.B), ("A0", bank.A0))}
+        rows = {f"{path}/{k}": t.detach().cpu().index_select(0, idx) for path, bank in self.named_banks(level) for k, t in (("A", bank.A), ("B", bank.B))}
+        rows.update({f"{path}/A0": bank.init_rows(list(slots)).cpu() for path, bank in self.named_banks(level)})
         rows.update({f"optim/{k}": v for k, v in self.optimizers[level].slot_state(slots).items()})
         return rows
 
@@ -463,8 +473,10 @@ class HiveCore:
         if not slots:
             return
         idx = self.index(list(slots))
+        for path, bank in self.named_banks(level):  # every init checked (or stored) before any factor is written
+            bank.load_init(slots, rows[f"{path}/A0"])
         for path, bank in self.named_banks(level):
-            for k, t in (("A", bank.A), ("B", bank.B), ("A0", bank.A0)):
+            for k, t in (("A", bank.A), ("B", bank.B)):
                 t.index_copy_(0, idx, rows[f"{path}/{k}"].to(t.device, t.dtype))
         optim = {k.removeprefix("optim/"): v for k, v in rows.items() if k.startswith("optim/")}
         self.optimizers[level].load_slot_state(slots, self.level_params(level), optim)

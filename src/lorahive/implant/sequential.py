@@ -205,7 +205,7 @@ def consolidate(hive: Hive, fast: str, slow: str, agent: str) -> float:
 
 def level_parameters(hive: Hive) -> int:
     """Parameters held by every level's banks (factors and init snapshots): what must not grow per edit."""
-    return sum(b.A.numel() + b.B.numel() + b.A0.numel() for lv in hive.levels for b in hive.core.banks(lv.name))
+    return sum(2 * b.A.numel() + b.B.numel() for lv in hive.levels for b in hive.core.banks(lv.name))  # A0 counted as A's size, not regenerated
 
 
 @dataclass

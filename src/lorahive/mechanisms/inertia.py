@@ -108,18 +108,19 @@ def second_moments(opt: Any, keep: Callable[[int], bool] = lambda s: True) -> tu
     beta2 = opt.betas[1]
     sums: list[torch.Tensor] = []
     n = 0
-    plans: dict[tuple[int, ...], tuple[torch.Tensor, torch.Tensor]] = {}
-    for name, st in sorted(opt.state.items()):  # a fixed order: the sum is the same after a resume
+    plans: dict[tuple[int, ...], tuple[list[int], torch.Tensor, torch.Tensor]] = {}
+    device = opt.device_of_state()
+    for name in opt.names():  # a fixed order: the sum is the same after a resume
         steps = tuple(opt.host_steps.get(name, ()))
-        v = st["exp_avg_sq"]
         if steps not in plans:
             live = [s for s, t in enumerate(steps) if t > 0 and keep(s)]
             idx = torch.tensor(live, dtype=torch.long)
             corr = torch.tensor([1.0 - beta2 ** steps[s] for s in live])
-            plans[steps] = (to_device(idx, v.device), to_device(corr, v.device))
-        idx, corr = plans[steps]
-        if idx.numel() == 0:
+            plans[steps] = (live, to_device(idx, device), to_device(corr, device))
+        live, idx, corr = plans[steps]
+        if not live:
             continue
-        sums.append((v.index_select(0, idx).flatten(1).double().mean(1) / corr).sum())
-        n += int(idx.numel())
+        v = opt.moment_rows(name, "exp_avg_sq", live, index=idx, device=device)
+        sums.append((v.flatten(1).double().mean(1) / corr).sum())
+        n += len(live)
     return (float(torch.stack(sums).sum()) if sums else 0.0), n

@@ -114,7 +114,7 @@ Moments = dict[str, tuple[torch.Tensor, list[int]]]  # parameter name -> (AdamW 
 def level_moments(core: HiveCore, level: str) -> Moments:
     """The first moments and step counts of ``level``'s optimizer now (what :func:`carried_sketch` starts from)."""
     opt = core.optimizers[level]
-    return {name: (st["exp_avg"].detach().clone(), list(opt.host_steps[name])) for name, st in opt.state.items()}
+    return {name: (opt.moment(name, "exp_avg").detach().clone(), list(opt.host_steps[name])) for name in opt.names()}
 
 
 @torch.no_grad()
@@ -137,9 +137,9 @@ def carried_sketch(core: HiveCore, level: str, before: Moments, d: int, seed: in
         g, x = _probes(core, path, d, seed, cache)
         delta = {}
         for key, p in (("A", bank.A), ("B", bank.B)):
-            name, st = f"{path}.{key}", opt.state.get(f"{path}.{key}")
+            name = f"{path}.{key}"
             old = before.get(name)
-            if st is None or old is None or old[0].shape != p.shape:
+            if name not in opt.host_steps or old is None or old[0].shape != p.shape:
                 delta[key] = torch.zeros(p.shape, device=p.device)
                 continue
             m0, then = old
@@ -150,7 +150,8 @@ def carried_sketch(core: HiveCore, level: str, before: Moments, d: int, seed: in
                 corr2 = [1 - b2**s1 if s1 > 0 else 1.0 for s1 in now]
                 factors[counts] = torch.tensor([carry, corr2], device=p.device)
             fac, corr2 = (f.view(-1, *[1] * (p.dim() - 1)) for f in factors[counts])
-            delta[key] = -lr * fac * m0.float() / ((st["exp_avg_sq"].float() / corr2).sqrt() + eps)
+            v = opt.moment(name, "exp_avg_sq", p.device)
+            delta[key] = -lr * fac * m0.to(p.device).float() / ((v.float() / corr2).sqrt() + eps)
         dw = torch.einsum("do,sor,sri,ie->sde", g, delta["B"], bank.A.float(), x) + torch.einsum("do,sor,sri,ie->sde", g, bank.B.float(), delta["A"], x)
         parts.append(dw.flatten(1))  # (S, d²)
     return coeff * torch.cat(parts, dim=1)

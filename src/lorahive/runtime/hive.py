@@ -19,7 +19,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from lorahive.adapters import ActivityProbe, Routing, add_totals, mean_activity
 from lorahive.base import load_base
-from lorahive.config import DEFAULT_BASE, LevelSpec, StackSpec
+from lorahive.config import DEFAULT_BASE, LevelSpec, MemorySpec, StackSpec
 from lorahive.core import HiveCore, pin
 from lorahive.learning import answer_nll, last_logits, pack_examples, pack_prompts
 from lorahive.learning.batching import Batch
@@ -42,18 +42,23 @@ OPTION_ROWS = 512
 class Hive:
     """A frozen base model with a stack of routed LoRA levels shared by many agents."""
 
-    def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, levels: StackSpec | list | None = None, seed: int = 0, max_length: int | None = None) -> None:
-        self.core = HiveCore(model, tokenizer, levels, seed=seed, max_length=max_length)
+    def __init__(
+        self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, levels: StackSpec | list | None = None, seed: int = 0, max_length: int | None = None, memory: MemorySpec | None = None
+    ) -> None:
+        """``memory``: where init snapshots and optimizer moments are kept (:class:`~lorahive.config.MemorySpec`; default: all resident)."""
+        self.core = HiveCore(model, tokenizer, levels, seed=seed, max_length=max_length, memory=memory)
         self._watch: tuple[list[str], int] | None = None  # armed activity measurement: levels, input rows kept
         self._watched: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None
         self._anchor_memo = BaseMemo()  # the base log-probs at the anchor positions, per row text
         self._watched_inputs: dict[str, torch.Tensor] = {}
 
     @classmethod
-    def load(cls, base: str = DEFAULT_BASE, levels: StackSpec | list | None = None, device: str | torch.device | None = None, dtype: torch.dtype | None = None, seed: int = 0) -> Hive:
-        """Load a base model (``embedded:smollm2-135m`` or a local HF directory) and wrap it."""
+    def load(
+        cls, base: str = DEFAULT_BASE, levels: StackSpec | list | None = None, device: str | torch.device | None = None, dtype: torch.dtype | None = None, seed: int = 0, memory: MemorySpec | None = None
+    ) -> Hive:
+        """Load a base model (``embedded:smollm2-135m`` or a local HF directory) and wrap it (``memory``: as the constructor's)."""
         loaded = load_base(base, device=device, dtype=dtype)
-        return cls(loaded.model, loaded.tokenizer, levels, seed=seed)
+        return cls(loaded.model, loaded.tokenizer, levels, seed=seed, memory=memory)
 
     # ------------------------------------------------------------------ what a user reads
     @property

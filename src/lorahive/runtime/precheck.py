@@ -69,14 +69,17 @@ def available_memory(device: torch.device) -> int | None:
 
 
 def slot_bytes(hive: Hive, n_agents: int) -> int:
-    """Rough bytes of the per-agent slots ``n_agents`` agents need: A, B, A0 and two AdamW moments."""
+    """Rough device bytes of the per-agent slots ``n_agents`` agents need: A, B, a learn step's gradient of them,
+    and, unless the core's ``MemorySpec`` keeps them elsewhere, A0 and two AdamW moments."""
+    memory = hive.core.memory
     total = 0
     for lv in hive.levels:
         if lv.scope == "shared":
             continue
         for _, bank in hive.core.named_banks(lv.name):
-            per_slot = bank.A[0].numel() + bank.B[0].numel()
-            total += n_agents * per_slot * bank.A.element_size() * 5
+            a, b = bank.A[0].numel(), bank.B[0].numel()
+            copies = 2 + (0 if memory.host_moments else 2)  # factor, gradient, moments
+            total += n_agents * ((a + b) * copies + (a if memory.store_init else 0)) * bank.A.element_size()
     return total
 
 

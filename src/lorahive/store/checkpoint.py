@@ -3,6 +3,9 @@
 Layout of ``RUN/checkpoint/``::
 
     levels/<level>.safetensors   "<module>/A" (S, r, in), "<module>/B" (S, out, r), "<module>/A0" init snapshot
+                                 — or, for banks that regenerate it (MemorySpec.store_init false),
+                                 "<module>/A0_chunks" (k, 2) int64: each init chunk's first slot and
+                                 the crc32 of its init, checked against a regeneration on load
     optim/<level>.safetensors    per-slot AdamW state "<param>:exp_avg|exp_avg_sq|step"
     extra.safetensors            mechanisms' tensors "mechanism/<name>/<key>" (e.g. the aggregator's
                                  running direction) + torch RNG state "rng/torch"
@@ -33,6 +36,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
+from lorahive.adapters.bank import LevelBank, check_chunks
 from lorahive.config import StackSpec
 from lorahive.core import HiveCore, LevelState, LevelStateError
 from lorahive.store.files import (
@@ -70,12 +74,19 @@ def _hive_tensors(core: HiveCore) -> dict[str, dict[str, torch.Tensor]]:
         files[f"levels/{lv.name}.safetensors"] = {
             f"{path}/{k}": t.detach().cpu().contiguous()
             for path, bank in core.named_banks(lv.name)
-            for k, t in (("A", bank.A), ("B", bank.B), ("A0", bank.A0))
+            for k, t in (("A", bank.A), ("B", bank.B), _init_entry(bank))
         }
         opt = core.optimizers[lv.name].state_dict()
         if opt:
             files[f"optim/{lv.name}.safetensors"] = {k: v.detach().cpu().contiguous() for k, v in opt.items()}
     return files
+
+
+def _init_entry(bank: LevelBank) -> tuple[str, torch.Tensor]:
+    """A bank's init as checkpointed: the stored snapshot, or the chunk table it regenerates from."""
+    if bank.store_init:
+        return "A0", bank.A0
+    return "A0_chunks", torch.tensor(bank.chunks, dtype=torch.long)
 
 
 def _write_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> str:
@@ -197,15 +208,32 @@ def _check_level(core: HiveCore, level: str, n_agents: int, file: Path) -> dict[
     """Check shapes and dtypes from the header, then load and check the values are finite."""
     n = core.capacity_for(level, n_agents)
     want: dict[str, tuple[tuple[int, ...], str]] = {}
+    tables: dict[str, LevelBank] = {}  # banks that regenerate their init: their chunk tables are checked here
+    header = _header(file)
     for path, bank in core.named_banks(level):
         dtype = _DTYPES.get(bank.A.dtype, str(bank.A.dtype))
-        for k, ref in (("A", bank.A), ("B", bank.B), ("A0", bank.A0)):
+        for k, ref in (("A", bank.A), ("B", bank.B)):
             want[f"{path}/{k}"] = ((n, *ref.shape[1:]), dtype)
-    _expect(file, _header(file), want)
+        if bank.store_init:
+            want[f"{path}/A0"] = ((n, *bank.A.shape[1:]), dtype)
+        else:
+            chunks = header.get(f"{path}/A0_chunks", ((0, 2), ""))[0][0]
+            want[f"{path}/A0_chunks"] = ((chunks, 2), "I64")
+            tables[path] = bank
+        other = f"{path}/A0_chunks" if bank.store_init else f"{path}/A0"
+        if other in header:
+            mode = "regenerates" if bank.store_init else "stores"
+            raise CheckpointError(f"{file}: {path}'s init was saved by a core that {mode} it (MemorySpec.store_init {not bank.store_init}); load it with the same store_init")
+    _expect(file, header, want)
     tensors = _load_tensors(file)
     for key, t in tensors.items():
         if not torch.isfinite(t).all():
             raise CheckpointError(f"{file}: {key} holds NaN or inf")
+    for path, bank in tables.items():
+        try:
+            check_chunks(bank.key, bank.rank, bank.in_features, n, [(int(a), int(c)) for a, c in tensors[f"{path}/A0_chunks"].tolist()])
+        except ValueError as e:  # InitMismatch included
+            raise CheckpointError(f"{file}: {e}") from None
     return tensors
 
 
@@ -327,7 +355,10 @@ def _load_checked(core: HiveCore, ckpt: Path, manifest: dict[str, Any], state: d
                 bank.grow(tensors[f"{path}/A"].shape[0])
                 bank.A.copy_(tensors[f"{path}/A"])
                 bank.B.copy_(tensors[f"{path}/B"])
-                bank.A0.copy_(tensors[f"{path}/A0"])
+                if bank.store_init:
+                    bank.load_init(range(bank.n_slots), tensors[f"{path}/A0"])
+                else:
+                    bank.set_chunks([(int(a), int(c)) for a, c in tensors[f"{path}/A0_chunks"].tolist()])
     for name, flat in optim.items():
         core.optimizers[name].load_state_dict(flat)
     core.states.update(state["level_states"])
