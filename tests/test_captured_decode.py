@@ -12,6 +12,7 @@ import torch
 
 from conftest import make_model, randomize_b, small_stack
 from lorahive import Hive
+from lorahive.adapters import Routing
 from lorahive.core import CapturedDecode
 
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -72,6 +73,17 @@ def test_the_eager_steps_give_generates_tokens_for_any_agents_and_after_learning
     after = dec(ids, MIXES[1], mask)
     assert torch.equal(after, _generate(hive, ids, mask, MIXES[1]))
     assert not torch.equal(before, after)
+
+
+def test_without_levels_it_decodes_as_the_bare_model(tokenizer):
+    """``levels=False``: the limit R3 is read against (forward.py) — the bare model's greedy tokens, the hive's differ."""
+    hive = _hive(tokenizer)
+    bare = CapturedDecode(hive.core, ROWS, PROMPT, NEW, levels=False)
+    ids, mask = _prompts(len(tokenizer), "cpu", 0)
+    with torch.no_grad(), hive.core.routing.use(Routing(active=frozenset())):
+        want = hive.model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=NEW, min_new_tokens=NEW, do_sample=False, pad_token_id=0)[:, PROMPT:]
+    assert torch.equal(bare(ids, MIXES[1], mask), want)
+    assert not torch.equal(want, _generate(hive, ids, mask, MIXES[1]))
 
 
 @pytest.mark.parametrize(("rows", "prompt", "new", "padded"), [(ROWS, PROMPT, NEW, True), (64, 64, 32, False)])  # the second: forward.py's R3 captured

@@ -11,7 +11,8 @@ Prints, as each is measured:
   R1 captured gathered  where the captured forward ran a small fleet's per-row levels densely (adapters/dense.py):
               the same graph with them gathered per row, side by side (--fleet N sets the agents the banks hold)
   R3  mixed-agent generation tokens/s ÷ bare model generation
-  R3 captured (merged)  the same greedy decoding over a static KV cache, each step one CUDA graph replay
+  R3 captured (merged)  the same greedy decoding over a static KV cache, each step one CUDA graph replay;
+              ratio_vs_bare_captured sets it beside the bare model decoded the same way (every level off), the fair limit
   R6  fused path ÷ the reference (unfused) path on the GPU, speed-up and output difference
 and beside them the largest difference of last-position logits between the hive and the
 same agent exported to one exact PEFT LoRA adapter (rank = sum of the level ranks).
@@ -107,7 +108,7 @@ def main() -> None:
     print(f"# {arch} on {torch.cuda.get_device_name()}, torch {torch.__version__}", flush=True)
     model = build(arch)
     twin = twin_of(model, arch)
-    base_fwd, base_gen = {}, {}
+    base_fwd, base_gen, bare_cap = {}, {}, {}
     for shape in sorted({shape_for(k) for k in ks}):
         ids = random_ids(*shape)
         base_fwd[shape] = median_ms(forward_fn(twin, ids), reps=reps)
@@ -177,13 +178,22 @@ def main() -> None:
         g = median_ms(generate_fn(model, gen_ids, hive, mixed), warmup=1, reps=3)
         emit(arch=arch, figure="R3", K=k, rows=rows, ms=g, tok_s=rows * NEW_TOKENS / g * 1e3, ratio=base_gen[rows] / g, target=">=0.90", peft_diff=diff)
         live_tokens = generate_fn(model, gen_ids, hive, mixed)()[:, PROMPT:]
+        if rows not in bare_cap:  # the bare model's own captured decoding: every level off, the same graph and cache
+            try:
+                dec = CapturedDecode(hive.core, rows, PROMPT, NEW_TOKENS, levels=False)
+                bare_cap[rows] = median_ms(lambda dec=dec, gen_ids=gen_ids, mixed=mixed: dec(gen_ids, mixed), warmup=1, reps=3)
+                emit(arch=arch, figure="bare_generate captured", rows=rows, new_tokens=NEW_TOKENS, ms=bare_cap[rows], vs_generate=base_gen[rows] / bare_cap[rows])
+                del dec
+            except Exception as e:
+                emit(arch=arch, figure="bare_generate captured", rows=rows, error=f"{type(e).__name__}: {e}"[:400])
         for merged_levels in (False, True):  # every decode step one CUDA graph replay (core/captured_decode.py)
             name = "R3 captured merged" if merged_levels else "R3 captured"
             try:
                 dec = CapturedDecode(hive.core, rows, PROMPT, NEW_TOKENS, merged=merged_levels)
                 g_cap = median_ms(lambda dec=dec, gen_ids=gen_ids, mixed=mixed: dec(gen_ids, mixed), warmup=1, reps=3)
                 agree = float((dec(gen_ids, mixed) == live_tokens).float().mean())
-                emit(arch=arch, figure=name, K=k, rows=rows, ms=g_cap, tok_s=rows * NEW_TOKENS / g_cap * 1e3, ratio=base_gen[rows] / g_cap, ms_live=g,
+                vs_bare_captured = bare_cap[rows] / g_cap if rows in bare_cap else "n/a"
+                emit(arch=arch, figure=name, K=k, rows=rows, ms=g_cap, tok_s=rows * NEW_TOKENS / g_cap * 1e3, ratio=base_gen[rows] / g_cap, ratio_vs_bare_captured=vs_bare_captured, ms_live=g,
                      target=">=0.80 (K=8) / >=0.45 (K=64)", tokens_as_generate=agree, captures=dec.captures)  # fmt: skip
                 del dec
             except Exception as e:

@@ -13,7 +13,8 @@ slot buffer, every level run, each module's levels pooled between calls. So the 
 of agents; it is recorded again when the banks move, the levels or their mixing change, or a kept
 weight had to be reallocated. ``merged=True`` folds the shared levels into the base weights
 (adapters/merge.py). Before each call the host brings the kept weights up to date in place, so a
-replay after learning decodes with the new levels. Without CUDA (or ``graph=False``) the same steps run
+replay after learning decodes with the new levels. ``levels=False`` runs every level off — the bare model's
+own captured decoding, the fair limit a captured hive decode is read against (benchmarks/gpu/forward.py). Without CUDA (or ``graph=False``) the same steps run
 eagerly — the CPU tests check those against ``generate``.
 """
 
@@ -26,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from transformers import StaticCache
 
+from lorahive.adapters import Routing
 from lorahive.core.captured import baked, record, refresh_kept, static_routing, uses_graph
 
 if TYPE_CHECKING:
@@ -37,10 +39,10 @@ __all__ = ["CapturedDecode"]
 class CapturedDecode:
     """``new_tokens`` greedy tokens for each of ``rows`` prompts of ``prompt`` tokens (left-padded), one agent per row."""
 
-    def __init__(self, core: HiveCore, rows: int, prompt: int, new_tokens: int, graph: bool | None = None, merged: bool = False) -> None:
+    def __init__(self, core: HiveCore, rows: int, prompt: int, new_tokens: int, graph: bool | None = None, merged: bool = False, levels: bool = True) -> None:
         if rows < 1 or prompt < 1 or new_tokens < 1:
             raise ValueError(f"CapturedDecode: rows, prompt and new_tokens must be ≥ 1, got rows={rows}, prompt={prompt}, new_tokens={new_tokens}")
-        self.core, self.rows, self.prompt, self.new, self.merged = core, rows, prompt, new_tokens, merged
+        self.core, self.rows, self.prompt, self.new, self.merged, self.levels = core, rows, prompt, new_tokens, merged, levels
         device = core.device
         self.graph = uses_graph("CapturedDecode", device, graph)
         self.cache = StaticCache(config=core.model.config, max_cache_len=prompt + new_tokens)
@@ -71,7 +73,7 @@ class CapturedDecode:
         positions = (prompt_mask.cumsum(1) - 1).clamp(min=0)
         self.cache.reset()
         out = torch.empty(self.rows, self.new, dtype=torch.long, device=self.mask.device)
-        key = (baked(self.core), refresh_kept(self.core, self.slot, self.merged))
+        key = (baked(self.core), refresh_kept(self.core, self.slot, self.merged)) if self.levels else ()
         logits = self._run(input_ids.to(self.mask.device), positions, torch.arange(self.prompt, device=self.mask.device))
         out[:, 0] = logits.argmax(-1)
         self.token.copy_(out[:, :1])
@@ -115,7 +117,8 @@ class CapturedDecode:
     def _run(self, ids: torch.Tensor, positions: torch.Tensor, at: torch.Tensor) -> torch.Tensor:
         """Last-position logits of ``ids`` at cache positions ``at`` (the prefill, or one step)."""
         kw: dict[str, Any] = {self._cache_kw: self.cache}
-        with torch.no_grad(), self.core.routing.merging(self.merged), self.core.routing.use(static_routing(self.core, self.slot)):
+        routing = static_routing(self.core, self.slot) if self.levels else Routing(active=frozenset(), pooled=True)
+        with torch.no_grad(), self.core.routing.merging(self.merged), self.core.routing.use(routing):
             out = self.core.model(input_ids=ids, attention_mask=self.mask, position_ids=positions, cache_position=at, use_cache=True, logits_to_keep=1, **kw)
         return out.logits[:, -1]
 
