@@ -7,6 +7,7 @@
 #   call 1, carry [.carry/model.part-aa, .carry/model.sha256, .carry/data, .whl]:  bash benchmarks/gpu/batch.sh setup
 #   call 2, carry [.carry/model.part-ab]:  bash benchmarks/gpu/batch.sh tests      (GPU tests, forward figures: $OUT/fwd.txt;
 #            WIDE="64" measures K = 64 only after K = 1 and 8, default "64 256")
+#   optional call:  bash benchmarks/gpu/batch.sh profile   (kernel tables of the live and captured forward: $OUT/profile.txt)
 #   call 3:  bash benchmarks/gpu/batch.sh launch NAME SCRIPT [ARG ...]; bash benchmarks/gpu/collect.sh 450 /tmp/NAME
 #            e.g. `launch abl mechanisms_ablation.sh 0` runs `benchmarks/gpu/mechanisms_ablation.sh /tmp/setup /tmp/abl 0`
 #            detached from a copy of the tree (the tree is uploaded again at every call); its runs are under
@@ -15,7 +16,7 @@
 #
 # SETUP on the machine is /tmp/setup (what carry-model.sh writes, the wheels in /tmp/setup/whl), as the scripts here expect.
 set -uo pipefail
-step=${1:?setup | tests | launch NAME SCRIPT [ARG ...]}; shift
+step=${1:?setup | tests | profile | launch NAME SCRIPT [ARG ...]}; shift
 case $step in
   setup)
     mkdir -p /tmp/setup/whl && cp -r .carry/model.part-aa .carry/model.sha256 .carry/data /tmp/setup/ && cp .whl/*.whl /tmp/setup/whl/
@@ -27,10 +28,13 @@ case $step in
     timeout 150 python3 -m pytest -q -m gpu tests/test_captured.py tests/test_captured_decode.py tests/test_fused_gpu.py 2>&1 | tail -n 12 | cut -c1-300
     timeout 200 python3 benchmarks/gpu/forward.py --agents 1 8 --fleet 8 --reps 5 2>&1 | grep -v "Warning\|warnings.warn" | tee "$OUT/fwd.txt" | cut -c1-400
     timeout 200 python3 benchmarks/gpu/forward.py --agents ${WIDE:-64 256} --reps 5 2>&1 | grep -v "Warning\|warnings.warn" | tee -a "$OUT/fwd.txt" | cut -c1-400 ;;
+  profile)  # the kernels of the live and the captured forward, dense fleet of 8 (after `tests`, which sets up the model)
+    setup=/tmp/setup; source benchmarks/gpu/setup_env.sh
+    timeout 240 python3 benchmarks/gpu/profile_forward.py --agents 8 --fleet 8 2>&1 | grep -v "Warning\|warnings.warn" | tee "$OUT/profile.txt" | cut -c1-250 ;;
   launch)
     name=${1:?launch NAME SCRIPT [ARG ...]}; script=${2:?launch NAME SCRIPT [ARG ...]}; shift 2
     rm -rf "/tmp/lh-$name" && cp -r . "/tmp/lh-$name" && cd "/tmp/lh-$name" || exit 1
     setsid nohup bash "benchmarks/gpu/$script" /tmp/setup "/tmp/$name" "$@" > "/tmp/$name.log" 2>&1 < /dev/null &
     sleep 5; tail -n 3 "/tmp/$name.log" ;;
-  *) echo "unknown step $step: setup | tests | launch NAME SCRIPT [ARG ...]" >&2; exit 2 ;;
+  *) echo "unknown step $step: setup | tests | profile | launch NAME SCRIPT [ARG ...]" >&2; exit 2 ;;
 esac
