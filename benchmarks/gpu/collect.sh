@@ -6,7 +6,7 @@
 #
 # Every 30 s for SECONDS: the metrics, configs, summaries, figures, logs and wall times under each DIR (not the
 # ledgers, checkpoints or the copied code tree) into $OUT/results.tgz, replaced atomically, and one line of progress
-# (the last tick of each stream run, how many runs have finished). Give it as the command of the device calls that
+# (the last tick of each stream run, how many runs have finished, the GPU memory its processes hold: how many more would fit). Give it as the command of the device calls that
 # follow the launch, in the same batch as the launch, e.g. `bash benchmarks/gpu/collect.sh 590 /tmp/v1 /tmp/x0`.
 set -u
 secs=$1; shift
@@ -26,6 +26,7 @@ while [ "$(date +%s)" -lt "$end" ]; do
     done
     line="$line | $(basename "$d"): $(ls "$d"/*.time 2>/dev/null | wc -l) done"
   done
-  echo "$line"
+  mem=$(nvidia-smi --query-compute-apps=used_memory --format=csv,noheader,nounits 2>/dev/null | sort -n | awk '{n++; s+=$1; m=$1} END {if (n) printf "gpu %d procs %.1f GiB max %.1f GiB", n, s/1024, m/1024}')
+  echo "$line${mem:+ | $mem}"
   cd "$here" || exit 1
 done
