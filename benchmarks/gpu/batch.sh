@@ -6,7 +6,7 @@
 #                  && cp ../shared/data/knowledge/counterfact-edit-1k.json .carry/data/knowledge/   (+ the wheels in .whl/)
 #   call 1, carry [.carry/model.part-aa, .carry/model.sha256, .carry/data, .whl]:  bash benchmarks/gpu/batch.sh setup
 #   call 2, carry [.carry/model.part-ab]:  bash benchmarks/gpu/batch.sh tests      (GPU tests, forward figures: $OUT/fwd.txt;
-#            WIDE="64" measures K = 64 only after K = 1 and 8, default "64 256")
+#            WIDE="64" measures K = 64 only after K = 1 and 8, default "64 256"; BIG=1 adds the 8B architecture: $OUT/fwd8b.txt)
 #   optional call:  bash benchmarks/gpu/batch.sh profile   (kernel tables of the live and captured forward: $OUT/profile.txt)
 #   call 3:  bash benchmarks/gpu/batch.sh launch NAME SCRIPT [ARG ...]; bash benchmarks/gpu/collect.sh 450 /tmp/NAME
 #            e.g. `launch abl mechanisms_ablation.sh 0` runs `benchmarks/gpu/mechanisms_ablation.sh /tmp/setup /tmp/abl 0`
@@ -27,7 +27,10 @@ case $step in
     setup=/tmp/setup; source benchmarks/gpu/setup_env.sh
     timeout 150 python3 -m pytest -q -m gpu tests/test_captured.py tests/test_captured_decode.py tests/test_fused_gpu.py 2>&1 | tail -n 12 | cut -c1-300
     timeout 200 python3 benchmarks/gpu/forward.py --agents 1 8 --fleet 8 --reps 5 2>&1 | grep -v "Warning\|warnings.warn" | tee "$OUT/fwd.txt" | cut -c1-400
-    timeout 200 python3 benchmarks/gpu/forward.py --agents ${WIDE:-64 256} --reps 5 2>&1 | grep -v "Warning\|warnings.warn" | tee -a "$OUT/fwd.txt" | cut -c1-400 ;;
+    timeout 200 python3 benchmarks/gpu/forward.py --agents ${WIDE:-64 256} --reps 5 2>&1 | grep -v "Warning\|warnings.warn" | tee -a "$OUT/fwd.txt" | cut -c1-400
+    if [ -n "${BIG:-}" ]; then  # the 8B architecture (issue [5/10]: R1 >= 0.93 live), a fleet of 8
+      timeout 300 python3 benchmarks/gpu/forward.py --arch llama-3.1-8b --agents 1 8 --fleet 8 --reps 3 2>&1 | grep -v "Warning\|warnings.warn" | tee "$OUT/fwd8b.txt" | cut -c1-400
+    fi ;;
   profile)  # the kernels of the live and the captured forward, dense fleet of 8 (after `tests`, which sets up the model)
     setup=/tmp/setup; source benchmarks/gpu/setup_env.sh
     timeout 240 python3 benchmarks/gpu/profile_forward.py --agents 8 --fleet 8 2>&1 | grep -v "Warning\|warnings.warn" | tee "$OUT/profile.txt" | cut -c1-250 ;;
