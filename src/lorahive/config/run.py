@@ -18,6 +18,7 @@ from lorahive.config.defaults import DEFAULT_BASE, DEMO_TASK_TYPES
 from lorahive.config.errors import clip
 from lorahive.config.levels import LevelSpec, StackSpec, as_stack
 from lorahive.config.mechanisms import HealthConfig, MechanismsConfig
+from lorahive.config.memory import MemorySpec
 
 __all__ = [
     "METHODS",
@@ -135,6 +136,7 @@ class RunConfig(BaseModel):
     stream: StreamConfig | None = Field(default=None, description="a continual-learning stream of task types; null = agents keep their own task type")
     observe: ObserveConfig = Field(default_factory=ObserveConfig, description="what is measured at the end of the run")
     mechanisms: MechanismsConfig = Field(default_factory=MechanismsConfig, description="the tick's mechanisms, each switchable (docs/mechanisms.md)")
+    memory: MemorySpec = Field(default_factory=MemorySpec, description="where the banks' init snapshots and the optimizer moments live (docs/performance.md, Capacity): all on the device by default")
 
 
     def agent_names(self) -> list[str]:

@@ -155,7 +155,7 @@ def _prepare(cfg: RunConfig) -> tuple[Hive, dict[str, CLData]]:
         raise ConfigError(f"suite: {e}") from None
     check_data(cfg, data)
     try:
-        hive = Hive.load(cfg.base, method_stack(cfg), device="cpu" if not torch.cuda.is_available() else None, seed=cfg.seed)
+        hive = Hive.load(cfg.base, method_stack(cfg), device="cpu" if not torch.cuda.is_available() else None, seed=cfg.seed, memory=cfg.memory)
     except (ValueError, OSError) as e:
         raise ConfigError(f"base: {e}") from None
     check_memory(hive, cfg)
