@@ -12,7 +12,7 @@ from lorahive.config import ConfigError, parse_config
 from lorahive.runtime import run as runs
 from tiny_runs import checkpoint_tensors, config_tree, tiny_config
 
-LEAN = ["memory.store_init=false", "memory.host_moments=true"]
+LEAN = ["memory.store_init=false", "memory.host_moments=true", "memory.slot_grads=true"]
 ON = ["mechanisms.screening.free_decay=0.05"]  # screening's decay toward init reads A's init every tick
 
 

@@ -5,7 +5,7 @@
 Qwen2.5-0.5B architecture, 64 rows × 128 tokens (the R4 batch of ``train.py``), default
 5-level stack with random B. Each phase is timed on its own with the GPU synchronised
 around it (median of 5). The hive runs twice: with the fused path's single autograd node
-(``fused._FusedLoRA``, the default) and with plain autograd through the same fused ops (the
+(``fused_train._FusedLoRA``, the default) and with plain autograd through the same fused ops (the
 path before it). ``--table`` adds a torch.profiler table of the hive's forward + backward.
 """
 
@@ -24,7 +24,7 @@ from torch.profiler import ProfilerActivity, profile
 from train import examples, flat
 
 from lorahive import Hive, default_levels
-from lorahive.adapters import fused, layer
+from lorahive.adapters import fused, fused_train, layer
 from lorahive.config import DEFAULT_TARGETS
 from lorahive.learning.batching import pack_examples
 from lorahive.learning.objective import answer_nll
@@ -94,7 +94,7 @@ def main() -> None:
         h = phases(h_fwd, lambda: box["loss"].backward(), h_opt)
         ng = phases(h_nograd, lambda: None, lambda: None)["forward"]
         print(f"hive K={k} ({label}): " + "  ".join(f"{n} {v:.1f} ms" for n, v in h.items()) + f"  total {sum(h.values()):.1f} ms  (no-grad forward {ng:.1f} ms)", flush=True)
-    layer.fused_forward = fused.fused_forward
+    layer.fused_forward = fused_train.fused_forward
     peft = get_peft_model(twin, LoraConfig(r=16, lora_alpha=16, target_modules=list(DEFAULT_TARGETS), lora_dropout=0.0))  # type: ignore[arg-type]
     inner = unwrap(peft)
     inner.train()

@@ -44,13 +44,16 @@ class LevelBank(nn.Module):
     for (:meth:`init_rows`) are regenerated from their chunk's key on the CPU, which costs a
     draw of the chunk up to the row instead of a float per parameter resident, and the
     checksums (:meth:`verify_init`) guard that the regeneration still matches bit for bit.
+    With ``slot_grads`` a learn step's gradient of a bank with more than one slot holds only the
+    rows its slots used (adapters/slot_rows.py), not the whole bank.
     """
 
     _a0: torch.Tensor | None
 
-    def __init__(self, n_slots: int, rank: int, in_features: int, out_features: int, key: str, store_init: bool = True) -> None:
+    def __init__(self, n_slots: int, rank: int, in_features: int, out_features: int, key: str, store_init: bool = True, slot_grads: bool = False) -> None:
         super().__init__()
         self.rank, self.in_features, self.out_features, self.key = rank, in_features, out_features, key
+        self.slot_grads = slot_grads  # row-sparse gradients on the fused path (MemorySpec.slot_grads)
         a = _init_a(n_slots, rank, in_features, f"{key}/0")
         self.A = nn.Parameter(a)  # (S, r, in)
         self.B = nn.Parameter(torch.zeros(n_slots, out_features, rank))  # (S, out, r)
@@ -61,6 +64,11 @@ class LevelBank(nn.Module):
     def store_init(self) -> bool:
         """Whether ``A0`` is stored (else regenerated on demand)."""
         return self._a0 is not None
+
+    def use_memory(self, store_init: bool, slot_grads: bool) -> None:
+        """Take a core's memory layout (:class:`~lorahive.config.MemorySpec`): the init stored or not, row-sparse gradients or not."""
+        self.keep_init(store_init)
+        self.slot_grads = slot_grads
 
     @torch.no_grad()
     def keep_init(self, store: bool) -> None:

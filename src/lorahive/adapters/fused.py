@@ -16,8 +16,9 @@ levels concatenated between calls and, while the fleet is small, run the per-row
 slot as one dense product masked per row (adapters/dense.py).
 
 Mixing coefficient, scale and per-row gate are folded into the expand weights, so no pass
-over the activations is spent on them. Autograd runs through the torch ops, so gradients land
-in the gathered slots only. Under ``no_grad`` (scoring, generation with a KV cache) the
+over the activations is spent on them. Under autograd a module's fused forward is one node with
+its backward written out (adapters/fused_train.py), so gradients land in the gathered slots
+only. Under ``no_grad`` (scoring, generation with a KV cache) the
 prepared weights are kept for the life of the routing, so each decode step pays four matmuls
 per module and nothing else.
 
@@ -31,9 +32,9 @@ from __future__ import annotations
 
 import threading
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal, cast
 
 import torch
@@ -41,6 +42,7 @@ import torch
 from lorahive.adapters.bank import LevelBank
 from lorahive.adapters.dense import DENSE_COLUMNS, dense_weights, row_scale
 from lorahive.adapters.routing import Routing
+from lorahive.adapters.slot_rows import SlotRows, slot_rows
 
 if TYPE_CHECKING:
     from lorahive.adapters.layer import HiveLinear
@@ -81,13 +83,25 @@ class _Weights:
 
 
 @dataclass(frozen=True)
-class _Term:
-    """One level's contribution: its bank, the slots of the rows (None: one slot), the coefficient."""
+class Term:
+    """One level's contribution: its bank, the slots of the rows (None: one slot), the coefficient.
+
+    For training (adapters/fused_train.py) under ``slot_grads``: ``rows``, the distinct slots the
+    rows use (the bank's gradient is sparse over them), and ``leaf``, the bank that takes the
+    gradient when ``bank`` is its weights joined with extra slots without autograd.
+    """
 
     bank: LevelBank | _Weights
     slots: torch.Tensor | None  # (B,) long, (1,) when every row uses that slot, or None: slot 0
     coeff: float  # mix · alpha / r
     gate: torch.Tensor | None  # (B,) float, or None
+    leaf: LevelBank | None = None
+    rows: SlotRows | None = None
+
+    def inputs(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The factors autograd differentiates: the leaf bank's, else those the term reads."""
+        source = self.leaf if self.leaf is not None else self.bank
+        return source.A, source.B
 
 
 @dataclass(frozen=True)
@@ -132,6 +146,7 @@ class _Plan:
 
     terms: dict[str, tuple[torch.Tensor | None, float, torch.Tensor | None]]
     seen: set[str]
+    rows: dict[str, SlotRows] = field(default_factory=dict)  # per level under slot_grads, made by the first module that trains it
 
 
 # Plans and prepared weights live as long as their routing object (one forward pass, or one
@@ -181,33 +196,54 @@ def _plan(layer: HiveLinear, routing: Routing) -> _Plan:
     return plan
 
 
-def _terms(layer: HiveLinear, routing: Routing) -> tuple[list[_Term], list[_Term]]:
-    """Split ``layer``'s running levels into one-slot terms and per-row terms."""
-    one: list[_Term] = []
-    rows: list[_Term] = []
-    terms = _plan(layer, routing).terms
+def split_terms(layer: HiveLinear, routing: Routing, train: bool = False) -> tuple[list[Term], list[Term]]:
+    """Split ``layer``'s running levels into one-slot terms and per-row terms.
+
+    ``train``: for the training node, whose banks under ``slot_grads`` get row-sparse gradients
+    (a level with extra slots then reads them joined without autograd, its bank the leaf).
+    """
+    one: list[Term] = []
+    rows: list[Term] = []
+    plan = _plan(layer, routing)
     for level, module in layer.banks.items():
-        term = terms.get(level)
+        term = plan.terms.get(level)
         if term is None:
             continue
         slots, coeff, gate = term
         bank = cast(LevelBank, module)
         own = level not in routing.overrides and level not in routing.extra
-        t = _Term(bank if own else _Weights(*routing.weights(level, layer.name, bank.A, bank.B), bank.rank), slots, coeff, gate)
+        used = None
+        if train and bank.slot_grads and bank.n_slots > 1 and slots is not None and level not in routing.overrides:
+            used = _slot_rows(plan, routing, level, slots, bank.n_slots)
+        if own:
+            t = Term(bank, slots, coeff, gate, rows=used)
+        elif used is not None:  # extra slots joined without autograd: the gradient goes to the bank alone, sparse
+            with torch.no_grad():
+                t = Term(_Weights(*routing.weights(level, layer.name, bank.A, bank.B), bank.rank), slots, coeff, gate, bank, used)
+        else:
+            t = Term(_Weights(*routing.weights(level, layer.name, bank.A, bank.B), bank.rank), slots, coeff, gate)
         (one if gate is None and (slots is None or slots.shape[0] == 1) else rows).append(t)
     return one, rows
 
 
+def _slot_rows(plan: _Plan, routing: Routing, level: str, slots: torch.Tensor, size: int) -> SlotRows:
+    """``level``'s :class:`SlotRows` under ``routing``, made once for all its modules."""
+    if level not in plan.rows:
+        host = routing.host_slots.get(level)
+        plan.rows[level] = slot_rows(host[: slots.shape[0]] if host is not None else None, slots, size)  # a uniform level runs its first row's slot
+    return plan.rows[level]
+
+
 # ---------------------------------------------------------------------------- weights
-def _alpha(terms: list[_Term]) -> float | None:
+def common_coeff(terms: list[Term]) -> float | None:
     """The coefficient shared by all ungated terms, else None."""
     first = terms[0].coeff
     return first if all(t.gate is None and t.coeff == first for t in terms) else None
 
 
-def _one_weights(terms: list[_Term], dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, float]:
+def one_weights(terms: list[Term], dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, float]:
     """``(R_s, in)``, ``(out, R_s)`` and the expand's alpha, for terms with one slot each."""
-    alpha = _alpha(terms)
+    alpha = common_coeff(terms)
     a_parts, b_parts = [], []
     for t in terms:
         a = t.bank.A[0] if t.slots is None else t.bank.A.index_select(0, t.slots)[0]  # (r, in)
@@ -217,9 +253,9 @@ def _one_weights(terms: list[_Term], dtype: torch.dtype) -> tuple[torch.Tensor, 
     return _cat(a_parts, 0, dtype), _cat(b_parts, 1, dtype), 1.0 if alpha is None else alpha
 
 
-def _row_weights(terms: list[_Term], dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, float]:
+def row_weights(terms: list[Term], dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, float]:
     """``(B, R_r, in)``, ``(B, out, R_r)`` gathered for the batch's rows, and the expand's alpha."""
-    alpha = _alpha(terms)
+    alpha = common_coeff(terms)
     a_parts, b_parts = [], []
     for t in terms:
         assert t.slots is not None
@@ -242,25 +278,25 @@ def _cat(parts: list[torch.Tensor], dim: int, dtype: torch.dtype) -> torch.Tenso
 
 def prepare(layer: HiveLinear, routing: Routing, dtype: torch.dtype) -> Prepared:
     """The concatenated weights of ``layer`` for ``routing`` (differentiable w.r.t. the banks)."""
-    one, rows = _terms(layer, routing)
+    one, rows = split_terms(layer, routing)
     pool = pooled(layer, one, rows, dtype, routing) if routing.pooled else None
     if pool is not None:
         return pool
-    a_one, b_one, alpha_one = _one_weights(one, dtype) if one else (None, None, 1.0)
-    a_rows, b_rows, alpha_rows = _row_weights(rows, dtype) if rows else (None, None, 1.0)
+    a_one, b_one, alpha_one = one_weights(one, dtype) if one else (None, None, 1.0)
+    a_rows, b_rows, alpha_rows = row_weights(rows, dtype) if rows else (None, None, 1.0)
     return Prepared(a_one, b_one, alpha_one, a_rows, b_rows, alpha_rows)
 
 
 def refresh(layer: HiveLinear, routing: Routing, dtype: torch.dtype) -> tuple[int, ...]:
     """Bring ``layer``'s pooled weights for ``routing`` up to date in their own storage; their addresses (none if not pooled)."""
-    one, rows = _terms(layer, routing)
+    one, rows = split_terms(layer, routing)
     with torch.no_grad():
         pooled(layer, one, rows, dtype, routing)
     kept = layer.pooled
     return () if kept is None else tuple(t.data_ptr() for t in kept.weights if t is not None)
 
 
-def pooled(layer: HiveLinear, one: list[_Term], rows: list[_Term], dtype: torch.dtype, routing: Routing) -> Prepared | None:
+def pooled(layer: HiveLinear, one: list[Term], rows: list[Term], dtype: torch.dtype, routing: Routing) -> Prepared | None:
     """``prepare`` from weights kept on ``layer`` between forwards: the levels concatenated and cast once per change.
 
     Applies without autograd when every per-row term reads one slot tensor from its own bank,
@@ -282,7 +318,7 @@ def pooled(layer: HiveLinear, one: list[_Term], rows: list[_Term], dtype: torch.
     key = (dtype, dense, *((id(t.bank.A), t.bank.A._version, id(t.bank.B), t.bank.B._version, t.coeff, t.slots is None) for t in (*one, *rows)), len(one))
     kept = layer.pooled
     if kept is None or kept.key != key:
-        a_one, b_one, alpha_one = _one_weights(one, dtype) if one else (None, None, 1.0)
+        a_one, b_one, alpha_one = one_weights(one, dtype) if one else (None, None, 1.0)
         a_rows, b_rows, alpha_rows = _pool_weights(rows, dtype) if rows else (None, None, 1.0)
         built: tuple[torch.Tensor | None, ...] = (a_one, b_one, a_rows, b_rows)
         if dense:
@@ -314,9 +350,9 @@ def _fits(old: torch.Tensor | None, new: torch.Tensor | None) -> bool:
     return (old is None) == (new is None) and (old is None or (new is not None and old.shape == new.shape and old.dtype == new.dtype))
 
 
-def _pool_weights(terms: list[_Term], dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, float]:
+def _pool_weights(terms: list[Term], dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, float]:
     """Whole banks ``(S, R_r, in)``, ``(S, out, R_r)`` concatenated along the rank, coefficients in B where they differ."""
-    alpha = _alpha(terms)
+    alpha = common_coeff(terms)
     a_parts = [t.bank.A for t in terms]
     b_parts = [t.bank.B if alpha is not None else t.bank.B * t.coeff for t in terms]
     return _cat(a_parts, 1, dtype), _cat(b_parts, 2, dtype), 1.0 if alpha is None else alpha
@@ -363,112 +399,3 @@ def apply(prep: Prepared, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         flat = flat.addmm_(h, b_all) if inplace else torch.addmm(flat, h, b_all)
         out = flat.view(out.shape)
     return out.view(y.shape)
-
-
-def fused_forward(layer: HiveLinear, x: torch.Tensor, y: torch.Tensor, routing: Routing) -> torch.Tensor:
-    """The levels' contribution added to the base output ``y`` in one shrink and one expand per kind."""
-    if torch.is_grad_enabled() and not any(g.requires_grad for g in routing.gates.values()):
-        one, rows = _terms(layer, routing)
-        if not one and not rows:
-            return y
-        weights = [w for t in (*one, *rows) for w in (t.bank.A, t.bank.B)]
-        return cast(torch.Tensor, _FusedLoRA.apply(x, y, (one, rows), *weights))
-    return apply(prepared(layer, routing, x.dtype), x, y)
-
-
-# ---------------------------------------------------------------------------- training
-class _FusedLoRA(torch.autograd.Function):
-    """The fused forward as one autograd node, with its backward written out.
-
-    Under autograd the forward would record ~25 nodes per module (gathers, casts,
-    concatenations, coefficient products) and the backward would replay each. Here the
-    forward prepares the weights without autograd (casts written straight into the
-    activation dtype) and the backward computes, per kind, the four products of a LoRA
-    backward and hands each level its share of the rank: its slot rows added into a zero
-    gradient shaped like its bank, as the gather's own backward would.
-    """
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, y: torch.Tensor, terms: tuple[list[_Term], list[_Term]], *weights: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        one, rows = terms
-        a_one, b_one, alpha_one = _one_weights(one, x.dtype) if one else (None, None, 1.0)
-        a_rows, b_rows, alpha_rows = _row_weights(rows, x.dtype) if rows else (None, None, 1.0)
-        x3 = x.unsqueeze(1) if x.dim() == 2 else x  # (B, T, in)
-        out = y.unsqueeze(1) if y.dim() == 2 else y  # (B, T, out)
-        h_one = h_rows = None
-        if a_one is not None and b_one is not None:
-            h_one = (x3 @ a_one.t()).view(-1, a_one.shape[0])  # (N, R_s)
-            out = torch.addmm(out.reshape(-1, out.shape[-1]), h_one, b_one.t(), alpha=alpha_one).view(out.shape)
-        if a_rows is not None and b_rows is not None:
-            h_rows = torch.bmm(x3, a_rows.transpose(1, 2))  # (B, T, R_r)
-            b = b_rows.transpose(1, 2)
-            out = out.baddbmm_(h_rows, b, alpha=alpha_rows) if h_one is not None else torch.baddbmm(out, h_rows, b, alpha=alpha_rows)
-        ctx.terms, ctx.alphas, ctx.x_shape = terms, (alpha_one, alpha_rows), x.shape
-        ctx.save_for_backward(x3, a_one, b_one, h_one, a_rows, b_rows, h_rows)
-        return out.view(y.shape)
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:  # type: ignore[override]
-        x3, a_one, b_one, h_one, a_rows, b_rows, h_rows = ctx.saved_tensors
-        one, rows = ctx.terms
-        alpha_one, alpha_rows = ctx.alphas
-        g3 = (grad.unsqueeze(1) if grad.dim() == 2 else grad).contiguous()  # (B, T, out)
-        need_x, first_rows = ctx.needs_input_grad[0], 3 + 2 * len(one)
-        gx: torch.Tensor | None = None  # (B, T, in)
-        wgrads: list[torch.Tensor | None] = []
-        if one:
-            gf, xf = g3.view(-1, g3.shape[-1]), x3.reshape(-1, x3.shape[-1])  # (N, out), (N, in)
-            dh = gf @ b_one  # (N, R_s), coefficients of b_one included, alpha not
-            if need_x:
-                gx = _scaled(dh @ a_one, alpha_one).view(x3.shape)
-            wgrads += _bank_grads(one, ctx.needs_input_grad[3:first_rows], lambda: dh.t() @ xf, lambda: gf.t() @ h_one, alpha_one, rowwise=False)
-        if rows:
-            dh_r = torch.bmm(g3, b_rows)  # (B, T, R_r)
-            if need_x:
-                gx = _scaled(torch.bmm(dh_r, a_rows), alpha_rows) if gx is None else gx.baddbmm_(dh_r, a_rows, alpha=alpha_rows)
-            d_a, d_b = lambda: torch.bmm(dh_r.transpose(1, 2), x3), lambda: torch.bmm(g3.transpose(1, 2), h_rows)
-            wgrads += _bank_grads(rows, ctx.needs_input_grad[first_rows:], d_a, d_b, alpha_rows, rowwise=True)
-        dx = gx.view(ctx.x_shape) if gx is not None else None
-        return (dx, grad if ctx.needs_input_grad[1] else None, None, *wgrads)
-
-
-def _scaled(t: torch.Tensor, alpha: float) -> torch.Tensor:
-    return t if alpha == 1.0 else t.mul_(alpha)
-
-
-def _bank_grads(terms: list[_Term], needs: tuple[bool, ...], d_a: Callable[[], torch.Tensor], d_b: Callable[[], torch.Tensor], alpha: float, rowwise: bool) -> list[torch.Tensor | None]:
-    """Each term's (grad A, grad B), from the concatenated ``d_a`` (…, R, in) and ``d_b`` (…, out, R).
-
-    ``d_a`` carries the coefficients that sit in the expand weights and lacks ``alpha``;
-    ``d_b`` carries neither, so each level's share is scaled by its own coefficient.
-    """
-    shared = _alpha(terms)
-    da = d_a() if any(needs[0::2]) else None
-    db = d_b() if any(needs[1::2]) else None
-    out: list[torch.Tensor | None] = []
-    at = 0
-    for i, t in enumerate(terms):
-        r = t.bank.rank
-        ga = gb = None
-        if da is not None and needs[2 * i]:
-            ga = _to_bank(t, t.bank.A, da[..., at : at + r, :], alpha, rowwise)
-        if db is not None and needs[2 * i + 1]:
-            part = db[..., at : at + r]
-            if t.gate is not None:  # per-row coefficient
-                gb = _to_bank(t, t.bank.B, part * (t.coeff * t.gate.to(part.dtype)).view(-1, 1, 1), 1.0, rowwise)
-            else:
-                gb = _to_bank(t, t.bank.B, part, alpha if shared is not None else t.coeff, rowwise)
-        out += [ga, gb]
-        at += r
-    return out
-
-
-def _to_bank(t: _Term, weight: torch.Tensor, part: torch.Tensor, scale: float, rowwise: bool) -> torch.Tensor:
-    """A zero gradient shaped like the bank with ``scale · part`` added at the term's slot(s)."""
-    part = part.to(weight.dtype)
-    if not rowwise:
-        part = part.unsqueeze(0)  # (1, …)
-        if weight.shape[0] == 1:
-            return part if scale == 1.0 else part * scale
-    slots = t.slots if t.slots is not None else torch.zeros(1, dtype=torch.long, device=weight.device)
-    return torch.zeros_like(weight).index_add_(0, slots, part, alpha=scale)

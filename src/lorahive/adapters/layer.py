@@ -12,7 +12,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from lorahive.adapters.bank import LevelBank, routed_delta
-from lorahive.adapters.fused import Pool, fused_forward, wants_fused
+from lorahive.adapters.fused import Pool, wants_fused
+from lorahive.adapters.fused_train import fused_forward
 from lorahive.adapters.merge import mergeable, merged_weight, without
 from lorahive.adapters.routing import Routing, RoutingState
 from lorahive.config import LevelSpec

@@ -3,9 +3,11 @@
 A fleet's memory grows with its per-agent and per-task levels (shared levels hold one slot
 whatever the fleet's size). Per slot they hold the factors ``A`` and ``B``, the stored init
 snapshot ``A0`` (none when it is regenerated, :class:`~lorahive.config.MemorySpec`), the AdamW
-moments (on the device, or rows on the host) and, during a learn step, a gradient shaped like
-each trained bank (adapters/fused.py gives every trained factor a whole-bank gradient). The
-figure is what the capacity benchmark (benchmarks/gpu/capacity.py) checks without a GPU.
+moments (on the device, or rows on the host) and, during a learn step, the gradient of each
+trained bank: shaped like the bank (adapters/fused_train.py), or, under ``slot_grads``, rows for
+the step's slots only, held twice at the optimizer step (the sparse rows and the compact copy
+learning/step_grads.py cuts). The figure is what the capacity benchmark
+(benchmarks/gpu/capacity.py) checks without a GPU.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ class Footprint:
     init: int  # stored A0, on the banks' device
     moments_device: int  # AdamW moments and step counts kept on the device
     moments_host: int  # AdamW moment rows kept on the host
-    gradient: int  # the whole-bank gradient of every trained factor, held during a learn step
+    gradient: int  # the gradient of every trained factor at a learn step's peak (whole banks, or the step's slots' rows twice)
 
     @property
     def device(self) -> int:
@@ -53,8 +55,12 @@ class Footprint:
         }  # fmt: skip
 
 
-def footprint(core: HiveCore) -> Footprint:
-    """The :class:`Footprint` of ``core``'s per-agent and per-task levels now."""
+def footprint(core: HiveCore, step_slots: int | None = None) -> Footprint:
+    """The :class:`Footprint` of ``core``'s per-agent and per-task levels now.
+
+    ``step_slots``: the slots one learn step trains (default every slot), which sizes the
+    gradient under ``MemorySpec.slot_grads``; without it the gradient is the whole banks'.
+    """
     weights = init = grad = moments_device = moments_host = 0
     slots = 0
     for lv in core.levels:
@@ -65,7 +71,9 @@ def footprint(core: HiveCore) -> Footprint:
             weights += _nbytes(bank.A) + _nbytes(bank.B)
             init += _nbytes(bank.A0) if bank.store_init else 0
             if lv.trainable:
-                grad += _nbytes(bank.A) + _nbytes(bank.B)
+                whole = _nbytes(bank.A) + _nbytes(bank.B)
+                trained = bank.n_slots if step_slots is None else min(step_slots, bank.n_slots)
+                grad += 2 * whole * trained // bank.n_slots if bank.slot_grads and bank.n_slots > 1 else whole
         held = core.optimizers[lv.name].nbytes()
         moments_device += held["device"]
         moments_host += held["host"]

@@ -70,11 +70,11 @@ class HiveCore:
             for p in self.level_params(lv.name).values():
                 p.requires_grad_(lv.trainable)
             for bank in self.banks(lv.name):
-                bank.keep_init(self.memory.store_init)
+                bank.use_memory(self.memory.store_init, self.memory.slot_grads)
 
     def _optimizer(self, spec: LevelSpec) -> SlotAdamW:
         """A level's per-slot AdamW; its moments on the host when ``memory.host_moments`` and the level has a slot per agent or task."""
-        return SlotAdamW(lr=spec.step_size, weight_decay=spec.weight_decay, host=self.memory.host_moments and spec.scope != "shared")
+        return SlotAdamW(lr=spec.step_size, weight_decay=spec.weight_decay, host=self.memory.host_moments and spec.scope != "shared", host_dtype=getattr(torch, self.memory.host_moments_dtype))
 
     # ------------------------------------------------------------------ registry
     @property
@@ -147,7 +147,7 @@ class HiveCore:
         found = False
         for path, layer in self.layers.items():
             if spec.wraps(path):
-                bank = LevelBank(n, spec.rank, layer.in_features, layer.out_features, key=f"{self.seed}/{spec.name}/{path}", store_init=self.memory.store_init)
+                bank = LevelBank(n, spec.rank, layer.in_features, layer.out_features, key=f"{self.seed}/{spec.name}/{path}", store_init=self.memory.store_init, slot_grads=self.memory.slot_grads)
                 layer.banks[spec.name] = bank.to(device=layer.weight.device, dtype=torch.float32)
                 layer.scales[spec.name] = spec.scale
                 found = True

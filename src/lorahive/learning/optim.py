@@ -16,6 +16,10 @@ launches per level instead of ~15 per parameter. Slots outside the runs are neve
 that trained: a step gathers its slots' weights, gradients and moments into contiguous copies
 on the device, runs the same kernel on them and scatters them back, so the update is the one
 the resident state makes, bit for bit.
+
+A gradient may be slot-shaped or, under ``MemorySpec.slot_grads``, sparse over the slots its
+rows used; the step compacts a sparse one to its slots and cuts the same pieces from it
+(learning/step_grads.py), so the update is the same bit for bit.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from torch import nn
 from torch.autograd.graph import increment_version
 
 from lorahive.learning.paged import HostMoments
+from lorahive.learning.step_grads import StepGrads
 from lorahive.tensors import to_device
 
 MAX_RUNS = 8  # a step count's slots in more runs than this are gathered into copies, not cut into views
@@ -64,7 +69,11 @@ class SlotAdamW:
     state: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
     host_steps: dict[str, list[int]] = field(default_factory=dict)
     host: bool = False  # moments on the host, rows for slots that trained (learning/paged.py)
+    host_dtype: torch.dtype | None = None  # the host rows' dtype (bfloat16: half the bytes, rounded every step); None: the parameters'
     pages: HostMoments = field(default_factory=HostMoments)
+
+    def __post_init__(self) -> None:
+        self.pages.dtype = self.host_dtype
 
     def _state(self, i: str, p: nn.Parameter) -> dict[str, torch.Tensor]:
         if self.host:
@@ -109,10 +118,11 @@ class SlotAdamW:
         groups: dict[tuple[torch.device, torch.dtype], list[tuple[str, nn.Parameter, dict[str, torch.Tensor]]]] = {}
         for i, p, st in live:
             groups.setdefault((p.device, p.dtype), []).append((i, p, st))
+        grads = StepGrads(used)
         for group in groups.values():
-            (self._step_host if self.host else self._step_group)(group, used, self.lr if lr is None else lr, found_inf)
+            (self._step_host if self.host else self._step_group)(group, grads, self.lr if lr is None else lr, found_inf)
 
-    def _step_host(self, group: list[tuple[str, nn.Parameter, dict[str, torch.Tensor]]], used: list[int], lr: float, found_inf: torch.Tensor | None) -> None:
+    def _step_host(self, group: list[tuple[str, nn.Parameter, dict[str, torch.Tensor]]], grads: StepGrads, lr: float, found_inf: torch.Tensor | None) -> None:
         """:meth:`_step_group` with the moments on the host, brought to the device for the pieces the resident step cuts.
 
         The pieces (a run of slots, or a step count's gathered slots) are those :meth:`_plan` gives
@@ -120,7 +130,7 @@ class SlotAdamW:
         the same-sized tensor (its CPU version computes a tensor's tail apart from its vectorised
         body) and the update is the resident one bit for bit.
         """
-        device = group[0][1].device
+        device, used = group[0][1].device, grads.used
         plans: dict[tuple[int, ...], list[tuple[torch.Tensor, list[Run], torch.Tensor | None]]] = {}
         counts: dict[int, torch.Tensor] = {}
         lists: list[list[torch.Tensor]] = [[], [], [], [], []]  # params, grads, m, v, step counts
@@ -136,7 +146,7 @@ class SlotAdamW:
                 plans[key] = self._plan(used, list(key), counts, device)
             assert p.grad is not None
             w = p.detach()
-            g = p.grad if p.grad.is_contiguous() else p.grad.contiguous()
+            g, compacted = grads.of(p.grad)
             for count, runs, idx in plans[key]:
                 pieces = [list(range(a, b)) for a, b, _ in runs] if idx is None else [[s for a, b, _ in runs for s in range(a, b)]]
                 for slots in pieces:
@@ -146,17 +156,17 @@ class SlotAdamW:
                     if idx is None:  # a run: weight and gradient as views, as the resident step takes them
                         a, b = slots[0], slots[-1] + 1
                         whole = a == 0 and b == w.shape[0]
-                        wp, gp = (w, g) if whole else (w[a:b], g[a:b])
+                        wp, gp = w if whole else w[a:b], grads.run(g, compacted, a, b, whole)
                     else:
-                        wp, gp = w.index_select(0, at), g.index_select(0, at)
+                        wp, gp = w.index_select(0, at), grads.gather(g, compacted, at)
                     m, v = self.pages.gather(name, rows, device)
                     for lst, c in zip(lists, (wp, gp, m, v, count), strict=True):
                         lst.append(c)
                     back.append((w, at if idx is not None else None, name, rows))
-        params, grads, avgs, avg_sqs, steps = lists
+        params, grad_parts, avgs, avg_sqs, steps = lists
         b1, b2 = self.betas
         torch._fused_adamw_(
-            params, grads, avgs, avg_sqs, [], steps,
+            params, grad_parts, avgs, avg_sqs, [], steps,
             lr=lr, beta1=b1, beta2=b2, weight_decay=self.weight_decay, eps=self.eps, amsgrad=False, maximize=False,
             found_inf=found_inf,
         )  # fmt: skip
@@ -167,9 +177,9 @@ class SlotAdamW:
         for _, p, _ in group:  # views written by the fused kernel: bump the version counter, as the resident step does
             increment_version(p.detach())
 
-    def _step_group(self, group: list[tuple[str, nn.Parameter, dict[str, torch.Tensor]]], used: list[int], lr: float, found_inf: torch.Tensor | None) -> None:
+    def _step_group(self, group: list[tuple[str, nn.Parameter, dict[str, torch.Tensor]]], grads: StepGrads, lr: float, found_inf: torch.Tensor | None) -> None:
         """One fused AdamW over the used slots of parameters that share a device and dtype."""
-        device = group[0][1].device
+        device, used = group[0][1].device, grads.used
         plans: dict[tuple[int, ...], list[tuple[torch.Tensor, list[Run], torch.Tensor | None]]] = {}
         counts: dict[int, torch.Tensor] = {}
         views: list[list[torch.Tensor]] = [[], [], [], [], [], []]  # params, grads, m, v, new counts, step counts
@@ -183,24 +193,26 @@ class SlotAdamW:
                 plans[key] = self._plan(used, list(key), counts, device)
             w = p.detach()
             assert p.grad is not None
-            g = p.grad if p.grad.is_contiguous() else p.grad.contiguous()
-            tensors = (w, g, st["exp_avg"], st["exp_avg_sq"])
+            g, compacted = grads.of(p.grad)
+            tensors = (w, st["exp_avg"], st["exp_avg_sq"], st["step"])
             for count, runs, idx in plans[key]:
                 if idx is None:  # a few runs: views, no copy
                     for start, stop, _ in runs:
                         whole = start == 0 and stop == w.shape[0]
-                        w_, g_, m_, v_, s_ = (t if whole else t[start:stop] for t in (*tensors, st["step"]))
+                        w_, m_, v_, s_ = (t if whole else t[start:stop] for t in tensors)
+                        g_ = grads.run(g, compacted, start, stop, whole)
                         for lst, view in zip(views, (w_, g_, m_, v_, count, s_), strict=True):
                             lst.append(view)
                 else:  # many runs: gather into contiguous copies, scatter back after
-                    gathered.append((w, st, idx, [t.index_select(0, idx) for t in tensors], runs[0][2] + 1))
-        params, grads, avgs, avg_sqs, steps = views[:5]
+                    w_, m_, v_ = (t.index_select(0, idx) for t in tensors[:3])
+                    gathered.append((w, st, idx, [w_, grads.gather(g, compacted, idx), m_, v_], runs[0][2] + 1))
+        params, grad_parts, avgs, avg_sqs, steps = views[:5]
         for *_, copies, new_count in gathered:
-            for lst, c in zip((params, grads, avgs, avg_sqs, steps), (*copies, counts[new_count]), strict=True):
+            for lst, c in zip((params, grad_parts, avgs, avg_sqs, steps), (*copies, counts[new_count]), strict=True):
                 lst.append(c)
         b1, b2 = self.betas
         torch._fused_adamw_(
-            params, grads, avgs, avg_sqs, [], steps,
+            params, grad_parts, avgs, avg_sqs, [], steps,
             lr=lr, beta1=b1, beta2=b2, weight_decay=self.weight_decay, eps=self.eps, amsgrad=False, maximize=False,
             found_inf=found_inf,
         )  # fmt: skip
@@ -346,7 +358,7 @@ class SlotAdamW:
 
     def _load_host(self, flat: dict[str, torch.Tensor]) -> None:
         """:meth:`load_state_dict` under ``host``: rows for the slots that stepped or hold a moment."""
-        self.pages, self.host_steps = HostMoments(), {}
+        self.pages, self.host_steps = HostMoments(self.host_dtype), {}
         names = sorted({key.rpartition(":")[0] for key in flat})
         live: set[int] = set()
         for name in names:

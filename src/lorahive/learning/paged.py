@@ -7,6 +7,12 @@ device run at full speed), and only the rows of slots that trained at least once
 row is allocated, zero, the first time its slot steps, and the store grows by doubling. A
 step gathers its slots' rows to the device, runs the same fused AdamW kernel on them, and
 writes them back (:class:`~lorahive.learning.optim.SlotAdamW`).
+
+``dtype`` stores the rows in another dtype than the parameters' (bfloat16: half the host
+bytes): a gather casts them up to the parameters' dtype for the kernel, a scatter rounds them
+back (to nearest), so every step rounds the moments once and the update is no longer the
+resident one bit for bit. What the store hands out (:meth:`slot_rows`) is in the parameters'
+dtype, so checkpoints and slot transfers look the same either way.
 """
 
 from __future__ import annotations
@@ -27,7 +33,8 @@ class HostMoments:
     step together, so they share it); a slot without a row has zero moments.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, dtype: torch.dtype | None = None) -> None:
+        self.dtype = dtype  # the rows' dtype; None: the parameters'
         self.rows: dict[int, int] = {}
         self.capacity = 0
         self.stores: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # name -> (exp_avg, exp_avg_sq), (capacity, *shape)
@@ -42,7 +49,7 @@ class HostMoments:
 
     def _zeros(self, name: str, n: int) -> torch.Tensor:
         shape, dtype, pin = self.shapes[name]
-        return torch.zeros(n, *shape, dtype=dtype, pin_memory=pin)
+        return torch.zeros(n, *shape, dtype=self.dtype or dtype, pin_memory=pin)
 
     def index(self, slots: Sequence[int]) -> torch.Tensor:
         """The rows of ``slots`` as a CPU long tensor, allocating (zero) rows for slots that have none."""
@@ -67,15 +74,16 @@ class HostMoments:
         self.capacity = cap
 
     def gather(self, name: str, rows: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        """The moments at ``rows`` as contiguous copies on ``device``."""
+        """The moments at ``rows`` as contiguous copies on ``device``, in the parameters' dtype."""
         m, v = self.stores[name]
-        return m.index_select(0, rows).to(device), v.index_select(0, rows).to(device)
+        dtype = self.shapes[name][1]
+        return m.index_select(0, rows).to(device).to(dtype), v.index_select(0, rows).to(device).to(dtype)
 
     def scatter(self, name: str, rows: torch.Tensor, m: torch.Tensor, v: torch.Tensor) -> None:
         """Write moments (from :meth:`gather`, updated) back at ``rows``."""
         store_m, store_v = self.stores[name]
-        store_m.index_copy_(0, rows, m.to("cpu"))
-        store_v.index_copy_(0, rows, v.to("cpu"))
+        store_m.index_copy_(0, rows, m.to(store_m.dtype).to("cpu"))
+        store_v.index_copy_(0, rows, v.to(store_v.dtype).to("cpu"))
 
     def zero(self, slots: Sequence[int]) -> None:
         """Clear the moments of ``slots`` (their rows stay allocated)."""
@@ -93,7 +101,7 @@ class HostMoments:
         out = torch.zeros(len(slots), *self.shapes[name][0], dtype=self.shapes[name][1])
         pos = [i for i, s in enumerate(slots) if s in self.rows]
         if pos:
-            out[pos] = store.index_select(0, torch.tensor([self.rows[slots[i]] for i in pos], dtype=torch.long))
+            out[pos] = store.index_select(0, torch.tensor([self.rows[slots[i]] for i in pos], dtype=torch.long)).to(out.dtype)
         return out
 
     def nbytes(self) -> int:

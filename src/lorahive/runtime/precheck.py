@@ -78,7 +78,7 @@ def slot_bytes(hive: Hive, n_agents: int) -> int:
             continue
         for _, bank in hive.core.named_banks(lv.name):
             a, b = bank.A[0].numel(), bank.B[0].numel()
-            copies = 2 + (0 if memory.host_moments else 2)  # factor, gradient, moments
+            copies = 1 + (2 if memory.slot_grads else 1) + (0 if memory.host_moments else 2)  # factor, gradient (rows held twice under slot_grads: a step of every agent), moments
             total += n_agents * ((a + b) * copies + (a if memory.store_init else 0)) * bank.A.element_size()
     return total
 
