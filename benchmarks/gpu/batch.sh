@@ -7,7 +7,8 @@
 #   call 1, carry [.carry/model.part-aa, .carry/model.sha256, .carry/data, .whl]:  bash benchmarks/gpu/batch.sh setup
 #   call 2, carry [.carry/model.part-ab]:  bash benchmarks/gpu/batch.sh tests      (GPU tests, forward figures: $OUT/fwd.txt;
 #            WIDE="64" measures K = 64 only after K = 1 and 8, default "64 256"; BIG=1 adds the 8B architecture: $OUT/fwd8b.txt)
-#   optional call:  bash benchmarks/gpu/batch.sh profile   (kernel tables of the live and captured forward: $OUT/profile.txt)
+#   optional calls:  bash benchmarks/gpu/batch.sh profile   (kernel tables of the live and captured forward: $OUT/profile.txt)
+#                    LAYOUT=lean bash benchmarks/gpu/batch.sh capacity   (agents resident and trainable: $OUT/capacity.txt)
 #   call 3:  bash benchmarks/gpu/batch.sh launch NAME SCRIPT [ARG ...]; bash benchmarks/gpu/collect.sh 450 /tmp/NAME
 #            e.g. `launch abl mechanisms_ablation.sh 0` runs `benchmarks/gpu/mechanisms_ablation.sh /tmp/setup /tmp/abl 0`
 #            detached from a copy of the tree (the tree is uploaded again at every call); its runs are under
@@ -16,7 +17,7 @@
 #
 # SETUP on the machine is /tmp/setup (what carry-model.sh writes, the wheels in /tmp/setup/whl), as the scripts here expect.
 set -uo pipefail
-step=${1:?setup | tests | profile | launch NAME SCRIPT [ARG ...]}; shift
+step=${1:?setup | tests | profile | capacity | launch NAME SCRIPT [ARG ...]}; shift
 case $step in
   setup)
     mkdir -p /tmp/setup/whl && cp -r .carry/model.part-aa .carry/model.sha256 .carry/data /tmp/setup/ && cp .whl/*.whl /tmp/setup/whl/
@@ -34,10 +35,13 @@ case $step in
   profile)  # the kernels of the live and the captured forward, dense fleet of 8 (after `tests`, which sets up the model)
     setup=/tmp/setup; source benchmarks/gpu/setup_env.sh
     timeout 240 python3 benchmarks/gpu/profile_forward.py --agents 8 --fleet 8 2>&1 | grep -v "Warning\|warnings.warn" | tee "$OUT/profile.txt" | cut -c1-250 ;;
+  capacity)  # agents resident and trainable (issue [5/10]: >= 4,096), in LAYOUT (default lean; resident, paged, lean-bf16)
+    setup=/tmp/setup; source benchmarks/gpu/setup_env.sh
+    timeout 420 python3 benchmarks/gpu/capacity.py --max 4096 --memory "${LAYOUT:-lean}" 2>&1 | grep -v "Warning\|warnings.warn" | tee "$OUT/capacity.txt" | cut -c1-300 ;;
   launch)
     name=${1:?launch NAME SCRIPT [ARG ...]}; script=${2:?launch NAME SCRIPT [ARG ...]}; shift 2
     rm -rf "/tmp/lh-$name" && cp -r . "/tmp/lh-$name" && cd "/tmp/lh-$name" || exit 1
     setsid nohup bash "benchmarks/gpu/$script" /tmp/setup "/tmp/$name" "$@" > "/tmp/$name.log" 2>&1 < /dev/null &
     sleep 5; tail -n 3 "/tmp/$name.log" ;;
-  *) echo "unknown step $step: setup | tests | profile | launch NAME SCRIPT [ARG ...]" >&2; exit 2 ;;
+  *) echo "unknown step $step: setup | tests | profile | capacity | launch NAME SCRIPT [ARG ...]" >&2; exit 2 ;;
 esac
