@@ -138,16 +138,11 @@ class SlotAdamW:
         self.pages.index(used)  # rows for slots stepping for the first time, before any gather
         index: dict[tuple[int, ...], tuple[torch.Tensor, torch.Tensor]] = {}
         for name, p, _ in group:
-            host = self.host_steps[name]
-            key = tuple(host[s] for s in used)
-            for s in used:
-                host[s] += 1
-            if key not in plans:
-                plans[key] = self._plan(used, list(key), counts, device)
+            plan = self._advance(name, used, plans, counts, device)
             assert p.grad is not None
             w = p.detach()
             g, compacted = grads.of(p.grad)
-            for count, runs, idx in plans[key]:
+            for count, runs, idx in plan:
                 pieces = [list(range(a, b)) for a, b, _ in runs] if idx is None else [[s for a, b, _ in runs for s in range(a, b)]]
                 for slots in pieces:
                     if tuple(slots) not in index:
@@ -185,17 +180,12 @@ class SlotAdamW:
         views: list[list[torch.Tensor]] = [[], [], [], [], [], []]  # params, grads, m, v, new counts, step counts
         gathered: list[tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor, list[torch.Tensor], int]] = []
         for name, p, st in group:
-            host = self.host_steps[name]
-            key = tuple(host[s] for s in used)
-            for s in used:
-                host[s] += 1
-            if key not in plans:
-                plans[key] = self._plan(used, list(key), counts, device)
+            plan = self._advance(name, used, plans, counts, device)
             w = p.detach()
             assert p.grad is not None
             g, compacted = grads.of(p.grad)
             tensors = (w, st["exp_avg"], st["exp_avg_sq"], st["step"])
-            for count, runs, idx in plans[key]:
+            for count, runs, idx in plan:
                 if idx is None:  # a few runs: views, no copy
                     for start, stop, _ in runs:
                         whole = start == 0 and stop == w.shape[0]
@@ -225,6 +215,16 @@ class SlotAdamW:
             st["exp_avg"].index_copy_(0, idx, tm)
             st["exp_avg_sq"].index_copy_(0, idx, tv)
             st["step"].index_fill_(0, idx, new_count)
+
+    def _advance(self, name: str, used: list[int], plans: dict[tuple[int, ...], list[tuple[torch.Tensor, list[Run], torch.Tensor | None]]], counts: dict[int, torch.Tensor], device: torch.device) -> list[tuple[torch.Tensor, list[Run], torch.Tensor | None]]:
+        """Parameter ``name``'s plan for this step (shared by parameters whose used slots have the same counts); its host counts advance."""
+        host = self.host_steps[name]
+        key = tuple(host[s] for s in used)
+        for s in used:
+            host[s] += 1
+        if key not in plans:
+            plans[key] = self._plan(used, list(key), counts, device)
+        return plans[key]
 
     @staticmethod
     def _plan(used: list[int], row: list[int], counts: dict[int, torch.Tensor], device: torch.device) -> list[tuple[torch.Tensor, list[Run], torch.Tensor | None]]:
