@@ -159,12 +159,7 @@ class SlotAdamW:
                         lst.append(c)
                     back.append((w, at if idx is not None else None, name, rows))
         params, grad_parts, avgs, avg_sqs, steps = lists
-        b1, b2 = self.betas
-        torch._fused_adamw_(
-            params, grad_parts, avgs, avg_sqs, [], steps,
-            lr=lr, beta1=b1, beta2=b2, weight_decay=self.weight_decay, eps=self.eps, amsgrad=False, maximize=False,
-            found_inf=found_inf,
-        )  # fmt: skip
+        self._adamw(params, grad_parts, avgs, avg_sqs, steps, lr, found_inf)
         for (w, copied, name, rows), tw, tm, tv in zip(back, params, avgs, avg_sqs, strict=True):
             if copied is not None:
                 w.index_copy_(0, copied, tw)
@@ -200,12 +195,7 @@ class SlotAdamW:
         for *_, copies, new_count in gathered:
             for lst, c in zip((params, grad_parts, avgs, avg_sqs, steps), (*copies, counts[new_count]), strict=True):
                 lst.append(c)
-        b1, b2 = self.betas
-        torch._fused_adamw_(
-            params, grad_parts, avgs, avg_sqs, [], steps,
-            lr=lr, beta1=b1, beta2=b2, weight_decay=self.weight_decay, eps=self.eps, amsgrad=False, maximize=False,
-            found_inf=found_inf,
-        )  # fmt: skip
+        self._adamw(params, grad_parts, avgs, avg_sqs, steps, lr, found_inf)
         if views[5]:
             torch._foreach_add_(views[5], 1)
         for _, p, _ in group:  # the fused kernel writes through views without bumping the version counter; caches keyed on it need it
@@ -215,6 +205,15 @@ class SlotAdamW:
             st["exp_avg"].index_copy_(0, idx, tm)
             st["exp_avg_sq"].index_copy_(0, idx, tv)
             st["step"].index_fill_(0, idx, new_count)
+
+    def _adamw(self, params: list[torch.Tensor], grads: list[torch.Tensor], avgs: list[torch.Tensor], avg_sqs: list[torch.Tensor], steps: list[torch.Tensor], lr: float, found_inf: torch.Tensor | None) -> None:
+        """torch's fused multi-tensor AdamW over the pieces, with this optimizer's settings."""
+        b1, b2 = self.betas
+        torch._fused_adamw_(
+            params, grads, avgs, avg_sqs, [], steps,
+            lr=lr, beta1=b1, beta2=b2, weight_decay=self.weight_decay, eps=self.eps, amsgrad=False, maximize=False,
+            found_inf=found_inf,
+        )  # fmt: skip
 
     def _advance(self, name: str, used: list[int], plans: dict[tuple[int, ...], list[tuple[torch.Tensor, list[Run], torch.Tensor | None]]], counts: dict[int, torch.Tensor], device: torch.device) -> list[tuple[torch.Tensor, list[Run], torch.Tensor | None]]:
         """Parameter ``name``'s plan for this step (shared by parameters whose used slots have the same counts); its host counts advance."""
