@@ -101,6 +101,12 @@ class LevelBank(nn.Module):
             return self._a0.index_select(0, idx)
         return self._regenerate(list(slots)).to(self.A.device, self.A.dtype)
 
+    def init_row(self, slot: int) -> torch.Tensor:
+        """``A0`` of one slot (r, in), on ``A``'s device and dtype: a view of the stored snapshot, or regenerated."""
+        if self._a0 is not None:
+            return self._a0[slot]
+        return self._regenerate([slot])[0].to(self.A.device, self.A.dtype)
+
     def _regenerate(self, slots: list[int]) -> torch.Tensor:
         """Float32 CPU init rows of ``slots``: each chunk touched drawn once, up to its last row asked for."""
         starts = [c for c, _ in self.chunks]

@@ -372,7 +372,7 @@ class HiveCore:
             left = torch.stack([torch.cat([layers[p].B[slots[j]].float(), u.to(self.device).float() / spec.scale], 1) for j, p, u, _ in items])  # (n, out, r + k)
             right = torch.stack([torch.cat([layers[p].A[slots[j]].float(), v.to(self.device).float()], 0) for j, p, _, v in items])  # (n, r + k, in)
             new_b, new_a, dropped = refactor(left, right, spec.rank)
-            init = torch.stack([layers[p].init_rows([slots[j]])[0].float() for j, p, _, _ in items])  # (n, r, in)
+            init = torch.stack([layers[p].init_row(slots[j]).float() for j, p, _, _ in items])  # (n, r, in)
             new_b, new_a = balanced(new_b, new_a, init)  # A rows at the init's scale, as learned patterns hold them
             for i, (j, p, _, _) in enumerate(items):
                 bank = layers[p]

@@ -89,6 +89,11 @@ def _init_entry(bank: LevelBank) -> tuple[str, torch.Tensor]:
     return "A0_chunks", torch.tensor(bank.chunks, dtype=torch.long)
 
 
+def _chunk_table(t: torch.Tensor) -> list[tuple[int, int]]:
+    """A checkpointed ``A0_chunks`` tensor as the bank's table: (first slot, crc32) per chunk."""
+    return [(int(a), int(c)) for a, c in t.tolist()]
+
+
 def _write_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> str:
     """Write one safetensors file, fsync it, and return its sha256 (one worker of :func:`save`)."""
     save_file(tensors, str(path))
@@ -231,7 +236,7 @@ def _check_level(core: HiveCore, level: str, n_agents: int, file: Path) -> dict[
             raise CheckpointError(f"{file}: {key} holds NaN or inf")
     for path, bank in tables.items():
         try:
-            check_chunks(bank.key, bank.rank, bank.in_features, n, [(int(a), int(c)) for a, c in tensors[f"{path}/A0_chunks"].tolist()])
+            check_chunks(bank.key, bank.rank, bank.in_features, n, _chunk_table(tensors[f"{path}/A0_chunks"]))
         except ValueError as e:  # InitMismatch included
             raise CheckpointError(f"{file}: {e}") from None
     return tensors
@@ -358,7 +363,7 @@ def _load_checked(core: HiveCore, ckpt: Path, manifest: dict[str, Any], state: d
                 if bank.store_init:
                     bank.load_init(range(bank.n_slots), tensors[f"{path}/A0"])
                 else:
-                    bank.set_chunks([(int(a), int(c)) for a, c in tensors[f"{path}/A0_chunks"].tolist()])
+                    bank.set_chunks(_chunk_table(tensors[f"{path}/A0_chunks"]))
     for name, flat in optim.items():
         core.optimizers[name].load_state_dict(flat)
     core.states.update(state["level_states"])
