@@ -136,7 +136,7 @@ class RunConfig(BaseModel):
     stream: StreamConfig | None = Field(default=None, description="a continual-learning stream of task types; null = agents keep their own task type")
     observe: ObserveConfig = Field(default_factory=ObserveConfig, description="what is measured at the end of the run")
     mechanisms: MechanismsConfig = Field(default_factory=MechanismsConfig, description="the tick's mechanisms, each switchable (docs/mechanisms.md)")
-    memory: MemorySpec = Field(default_factory=MemorySpec, description="where the banks' init snapshots and the optimizer moments live (docs/performance.md, Capacity): all on the device by default")
+    memory: MemorySpec = Field(default_factory=MemorySpec, description="where the banks' init snapshots, the optimizer moments and a learn step's gradients live (docs/performance.md, Capacity): all resident, whole-bank gradients, by default")
 
 
     def agent_names(self) -> list[str]:
