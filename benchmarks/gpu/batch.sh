@@ -34,7 +34,7 @@ case $step in
     fi ;;
   profile)  # the kernels of the live and the captured forward, dense fleet of 8 (after `tests`, which sets up the model)
     setup=/tmp/setup; source benchmarks/gpu/setup_env.sh
-    timeout 240 python3 benchmarks/gpu/profile_forward.py --agents 8 --fleet 8 2>&1 | grep -v "Warning\|warnings.warn" | tee "$OUT/profile.txt" | cut -c1-250 ;;
+    timeout 240 python3 benchmarks/gpu/profile_forward.py --agents 8 --fleet 8 ${SHAPES:+--shapes} 2>&1 | grep -v "Warning\|warnings.warn" | tee "$OUT/profile.txt" | cut -c1-250 ;;
   capacity)  # agents resident and trainable (issue [5/10]: >= 4,096), in LAYOUT (default lean; resident, paged, lean-bf16)
     setup=/tmp/setup; source benchmarks/gpu/setup_env.sh
     timeout 420 python3 benchmarks/gpu/capacity.py --max 4096 --memory "${LAYOUT:-lean}" 2>&1 | grep -v "Warning\|warnings.warn" | tee "$OUT/capacity.txt" | cut -c1-300 ;;
