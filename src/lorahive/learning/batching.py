@@ -12,6 +12,11 @@ from lorahive.tensors import to_device
 IGNORE = -100
 
 
+def as_answer(answer: str) -> str:
+    """Answers follow the prompt after one space, as a model would write them (the form every learning row carries)."""
+    return answer if answer.startswith(" ") else " " + answer
+
+
 @dataclass(frozen=True)
 class Batch:
     """A padded batch. ``labels`` is ``IGNORE`` everywhere but on answer tokens."""

@@ -45,7 +45,7 @@ import torch
 
 from lorahive.config import ContextModesConfig
 from lorahive.core.pins import RowPins
-from lorahive.learning import pack_prompts
+from lorahive.learning import as_answer, pack_prompts
 from lorahive.learning.objective import hidden_states
 from lorahive.mechanisms.base import Action, TickView
 from lorahive.tensors import to_device
@@ -209,8 +209,8 @@ class ContextModes:
         """Pin every replayed row whose task type last took another mode than its agent's task to that mode (core/pins.py); how many."""
         if not self.cfg.replay_own_mode:
             return 0
-        rows = {
-            (a, p, ans): self.type_modes[t]
+        rows = {  # keyed as the learning calls carry their rows: the answer after one space
+            (a, p, as_answer(ans)): self.type_modes[t]
             for a, exs in replayed.items()
             if a in self.routed
             for (p, ans), t in exs.items()

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from lorahive.config import AgentConfig
+from lorahive.learning import as_answer
 from lorahive.mechanisms.aggregation import Delta
 from lorahive.runtime.hive import Hive, read_losses
 from lorahive.suites.task import Task
@@ -39,11 +40,6 @@ class Outcome:
     quality: float
     loss: float
     proposal: Delta | None
-
-
-def as_answer(answer: str) -> str:
-    """Answers follow the prompt after one space, as a model would write them."""
-    return answer if answer.startswith(" ") else " " + answer
 
 
 def predict(hive: Hive, rows: Sequence[tuple[str, str]], labels: Sequence[str] | None, levels: Sequence[str] | None = None) -> list[str]:
