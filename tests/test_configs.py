@@ -67,3 +67,29 @@ def test_an_override_reaches_a_list_item_by_its_index_and_leaves_the_tree_as_it_
         parse_stages_config(tree, ["stages.2.steps=5"])
     with pytest.raises(ConfigError, match=r"override 'stages\.x\.steps'"):
         parse_stages_config(tree, ["stages.x.steps=5"])
+
+
+def test_an_override_edits_one_level_by_its_name_even_when_the_file_has_no_levels():
+    from lorahive.config import default_levels
+
+    tree = {"ticks": 2}
+    cfg = parse_config(tree, ["levels.swarm.lr=1e-3", "levels.context.rank=8"])
+    got = {lv.name: lv for lv in cfg.levels}
+    assert (got["swarm"].lr, got["context"].rank) == (1e-3, 8)
+    assert tree == {"ticks": 2}  # the caller's tree is untouched
+    # every other field of every level is the default's
+    edited = {"swarm": {"lr"}, "context": {"rank"}}
+    for lv in default_levels().levels:
+        for field, value in lv.model_dump().items():
+            if field not in edited.get(lv.name, set()):
+                assert getattr(got[lv.name], field) == value, (lv.name, field)
+    # the default stack written out validates to the default stack
+    assert tuple(parse_config(tree, ["levels.swarm.lr=5e-4"]).levels) == default_levels().levels
+    # a file's own levels are edited in place, by name or index
+    own = {"ticks": 2, "levels": [{**lv.model_dump(mode="json"), "lr": 0.01} for lv in default_levels().levels]}
+    cfg = parse_config(own, ["levels.agent.lr=0.02", "levels.0.rank=8"])
+    assert [lv.lr for lv in cfg.levels] == [0.01, 0.01, 0.01, 0.02, 0.01] and cfg.levels[0].rank == 8
+    with pytest.raises(ConfigError, match=r"override 'levels\.swam\.lr': levels has no entry named 'swam'; its names are \['foundation'"):
+        parse_config(tree, ["levels.swam.lr=1e-3"])
+    with pytest.raises(ConfigError, match=r"levels\.2\.rank"):
+        parse_config(tree, ["levels.swarm.rank=0"])

@@ -15,6 +15,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from lorahive.config.errors import ConfigError, format_config_error
+from lorahive.config.levels import default_levels
 from lorahive.config.run import RunConfig
 
 __all__ = ["MAX_CONFIG_BYTES", "apply_overrides", "dump_config", "load_config", "parse_config", "read_tree"]
@@ -51,7 +52,15 @@ def _yaml_problem(e: BaseException) -> str:
 
 
 def _index(items: list[Any], key: str, dotted: str, where: str) -> int:
-    """``key`` as an index into the list ``items`` (the section ``where``), or a ConfigError naming the override."""
+    """``key`` as an index into the list ``items`` (the section ``where``), or a ConfigError naming the override.
+
+    In a list of named entries (each a mapping with a ``name``, as ``levels``) ``key`` may be the name.
+    """
+    names = [item.get("name") for item in items if isinstance(item, dict)]
+    if not key.isdigit() and len(names) == len(items) and all(isinstance(n, str) for n in names):
+        if key not in names:
+            raise ConfigError(f"override {dotted!r}: {where} has no entry named {key!r}; its names are {names} (or an index 0–{len(items) - 1})")
+        return names.index(key)
     if not key.isdigit() or int(key) >= len(items):
         raise ConfigError(f"override {dotted!r}: {where} is a list of {len(items)} items; {key!r} is not one of its indices 0–{len(items) - 1}")
     return int(key)
@@ -91,7 +100,15 @@ def apply_overrides(data: dict[str, Any] | None, overrides: list[str] | tuple[st
 
 
 def parse_config(data: dict[str, Any] | None, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
-    """Validate a config tree after applying ``key.sub=value`` overrides (values are YAML)."""
+    """Validate a config tree after applying ``key.sub=value`` overrides (values are YAML).
+
+    ``levels.NAME.field=value`` edits one level by its name (``levels.swarm.lr=1e-3``); when the tree has no
+    ``levels``, the default five-level stack is written out first, so such an override edits the defaults.
+    """
+    if data is not None and "levels" not in data and any(o.partition("=")[0].strip().startswith("levels.") for o in overrides):
+        data = {**data, "levels": [lv.model_dump(mode="json") for lv in default_levels().levels]}
+    elif data is None and any(o.partition("=")[0].strip().startswith("levels.") for o in overrides):
+        data = {"levels": [lv.model_dump(mode="json") for lv in default_levels().levels]}
     tree = apply_overrides(data, overrides)
     try:
         return RunConfig.model_validate(tree)
